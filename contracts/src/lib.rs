@@ -1,0 +1,379 @@
+//! The only wire types shared by GMMAS services: messages, subjects, stream and bucket names.
+//! MessagePack with named fields; fields are only ever added, and new ones carry `#[serde(default)]`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+/// Version of the message schema written by this build. Readers accept any version:
+/// unknown fields are ignored and missing fields take their defaults.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The JetStream stream that carries every GMMAS event.
+pub const STREAM: &str = "GMMAS";
+/// Subjects captured by [`STREAM`].
+pub const STREAM_SUBJECTS: &str = "gmmas.>";
+/// Object-store bucket for volumes, preprocessed tensors and segmentations.
+pub const VOLUMES_BUCKET: &str = "gmmas-volumes";
+/// Object-store bucket for released model weights.
+pub const MODELS_BUCKET: &str = "gmmas-models";
+/// Header that JetStream uses for de-duplication.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// Processing stages a case goes through, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Ingest,
+    Preprocess,
+    Infer,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Ingest, Stage::Preprocess, Stage::Infer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Ingest => "ingest",
+            Stage::Preprocess => "preprocess",
+            Stage::Infer => "infer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// Event kinds; each maps to the last tokens of a subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    ScanIngested,
+    ScanPreprocessed,
+    ScanAnalyzed,
+    CaseFailed,
+}
+
+impl Event {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Event::ScanIngested => "scan.ingested",
+            Event::ScanPreprocessed => "scan.preprocessed",
+            Event::ScanAnalyzed => "scan.analyzed",
+            Event::CaseFailed => "case.failed",
+        }
+    }
+
+    /// Subject for one tenant: `gmmas.<tenant>.<suffix>`.
+    pub fn subject(self, tenant: &TenantId) -> String {
+        format!("gmmas.{}.{}", tenant.as_str(), self.suffix())
+    }
+
+    /// Subject filter matching every tenant, for consumers.
+    pub fn all_tenants(self) -> String {
+        format!("gmmas.*.{}", self.suffix())
+    }
+
+    /// Message id for de-duplication: one per (case, event).
+    pub fn msg_id(self, case_id: Uuid) -> String {
+        format!("{case_id}:{}", self.suffix())
+    }
+}
+
+/// Durable consumer names, one per consuming service.
+pub mod consumers {
+    pub const PREPROCESS: &str = "preprocess";
+    pub const INFER: &str = "infer";
+}
+
+/// Errors raised while checking identifiers or decoding messages.
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("tenant id {0:?} is invalid: expected 1-63 characters of a-z, 0-9 or '-', starting with a letter or digit")]
+    BadTenant(String),
+    #[error("case reference is invalid: expected 1-128 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
+    BadCaseRef,
+    #[error("message could not be decoded: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("message could not be encoded: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+}
+
+/// A hospital (tenant). Goes into subjects, so it is restricted to a safe alphabet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TenantId(String);
+
+impl TenantId {
+    pub fn new(s: &str) -> Result<Self, ContractError> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-');
+        if ok {
+            Ok(TenantId(s.to_string()))
+        } else {
+            Err(ContractError::BadTenant(s.to_string()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TenantId {
+    type Error = ContractError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        TenantId::new(&s)
+    }
+}
+
+impl From<TenantId> for String {
+    fn from(t: TenantId) -> String {
+        t.0
+    }
+}
+
+impl std::fmt::Display for TenantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks a hospital's own case reference (kept in the database, never logged).
+pub fn validate_case_ref(s: &str) -> Result<(), ContractError> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok { Ok(()) } else { Err(ContractError::BadCaseRef) }
+}
+
+/// A stored object: its key in a bucket and the sha256 of its bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub bucket: String,
+    pub key: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// One uploaded input volume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeRef {
+    /// `t1`, `t1ce`, `t2` or `flair`.
+    pub modality: String,
+    pub object: ObjectRef,
+    pub dims: [u32; 3],
+    pub voxel_mm: [f32; 3],
+}
+
+/// `gmmas.<tenant>.scan.ingested`: validated volumes are in the object store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScanIngested {
+    pub schema_version: u32,
+    pub tenant: TenantId,
+    pub case_id: Uuid,
+    pub volumes: Vec<VolumeRef>,
+    pub ingested_at: DateTime<Utc>,
+}
+
+/// `gmmas.<tenant>.scan.preprocessed`: the normalized tensor is in the object store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScanPreprocessed {
+    pub schema_version: u32,
+    pub tenant: TenantId,
+    pub case_id: Uuid,
+    /// The prepared tensor (channels, crop, and the geometry to map results back).
+    pub prepared: ObjectRef,
+    /// Modalities present, in `t1, t1ce, t2, flair` order of those given.
+    pub modalities: Vec<String>,
+    /// sha256 of each input volume, keyed by modality, carried to the result.
+    pub input_sha256: Vec<(String, String)>,
+    pub preprocessed_at: DateTime<Utc>,
+}
+
+/// Class probabilities of the four classification tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Probabilities {
+    pub grade_gbm: f32,
+    pub idh_mutant: f32,
+    pub codel_1p19q: f32,
+    pub mgmt_methylated: f32,
+}
+
+/// Volumes (mL) and proportions of the tumor sub-regions.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct RegionVolumes {
+    pub ncr_ml: f64,
+    pub ed_ml: f64,
+    pub et_ml: f64,
+    pub wt_ml: f64,
+    pub tc_ml: f64,
+    pub ncr_fraction: f64,
+    pub ed_fraction: f64,
+    pub et_fraction: f64,
+}
+
+/// `gmmas.<tenant>.scan.analyzed`: the analysis is committed to the database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScanAnalyzed {
+    pub schema_version: u32,
+    pub tenant: TenantId,
+    pub case_id: Uuid,
+    pub analysis_id: Uuid,
+    pub model_version: String,
+    pub segmentation: ObjectRef,
+    pub regions: RegionVolumes,
+    pub probabilities: Probabilities,
+    /// Added after the first draft of the schema: older writers leave it out.
+    #[serde(default)]
+    pub missing_modalities: Vec<String>,
+    pub analyzed_at: DateTime<Utc>,
+}
+
+/// `gmmas.<tenant>.case.failed`: a stage gave up on a case; `reason` is readable by a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseFailed {
+    pub schema_version: u32,
+    pub tenant: TenantId,
+    pub case_id: Uuid,
+    pub stage: Stage,
+    pub reason: String,
+    pub failed_at: DateTime<Utc>,
+}
+
+/// Encodes a message as MessagePack with named fields.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ContractError> {
+    Ok(rmp_serde::to_vec_named(msg)?)
+}
+
+/// Decodes a MessagePack message; unknown fields are ignored.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ContractError> {
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant() -> TenantId {
+        TenantId::new("hospital-a").unwrap()
+    }
+
+    #[test]
+    fn subjects_carry_the_tenant() {
+        let t = tenant();
+        assert_eq!(Event::ScanIngested.subject(&t), "gmmas.hospital-a.scan.ingested");
+        assert_eq!(Event::CaseFailed.all_tenants(), "gmmas.*.case.failed");
+        let id = Uuid::nil();
+        assert_ne!(Event::ScanIngested.msg_id(id), Event::ScanAnalyzed.msg_id(id));
+    }
+
+    #[test]
+    fn tenant_and_case_ref_validation() {
+        assert!(TenantId::new("a").is_ok());
+        for bad in ["", "A", "a.b", "a*", "-a", "a>b", &"x".repeat(64)] {
+            assert!(TenantId::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_case_ref("Brats18_2013_11_1").is_ok());
+        assert!(validate_case_ref("../etc").is_err());
+        assert!(validate_case_ref("").is_err());
+        // A tenant that fails validation cannot be smuggled in through a message.
+        #[derive(Serialize)]
+        struct Raw {
+            tenant: String,
+        }
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Parsed {
+            tenant: TenantId,
+        }
+        let bytes = encode(&Raw { tenant: "bad.tenant".into() }).unwrap();
+        assert!(decode::<Parsed>(&bytes).is_err());
+    }
+
+    #[test]
+    fn round_trip_with_named_fields() {
+        let msg = CaseFailed {
+            schema_version: SCHEMA_VERSION,
+            tenant: tenant(),
+            case_id: Uuid::new_v4(),
+            stage: Stage::Preprocess,
+            reason: "flair: header field dim[1]=0".into(),
+            failed_at: Utc::now(),
+        };
+        let bytes = encode(&msg).unwrap();
+        // Named fields: the field names are in the bytes.
+        assert!(bytes.windows(6).any(|w| w == b"reason"));
+        assert_eq!(decode::<CaseFailed>(&bytes).unwrap(), msg);
+    }
+
+    /// A later schema adds a field; this build must still read it.
+    #[test]
+    fn older_reader_accepts_newer_message() {
+        #[derive(Serialize)]
+        struct CaseFailedV2 {
+            schema_version: u32,
+            tenant: String,
+            case_id: Uuid,
+            stage: String,
+            reason: String,
+            failed_at: DateTime<Utc>,
+            retry_after_s: u32,
+            detail: Vec<String>,
+        }
+        let newer = CaseFailedV2 {
+            schema_version: SCHEMA_VERSION + 1,
+            tenant: "hospital-a".into(),
+            case_id: Uuid::new_v4(),
+            stage: "infer".into(),
+            reason: "out of memory".into(),
+            failed_at: Utc::now(),
+            retry_after_s: 30,
+            detail: vec!["x".into()],
+        };
+        let got: CaseFailed = decode(&encode(&newer).unwrap()).unwrap();
+        assert_eq!(got.reason, "out of memory");
+        assert_eq!(got.stage, Stage::Infer);
+        assert_eq!(got.schema_version, SCHEMA_VERSION + 1);
+    }
+
+    /// A field this build added (`missing_modalities`) is absent from an older writer's message.
+    #[test]
+    fn newer_reader_fills_defaults_for_older_message() {
+        #[derive(Serialize)]
+        struct AnalyzedOlder {
+            schema_version: u32,
+            tenant: String,
+            case_id: Uuid,
+            analysis_id: Uuid,
+            model_version: String,
+            segmentation: ObjectRef,
+            regions: RegionVolumes,
+            probabilities: Probabilities,
+            analyzed_at: DateTime<Utc>,
+        }
+        let old = AnalyzedOlder {
+            schema_version: 0,
+            tenant: "h".into(),
+            case_id: Uuid::new_v4(),
+            analysis_id: Uuid::new_v4(),
+            model_version: "m@1".into(),
+            segmentation: ObjectRef {
+                bucket: "b".into(),
+                key: "k".into(),
+                sha256: "s".into(),
+                size: 1,
+            },
+            regions: RegionVolumes { wt_ml: 3.5, ..Default::default() },
+            probabilities: Probabilities { idh_mutant: 0.25, ..Default::default() },
+            analyzed_at: Utc::now(),
+        };
+        let got: ScanAnalyzed = decode(&encode(&old).unwrap()).unwrap();
+        assert_eq!(got.model_version, "m@1");
+        assert_eq!(got.regions.wt_ml, 3.5);
+        assert_eq!(got.probabilities.idh_mutant, 0.25);
+        assert!(got.missing_modalities.is_empty());
+    }
+}

@@ -1,0 +1,1 @@
+//! NIfTI I/O, preprocessing and phantoms.

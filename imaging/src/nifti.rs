@@ -1,0 +1,875 @@
+//! NIfTI-1 reading and writing (`.nii` and `.nii.gz`) with strict header validation.
+//! Every header field is checked before the body is decompressed, and decompression is capped.
+
+use crate::error::ImagingError;
+use crate::types::{Grid, LabelVolume, Limits, Volume, check_affine, column_norms};
+use flate2::Compression;
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+use std::io::{ErrorKind, Read, Write};
+
+const HDR: usize = 348;
+/// Decompression chunk size; a multiple of every voxel size.
+const CHUNK: usize = 1 << 20;
+
+/// Voxel storage types we accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Datatype {
+    U8,
+    I8,
+    I16,
+    U16,
+    I32,
+    U32,
+    F32,
+    F64,
+}
+
+impl Datatype {
+    /// The NIfTI `datatype` code.
+    pub fn code(self) -> i16 {
+        match self {
+            Datatype::U8 => 2,
+            Datatype::I16 => 4,
+            Datatype::I32 => 8,
+            Datatype::F32 => 16,
+            Datatype::F64 => 64,
+            Datatype::I8 => 256,
+            Datatype::U16 => 512,
+            Datatype::U32 => 768,
+        }
+    }
+
+    /// Parses a NIfTI `datatype` code.
+    pub fn from_code(code: i16) -> Option<Datatype> {
+        Some(match code {
+            2 => Datatype::U8,
+            4 => Datatype::I16,
+            8 => Datatype::I32,
+            16 => Datatype::F32,
+            64 => Datatype::F64,
+            256 => Datatype::I8,
+            512 => Datatype::U16,
+            768 => Datatype::U32,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per voxel.
+    pub fn size(self) -> usize {
+        match self {
+            Datatype::U8 | Datatype::I8 => 1,
+            Datatype::I16 | Datatype::U16 => 2,
+            Datatype::I32 | Datatype::U32 | Datatype::F32 => 4,
+            Datatype::F64 => 8,
+        }
+    }
+
+    fn is_float(self) -> bool {
+        matches!(self, Datatype::F32 | Datatype::F64)
+    }
+
+    /// Inclusive value range representable by an integer type (None for floats).
+    fn int_range(self) -> Option<(f64, f64)> {
+        Some(match self {
+            Datatype::U8 => (0.0, 255.0),
+            Datatype::I8 => (-128.0, 127.0),
+            Datatype::I16 => (-32768.0, 32767.0),
+            Datatype::U16 => (0.0, 65535.0),
+            Datatype::I32 => (-2147483648.0, 2147483647.0),
+            Datatype::U32 => (0.0, 4294967295.0),
+            Datatype::F32 | Datatype::F64 => return None,
+        })
+    }
+}
+
+/// A validated NIfTI-1 header.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NiftiHeader {
+    /// Byte order of the file.
+    pub little_endian: bool,
+    /// `n+1` (image follows the header) rather than `ni1` (separate .img file).
+    pub single_file: bool,
+    pub dims: [usize; 3],
+    pub datatype: Datatype,
+    pub pixdim: [f32; 3],
+    /// qform handedness (pixdim[0]): -1 or 1.
+    pub qfac: f32,
+    /// Byte offset of the image data.
+    pub vox_offset: u64,
+    pub scl_slope: f32,
+    pub scl_inter: f32,
+    pub qform_code: i16,
+    pub sform_code: i16,
+    /// Voxel -> world: sform if sform_code>0, else qform if qform_code>0, else diag(pixdim).
+    pub affine: [[f64; 4]; 4],
+    pub descrip: String,
+}
+
+impl NiftiHeader {
+    /// The grid the header describes.
+    pub fn grid(&self) -> Grid {
+        Grid {
+            dims: self.dims,
+            pixdim: self.pixdim,
+            affine: self.affine,
+        }
+    }
+
+    /// Voxel count.
+    pub fn nvox(&self) -> u64 {
+        self.dims.iter().map(|&d| d as u64).product()
+    }
+
+    /// Size of the image data in bytes.
+    pub fn body_bytes(&self) -> u64 {
+        self.nvox() * self.datatype.size() as u64
+    }
+
+    /// `(slope, inter)` when the header asks for a non-identity scaling. A zero or non-finite
+    /// slope means "no scaling"; a non-finite intercept with a valid slope is taken as 0.
+    fn scaling(&self) -> Option<(f64, f64)> {
+        let s = f64::from(self.scl_slope);
+        let i = f64::from(self.scl_inter);
+        if !s.is_finite() || s == 0.0 {
+            return None;
+        }
+        let i = if i.is_finite() { i } else { 0.0 };
+        if s == 1.0 && i == 0.0 { None } else { Some((s, i)) }
+    }
+}
+
+fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b
+}
+
+struct Raw<'a> {
+    b: &'a [u8],
+    le: bool,
+}
+
+impl Raw<'_> {
+    fn arr<const N: usize>(&self, off: usize) -> [u8; N] {
+        let mut a = [0u8; N];
+        a.copy_from_slice(&self.b[off..off + N]);
+        a
+    }
+    fn i16(&self, off: usize) -> i16 {
+        let a = self.arr::<2>(off);
+        if self.le { i16::from_le_bytes(a) } else { i16::from_be_bytes(a) }
+    }
+    fn i32(&self, off: usize) -> i32 {
+        let a = self.arr::<4>(off);
+        if self.le { i32::from_le_bytes(a) } else { i32::from_be_bytes(a) }
+    }
+    fn f32(&self, off: usize) -> f32 {
+        let a = self.arr::<4>(off);
+        if self.le { f32::from_le_bytes(a) } else { f32::from_be_bytes(a) }
+    }
+}
+
+/// Parses and validates a 348-byte header block (no body-size limits checked here).
+fn parse_header(h: &[u8], limits: &Limits) -> Result<NiftiHeader, ImagingError> {
+    if h.len() < HDR {
+        return Err(ImagingError::NotNifti(format!(
+            "input is {} bytes: expected at least {HDR} for a NIfTI-1 header",
+            h.len()
+        )));
+    }
+    let le_size = i32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let be_size = i32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+    let le = if le_size == 348 {
+        true
+    } else if be_size == 348 {
+        false
+    } else if le_size == 540 || be_size == 540 {
+        return Err(ImagingError::NotNifti(
+            "sizeof_hdr=540 (NIfTI-2): expected 348 (NIfTI-1)".into(),
+        ));
+    } else {
+        return Err(ImagingError::NotNifti(format!(
+            "sizeof_hdr={le_size}: expected 348"
+        )));
+    };
+    let r = Raw { b: h, le };
+
+    let magic = &h[344..348];
+    let single_file = match magic {
+        b"n+1\0" => true,
+        b"ni1\0" => false,
+        _ => {
+            return Err(ImagingError::NotNifti(format!(
+                "magic {:?}: expected \"n+1\" or \"ni1\"",
+                String::from_utf8_lossy(&magic[..3])
+            )));
+        }
+    };
+
+    let ndim = r.i16(40);
+    if ndim != 3 && ndim != 4 {
+        return Err(ImagingError::header("dim[0]", ndim, "3 or 4"));
+    }
+    if ndim == 4 {
+        let d4 = r.i16(48);
+        if d4 != 1 {
+            return Err(ImagingError::header("dim[4]", d4, "1 (a single 3D volume)"));
+        }
+    }
+    let mut dims = [0usize; 3];
+    for (i, d) in dims.iter_mut().enumerate() {
+        let v = r.i16(42 + 2 * i);
+        if v < 1 || v as usize > limits.max_dim {
+            return Err(ImagingError::header(
+                format!("dim[{}]", i + 1),
+                v,
+                format!("1..={}", limits.max_dim),
+            ));
+        }
+        *d = v as usize;
+    }
+
+    let code = r.i16(70);
+    let datatype = Datatype::from_code(code).ok_or_else(|| {
+        ImagingError::header(
+            "datatype",
+            code,
+            "one of 2 (uint8), 4 (int16), 8 (int32), 16 (float32), 64 (float64), 256 (int8), 512 (uint16), 768 (uint32)",
+        )
+    })?;
+    let bitpix = r.i16(72);
+    if bitpix as i64 != datatype.size() as i64 * 8 {
+        return Err(ImagingError::header(
+            "bitpix",
+            bitpix,
+            format!("{} for datatype {code}", datatype.size() * 8),
+        ));
+    }
+
+    let qfac = if r.f32(76) < 0.0 { -1.0 } else { 1.0 };
+    let mut pixdim = [0f32; 3];
+    for (i, p) in pixdim.iter_mut().enumerate() {
+        let v = r.f32(80 + 4 * i);
+        if !(v.is_finite() && v > 0.0) {
+            return Err(ImagingError::header(
+                format!("pixdim[{}]", i + 1),
+                v,
+                "finite and > 0",
+            ));
+        }
+        *p = v;
+    }
+
+    let off = r.f32(108);
+    let min_off = if single_file { 352.0 } else { 0.0 };
+    if !(off.is_finite() && off >= min_off && off.fract() == 0.0 && (off as f64) <= limits.max_file_bytes as f64) {
+        return Err(ImagingError::header(
+            "vox_offset",
+            off,
+            format!("a whole number in {min_off}..={}", limits.max_file_bytes),
+        ));
+    }
+    let vox_offset = off as u64;
+
+    let scl_slope = r.f32(112);
+    let scl_inter = r.f32(116);
+    let qform_code = r.i16(252);
+    let sform_code = r.i16(254);
+
+    let affine = if sform_code > 0 {
+        let mut a = [[0.0; 4]; 4];
+        for (row, name) in ["srow_x", "srow_y", "srow_z"].iter().enumerate() {
+            for col in 0..4 {
+                let v = r.f32(280 + 16 * row + 4 * col);
+                if !v.is_finite() {
+                    return Err(ImagingError::header(format!("{name}[{col}]"), v, "finite"));
+                }
+                a[row][col] = f64::from(v);
+            }
+        }
+        a[3][3] = 1.0;
+        a
+    } else if qform_code > 0 {
+        let q = [r.f32(256), r.f32(260), r.f32(264)];
+        let o = [r.f32(268), r.f32(272), r.f32(276)];
+        for (name, v) in ["quatern_b", "quatern_c", "quatern_d"].iter().zip(q) {
+            if !v.is_finite() {
+                return Err(ImagingError::header(*name, v, "finite"));
+            }
+        }
+        for (name, v) in ["qoffset_x", "qoffset_y", "qoffset_z"].iter().zip(o) {
+            if !v.is_finite() {
+                return Err(ImagingError::header(*name, v, "finite"));
+            }
+        }
+        qform_affine(
+            [f64::from(q[0]), f64::from(q[1]), f64::from(q[2])],
+            [f64::from(o[0]), f64::from(o[1]), f64::from(o[2])],
+            [
+                f64::from(pixdim[0]),
+                f64::from(pixdim[1]),
+                f64::from(pixdim[2]),
+            ],
+            qfac,
+        )
+    } else {
+        let mut a = [[0.0; 4]; 4];
+        for i in 0..3 {
+            a[i][i] = f64::from(pixdim[i]);
+        }
+        a[3][3] = 1.0;
+        a
+    };
+    if let Err(why) = check_affine(&affine) {
+        let src = if sform_code > 0 {
+            "sform (srow_x/y/z)"
+        } else if qform_code > 0 {
+            "qform (quatern_*, pixdim)"
+        } else {
+            "pixdim"
+        };
+        return Err(ImagingError::header(
+            format!("affine from {src}"),
+            why,
+            "a finite, non-singular voxel-to-world matrix",
+        ));
+    }
+
+    let descrip = {
+        let d = &h[148..228];
+        let end = d.iter().position(|&c| c == 0).unwrap_or(d.len());
+        String::from_utf8_lossy(&d[..end]).into_owned()
+    };
+
+    Ok(NiftiHeader {
+        little_endian: le,
+        single_file,
+        dims,
+        datatype,
+        pixdim,
+        qfac,
+        vox_offset,
+        scl_slope,
+        scl_inter,
+        qform_code,
+        sform_code,
+        affine,
+        descrip,
+    })
+}
+
+/// Affine from the NIfTI quaternion representation.
+fn qform_affine(q: [f64; 3], offset: [f64; 3], pixdim: [f64; 3], qfac: f32) -> [[f64; 4]; 4] {
+    let (mut b, mut c, mut d) = (q[0], q[1], q[2]);
+    let s = b * b + c * c + d * d;
+    let a = if s > 1.0 {
+        // Slightly denormalized input: rescale to a unit quaternion with a = 0.
+        let n = s.sqrt();
+        b /= n;
+        c /= n;
+        d /= n;
+        0.0
+    } else {
+        (1.0 - s).sqrt()
+    };
+    let rot = [
+        [
+            a * a + b * b - c * c - d * d,
+            2.0 * (b * c - a * d),
+            2.0 * (b * d + a * c),
+        ],
+        [
+            2.0 * (b * c + a * d),
+            a * a + c * c - b * b - d * d,
+            2.0 * (c * d - a * b),
+        ],
+        [
+            2.0 * (b * d - a * c),
+            2.0 * (c * d + a * b),
+            a * a + d * d - b * b - c * c,
+        ],
+    ];
+    let scale = [pixdim[0], pixdim[1], pixdim[2] * f64::from(qfac)];
+    let mut m = [[0.0; 4]; 4];
+    for i in 0..3 {
+        for j in 0..3 {
+            m[i][j] = rot[i][j] * scale[j];
+        }
+        m[i][3] = offset[i];
+    }
+    m[3][3] = 1.0;
+    m
+}
+
+/// Quaternion (b, c, d) and qfac approximating the rotation part of an affine.
+fn affine_to_quatern(m: &[[f64; 4]; 4]) -> ([f64; 3], f32) {
+    let norms = column_norms(m);
+    let mut r = [[0.0; 3]; 3];
+    for j in 0..3 {
+        for i in 0..3 {
+            r[i][j] = if norms[j] > 0.0 {
+                m[i][j] / norms[j]
+            } else if i == j {
+                1.0
+            } else {
+                0.0
+            };
+        }
+    }
+    let mut qfac = 1.0;
+    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
+        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
+        + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
+    if det < 0.0 {
+        qfac = -1.0;
+        for row in r.iter_mut() {
+            row[2] = -row[2];
+        }
+    }
+    let trace1 = 1.0 + r[0][0] + r[1][1] + r[2][2];
+    let (mut a, mut b, mut c, mut d);
+    if trace1 > 0.5 {
+        a = 0.5 * trace1.sqrt();
+        b = 0.25 * (r[2][1] - r[1][2]) / a;
+        c = 0.25 * (r[0][2] - r[2][0]) / a;
+        d = 0.25 * (r[1][0] - r[0][1]) / a;
+    } else {
+        let xd = 1.0 + r[0][0] - (r[1][1] + r[2][2]);
+        let yd = 1.0 + r[1][1] - (r[0][0] + r[2][2]);
+        let zd = 1.0 + r[2][2] - (r[0][0] + r[1][1]);
+        if xd > 1.0 {
+            b = 0.5 * xd.sqrt();
+            c = 0.25 * (r[0][1] + r[1][0]) / b;
+            d = 0.25 * (r[0][2] + r[2][0]) / b;
+            a = 0.25 * (r[2][1] - r[1][2]) / b;
+        } else if yd > 1.0 {
+            c = 0.5 * yd.sqrt();
+            b = 0.25 * (r[0][1] + r[1][0]) / c;
+            d = 0.25 * (r[1][2] + r[2][1]) / c;
+            a = 0.25 * (r[0][2] - r[2][0]) / c;
+        } else {
+            d = 0.5 * zd.max(0.0).sqrt();
+            if d == 0.0 {
+                return ([0.0, 0.0, 0.0], qfac);
+            }
+            b = 0.25 * (r[0][2] + r[2][0]) / d;
+            c = 0.25 * (r[1][2] + r[2][1]) / d;
+            a = 0.25 * (r[1][0] - r[0][1]) / d;
+        }
+        if a < 0.0 {
+            a = -a;
+            b = -b;
+            c = -c;
+            d = -d;
+        }
+    }
+    let _ = a;
+    ([b, c, d], qfac)
+}
+
+/// Reads and validates the header of a `.nii` or `.nii.gz` (gzip detected by magic bytes),
+/// decompressing only the first 348 bytes. Dimension limits are those of [`Limits::default`].
+pub fn read_header(bytes: &[u8]) -> Result<NiftiHeader, ImagingError> {
+    read_header_with(bytes, &Limits::default())
+}
+
+/// [`read_header`] with explicit limits for the per-dimension check.
+pub fn read_header_with(bytes: &[u8], limits: &Limits) -> Result<NiftiHeader, ImagingError> {
+    if is_gzip(bytes) {
+        let mut dec = MultiGzDecoder::new(bytes);
+        let mut h = [0u8; HDR];
+        let got = read_full(&mut dec, &mut h)?;
+        if got < HDR {
+            return Err(ImagingError::Truncated {
+                what: "NIfTI header".into(),
+                expected: HDR as u64,
+                got: got as u64,
+            });
+        }
+        parse_header(&h, limits)
+    } else {
+        parse_header(bytes, limits)
+    }
+}
+
+/// Fills `buf` from `r` as far as the stream allows; returns the number of bytes read.
+/// A premature end is not an error here (callers report `Truncated`); corrupt data is.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, ImagingError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(ImagingError::Gzip(e.to_string())),
+        }
+    }
+    Ok(filled)
+}
+
+enum Body<'a> {
+    Plain(&'a [u8]),
+    Gz(Box<MultiGzDecoder<&'a [u8]>>),
+}
+
+/// Validates the header and all limits, positions a reader at the image data.
+fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(NiftiHeader, Body<'a>), ImagingError> {
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return Err(ImagingError::TooLarge {
+            what: "input size in bytes".into(),
+            value: bytes.len() as u64,
+            limit: limits.max_file_bytes,
+        });
+    }
+    let gz = is_gzip(bytes);
+    let (hdr, mut dec) = if gz {
+        let mut dec = MultiGzDecoder::new(bytes);
+        let mut h = [0u8; HDR];
+        let got = read_full(&mut dec, &mut h)?;
+        if got < HDR {
+            return Err(ImagingError::Truncated {
+                what: "NIfTI header".into(),
+                expected: HDR as u64,
+                got: got as u64,
+            });
+        }
+        (parse_header(&h, limits)?, Some(Box::new(dec)))
+    } else {
+        (parse_header(bytes, limits)?, None)
+    };
+    if !hdr.single_file {
+        return Err(ImagingError::header(
+            "magic",
+            "ni1",
+            "n+1 (header and image in one file; .hdr/.img pairs are not supported)",
+        ));
+    }
+    let nvox = hdr.nvox();
+    if nvox > limits.max_voxels {
+        return Err(ImagingError::TooLarge {
+            what: format!(
+                "voxel count {}x{}x{}",
+                hdr.dims[0], hdr.dims[1], hdr.dims[2]
+            ),
+            value: nvox,
+            limit: limits.max_voxels,
+        });
+    }
+    let total = hdr.vox_offset + hdr.body_bytes();
+    if total > limits.max_file_bytes {
+        return Err(ImagingError::TooLarge {
+            what: "decompressed file size in bytes".into(),
+            value: total,
+            limit: limits.max_file_bytes,
+        });
+    }
+    let body = match dec.take() {
+        Some(mut dec) => {
+            // Skip the extension bytes between the header and vox_offset.
+            let mut skip = (hdr.vox_offset - HDR as u64) as usize;
+            let mut scratch = [0u8; 4096];
+            while skip > 0 {
+                let want = skip.min(scratch.len());
+                let got = read_full(&mut dec, &mut scratch[..want])?;
+                if got < want {
+                    return Err(ImagingError::Truncated {
+                        what: "header extensions before vox_offset".into(),
+                        expected: hdr.vox_offset,
+                        got: hdr.vox_offset - (skip - got) as u64,
+                    });
+                }
+                skip -= want;
+            }
+            Body::Gz(dec)
+        }
+        None => {
+            let start = hdr.vox_offset as usize;
+            let end = total as usize;
+            if bytes.len() < end {
+                return Err(ImagingError::Truncated {
+                    what: "image data".into(),
+                    expected: hdr.body_bytes(),
+                    got: (bytes.len() as u64).saturating_sub(hdr.vox_offset),
+                });
+            }
+            Body::Plain(&bytes[start..end])
+        }
+    };
+    Ok((hdr, body))
+}
+
+/// Streams exactly `hdr.body_bytes()` bytes of image data to `f`, in element-aligned chunks.
+fn stream_body(
+    hdr: &NiftiHeader,
+    body: Body<'_>,
+    mut f: impl FnMut(&[u8]),
+) -> Result<(), ImagingError> {
+    let total = hdr.body_bytes() as usize;
+    match body {
+        Body::Plain(s) => f(s),
+        Body::Gz(mut dec) => {
+            let mut buf = vec![0u8; CHUNK.min(total)];
+            let mut done = 0usize;
+            while done < total {
+                let want = (total - done).min(buf.len());
+                let got = read_full(&mut dec, &mut buf[..want])?;
+                if got < want {
+                    return Err(ImagingError::Truncated {
+                        what: "image data".into(),
+                        expected: total as u64,
+                        got: (done + got) as u64,
+                    });
+                }
+                f(&buf[..want]);
+                done += want;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Appends the voxels in `src` (raw bytes of `dt`) to `out` as f32.
+fn convert(dt: Datatype, le: bool, src: &[u8], out: &mut Vec<f32>) {
+    macro_rules! conv {
+        ($t:ty, $n:expr) => {{
+            let it = src.chunks_exact($n).map(|c| {
+                let mut a = [0u8; $n];
+                a.copy_from_slice(c);
+                if le {
+                    <$t>::from_le_bytes(a) as f32
+                } else {
+                    <$t>::from_be_bytes(a) as f32
+                }
+            });
+            out.extend(it);
+        }};
+    }
+    match dt {
+        Datatype::U8 => out.extend(src.iter().map(|&b| f32::from(b))),
+        Datatype::I8 => out.extend(src.iter().map(|&b| f32::from(b as i8))),
+        Datatype::I16 => conv!(i16, 2),
+        Datatype::U16 => conv!(u16, 2),
+        Datatype::I32 => conv!(i32, 4),
+        Datatype::U32 => conv!(u32, 4),
+        Datatype::F32 => conv!(f32, 4),
+        Datatype::F64 => conv!(f64, 8),
+    }
+}
+
+/// Decodes the whole body to f32 with scaling applied.
+fn decode_f32(hdr: &NiftiHeader, body: Body<'_>) -> Result<Vec<f32>, ImagingError> {
+    let n = hdr.nvox() as usize;
+    let mut out = Vec::with_capacity(n);
+    stream_body(hdr, body, |chunk| {
+        convert(hdr.datatype, hdr.little_endian, chunk, &mut out)
+    })?;
+    let scaling = hdr.scaling();
+    if let Some((s, i)) = scaling {
+        for v in out.iter_mut() {
+            *v = (f64::from(*v) * s + i) as f32;
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a NIfTI-1 image (`.nii` or `.nii.gz`) into an f32 volume with scl_slope/scl_inter applied.
+/// The header and all limits are validated before the body is decompressed, and no more than the
+/// expected number of bytes is ever inflated.
+pub fn read_volume(bytes: &[u8], limits: &Limits) -> Result<Volume, ImagingError> {
+    let (hdr, body) = open(bytes, limits)?;
+    let data = decode_f32(&hdr, body)?;
+    if hdr.datatype.is_float() || hdr.scaling().is_some() {
+        let count = data.iter().filter(|v| !v.is_finite()).count();
+        if count > 0 {
+            return Err(ImagingError::NonFinite { count });
+        }
+    }
+    Ok(Volume {
+        grid: hdr.grid(),
+        data,
+    })
+}
+
+/// Reads a NIfTI-1 label map; every (scaled) value must be an integer in 0..=255.
+pub fn read_labels(bytes: &[u8], limits: &Limits) -> Result<LabelVolume, ImagingError> {
+    let (hdr, body) = open(bytes, limits)?;
+    let grid = hdr.grid();
+    if hdr.datatype == Datatype::U8 && hdr.scaling().is_none() {
+        let mut data = Vec::with_capacity(hdr.nvox() as usize);
+        stream_body(&hdr, body, |chunk| data.extend_from_slice(chunk))?;
+        return Ok(LabelVolume { grid, data });
+    }
+    let vals = decode_f32(&hdr, body)?;
+    let mut data = Vec::with_capacity(vals.len());
+    for (index, &v) in vals.iter().enumerate() {
+        if !(v.is_finite() && v.fract() == 0.0 && (0.0..=255.0).contains(&v)) {
+            return Err(ImagingError::LabelValue {
+                value: f64::from(v),
+                index,
+                expected: "an integer in 0..=255".into(),
+            });
+        }
+        data.push(v as u8);
+    }
+    Ok(LabelVolume { grid, data })
+}
+
+/// Builds a 352-byte NIfTI-1 header (348 + empty extension flag) for a grid and datatype.
+fn build_header(grid: &Grid, dt: Datatype) -> Vec<u8> {
+    let mut h = vec![0u8; 352];
+    let put = |h: &mut Vec<u8>, off: usize, b: &[u8]| h[off..off + b.len()].copy_from_slice(b);
+    put(&mut h, 0, &348i32.to_le_bytes());
+    h[38] = b'r';
+    let dims = [
+        3i16,
+        grid.dims[0].min(i16::MAX as usize) as i16,
+        grid.dims[1].min(i16::MAX as usize) as i16,
+        grid.dims[2].min(i16::MAX as usize) as i16,
+        1,
+        1,
+        1,
+        1,
+    ];
+    for (i, d) in dims.iter().enumerate() {
+        put(&mut h, 40 + 2 * i, &d.to_le_bytes());
+    }
+    put(&mut h, 70, &dt.code().to_le_bytes());
+    put(&mut h, 72, &((dt.size() * 8) as i16).to_le_bytes());
+    let (quat, qfac) = affine_to_quatern(&grid.affine);
+    let pix = [
+        qfac,
+        grid.pixdim[0],
+        grid.pixdim[1],
+        grid.pixdim[2],
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+    ];
+    for (i, p) in pix.iter().enumerate() {
+        put(&mut h, 76 + 4 * i, &p.to_le_bytes());
+    }
+    put(&mut h, 108, &352f32.to_le_bytes());
+    put(&mut h, 112, &1f32.to_le_bytes());
+    put(&mut h, 116, &0f32.to_le_bytes());
+    h[123] = 2; // xyzt_units: millimetres
+    put(&mut h, 148, b"gmmas-imaging");
+    put(&mut h, 252, &1i16.to_le_bytes()); // qform_code: scanner
+    put(&mut h, 254, &1i16.to_le_bytes()); // sform_code: scanner
+    for (i, q) in quat.iter().enumerate() {
+        put(&mut h, 256 + 4 * i, &(*q as f32).to_le_bytes());
+    }
+    for i in 0..3 {
+        put(&mut h, 268 + 4 * i, &(grid.affine[i][3] as f32).to_le_bytes());
+    }
+    for row in 0..3 {
+        for col in 0..4 {
+            put(
+                &mut h,
+                280 + 16 * row + 4 * col,
+                &(grid.affine[row][col] as f32).to_le_bytes(),
+            );
+        }
+    }
+    put(&mut h, 344, b"n+1\0");
+    h
+}
+
+fn finish(mut file: Vec<u8>, body: &[u8], gzip: bool) -> Vec<u8> {
+    if gzip {
+        let mut enc = GzEncoder::new(
+            Vec::with_capacity((file.len() + body.len()) / 2),
+            Compression::fast(),
+        );
+        // Writing into a Vec cannot fail.
+        enc.write_all(&file).expect("gzip into memory");
+        enc.write_all(body).expect("gzip into memory");
+        enc.finish().expect("gzip into memory")
+    } else {
+        file.extend_from_slice(body);
+        file
+    }
+}
+
+/// Voxel values of `data` resized to the grid's voxel count (missing values as 0).
+fn fitted<T: Copy + Default>(data: &[T], n: usize) -> impl Iterator<Item = T> + '_ {
+    data.iter()
+        .copied()
+        .chain(std::iter::repeat(T::default()))
+        .take(n)
+}
+
+/// Serializes a volume as NIfTI-1 float32 with sform and qform set from the affine.
+/// The grid's voxel count decides the body size (extra values dropped, missing ones written as 0).
+pub fn write_volume(v: &Volume, gzip: bool) -> Vec<u8> {
+    let n = v.grid.nvox();
+    let hdr = build_header(&v.grid, Datatype::F32);
+    let mut body = Vec::with_capacity(n * 4);
+    for x in fitted(&v.data, n) {
+        body.extend_from_slice(&x.to_le_bytes());
+    }
+    finish(hdr, &body, gzip)
+}
+
+/// Serializes a volume with a chosen voxel type; integer types require integral in-range values.
+pub fn write_volume_as(v: &Volume, dt: Datatype, gzip: bool) -> Result<Vec<u8>, ImagingError> {
+    crate::types::check_len(&v.grid, v.data.len())?;
+    if let Some((lo, hi)) = dt.int_range() {
+        if let Some((index, &x)) = v
+            .data
+            .iter()
+            .enumerate()
+            .find(|(_, x)| !(x.fract() == 0.0 && f64::from(**x) >= lo && f64::from(**x) <= hi))
+        {
+            return Err(ImagingError::invalid(
+                format!("voxel {index}"),
+                x,
+                format!("an integer in {lo}..={hi} for {dt:?}"),
+            ));
+        }
+    }
+    let hdr = build_header(&v.grid, dt);
+    let mut body = Vec::with_capacity(v.data.len() * dt.size());
+    for &x in &v.data {
+        match dt {
+            Datatype::U8 => body.push(x as u8),
+            Datatype::I8 => body.push(x as i8 as u8),
+            Datatype::I16 => body.extend_from_slice(&(x as i16).to_le_bytes()),
+            Datatype::U16 => body.extend_from_slice(&(x as u16).to_le_bytes()),
+            Datatype::I32 => body.extend_from_slice(&(x as i32).to_le_bytes()),
+            Datatype::U32 => body.extend_from_slice(&(x as u32).to_le_bytes()),
+            Datatype::F32 => body.extend_from_slice(&x.to_le_bytes()),
+            Datatype::F64 => body.extend_from_slice(&f64::from(x).to_le_bytes()),
+        }
+    }
+    Ok(finish(hdr, &body, gzip))
+}
+
+/// Serializes a label map as NIfTI-1 uint8 (same sizing rule as [`write_volume`]).
+pub fn write_labels(l: &LabelVolume, gzip: bool) -> Vec<u8> {
+    let n = l.grid.nvox();
+    let hdr = build_header(&l.grid, Datatype::U8);
+    let body: Vec<u8> = fitted(&l.data, n).collect();
+    finish(hdr, &body, gzip)
+}
+
+/// Reads several NIfTI images concurrently (one scoped thread each); results keep input order.
+pub fn read_volumes_parallel(
+    inputs: &[&[u8]],
+    limits: &Limits,
+) -> Vec<Result<Volume, ImagingError>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .iter()
+            .map(|b| s.spawn(move || read_volume(b, limits)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(ImagingError::invalid("reader thread", "panicked", "no panic"))
+                })
+            })
+            .collect()
+    })
+}

@@ -1,0 +1,243 @@
+//! Network hyper-parameters (`ModelConfig`) and the named profiles `tiny`, `small`, `paper`.
+//! Every size the network uses comes from here; the config is stored beside the weights.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ModelError;
+
+/// Number of MRI modalities, in the order t1, t1ce, t2, flair.
+pub const MODALITIES: usize = 4;
+/// Modality names in channel order.
+pub const MODALITY_NAMES: [&str; MODALITIES] = ["t1", "t1ce", "t2", "flair"];
+/// Segmentation classes: background, NCR, ED, ET (network indices 0..3).
+pub const SEG_CLASSES: usize = 4;
+/// Classification tasks, in head order.
+pub const TASKS: usize = 4;
+/// Task names in head order.
+pub const TASK_NAMES: [&str; TASKS] = ["grade_gbm", "idh_mutant", "codel_1p19q", "mgmt_methylated"];
+/// Total down-sampling factor of the backbone encoder (three stride-2 stages).
+pub const BACKBONE_STRIDE: usize = 8;
+/// Total down-sampling factor of the global U-Net (two stride-2 stages).
+pub const GLOBAL_STRIDE: usize = 4;
+
+/// All sizes of the GMMAS network. Spatial triples are `[depth, height, width]` = `[z, y, x]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Model family name, used in versions and file metadata (e.g. `gmmas-small`).
+    pub name: String,
+    /// Training patch size; the positional embedding is sized for `patch / 8`.
+    pub patch: [usize; 3],
+    /// Largest window used at inference. Volumes up to this size (rounded up to a
+    /// multiple of 8) are processed in one pass, larger ones with a sliding window of
+    /// this size. Must be at least `patch` on every axis.
+    pub infer_window: [usize; 3],
+    /// Encoder widths per level; `channels[0]` is also the width of each modality stem.
+    pub channels: [usize; 4],
+    /// Residual blocks per encoder level.
+    pub enc_blocks: [usize; 4],
+    /// Transformer bottleneck on (GMMAS) or off (the "ConvNet" ablation).
+    pub transformer: bool,
+    /// Token embedding width.
+    pub embed_dim: usize,
+    /// Transformer layers.
+    pub layers: usize,
+    /// Attention heads (must divide `embed_dim`).
+    pub heads: usize,
+    /// Hidden width of the transformer MLP as a multiple of `embed_dim`.
+    pub mlp_ratio: usize,
+    /// Global-feature branch (U-Net over the down-sampled whole volume) on/off.
+    pub global_branch: bool,
+    /// Size the whole volume is resampled to for the global branch (multiple of 4).
+    pub global_size: [usize; 3],
+    /// Global U-Net widths per level.
+    pub global_channels: [usize; 3],
+    /// Width of the shared "Summarize" layer of the classifier (branches use half).
+    pub cls_hidden: usize,
+    /// Dropout probability (transformer MLP, bottleneck, classifier); MC-Dropout uses it.
+    pub dropout: f64,
+}
+
+impl ModelConfig {
+    /// Test-sized profile: 32^3 patches, 8..64 channels, one 2-head transformer layer.
+    pub fn tiny() -> Self {
+        Self {
+            name: "gmmas-tiny".into(),
+            patch: [32, 32, 32],
+            infer_window: [32, 32, 32],
+            channels: [8, 16, 32, 64],
+            enc_blocks: [1, 1, 1, 1],
+            transformer: true,
+            embed_dim: 32,
+            layers: 1,
+            heads: 2,
+            mlp_ratio: 2,
+            global_branch: true,
+            global_size: [16, 16, 16],
+            global_channels: [4, 8, 16],
+            cls_hidden: 32,
+            dropout: 0.1,
+        }
+    }
+
+    /// CPU default: 16-channel stems, 96^3 training patches, 128-wide 2-layer transformer.
+    /// Whole cropped brains (up to 160x192x160) are analysed in one window.
+    pub fn small() -> Self {
+        Self {
+            name: "gmmas-small".into(),
+            patch: [96, 96, 96],
+            infer_window: [160, 192, 160],
+            channels: [16, 32, 64, 128],
+            enc_blocks: [1, 1, 1, 1],
+            transformer: true,
+            embed_dim: 128,
+            layers: 2,
+            heads: 4,
+            mlp_ratio: 2,
+            global_branch: true,
+            global_size: [48, 48, 48],
+            global_channels: [8, 16, 32],
+            cls_hidden: 64,
+            dropout: 0.1,
+        }
+    }
+
+    /// The sizes of the paper: 128^3 crops, 16-channel stems, encoder 16/32/64/128,
+    /// 512-wide embedding, 4 transformer layers with 8 heads.
+    pub fn paper() -> Self {
+        Self {
+            name: "gmmas-paper".into(),
+            patch: [128, 128, 128],
+            infer_window: [128, 128, 128],
+            channels: [16, 32, 64, 128],
+            enc_blocks: [1, 2, 2, 2],
+            transformer: true,
+            embed_dim: 512,
+            layers: 4,
+            heads: 8,
+            mlp_ratio: 4,
+            global_branch: true,
+            global_size: [64, 64, 64],
+            global_channels: [16, 32, 64],
+            cls_hidden: 256,
+            dropout: 0.1,
+        }
+    }
+
+    /// Looks a profile up by name (`tiny`, `small`, `paper`).
+    pub fn profile(name: &str) -> Result<Self, ModelError> {
+        match name {
+            "tiny" => Ok(Self::tiny()),
+            "small" => Ok(Self::small()),
+            "paper" => Ok(Self::paper()),
+            other => Err(ModelError::Config(format!(
+                "unknown profile {other:?} (expected tiny, small or paper)"
+            ))),
+        }
+    }
+
+    /// Same config with the transformer switched on/off ("ConvNet" ablation when off).
+    pub fn with_transformer(mut self, on: bool) -> Self {
+        self.transformer = on;
+        self
+    }
+
+    /// Same config with the global branch switched on/off.
+    pub fn with_global_branch(mut self, on: bool) -> Self {
+        self.global_branch = on;
+        self
+    }
+
+    /// Same config with another dropout probability.
+    pub fn with_dropout(mut self, p: f64) -> Self {
+        self.dropout = p;
+        self
+    }
+
+    /// Width of the bottleneck feature map handed to the decoder and classifier.
+    pub fn bottleneck_width(&self) -> usize {
+        if self.transformer {
+            self.embed_dim
+        } else {
+            self.channels[3]
+        }
+    }
+
+    /// Token grid of the positional embedding (`patch / 8`).
+    pub fn token_grid(&self) -> [usize; 3] {
+        self.patch.map(|p| p / BACKBONE_STRIDE)
+    }
+
+    /// Checks that all sizes are consistent.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.name.is_empty() || self.name.contains(['@', '/', '\\']) {
+            return bad(format!("name {:?} must be non-empty without '@', '/', '\\'", self.name));
+        }
+        for a in 0..3 {
+            if self.patch[a] == 0 || self.patch[a] % BACKBONE_STRIDE != 0 {
+                return bad(format!("patch {:?} must be positive multiples of 8", self.patch));
+            }
+            if self.infer_window[a] % BACKBONE_STRIDE != 0 || self.infer_window[a] < self.patch[a] {
+                return bad(format!(
+                    "infer_window {:?} must be multiples of 8 and >= patch {:?}",
+                    self.infer_window, self.patch
+                ));
+            }
+            if self.global_branch
+                && (self.global_size[a] == 0 || self.global_size[a] % GLOBAL_STRIDE != 0)
+            {
+                return bad(format!(
+                    "global_size {:?} must be positive multiples of 4",
+                    self.global_size
+                ));
+            }
+        }
+        if self.channels.contains(&0) || self.global_channels.contains(&0) {
+            return bad("channel widths must be positive".into());
+        }
+        if self.transformer {
+            if self.embed_dim == 0 || self.heads == 0 || self.embed_dim % self.heads != 0 {
+                return bad(format!(
+                    "embed_dim {} must be a positive multiple of heads {}",
+                    self.embed_dim, self.heads
+                ));
+            }
+            if self.mlp_ratio == 0 {
+                return bad("mlp_ratio must be positive".into());
+            }
+        }
+        if self.cls_hidden < 2 {
+            return bad("cls_hidden must be at least 2".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout {} must be in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self::small()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_are_valid_and_round_trip() {
+        for name in ["tiny", "small", "paper"] {
+            let c = ModelConfig::profile(name).unwrap();
+            c.validate().unwrap();
+            let s = serde_json::to_string(&c).unwrap();
+            let back: ModelConfig = serde_json::from_str(&s).unwrap();
+            assert_eq!(back, c);
+        }
+        assert!(ModelConfig::profile("huge").is_err());
+        let mut c = ModelConfig::tiny();
+        c.patch = [30, 32, 32];
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,54 @@
+//! The GMMAS network (tch / libtorch): multi-modal CNN-transformer segmentation and
+//! multi-task glioma classification, with inference (`Analyzer`), losses and training.
+//!
+//! Modules: [`config`] (sizes and profiles), [`net`] (the network), [`weights`] (init and
+//! safetensors I/O), [`infer`] (sliding-window inference), [`analyzer`] (the seam other
+//! crates use), [`loss`] and [`train`].
+
+pub mod analyzer;
+pub mod config;
+pub mod infer;
+pub mod loss;
+pub mod net;
+pub mod train;
+pub mod weights;
+
+pub use analyzer::{Analyzer, ModelMeta};
+pub use config::ModelConfig;
+pub use infer::{InferOptions, Prediction, TaskProbabilities};
+pub use train::{Batch, StepLosses, TrainConfig, Trainer};
+
+use std::path::PathBuf;
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A libtorch call failed.
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A weights or metadata file is missing pieces, has wrong shapes or is corrupt.
+    #[error("{}: {reason}", path.display())]
+    Weights {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Invalid model configuration.
+    #[error("invalid model config: {0}")]
+    Config(String),
+    /// Invalid input volume, options or batch.
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// Unexpected internal failure (e.g. a libtorch panic during a forward pass).
+    #[error("internal error: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,690 @@
+//! The GMMAS network: modality stems fused by eq. (1), residual encoder, transformer
+//! bottleneck, segmentation decoder, global U-Net branch with channel-attention fusion, classifier.
+//!
+//! Tensors are `[batch, channel, z, y, x]`. Every forward takes `train` (BatchNorm uses batch
+//! statistics and updates its running averages) and `mc` (dropout on while BatchNorm stays in
+//! eval mode, for MC-Dropout); dropout is active when either is set.
+
+use tch::nn::{self, Module, ModuleT};
+use tch::{Kind, Tensor};
+
+use crate::config::{
+    BACKBONE_STRIDE, GLOBAL_STRIDE, MODALITIES, MODALITY_NAMES, ModelConfig, SEG_CLASSES, TASK_NAMES,
+    TASKS,
+};
+use crate::ModelError;
+
+/// LeakyReLU, in place when no gradient is tracked.
+fn lrelu(mut x: Tensor) -> Tensor {
+    if x.requires_grad() {
+        x.leaky_relu()
+    } else {
+        let _ = x.leaky_relu_();
+        x
+    }
+}
+
+/// `a + b`, in place on `a` when no gradient is tracked.
+fn add(mut a: Tensor, b: &Tensor) -> Tensor {
+    if a.requires_grad() || b.requires_grad() {
+        a + b
+    } else {
+        let _ = a.g_add_(b);
+        a
+    }
+}
+
+fn conv(p: nn::Path, i: usize, o: usize, k: i64, stride: i64, bias: bool) -> nn::Conv3D {
+    let cfg = nn::ConvConfig { stride, padding: k / 2, bias, ..Default::default() };
+    nn::conv3d(p, i as i64, o as i64, k, cfg)
+}
+
+fn bn(p: nn::Path, c: usize) -> nn::BatchNorm {
+    let cfg = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() };
+    nn::batch_norm3d(p, c as i64, cfg)
+}
+
+fn linear(p: nn::Path, i: usize, o: usize, bias: bool) -> nn::Linear {
+    let cfg = nn::LinearConfig { bias, ..Default::default() };
+    nn::linear(p, i as i64, o as i64, cfg)
+}
+
+fn spatial(x: &Tensor) -> [i64; 3] {
+    let s = x.size();
+    [s[2], s[3], s[4]]
+}
+
+/// Concatenated global average and global max pooling over the spatial axes: `[B, 2C]`.
+fn gap_gmp(x: &Tensor) -> Tensor {
+    let avg = x.mean_dim(&[2i64, 3, 4][..], false, Kind::Float);
+    let max = x.amax(&[2i64, 3, 4][..], false);
+    Tensor::cat(&[avg, max], 1)
+}
+
+/// 3x3x3 convolution (no bias) + BatchNorm + LeakyReLU.
+#[derive(Debug)]
+struct ConvBnAct {
+    conv: nn::Conv3D,
+    bn: nn::BatchNorm,
+}
+
+impl ConvBnAct {
+    fn new(p: nn::Path, i: usize, o: usize) -> Self {
+        Self { conv: conv(&p / "conv", i, o, 3, 1, false), bn: bn(&p / "bn", o) }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = self.conv.forward(x);
+        lrelu(self.bn.forward_t(&y, train))
+    }
+}
+
+/// Two 3x3x3 conv + BatchNorm layers with LeakyReLU and an identity shortcut.
+#[derive(Debug)]
+struct ResBlock {
+    a: ConvBnAct,
+    conv: nn::Conv3D,
+    bn: nn::BatchNorm,
+}
+
+impl ResBlock {
+    fn new(p: nn::Path, c: usize) -> Self {
+        Self {
+            a: ConvBnAct::new(&p / "a", c, c),
+            conv: conv(&p / "conv", c, c, 3, 1, false),
+            bn: bn(&p / "bn", c),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = self.a.forward(x, train);
+        y = self.conv.forward(&y);
+        y = self.bn.forward_t(&y, train);
+        lrelu(add(y, x))
+    }
+}
+
+/// Per-modality 3x3x3 stems fused by the learnable weighted average of eq. (1).
+///
+/// The stems are linear, so the weighted average of the four feature maps equals one
+/// convolution whose kernel for modality `m` is `a_m * W_m`, with
+/// `a_m = softplus(theta_m) / sum_{present} softplus(theta)` (zero for absent modalities).
+/// That fused kernel is what is applied; the result is identical to eq. (1).
+#[derive(Debug)]
+pub struct ModalityStem {
+    kernels: Vec<Tensor>,
+    logits: Tensor,
+}
+
+impl ModalityStem {
+    fn new(p: nn::Path, c: usize) -> Self {
+        let kernels = MODALITY_NAMES
+            .iter()
+            .map(|m| (&p / *m).var("weight", &[c as i64, 1, 3, 3, 3], nn::Init::Const(0.0)))
+            .collect();
+        let logits = p.var("modality_logits", &[MODALITIES as i64], nn::Init::Const(0.5413));
+        Self { kernels, logits }
+    }
+
+    /// Normalized fusion weights `a_m` for a presence mask (zeros for absent modalities).
+    pub fn weights(&self, present: [bool; MODALITIES]) -> Tensor {
+        let mask: Vec<f32> = present.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect();
+        let mask = Tensor::from_slice(&mask).to_device(self.logits.device());
+        let w = self.logits.softplus() * mask;
+        let total = w.sum(Kind::Float);
+        w / total
+    }
+
+    fn fused_kernel(&self, present: [bool; MODALITIES]) -> Tensor {
+        let a = self.weights(present);
+        let parts: Vec<Tensor> =
+            self.kernels.iter().enumerate().map(|(m, k)| k * a.get(m as i64)).collect();
+        Tensor::cat(&parts, 1)
+    }
+
+    fn forward(&self, x: &Tensor, present: &[[bool; MODALITIES]]) -> Tensor {
+        let apply = |x: &Tensor, mask: [bool; MODALITIES]| {
+            x.conv3d::<Tensor>(&self.fused_kernel(mask), None, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1)
+        };
+        if present.iter().all(|m| *m == present[0]) {
+            apply(x, present[0])
+        } else {
+            let outs: Vec<Tensor> = present
+                .iter()
+                .enumerate()
+                .map(|(i, m)| apply(&x.narrow(0, i as i64, 1), *m))
+                .collect();
+            Tensor::cat(&outs, 0)
+        }
+    }
+}
+
+/// Residual encoder: fused stem, then three stride-2 downsamplings with channel doubling.
+#[derive(Debug)]
+struct Encoder {
+    stem: ModalityStem,
+    stem_bn: nn::BatchNorm,
+    downs: Vec<nn::Conv3D>,
+    blocks: Vec<Vec<ResBlock>>,
+}
+
+impl Encoder {
+    fn new(p: nn::Path, channels: &[usize], blocks: &[usize]) -> Self {
+        let stem = ModalityStem::new(&p / "stem", channels[0]);
+        let stem_bn = bn(&p / "stem_bn", channels[0]);
+        let downs = (1..channels.len())
+            .map(|l| conv(&p / format!("down{l}"), channels[l - 1], channels[l], 3, 2, true))
+            .collect();
+        let blocks = channels
+            .iter()
+            .zip(blocks)
+            .enumerate()
+            .map(|(l, (&c, &n))| {
+                (0..n).map(|b| ResBlock::new(&p / format!("level{l}") / format!("block{b}"), c)).collect()
+            })
+            .collect();
+        Self { stem, stem_bn, downs, blocks }
+    }
+
+    /// Features of every level, finest first.
+    fn forward(&self, x: &Tensor, present: &[[bool; MODALITIES]], train: bool) -> Vec<Tensor> {
+        let mut feats = Vec::with_capacity(self.blocks.len());
+        let mut h = self.stem.forward(x, present);
+        h = lrelu(self.stem_bn.forward_t(&h, train));
+        for (l, blocks) in self.blocks.iter().enumerate() {
+            if l > 0 {
+                h = self.downs[l - 1].forward(&feats[l - 1]);
+            }
+            for b in blocks {
+                h = b.forward(&h, train);
+            }
+            feats.push(h.shallow_clone());
+        }
+        feats
+    }
+}
+
+/// Pre-norm transformer layer: `x + MHSA(LN(x))`, then `x + MLP(LN(x))`.
+#[derive(Debug)]
+struct TransformerLayer {
+    ln1: nn::LayerNorm,
+    qkv: nn::Linear,
+    proj: nn::Linear,
+    ln2: nn::LayerNorm,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    heads: i64,
+    dropout: f64,
+}
+
+impl TransformerLayer {
+    fn new(p: nn::Path, e: usize, heads: usize, mlp_ratio: usize, dropout: f64) -> Self {
+        let ln = |n: &str| nn::layer_norm(&p / n, vec![e as i64], Default::default());
+        Self {
+            ln1: ln("ln1"),
+            // No bias on q/k/v: a key bias gets no gradient (softmax is shift invariant).
+            qkv: linear(&p / "qkv", e, 3 * e, false),
+            proj: linear(&p / "proj", e, e, true),
+            ln2: ln("ln2"),
+            fc1: linear(&p / "fc1", e, e * mlp_ratio, true),
+            fc2: linear(&p / "fc2", e * mlp_ratio, e, true),
+            heads: heads as i64,
+            dropout,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, drop: bool) -> Tensor {
+        let (b, n, e) = x.size3().expect("tokens are [B, N, E]");
+        let h = self.heads;
+        let qkv = self.qkv.forward(&self.ln1.forward(x)).view([b, n, 3, h, e / h]).permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let att = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
+        drop_all([q, k, v, qkv]);
+        let att = att.transpose(1, 2).reshape([b, n, e]);
+        let mut x = x + self.proj.forward(&att);
+        let mut m = self.fc1.forward(&self.ln2.forward(&x)).gelu("none");
+        m = m.dropout(self.dropout, drop);
+        m = self.fc2.forward(&m).dropout(self.dropout, drop);
+        x = add(x, &m);
+        x
+    }
+}
+
+fn drop_all<const N: usize>(_: [Tensor; N]) {}
+
+/// Transformer bottleneck: 3x3x3 projection to the embedding width, learned positional
+/// embedding (trilinearly resized when the token grid differs from the training one).
+#[derive(Debug)]
+struct Transformer {
+    proj: nn::Conv3D,
+    pos: Tensor,
+    layers: Vec<TransformerLayer>,
+    norm: nn::LayerNorm,
+}
+
+impl Transformer {
+    fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
+        let e = cfg.embed_dim;
+        let g = cfg.token_grid().map(|v| v as i64);
+        Self {
+            proj: conv(&p / "proj", cfg.channels[3], e, 3, 1, true),
+            pos: p.var("pos_embed", &[1, e as i64, g[0], g[1], g[2]], nn::Init::Const(0.0)),
+            layers: (0..cfg.layers)
+                .map(|i| {
+                    TransformerLayer::new(&p / format!("layer{i}"), e, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+                })
+                .collect(),
+            norm: nn::layer_norm(&p / "norm", vec![e as i64], Default::default()),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, drop: bool) -> Tensor {
+        let f = self.proj.forward(x);
+        let [d, h, w] = spatial(&f);
+        let b = f.size()[0];
+        let e = f.size()[1];
+        let pos = if spatial(&self.pos) == [d, h, w] {
+            self.pos.shallow_clone()
+        } else {
+            self.pos.upsample_trilinear3d([d, h, w], false, None, None, None)
+        };
+        let mut t = add(f, &pos).flatten(2, 4).transpose(1, 2);
+        for layer in &self.layers {
+            t = layer.forward(&t, drop);
+        }
+        self.norm.forward(&t).transpose(1, 2).reshape([b, e, d, h, w])
+    }
+}
+
+/// Bottleneck of the backbone: transformer, or one residual block for the ConvNet ablation.
+#[derive(Debug)]
+enum Bottleneck {
+    Transformer(Transformer),
+    Conv(ResBlock),
+}
+
+/// Channel-attention fusion of III-C.4: concatenate, GAP+GMP through a shared MLP, sigmoid
+/// channel weights, then a 1x1x1 convolution back to the backbone width.
+#[derive(Debug)]
+struct ChannelAttentionFusion {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    out: nn::Conv3D,
+    width: i64,
+}
+
+impl ChannelAttentionFusion {
+    fn new(p: nn::Path, backbone: usize, global: usize) -> Self {
+        let c = backbone + global;
+        let hidden = (c / 4).max(4);
+        Self {
+            fc1: linear(&p / "fc1", c, hidden, true),
+            fc2: linear(&p / "fc2", hidden, c, true),
+            out: conv(&p / "out", c, backbone, 1, 1, true),
+            width: c as i64,
+        }
+    }
+
+    fn forward(&self, backbone: &Tensor, global: &Tensor) -> Tensor {
+        let cat = Tensor::cat(&[backbone, global], 1);
+        let b = cat.size()[0];
+        let mlp = |v: &Tensor| self.fc2.forward(&self.fc1.forward(v).relu());
+        let avg = cat.mean_dim(&[2i64, 3, 4][..], false, Kind::Float);
+        let max = cat.amax(&[2i64, 3, 4][..], false);
+        let att = (mlp(&avg) + mlp(&max)).sigmoid().view([b, self.width, 1, 1, 1]);
+        self.out.forward(&(cat * att))
+    }
+}
+
+/// Features of the global branch for one or more whole volumes.
+#[derive(Debug)]
+pub struct GlobalFeatures {
+    /// Bottleneck features `[Bg, global_channels[2], G/4..]`.
+    pub bottleneck: Tensor,
+    /// Last decoder features `[Bg, global_channels[0], G..]`.
+    pub decoder: Tensor,
+    /// Segmentation logits at the global resolution `[Bg, 4, G..]`.
+    pub seg_logits: Tensor,
+}
+
+/// A small U-Net over the down-sampled whole volume (two downsamplings).
+#[derive(Debug)]
+struct GlobalUNet {
+    stem: ModalityStem,
+    stem_bn: nn::BatchNorm,
+    enc: Vec<ResBlock>,
+    downs: Vec<nn::Conv3D>,
+    reduce: Vec<nn::Conv3D>,
+    dec: Vec<ConvBnAct>,
+    head: nn::Conv3D,
+}
+
+impl GlobalUNet {
+    fn new(p: nn::Path, ch: [usize; 3]) -> Self {
+        Self {
+            stem: ModalityStem::new(&p / "stem", ch[0]),
+            stem_bn: bn(&p / "stem_bn", ch[0]),
+            enc: (0..3).map(|l| ResBlock::new(&p / format!("enc{l}"), ch[l])).collect(),
+            downs: (1..3).map(|l| conv(&p / format!("down{l}"), ch[l - 1], ch[l], 3, 2, true)).collect(),
+            reduce: (0..2).map(|l| conv(&p / format!("reduce{l}"), ch[l + 1], ch[l], 1, 1, true)).collect(),
+            dec: (0..2).map(|l| ConvBnAct::new(&p / format!("dec{l}"), ch[l], ch[l])).collect(),
+            head: conv(&p / "seg_head", ch[0], SEG_CLASSES, 1, 1, true),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, present: &[[bool; MODALITIES]], train: bool) -> GlobalFeatures {
+        let mut h = lrelu(self.stem_bn.forward_t(&self.stem.forward(x, present), train));
+        let mut skips = Vec::new();
+        for l in 0..3 {
+            if l > 0 {
+                h = self.downs[l - 1].forward(&h);
+            }
+            h = self.enc[l].forward(&h, train);
+            skips.push(h.shallow_clone());
+        }
+        let bottleneck = h.shallow_clone();
+        for l in (0..2).rev() {
+            h = self.reduce[l].forward(&h);
+            h = h.upsample_trilinear3d(spatial(&skips[l]), false, None, None, None);
+            h = add(h, &skips[l]);
+            h = self.dec[l].forward(&h, train);
+        }
+        let seg_logits = self.head.forward(&h);
+        GlobalFeatures { bottleneck, decoder: h, seg_logits }
+    }
+}
+
+/// Resamples whole-volume features to the region `boxes` of each sample covers.
+///
+/// `boxes[i] = [z0, y0, x0, z1, y1, x1]` are fractions of the whole volume (a window that
+/// runs past the volume edge has values above 1; the outside reads zeros).
+fn crop_resample(feat: &Tensor, boxes: &[[f32; 6]], size: [i64; 3]) -> Tensor {
+    let b = boxes.len() as i64;
+    let mut theta = Vec::with_capacity(boxes.len() * 12);
+    for bx in boxes {
+        // Rows act on (x, y, z) output coordinates in [-1, 1] (align_corners = false).
+        let (sz, sy, sx) = (bx[3] - bx[0], bx[4] - bx[1], bx[5] - bx[2]);
+        let (tz, ty, tx) = (bx[0] + bx[3] - 1.0, bx[1] + bx[4] - 1.0, bx[2] + bx[5] - 1.0);
+        theta.extend_from_slice(&[sx, 0.0, 0.0, tx, 0.0, sy, 0.0, ty, 0.0, 0.0, sz, tz]);
+    }
+    let theta = Tensor::from_slice(&theta).view([b, 3, 4]).to_device(feat.device());
+    let c = feat.size()[1];
+    let grid = Tensor::affine_grid_generator(&theta, [b, c, size[0], size[1], size[2]], false);
+    let src = if feat.size()[0] == b { feat.shallow_clone() } else { feat.expand([b, -1, -1, -1, -1], false) };
+    src.grid_sampler(&grid, 0, 0, false)
+}
+
+/// Segmentation decoder: per level a 1x1x1 reduction, trilinear upsampling, skip addition
+/// and a 3x3x3 conv + BatchNorm + LeakyReLU; then 1x1x1 logits for the 4 classes.
+#[derive(Debug)]
+struct Decoder {
+    reduce: Vec<nn::Conv3D>,
+    convs: Vec<ConvBnAct>,
+    head: nn::Conv3D,
+}
+
+impl Decoder {
+    fn new(p: nn::Path, channels: &[usize; 4], bottleneck: usize) -> Self {
+        let inputs = [channels[1], channels[2], bottleneck];
+        Self {
+            reduce: (0..3).map(|l| conv(&p / format!("reduce{l}"), inputs[l], channels[l], 1, 1, true)).collect(),
+            convs: (0..3).map(|l| ConvBnAct::new(&p / format!("conv{l}"), channels[l], channels[l])).collect(),
+            head: conv(&p / "seg_head", channels[0], SEG_CLASSES, 1, 1, true),
+        }
+    }
+}
+
+/// Multi-task classifier: GAP+GMP of the last encoder stage and of the bottleneck output,
+/// one shared "Summarize" layer, then a separate two-layer branch per task (2 logits each).
+#[derive(Debug)]
+struct Classifier {
+    summarize: nn::Linear,
+    branches: Vec<(nn::Linear, nn::Linear)>,
+    dropout: f64,
+}
+
+impl Classifier {
+    fn new(p: nn::Path, input: usize, hidden: usize, dropout: f64) -> Self {
+        let half = (hidden / 2).max(1);
+        Self {
+            summarize: linear(&p / "summarize", input, hidden, true),
+            branches: TASK_NAMES
+                .iter()
+                .map(|t| {
+                    let q = &p / *t;
+                    (linear(&q / "fc1", hidden, half, true), linear(&q / "fc2", half, 2, true))
+                })
+                .collect(),
+            dropout,
+        }
+    }
+
+    fn forward(&self, encoder: &Tensor, bottleneck: &Tensor, drop: bool) -> Tensor {
+        let feats = Tensor::cat(&[gap_gmp(encoder), gap_gmp(bottleneck)], 1);
+        let s = self.summarize.forward(&feats).leaky_relu().dropout(self.dropout, drop);
+        let logits: Vec<Tensor> = self
+            .branches
+            .iter()
+            .map(|(fc1, fc2)| fc2.forward(&fc1.forward(&s).leaky_relu().dropout(self.dropout, drop)))
+            .collect();
+        Tensor::stack(&logits, 1)
+    }
+}
+
+/// Outputs of one forward pass.
+#[derive(Debug)]
+pub struct NetOutput {
+    /// Segmentation logits `[B, 4, D, H, W]` (background, NCR, ED, ET).
+    pub seg: Tensor,
+    /// Task logits `[B, 4, 2]` in the order of [`TASK_NAMES`]; index 1 is "positive".
+    pub tasks: Tensor,
+    /// Global-branch segmentation logits `[Bg, 4, G..]` when the branch is on.
+    pub global_seg: Option<Tensor>,
+}
+
+/// Global context handed to [`Net::forward`]: whole-volume features and, per sample, the
+/// region of the whole volume its input patch covers.
+#[derive(Debug, Clone, Copy)]
+pub struct GlobalContext<'a> {
+    /// Features from [`Net::global_features`] (batch 1, or one per sample).
+    pub features: &'a GlobalFeatures,
+    /// Per sample `[z0, y0, x0, z1, y1, x1]` as fractions of the whole volume.
+    pub boxes: &'a [[f32; 6]],
+}
+
+/// The GMMAS network. Build it on a `VarStore` path; all sizes come from [`ModelConfig`].
+#[derive(Debug)]
+pub struct Net {
+    cfg: ModelConfig,
+    encoder: Encoder,
+    bottleneck: Bottleneck,
+    decoder: Decoder,
+    classifier: Classifier,
+    global: Option<GlobalUNet>,
+    fuse_bottleneck: Option<ChannelAttentionFusion>,
+    fuse_decoder: Option<ChannelAttentionFusion>,
+}
+
+impl Net {
+    /// Creates the variables of the network under `p`.
+    pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Result<Self, ModelError> {
+        cfg.validate()?;
+        let ch = cfg.channels;
+        let bw = cfg.bottleneck_width();
+        let bottleneck = if cfg.transformer {
+            Bottleneck::Transformer(Transformer::new(p / "transformer", cfg))
+        } else {
+            Bottleneck::Conv(ResBlock::new(p / "conv_bottleneck", ch[3]))
+        };
+        let g = cfg.global_channels;
+        let (global, fuse_bottleneck, fuse_decoder) = if cfg.global_branch {
+            (
+                Some(GlobalUNet::new(p / "global", g)),
+                Some(ChannelAttentionFusion::new(p / "fuse_bottleneck", bw, g[2])),
+                Some(ChannelAttentionFusion::new(p / "fuse_decoder", ch[1], g[0])),
+            )
+        } else {
+            (None, None, None)
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            encoder: Encoder::new(p / "encoder", &ch, &cfg.enc_blocks),
+            bottleneck,
+            decoder: Decoder::new(p / "decoder", &ch, bw),
+            classifier: Classifier::new(p / "classifier", 2 * (ch[3] + bw), cfg.cls_hidden, cfg.dropout),
+            global,
+            fuse_bottleneck,
+            fuse_decoder,
+        })
+    }
+
+    /// The configuration the network was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Normalized modality fusion weights of the backbone stem for a presence mask.
+    pub fn modality_weights(&self, present: [bool; MODALITIES]) -> Vec<f32> {
+        let w = tch::no_grad(|| self.encoder.stem.weights(present));
+        Vec::<f32>::try_from(&w).unwrap_or_default()
+    }
+
+    /// Resizes whole volumes `[B, 4, D, H, W]` to the global-branch size (area interpolation).
+    pub fn global_input(&self, volume: &Tensor) -> Tensor {
+        let g = self.cfg.global_size.map(|v| v as i64);
+        volume.adaptive_avg_pool3d(g)
+    }
+
+    /// Runs the global branch on down-sampled whole volumes `[Bg, 4, G..]` (None when off).
+    pub fn global_features(
+        &self,
+        low: &Tensor,
+        present: &[[bool; MODALITIES]],
+        train: bool,
+    ) -> Result<Option<GlobalFeatures>, ModelError> {
+        let Some(global) = &self.global else { return Ok(None) };
+        check_present(present, low.size()[0])?;
+        let want: Vec<i64> = self.cfg.global_size.iter().map(|&v| v as i64).collect();
+        let size = low.size();
+        if size.len() != 5 || size[1] != MODALITIES as i64 || size[2..] != want[..] {
+            return Err(ModelError::Input(format!(
+                "global input must be [B, 4, {want:?}], got {size:?}"
+            )));
+        }
+        Ok(Some(global.forward(low, present, train)))
+    }
+
+    /// Full forward pass on patches `[B, 4, D, H, W]` (spatial sizes multiples of 8).
+    ///
+    /// `present` has one mask per sample (or one for all). With the global branch on and
+    /// `global` None, each patch is treated as its own whole volume.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        present: &[[bool; MODALITIES]],
+        global: Option<GlobalContext<'_>>,
+        train: bool,
+        mc: bool,
+    ) -> Result<NetOutput, ModelError> {
+        let size = x.size();
+        if size.len() != 5 || size[1] != MODALITIES as i64 {
+            return Err(ModelError::Input(format!("input must be [B, 4, D, H, W], got {size:?}")));
+        }
+        if size[2..].iter().any(|&s| s <= 0 || s % BACKBONE_STRIDE as i64 != 0) {
+            return Err(ModelError::Input(format!(
+                "spatial size {:?} must be positive multiples of {BACKBONE_STRIDE}",
+                &size[2..]
+            )));
+        }
+        let b = size[0];
+        check_present(present, b)?;
+        let present: Vec<[bool; MODALITIES]> =
+            if present.len() == 1 { vec![present[0]; b as usize] } else { present.to_vec() };
+        let drop = train || mc;
+
+        // Global branch: whole-volume features for each sample.
+        let own;
+        let full = vec![[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]; b as usize];
+        let ctx = match (&self.global, global) {
+            (None, _) => None,
+            (Some(_), Some(ctx)) => {
+                if ctx.boxes.len() != b as usize {
+                    return Err(ModelError::Input(format!(
+                        "{} global boxes for a batch of {b}",
+                        ctx.boxes.len()
+                    )));
+                }
+                Some(ctx)
+            }
+            (Some(_), None) => {
+                own = self.global_features(&self.global_input(x), &present, train)?;
+                own.as_ref().map(|f| GlobalContext { features: f, boxes: &full })
+            }
+        };
+
+        let feats = self.encoder.forward(x, &present, train);
+        let mut h = match &self.bottleneck {
+            Bottleneck::Transformer(t) => t.forward(&feats[3], drop),
+            Bottleneck::Conv(block) => block.forward(&feats[3], train).dropout(self.cfg.dropout, drop),
+        };
+        if let (Some(fuse), Some(ctx)) = (&self.fuse_bottleneck, ctx) {
+            let g = crop_resample(&ctx.features.bottleneck, ctx.boxes, spatial(&h));
+            h = fuse.forward(&h, &g);
+        }
+        let tasks = self.classifier.forward(&feats[3], &h, drop);
+
+        let dec = &self.decoder;
+        let mut skips: Vec<Option<Tensor>> = feats.into_iter().map(Some).collect();
+        skips.truncate(3);
+        for l in (0..3).rev() {
+            let skip = skips[l].take().expect("each skip is used once");
+            h = dec.reduce[l].forward(&h);
+            h = h.upsample_trilinear3d(spatial(&skip), false, None, None, None);
+            h = add(h, &skip);
+            drop_all([skip]);
+            h = dec.convs[l].forward(&h, train);
+            if l == 1 {
+                if let (Some(fuse), Some(ctx)) = (&self.fuse_decoder, ctx) {
+                    let g = crop_resample(&ctx.features.decoder, ctx.boxes, spatial(&h));
+                    h = fuse.forward(&h, &g);
+                }
+            }
+        }
+        let seg = dec.head.forward(&h);
+        let global_seg = ctx.map(|c| c.features.seg_logits.shallow_clone());
+        Ok(NetOutput { seg, tasks, global_seg })
+    }
+}
+
+fn check_present(present: &[[bool; MODALITIES]], batch: i64) -> Result<(), ModelError> {
+    if present.len() != 1 && present.len() as i64 != batch {
+        return Err(ModelError::Input(format!(
+            "{} presence masks for a batch of {batch}",
+            present.len()
+        )));
+    }
+    if let Some(i) = present.iter().position(|m| !m.iter().any(|&p| p)) {
+        return Err(ModelError::Input(format!("sample {i} has no modality present")));
+    }
+    Ok(())
+}
+
+/// Number of scalar parameters (trainable variables) of a var store.
+pub fn parameter_count(vs: &nn::VarStore) -> usize {
+    vs.trainable_variables().iter().map(|t| t.numel()).sum()
+}
+
+/// Builds a network of `cfg` in a fresh var store on `device`, initialised from `seed`.
+pub fn build(
+    cfg: &ModelConfig,
+    device: tch::Device,
+    seed: Option<u64>,
+) -> Result<(nn::VarStore, Net), ModelError> {
+    let vs = nn::VarStore::new(device);
+    let net = Net::new(&vs.root(), cfg)?;
+    if let Some(seed) = seed {
+        crate::weights::init_seeded(&vs, seed)?;
+    }
+    let _ = TASKS;
+    Ok((vs, net))
+}

@@ -1,0 +1,180 @@
+//! Deterministic seeded initialisation and a byte-stable safetensors reader/writer for the
+//! variables of a `VarStore` (names sorted, so equal weights always give equal bytes and sha).
+
+use std::collections::BTreeMap;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::ModelError;
+
+/// Re-initialises every variable of `vs` from a ChaCha stream seeded with `seed`, visiting
+/// variables in name order so the result does not depend on the global torch RNG.
+///
+/// Convolution kernels: He-uniform (`sqrt(6 / fan_in)`), segmentation heads and linear
+/// layers: `1 / sqrt(fan_in)`, norms: weight 1 / bias 0, positional embedding: uniform with
+/// std 0.02, modality logits: `ln(e - 1)` (softplus = 1, i.e. equal modality weights).
+pub fn init_seeded(vs: &nn::VarStore, seed: u64) -> Result<(), ModelError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    tch::no_grad(|| -> Result<(), ModelError> {
+        for (name, mut var) in vars {
+            let shape = var.size();
+            let n = var.numel();
+            let fan_in: i64 = shape.iter().skip(1).product::<i64>().max(1);
+            let leaf = name.rsplit('.').next().unwrap_or("");
+            let values: Vec<f32> = if leaf == "running_mean" || leaf == "bias" {
+                vec![0.0; n]
+            } else if leaf == "running_var" || (leaf == "weight" && shape.len() == 1) {
+                vec![1.0; n]
+            } else if leaf == "modality_logits" {
+                vec![(std::f32::consts::E - 1.0).ln(); n]
+            } else if leaf == "pos_embed" {
+                uniform(&mut rng, n, 0.02 * 3f32.sqrt())
+            } else if shape.len() == 5 && !name.contains("seg_head") {
+                uniform(&mut rng, n, (6.0 / fan_in as f32).sqrt())
+            } else {
+                uniform(&mut rng, n, (1.0 / fan_in as f32).sqrt())
+            };
+            let src = Tensor::from_slice(&values).view(shape.as_slice()).to_device(var.device());
+            var.f_copy_(&src)?;
+        }
+        Ok(())
+    })
+}
+
+fn uniform(rng: &mut ChaCha8Rng, n: usize, bound: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+}
+
+/// Serialises all variables of `vs` as safetensors bytes (F32, names sorted).
+pub fn to_safetensors(vs: &nn::VarStore, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>, ModelError> {
+    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let mut header = Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), json!(metadata));
+    }
+    let mut blobs = Vec::with_capacity(vars.len());
+    let mut offset = 0usize;
+    for (name, t) in &vars {
+        let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+        let data = Vec::<f32>::try_from(&t.flatten(0, -1))?;
+        let len = data.len() * 4;
+        header.insert(
+            name.clone(),
+            json!({"dtype": "F32", "shape": t.size(), "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+        blobs.push(data);
+    }
+    let mut head = serde_json::to_vec(&Value::Object(header)).map_err(|e| ModelError::Internal(e.to_string()))?;
+    while head.len() % 8 != 0 {
+        head.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + head.len() + offset);
+    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    out.extend_from_slice(&head);
+    for data in blobs {
+        for v in data {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    Ok(out)
+}
+
+/// First 12 hex digits of the sha256 of `bytes`.
+pub fn short_sha(bytes: &[u8]) -> String {
+    let digest = hex::encode(Sha256::digest(bytes));
+    digest[..12].to_string()
+}
+
+/// Full hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// One tensor entry of a parsed safetensors file.
+#[derive(Debug)]
+struct Entry {
+    shape: Vec<i64>,
+    start: usize,
+    end: usize,
+}
+
+/// Copies the tensors of safetensors `bytes` into the variables of `vs`. Every variable must
+/// be present with the same shape and no extra tensors may exist; errors name the offender.
+/// The returned error text does not include the file name (the caller adds it).
+pub fn load_safetensors(vs: &nn::VarStore, bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 8 {
+        return Err(format!("not a safetensors file: {} bytes", bytes.len()));
+    }
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&bytes[..8]);
+    let n = u64::from_le_bytes(n);
+    if n > (bytes.len() - 8) as u64 {
+        return Err(format!("corrupt safetensors header: length {n} exceeds file size {}", bytes.len()));
+    }
+    let n = n as usize;
+    let header: Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n])
+        .map_err(|e| format!("corrupt safetensors header: {e}"))?;
+    let data = &bytes[8 + n..];
+    let mut entries = BTreeMap::new();
+    for (name, v) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = v.get("dtype").and_then(Value::as_str).unwrap_or("?");
+        if dtype != "F32" {
+            return Err(format!("tensor {name}: dtype {dtype}, expected F32"));
+        }
+        let shape: Option<Vec<i64>> =
+            v.get("shape").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_i64).collect());
+        let offs: Option<Vec<u64>> =
+            v.get("data_offsets").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect());
+        let (Some(shape), Some(offs)) = (shape, offs) else {
+            return Err(format!("tensor {name}: malformed header entry"));
+        };
+        let numel: i64 = shape.iter().product();
+        if offs.len() != 2
+            || offs[0] > offs[1]
+            || offs[1] > data.len() as u64
+            || shape.iter().any(|&d| d < 0)
+            || (offs[1] - offs[0]) != numel as u64 * 4
+        {
+            return Err(format!("tensor {name}: data offsets {offs:?} do not fit shape {shape:?} in the file"));
+        }
+        entries.insert(name.clone(), Entry { shape, start: offs[0] as usize, end: offs[1] as usize });
+    }
+    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    if let Some(extra) = entries.keys().find(|k| !vars.contains_key(*k)) {
+        return Err(format!("unexpected tensor {extra} (not a variable of this model config)"));
+    }
+    for (name, var) in &vars {
+        let Some(e) = entries.get(name) else {
+            return Err(format!("missing tensor {name}"));
+        };
+        if e.shape != var.size() {
+            return Err(format!(
+                "wrong shape for var {name}: file has {:?}, model expects {:?}",
+                e.shape,
+                var.size()
+            ));
+        }
+    }
+    tch::no_grad(|| {
+        for (name, var) in vars {
+            let e = &entries[&name];
+            let values: Vec<f32> = data[e.start..e.end]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let src = Tensor::from_slice(&values).view(e.shape.as_slice()).to_device(var.device());
+            let mut var = var;
+            var.f_copy_(&src).map_err(|err| format!("tensor {name}: {err}"))?;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,307 @@
+//! The clinicians' API: upload a case, read a case with each stage's status, timing and result,
+//! list a tenant's cases, download the segmentation. JSON over HTTP (axum) on PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use gmmas_contracts::TenantId;
+use gmmas_ingest::Ingestor;
+use gmmas_runtime::bus::Bus;
+use gmmas_runtime::http::{ApiError, Metrics};
+use gmmas_runtime::{CommonConfig, Shutdown, db};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Configuration of the API service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// Largest accepted upload, in MiB.
+    pub max_upload_mib: u64,
+    /// Largest accepted volume, in voxels.
+    pub max_voxels: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            common: CommonConfig { http_addr: "127.0.0.1:8080".into(), ..Default::default() },
+            max_upload_mib: 1024,
+            max_voxels: 512 * 512 * 512,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    db: PgPool,
+    bus: Bus,
+}
+
+/// One stage of a case as the API reports it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StageView {
+    pub stage: String,
+    pub status: String,
+    pub attempts: i32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// Sub-region volumes and proportions.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RegionsView {
+    pub ncr_ml: f64,
+    pub ed_ml: f64,
+    pub et_ml: f64,
+    pub wt_ml: f64,
+    pub tc_ml: f64,
+    pub ncr_fraction: f64,
+    pub ed_fraction: f64,
+    pub et_fraction: f64,
+}
+
+/// Probabilities of the four classification tasks.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProbabilitiesView {
+    pub grade_gbm: f32,
+    pub idh_mutant: f32,
+    pub codel_1p19q: f32,
+    pub mgmt_methylated: f32,
+}
+
+/// The analysis of a case, with what produced it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AnalysisView {
+    pub analysis_id: Uuid,
+    pub model_version: String,
+    pub device: String,
+    pub input_sha256: serde_json::Value,
+    pub segmentation_sha256: String,
+    pub segmentation_url: String,
+    pub regions: RegionsView,
+    pub probabilities: ProbabilitiesView,
+    pub missing_modalities: Vec<String>,
+    pub inference_ms: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A case: status, inputs, stages and (when done) the analysis.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CaseView {
+    pub case_id: Uuid,
+    pub tenant: String,
+    pub case_ref: String,
+    pub status: String,
+    pub error_stage: Option<String>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub modalities: Vec<String>,
+    pub stages: Vec<StageView>,
+    pub analysis: Option<AnalysisView>,
+}
+
+/// One row of a tenant's case list.
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct CaseSummary {
+    pub case_id: Uuid,
+    pub case_ref: String,
+    pub status: String,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+    status: Option<String>,
+}
+
+fn tenant(s: &str) -> Result<TenantId, ApiError> {
+    TenantId::new(s).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+async fn list_cases(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<CaseSummary>>, ApiError> {
+    let t = tenant(&t)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let rows: Vec<CaseSummary> = sqlx::query_as(
+        "SELECT id AS case_id, case_ref, status, error, created_at, updated_at FROM cases
+         WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
+         ORDER BY created_at DESC LIMIT $3",
+    )
+    .bind(t.as_str())
+    .bind(q.status)
+    .bind(limit)
+    .fetch_all(&s.db)
+    .await?;
+    Ok(Json(rows))
+}
+
+type CaseRow = (Uuid, String, String, Option<String>, Option<String>, DateTime<Utc>, DateTime<Utc>);
+type StageRow = (String, String, i32, DateTime<Utc>, Option<DateTime<Utc>>, Option<String>);
+
+async fn get_case(State(s): State<AppState>, Path((t, id)): Path<(String, Uuid)>) -> Result<Json<CaseView>, ApiError> {
+    let t = tenant(&t)?;
+    let row: Option<CaseRow> = sqlx::query_as(
+        "SELECT id, case_ref, status, error_stage, error, created_at, updated_at FROM cases WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(id)
+    .bind(t.as_str())
+    .fetch_optional(&s.db)
+    .await?;
+    let (case_id, case_ref, status, error_stage, error, created_at, updated_at) =
+        row.ok_or_else(|| ApiError::NotFound(format!("no case {id} for tenant {t}")))?;
+    let modalities: Vec<(String,)> =
+        sqlx::query_as("SELECT modality FROM volumes WHERE case_id = $1 ORDER BY array_position(ARRAY['t1','t1ce','t2','flair'], modality)")
+            .bind(id)
+            .fetch_all(&s.db)
+            .await?;
+    let stages: Vec<StageRow> = sqlx::query_as(
+        "SELECT stage, status, attempts, started_at, finished_at, error FROM stage_runs WHERE case_id = $1
+         ORDER BY array_position(ARRAY['ingest','preprocess','infer'], stage)",
+    )
+    .bind(id)
+    .fetch_all(&s.db)
+    .await?;
+    let stages = stages
+        .into_iter()
+        .map(|(stage, status, attempts, started_at, finished_at, error)| StageView {
+            duration_ms: finished_at.map(|f| (f - started_at).num_milliseconds()),
+            stage,
+            status,
+            attempts,
+            started_at,
+            finished_at,
+            error,
+        })
+        .collect();
+    let analysis = load_analysis(&s.db, &t, id).await?;
+    Ok(Json(CaseView {
+        case_id,
+        tenant: t.to_string(),
+        case_ref,
+        status,
+        error_stage,
+        error,
+        created_at,
+        updated_at,
+        modalities: modalities.into_iter().map(|(m,)| m).collect(),
+        stages,
+        analysis,
+    }))
+}
+
+async fn load_analysis(db: &PgPool, t: &TenantId, case_id: Uuid) -> Result<Option<AnalysisView>, ApiError> {
+    let row = sqlx::query(
+        "SELECT id, model_version, device, input_sha256, seg_sha256, ncr_ml, ed_ml, et_ml, wt_ml, tc_ml,
+                ncr_fraction, ed_fraction, et_fraction, p_grade_gbm, p_idh_mutant, p_codel_1p19q,
+                p_mgmt_methylated, missing_modalities, inference_ms, created_at
+         FROM analyses WHERE case_id = $1",
+    )
+    .bind(case_id)
+    .fetch_optional(db)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    use sqlx::Row;
+    Ok(Some(AnalysisView {
+        analysis_id: r.try_get("id")?,
+        model_version: r.try_get("model_version")?,
+        device: r.try_get("device")?,
+        input_sha256: r.try_get("input_sha256")?,
+        segmentation_sha256: r.try_get("seg_sha256")?,
+        segmentation_url: format!("/api/v1/tenants/{t}/cases/{case_id}/segmentation"),
+        regions: RegionsView {
+            ncr_ml: r.try_get("ncr_ml")?,
+            ed_ml: r.try_get("ed_ml")?,
+            et_ml: r.try_get("et_ml")?,
+            wt_ml: r.try_get("wt_ml")?,
+            tc_ml: r.try_get("tc_ml")?,
+            ncr_fraction: r.try_get("ncr_fraction")?,
+            ed_fraction: r.try_get("ed_fraction")?,
+            et_fraction: r.try_get("et_fraction")?,
+        },
+        probabilities: ProbabilitiesView {
+            grade_gbm: r.try_get("p_grade_gbm")?,
+            idh_mutant: r.try_get("p_idh_mutant")?,
+            codel_1p19q: r.try_get("p_codel_1p19q")?,
+            mgmt_methylated: r.try_get("p_mgmt_methylated")?,
+        },
+        missing_modalities: r.try_get("missing_modalities")?,
+        inference_ms: r.try_get("inference_ms")?,
+        created_at: r.try_get("created_at")?,
+    }))
+}
+
+async fn segmentation(
+    State(s): State<AppState>,
+    Path((t, id)): Path<(String, Uuid)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = tenant(&t)?;
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT a.seg_object_key, a.seg_sha256 FROM analyses a JOIN cases c ON c.id = a.case_id
+         WHERE a.case_id = $1 AND c.tenant_id = $2",
+    )
+    .bind(id)
+    .bind(t.as_str())
+    .fetch_optional(&s.db)
+    .await?;
+    let (key, sha) = row.ok_or_else(|| ApiError::NotFound(format!("case {id} has no segmentation (yet)")))?;
+    let obj = gmmas_contracts::ObjectRef {
+        bucket: gmmas_contracts::VOLUMES_BUCKET.into(),
+        key,
+        sha256: sha.clone(),
+        size: 0,
+    };
+    let bytes = s.bus.get_object(&obj).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}_seg.nii.gz\"")),
+            (header::ETAG, format!("\"{sha}\"")),
+        ],
+        bytes,
+    ))
+}
+
+/// The API's routes (without health/metrics), under `/api`.
+pub fn routes(db: PgPool, bus: Bus, ingestor: Arc<Ingestor>) -> Router {
+    let state = AppState { db, bus };
+    let reads = Router::new()
+        .route("/v1/tenants/{tenant}/cases", get(list_cases))
+        .route("/v1/tenants/{tenant}/cases/{case_id}", get(get_case))
+        .route("/v1/tenants/{tenant}/cases/{case_id}/segmentation", get(segmentation))
+        .with_state(state);
+    Router::new().nest("/api", gmmas_ingest::routes(ingestor).merge(reads))
+}
+
+/// Runs the API service until SIGTERM.
+pub async fn run(config: ApiConfig) -> anyhow::Result<()> {
+    gmmas_runtime::telemetry::init("api", &config.common.log_format);
+    let shutdown = Shutdown::on_signals();
+    let bus = Bus::connect(&config.common.nats_url).await?;
+    let pool = db::connect(&config.common.database_url, Duration::from_secs(30)).await?;
+    let metrics = Metrics::new("api");
+    let ingestor = Arc::new(Ingestor::new(bus.clone(), pool.clone(), config.max_upload_mib, config.max_voxels));
+    let router = routes(pool.clone(), bus.clone(), ingestor)
+        .merge(gmmas_runtime::http::health_routes(Some(bus), Some(pool), metrics));
+    gmmas_runtime::http::serve(&config.common.http_addr, router, shutdown.clone()).await?;
+    shutdown.wait().await;
+    Ok(())
+}

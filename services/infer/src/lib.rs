@@ -1,0 +1,255 @@
+//! Infer: consumes `scan.preprocessed`, runs the current registered model, maps the segmentation
+//! back to the input grid, records the analysis with model version and input hashes, publishes `scan.analyzed`.
+
+pub mod registry;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use gmmas_contracts::{self as contracts, CaseFailed, Event, Probabilities, RegionVolumes, ScanAnalyzed, ScanPreprocessed, Stage};
+use gmmas_imaging::{Modality, PreparedCase};
+use gmmas_models::{Analyzer, InferOptions};
+use gmmas_runtime::bus::{Bus, ConsumerSpec, Delivery, Outcome, run_consumer};
+use gmmas_runtime::db::{self, StageState};
+use gmmas_runtime::http::Metrics;
+use gmmas_runtime::{CommonConfig, Shutdown};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Configuration of the infer service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InferConfig {
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// Weights registered as the current model when the registry has none.
+    pub model_path: String,
+    /// `auto` (CUDA when present), `cpu` or `cuda`.
+    pub device: String,
+    /// Sliding-window overlap (0-0.9).
+    pub overlap: f32,
+    /// MC-Dropout passes (0 = one deterministic pass).
+    pub mc_passes: usize,
+    /// CPU threads for libtorch (0 = libtorch's default).
+    pub threads: usize,
+}
+
+impl Default for InferConfig {
+    fn default() -> Self {
+        InferConfig {
+            common: CommonConfig { http_addr: "127.0.0.1:8083".into(), ack_wait_s: 120, ..Default::default() },
+            model_path: gmmas_models::default_model_path().display().to_string(),
+            device: "auto".into(),
+            overlap: 0.5,
+            mc_passes: 0,
+            threads: 0,
+        }
+    }
+}
+
+/// What the infer handler works with.
+pub struct Ctx {
+    pub bus: Bus,
+    pub db: PgPool,
+    pub model: Arc<Analyzer>,
+    pub opts: InferOptions,
+}
+
+/// Runs the infer service until SIGTERM.
+pub async fn run(config: InferConfig) -> anyhow::Result<()> {
+    gmmas_runtime::telemetry::init("infer", &config.common.log_format);
+    let shutdown = Shutdown::on_signals();
+    let bus = Bus::connect(&config.common.nats_url).await?;
+    let pool = db::connect(&config.common.database_url, Duration::from_secs(30)).await?;
+    if config.threads > 0 {
+        gmmas_models::set_threads(config.threads);
+    }
+    let device = gmmas_models::parse_device(&config.device).context("setting `device`")?;
+    let model = registry::load_current(&bus, &pool, std::path::Path::new(&config.model_path), device).await?;
+    tracing::info!(model_version = model.version(), device = ?model.device(), "model loaded");
+    let metrics = Metrics::new("infer");
+    let router = gmmas_runtime::http::health_routes(Some(bus.clone()), Some(pool.clone()), metrics.clone());
+    gmmas_runtime::http::serve(&config.common.http_addr, router, shutdown.clone()).await?;
+    let ctx = Arc::new(Ctx {
+        bus: bus.clone(),
+        db: pool,
+        model: Arc::new(model),
+        opts: InferOptions { overlap: config.overlap, mc_passes: config.mc_passes, ..InferOptions::default() },
+    });
+    let spec = ConsumerSpec {
+        durable: contracts::consumers::INFER,
+        filter_subject: Event::ScanPreprocessed.all_tenants(),
+        stage: Stage::Infer.as_str(),
+    };
+    run_consumer(&bus, &config.common, spec, metrics, shutdown, move |d| handle(ctx.clone(), d)).await
+}
+
+async fn handle(ctx: Arc<Ctx>, delivery: Delivery) -> Outcome {
+    let msg: ScanPreprocessed = match contracts::decode(&delivery.payload) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(subject = %delivery.subject, error = %e, "undecodable message dropped");
+            return Outcome::Rejected;
+        }
+    };
+    match process(&ctx, &msg).await {
+        Ok(o) => o,
+        Err(e) => Outcome::Retry(e),
+    }
+}
+
+async fn process(ctx: &Ctx, msg: &ScanPreprocessed) -> anyhow::Result<Outcome> {
+    let stage = Stage::Infer.as_str();
+    let case_id = msg.case_id;
+    match db::stage_state(&ctx.db, case_id, stage).await? {
+        StageState::Done { output } => {
+            ctx.bus.publish(Event::ScanAnalyzed.subject(&msg.tenant), &Event::ScanAnalyzed.msg_id(case_id), output).await?;
+            return Ok(Outcome::Done);
+        }
+        StageState::Failed => return Ok(Outcome::Rejected),
+        StageState::New | StageState::Running { .. } => {}
+    }
+    db::stage_started(&ctx.db, case_id, stage, "analyzing").await?;
+    let bytes = ctx.bus.get_object(&msg.prepared).await?;
+    let model = ctx.model.clone();
+    let opts = ctx.opts.clone();
+    let result = tokio::task::spawn_blocking(move || analyze(&model, &bytes, &opts)).await.context("inference task")?;
+    let out = match result {
+        Ok(o) => o,
+        Err(reason) => return reject(ctx, msg, reason).await,
+    };
+    let seg_key = format!("{}/{}/segmentation.nii.gz", msg.tenant, case_id);
+    let seg = ctx.bus.put_object(&seg_key, &out.seg_nifti).await?;
+    let missing: Vec<String> = Modality::ALL
+        .iter()
+        .filter(|m| !msg.modalities.iter().any(|x| x == m.as_str()))
+        .map(|m| m.as_str().to_string())
+        .collect();
+    let analyzed = ScanAnalyzed {
+        schema_version: contracts::SCHEMA_VERSION,
+        tenant: msg.tenant.clone(),
+        case_id,
+        analysis_id: Uuid::new_v4(),
+        model_version: ctx.model.version().to_string(),
+        segmentation: seg.clone(),
+        regions: out.regions,
+        probabilities: out.probabilities,
+        missing_modalities: missing.clone(),
+        analyzed_at: Utc::now(),
+    };
+    let encoded = contracts::encode(&analyzed)?;
+    let inputs: serde_json::Map<String, serde_json::Value> = msg
+        .input_sha256
+        .iter()
+        .map(|(m, h)| (m.clone(), serde_json::Value::String(h.clone())))
+        .chain(std::iter::once(("preprocessed".to_string(), serde_json::Value::String(msg.prepared.sha256.clone()))))
+        .collect();
+    let r = &analyzed.regions;
+    let p = &analyzed.probabilities;
+    let mut tx = ctx.db.begin().await?;
+    sqlx::query(
+        "INSERT INTO analyses (id, case_id, model_version, input_sha256, device, seg_object_key, seg_sha256,
+            ncr_ml, ed_ml, et_ml, wt_ml, tc_ml, ncr_fraction, ed_fraction, et_fraction,
+            p_grade_gbm, p_idh_mutant, p_codel_1p19q, p_mgmt_methylated, missing_modalities, inference_ms)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)
+         ON CONFLICT (case_id) DO NOTHING",
+    )
+    .bind(analyzed.analysis_id)
+    .bind(case_id)
+    .bind(&analyzed.model_version)
+    .bind(serde_json::Value::Object(inputs))
+    .bind(format!("{:?}", ctx.model.device()))
+    .bind(&seg.key)
+    .bind(&seg.sha256)
+    .bind(r.ncr_ml)
+    .bind(r.ed_ml)
+    .bind(r.et_ml)
+    .bind(r.wt_ml)
+    .bind(r.tc_ml)
+    .bind(r.ncr_fraction)
+    .bind(r.ed_fraction)
+    .bind(r.et_fraction)
+    .bind(p.grade_gbm)
+    .bind(p.idh_mutant)
+    .bind(p.codel_1p19q)
+    .bind(p.mgmt_methylated)
+    .bind(&missing)
+    .bind(out.inference_ms as i64)
+    .execute(&mut *tx)
+    .await?;
+    db::stage_done(&mut tx, case_id, stage, &encoded).await?;
+    sqlx::query("UPDATE cases SET status = 'done', updated_at = now() WHERE id = $1").bind(case_id).execute(&mut *tx).await?;
+    db::audit(
+        &mut tx,
+        "infer",
+        "case.analyzed",
+        Some(msg.tenant.as_str()),
+        Some(case_id),
+        serde_json::json!({ "model_version": analyzed.model_version }),
+    )
+    .await?;
+    tx.commit().await?;
+    ctx.bus.publish(Event::ScanAnalyzed.subject(&msg.tenant), &Event::ScanAnalyzed.msg_id(case_id), encoded).await?;
+    tracing::info!(case_id = %case_id, model_version = %analyzed.model_version, inference_ms = out.inference_ms, "analyzed");
+    Ok(Outcome::Done)
+}
+
+/// The product of one analysis, before it is stored.
+pub struct AnalysisOutput {
+    pub seg_nifti: Vec<u8>,
+    pub regions: RegionVolumes,
+    pub probabilities: Probabilities,
+    pub inference_ms: u128,
+}
+
+/// Runs the model on a prepared case and maps the result back to the input grid.
+/// Errors are reasons a person can read (the case is then marked failed).
+pub fn analyze(model: &Analyzer, prepared: &[u8], opts: &InferOptions) -> Result<AnalysisOutput, String> {
+    let case = PreparedCase::from_bytes(prepared).map_err(|e| format!("preprocessed tensor: {e}"))?;
+    let started = Instant::now();
+    let pred = model
+        .analyze(&case.data, case.dims, case.present, opts)
+        .map_err(|e| format!("inference failed: {e}"))?;
+    let inference_ms = started.elapsed().as_millis();
+    let seg = gmmas_imaging::restore_labels(&pred.labels, &case.geometry);
+    let stats = gmmas_imaging::region_stats(&seg);
+    Ok(AnalysisOutput {
+        seg_nifti: gmmas_imaging::write_labels(&seg, true),
+        regions: RegionVolumes {
+            ncr_ml: stats.ncr_ml,
+            ed_ml: stats.ed_ml,
+            et_ml: stats.et_ml,
+            wt_ml: stats.wt_ml,
+            tc_ml: stats.tc_ml,
+            ncr_fraction: stats.ncr_fraction,
+            ed_fraction: stats.ed_fraction,
+            et_fraction: stats.et_fraction,
+        },
+        probabilities: Probabilities {
+            grade_gbm: pred.probabilities.grade_gbm,
+            idh_mutant: pred.probabilities.idh_mutant,
+            codel_1p19q: pred.probabilities.codel_1p19q,
+            mgmt_methylated: pred.probabilities.mgmt_methylated,
+        },
+        inference_ms,
+    })
+}
+
+async fn reject(ctx: &Ctx, msg: &ScanPreprocessed, reason: String) -> anyhow::Result<Outcome> {
+    tracing::warn!(case_id = %msg.case_id, reason = %reason, "case rejected");
+    let failed = CaseFailed {
+        schema_version: contracts::SCHEMA_VERSION,
+        tenant: msg.tenant.clone(),
+        case_id: msg.case_id,
+        stage: Stage::Infer,
+        reason: reason.clone(),
+        failed_at: Utc::now(),
+    };
+    let encoded = contracts::encode(&failed)?;
+    db::case_failed(&ctx.db, msg.case_id, Stage::Infer.as_str(), &reason, &encoded).await?;
+    ctx.bus.publish(Event::CaseFailed.subject(&msg.tenant), &Event::CaseFailed.msg_id(msg.case_id), encoded).await?;
+    Ok(Outcome::Rejected)
+}

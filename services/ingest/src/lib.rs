@@ -1,0 +1,268 @@
+//! Ingest: accepts one case (1-4 NIfTI modalities) over HTTP, validates every header and voxel,
+//! stores the volumes in the object store, records the case, and publishes `scan.ingested`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::Utc;
+use gmmas_contracts::{self as contracts, Event, ScanIngested, TenantId, VolumeRef};
+use gmmas_imaging::{Limits, Modality, Volume};
+use gmmas_runtime::bus::Bus;
+use gmmas_runtime::http::{ApiError, Metrics};
+use gmmas_runtime::{CommonConfig, Shutdown, db};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Configuration of the ingest service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IngestConfig {
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// Largest accepted upload (all files of one case), in MiB.
+    pub max_upload_mib: u64,
+    /// Largest accepted volume, in voxels.
+    pub max_voxels: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            common: CommonConfig { http_addr: "127.0.0.1:8081".into(), ..Default::default() },
+            max_upload_mib: 1024,
+            max_voxels: 512 * 512 * 512,
+        }
+    }
+}
+
+/// A case as uploaded: the tenant, the hospital's reference, and raw files by modality.
+#[derive(Debug)]
+pub struct Upload {
+    pub tenant: TenantId,
+    pub case_ref: String,
+    pub files: Vec<(Modality, Vec<u8>)>,
+}
+
+/// Answer to a successful upload.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CaseCreated {
+    pub case_id: Uuid,
+    pub tenant: String,
+    pub status: String,
+    pub modalities: Vec<String>,
+}
+
+/// Validates and stores cases; shared by the ingest service and the API.
+#[derive(Clone, Debug)]
+pub struct Ingestor {
+    pub bus: Bus,
+    pub db: PgPool,
+    pub limits: Limits,
+}
+
+impl Ingestor {
+    pub fn new(bus: Bus, db: PgPool, max_upload_mib: u64, max_voxels: u64) -> Self {
+        let limits = Limits { max_file_bytes: max_upload_mib * 1024 * 1024, max_voxels, ..Limits::default() };
+        Ingestor { bus, db, limits }
+    }
+
+    /// Validates, stores, records and announces one case.
+    pub async fn ingest(&self, upload: Upload) -> Result<CaseCreated, ApiError> {
+        contracts::validate_case_ref(&upload.case_ref).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if upload.files.is_empty() {
+            return Err(ApiError::BadRequest(
+                "no image files: expected 1-4 parts named t1, t1ce, t2, flair".into(),
+            ));
+        }
+        let exists: Option<(Uuid,)> = sqlx::query_as("SELECT id FROM cases WHERE tenant_id = $1 AND case_ref = $2")
+            .bind(upload.tenant.as_str())
+            .bind(&upload.case_ref)
+            .fetch_optional(&self.db)
+            .await?;
+        if let Some((id,)) = exists {
+            return Err(ApiError::Conflict(format!("this tenant already has a case with that reference (case {id})")));
+        }
+
+        // Decode and check every file off the async threads (decompression is CPU work).
+        let limits = self.limits.clone();
+        let files = upload.files;
+        let (files, grids) = tokio::task::spawn_blocking(move || validate(files, &limits))
+            .await
+            .context("validation task")??;
+
+        let case_id = Uuid::new_v4();
+        let tenant = upload.tenant;
+        let mut refs = Vec::with_capacity(files.len());
+        for ((modality, bytes), grid) in files.iter().zip(&grids) {
+            let ext = if is_gzip(bytes) { "nii.gz" } else { "nii" };
+            let key = format!("{tenant}/{case_id}/input/{}.{ext}", modality.as_str());
+            let object = self.bus.put_object(&key, bytes).await.map_err(ApiError::Internal)?;
+            refs.push(VolumeRef {
+                modality: modality.as_str().into(),
+                object,
+                dims: grid.dims.map(|d| d as u32),
+                voxel_mm: grid.pixdim,
+            });
+        }
+        let msg = ScanIngested {
+            schema_version: contracts::SCHEMA_VERSION,
+            tenant: tenant.clone(),
+            case_id,
+            volumes: refs.clone(),
+            ingested_at: Utc::now(),
+        };
+        let encoded = contracts::encode(&msg).context("encoding scan.ingested")?;
+
+        let mut tx = self.db.begin().await?;
+        sqlx::query("INSERT INTO tenants (id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(tenant.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO cases (id, tenant_id, case_ref, status) VALUES ($1, $2, $3, 'received')
+             ON CONFLICT (tenant_id, case_ref) DO NOTHING",
+        )
+        .bind(case_id)
+        .bind(tenant.as_str())
+        .bind(&upload.case_ref)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(ApiError::Conflict("this tenant already has a case with that reference".into()));
+        }
+        for r in &refs {
+            sqlx::query(
+                "INSERT INTO volumes (case_id, modality, object_key, sha256, size_bytes, dims, voxel_mm)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(case_id)
+            .bind(&r.modality)
+            .bind(&r.object.key)
+            .bind(&r.object.sha256)
+            .bind(r.object.size as i64)
+            .bind(r.dims.iter().map(|&d| d as i32).collect::<Vec<_>>())
+            .bind(r.voxel_mm.to_vec())
+            .execute(&mut *tx)
+            .await?;
+        }
+        db::stage_done(&mut tx, case_id, contracts::Stage::Ingest.as_str(), &encoded).await?;
+        db::audit(
+            &mut tx,
+            "ingest",
+            "case.created",
+            Some(tenant.as_str()),
+            Some(case_id),
+            serde_json::json!({ "modalities": refs.iter().map(|r| &r.modality).collect::<Vec<_>>() }),
+        )
+        .await?;
+        tx.commit().await?;
+
+        let published = self
+            .bus
+            .publish(Event::ScanIngested.subject(&tenant), &Event::ScanIngested.msg_id(case_id), encoded)
+            .await;
+        if let Err(e) = published {
+            let reason = "the case was stored but could not be queued (message bus unavailable); upload it again later";
+            tracing::error!(case_id = %case_id, error = format!("{e:#}"), "publish failed");
+            db::case_failed(&self.db, case_id, contracts::Stage::Ingest.as_str(), reason, &[]).await?;
+            return Err(ApiError::Unavailable(reason.into()));
+        }
+        tracing::info!(case_id = %case_id, tenant = %tenant, modalities = refs.len(), "case ingested");
+        Ok(CaseCreated {
+            case_id,
+            tenant: tenant.to_string(),
+            status: "received".into(),
+            modalities: refs.into_iter().map(|r| r.modality).collect(),
+        })
+    }
+}
+
+type Validated = (Vec<(Modality, Vec<u8>)>, Vec<gmmas_imaging::Grid>);
+
+/// Reads every file completely (headers, body, voxel values) and checks the grids agree.
+fn validate(mut files: Vec<(Modality, Vec<u8>)>, limits: &Limits) -> Result<Validated, ApiError> {
+    files.sort_by_key(|(m, _)| m.index());
+    for pair in files.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            return Err(ApiError::BadRequest(format!("modality {} was uploaded twice", pair[0].0.as_str())));
+        }
+    }
+    let mut grids: Vec<gmmas_imaging::Grid> = Vec::with_capacity(files.len());
+    for (modality, bytes) in &files {
+        let volume: Volume = gmmas_imaging::read_volume(bytes, limits)
+            .map_err(|e| ApiError::BadRequest(format!("{}: {e}", modality.as_str())))?;
+        if let Some(first) = grids.first() {
+            gmmas_imaging::same_grid(first, &volume.grid).map_err(|e| {
+                ApiError::BadRequest(format!("{} is not on the grid of {}: {e}", modality.as_str(), files[0].0.as_str()))
+            })?;
+        }
+        grids.push(volume.grid);
+    }
+    Ok((files, grids))
+}
+
+fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1f, 0x8b])
+}
+
+/// Reads a multipart upload: a `case_ref` text field and files named by modality.
+pub async fn read_multipart(tenant: &str, mut form: Multipart) -> Result<Upload, ApiError> {
+    let tenant = TenantId::new(tenant).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut case_ref = None;
+    let mut files = Vec::new();
+    while let Some(field) = form.next_field().await.map_err(|e| ApiError::BadRequest(format!("multipart: {e}")))? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "case_ref" {
+            case_ref = Some(field.text().await.map_err(|e| ApiError::BadRequest(format!("case_ref: {e}")))?);
+            continue;
+        }
+        let modality = Modality::parse(&name).ok_or_else(|| {
+            ApiError::BadRequest(format!("unknown form field {name:?}: expected case_ref, t1, t1ce, t2 or flair"))
+        })?;
+        let bytes = field.bytes().await.map_err(|e| match e.status() {
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!("{name}: upload too large")),
+            _ => ApiError::BadRequest(format!("{name}: {e}")),
+        })?;
+        files.push((modality, bytes.to_vec()));
+    }
+    let case_ref = case_ref.ok_or_else(|| ApiError::BadRequest("missing form field case_ref".into()))?;
+    Ok(Upload { tenant, case_ref: case_ref.trim().to_string(), files })
+}
+
+async fn upload(
+    State(ingestor): State<Arc<Ingestor>>,
+    Path(tenant): Path<String>,
+    form: Multipart,
+) -> Result<(axum::http::StatusCode, Json<CaseCreated>), ApiError> {
+    let upload = read_multipart(&tenant, form).await?;
+    let created = ingestor.ingest(upload).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(created)))
+}
+
+/// `POST /v1/tenants/{tenant}/cases` (multipart), with the body limit applied.
+pub fn routes(ingestor: Arc<Ingestor>) -> Router {
+    let limit = ingestor.limits.max_file_bytes as usize;
+    Router::new()
+        .route("/v1/tenants/{tenant}/cases", post(upload))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(ingestor)
+}
+
+/// Runs the ingest service until SIGTERM.
+pub async fn run(config: IngestConfig) -> anyhow::Result<()> {
+    gmmas_runtime::telemetry::init("ingest", &config.common.log_format);
+    let shutdown = Shutdown::on_signals();
+    let bus = Bus::connect(&config.common.nats_url).await?;
+    let pool = db::connect(&config.common.database_url, Duration::from_secs(30)).await?;
+    let metrics = Metrics::new("ingest");
+    let ingestor = Arc::new(Ingestor::new(bus.clone(), pool.clone(), config.max_upload_mib, config.max_voxels));
+    let router = routes(ingestor).merge(gmmas_runtime::http::health_routes(Some(bus), Some(pool), metrics));
+    gmmas_runtime::http::serve(&config.common.http_addr, router, shutdown.clone()).await?;
+    shutdown.wait().await;
+    Ok(())
+}

@@ -13,6 +13,13 @@ pub enum ImagingError {
         #[source]
         source: std::io::Error,
     },
+    /// An error while handling one particular file.
+    #[error("{path}: {source}")]
+    InFile {
+        path: String,
+        #[source]
+        source: Box<ImagingError>,
+    },
     /// The bytes are not a NIfTI-1 single file at all.
     #[error("not a NIfTI-1 file: {0}")]
     NotNifti(String),
@@ -79,6 +86,17 @@ impl ImagingError {
         ImagingError::Io {
             path: path.as_ref().display().to_string(),
             source,
+        }
+    }
+
+    /// Attaches the file path to an error (I/O errors already carry one).
+    pub(crate) fn in_file(self, path: impl AsRef<std::path::Path>) -> Self {
+        match self {
+            e @ (ImagingError::Io { .. } | ImagingError::InFile { .. }) => e,
+            e => ImagingError::InFile {
+                path: path.as_ref().display().to_string(),
+                source: Box::new(e),
+            },
         }
     }
 

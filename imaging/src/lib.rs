@@ -1,1 +1,24 @@
-//! NIfTI I/O, preprocessing and phantoms.
+//! NIfTI I/O and validation, preprocessing, BraTS case layouts and the synthetic phantom generator.
+//! Pure Rust; the services call [`read_volume`], [`prep::prepare`] and [`prep::restore_labels`].
+
+pub mod brats;
+mod error;
+pub mod nifti;
+pub mod orient;
+mod par;
+pub mod phantom;
+pub mod prep;
+pub mod regions;
+mod types;
+
+pub use error::ImagingError;
+pub use nifti::{
+    Datatype, NiftiHeader, read_header, read_header_with, read_labels, read_volume,
+    read_volumes_parallel, write_labels, write_volume, write_volume_as,
+};
+pub use orient::Orientation;
+pub use prep::{
+    Geometry, PrepOptions, PreparedCase, prepare, prepare_labels, restore_labels, restore_map,
+};
+pub use regions::{RegionStats, region_stats};
+pub use types::{Grid, LabelVolume, Limits, Modality, Volume, same_grid};

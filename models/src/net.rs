@@ -9,8 +9,7 @@ use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
 
 use crate::config::{
-    BACKBONE_STRIDE, GLOBAL_STRIDE, MODALITIES, MODALITY_NAMES, ModelConfig, SEG_CLASSES, TASK_NAMES,
-    TASKS,
+    BACKBONE_STRIDE, MODALITIES, MODALITY_NAMES, ModelConfig, SEG_CLASSES, TASK_NAMES,
 };
 use crate::ModelError;
 
@@ -685,6 +684,100 @@ pub fn build(
     if let Some(seed) = seed {
         crate::weights::init_seeded(&vs, seed)?;
     }
-    let _ = TASKS;
     Ok((vs, net))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn subsets() -> Vec<[bool; MODALITIES]> {
+        (1..16u8).map(|m| std::array::from_fn(|i| m & (1 << i) != 0)).collect()
+    }
+
+    #[test]
+    fn output_shapes_for_every_subset_and_variant() {
+        let x = Tensor::randn([1, 4, 32, 32, 32], (Kind::Float, Device::Cpu));
+        for transformer in [true, false] {
+            for global in [true, false] {
+                let cfg = ModelConfig::tiny().with_transformer(transformer).with_global_branch(global);
+                let (_vs, net) = build(&cfg, Device::Cpu, Some(1)).unwrap();
+                for present in subsets() {
+                    let masked = x.shallow_clone();
+                    let out = tch::no_grad(|| net.forward(&masked, &[present], None, false, false)).unwrap();
+                    assert_eq!(out.seg.size(), [1, 4, 32, 32, 32]);
+                    assert_eq!(out.tasks.size(), [1, 4, 2]);
+                    assert_eq!(out.global_seg.is_some(), global);
+                    if let Some(g) = out.global_seg {
+                        assert_eq!(g.size(), [1, 4, 16, 16, 16]);
+                    }
+                    let finite = out.seg.isfinite().all().int64_value(&[]) == 1;
+                    assert!(finite, "non-finite logits for {present:?}");
+                    let w = net.modality_weights(present);
+                    let sum: f32 = w.iter().sum();
+                    assert!((sum - 1.0).abs() < 1e-5);
+                    for (wi, p) in w.iter().zip(present) {
+                        assert_eq!(*wi > 0.0, p, "{w:?} for {present:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_cubic_and_batched_inputs_with_mixed_masks() {
+        let cfg = ModelConfig::tiny();
+        let (_vs, net) = build(&cfg, Device::Cpu, Some(2)).unwrap();
+        let x = Tensor::randn([2, 4, 40, 32, 24], (Kind::Float, Device::Cpu));
+        let masks = [[true, true, false, true], [false, false, true, false]];
+        let out = tch::no_grad(|| net.forward(&x, &masks, None, false, false)).unwrap();
+        assert_eq!(out.seg.size(), [2, 4, 40, 32, 24]);
+        // Sample 1 alone gives the same result as inside the mixed batch (eval mode).
+        let one = tch::no_grad(|| net.forward(&x.narrow(0, 1, 1), &masks[1..], None, false, false)).unwrap();
+        let diff = (one.seg - out.seg.narrow(0, 1, 1)).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "{diff}");
+        assert!(net.forward(&x.narrow(2, 0, 36), &masks, None, false, false).is_err());
+        assert!(net.forward(&x, &[[false; 4]], None, false, false).is_err());
+    }
+
+    #[test]
+    fn stem_fusion_equals_weighted_average_of_per_modality_convs() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut stem = ModalityStem::new(vs.root(), 3);
+        crate::weights::init_seeded(&vs, 3).unwrap();
+        tch::no_grad(|| {
+            let _ = stem.logits.copy_(&Tensor::from_slice(&[0.1f32, -0.5, 1.0, 2.0]));
+        });
+        let x = Tensor::randn([1, 4, 8, 8, 8], (Kind::Float, Device::Cpu));
+        let present = [true, false, true, true];
+        let fused = tch::no_grad(|| stem.forward(&x, &[present]));
+        let w: Vec<f32> = [0.1f32, -0.5, 1.0, 2.0].iter().map(|v| (1.0 + v.exp()).ln()).collect();
+        let total: f32 = w.iter().zip(present).filter(|(_, p)| *p).map(|(w, _)| w).sum();
+        let mut manual = Tensor::zeros([1, 3, 8, 8, 8], (Kind::Float, Device::Cpu));
+        for m in 0..4 {
+            if present[m] {
+                let f = x.narrow(1, m as i64, 1).conv3d::<Tensor>(&stem.kernels[m], None, [1; 3], [1; 3], [1; 3], 1);
+                manual += f * (w[m] / total) as f64;
+            }
+        }
+        let diff = (fused - manual).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn seeded_build_is_deterministic() {
+        let cfg = ModelConfig::tiny();
+        let (a, _) = build(&cfg, Device::Cpu, Some(5)).unwrap();
+        let (b, _) = build(&cfg, Device::Cpu, Some(5)).unwrap();
+        let (c, _) = build(&cfg, Device::Cpu, Some(6)).unwrap();
+        let meta = Default::default();
+        let (ba, bb, bc) = (
+            crate::weights::to_safetensors(&a, &meta).unwrap(),
+            crate::weights::to_safetensors(&b, &meta).unwrap(),
+            crate::weights::to_safetensors(&c, &meta).unwrap(),
+        );
+        assert_eq!(ba, bb);
+        assert_ne!(ba, bc);
+    }
 }

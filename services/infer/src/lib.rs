@@ -198,6 +198,7 @@ async fn process(ctx: &Ctx, msg: &ScanPreprocessed) -> anyhow::Result<Outcome> {
 }
 
 /// The product of one analysis, before it is stored.
+#[derive(Debug)]
 pub struct AnalysisOutput {
     pub seg_nifti: Vec<u8>,
     pub regions: RegionVolumes,
@@ -209,6 +210,11 @@ pub struct AnalysisOutput {
 /// Errors are reasons a person can read (the case is then marked failed).
 pub fn analyze(model: &Analyzer, prepared: &[u8], opts: &InferOptions) -> Result<AnalysisOutput, String> {
     let case = PreparedCase::from_bytes(prepared).map_err(|e| format!("preprocessed tensor: {e}"))?;
+    analyze_prepared(model, &case, opts)
+}
+
+/// Runs the model on a prepared case (shared by the service and `gmmas analyze`).
+pub fn analyze_prepared(model: &Analyzer, case: &PreparedCase, opts: &InferOptions) -> Result<AnalysisOutput, String> {
     let started = Instant::now();
     let pred = model
         .analyze(&case.data, case.dims, case.present, opts)

@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod shutdown;
+pub mod supervise;
 pub mod telemetry;
 
 pub use config::{CommonConfig, load_config};

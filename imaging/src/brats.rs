@@ -1,0 +1,474 @@
+//! BraTS dataset conventions: case-directory discovery (2018-2021 and 2023 naming), segmentation
+//! label checks, parallel case loading and the per-case class-labels CSV.
+
+use crate::error::ImagingError;
+use crate::nifti::{read_labels, read_volume};
+use crate::types::{LabelVolume, Limits, Modality, Volume};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The files of one case found in a directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaseFiles {
+    /// Case name (the shared file prefix, else the directory name).
+    pub name: String,
+    /// Image files in [`Modality::index`] order.
+    pub modalities: Vec<(Modality, PathBuf)>,
+    pub seg: Option<PathBuf>,
+}
+
+/// `None` stands for the segmentation.
+const SUFFIXES: [(&str, Option<Modality>); 10] = [
+    ("_t1", Some(Modality::T1)),
+    ("_t1ce", Some(Modality::T1ce)),
+    ("_t2", Some(Modality::T2)),
+    ("_flair", Some(Modality::Flair)),
+    ("_seg", None),
+    ("-t1n", Some(Modality::T1)),
+    ("-t1c", Some(Modality::T1ce)),
+    ("-t2w", Some(Modality::T2)),
+    ("-t2f", Some(Modality::Flair)),
+    ("-seg", None),
+];
+
+/// Splits a BraTS file name into (case prefix, role); None if it is not one.
+fn classify(file_name: &str) -> Option<(String, Option<Modality>)> {
+    let lower = file_name.to_ascii_lowercase();
+    let stem_len = if lower.ends_with(".nii.gz") {
+        lower.len() - 7
+    } else if lower.ends_with(".nii") {
+        lower.len() - 4
+    } else {
+        return None;
+    };
+    let stem = &lower[..stem_len];
+    SUFFIXES.iter().find_map(|(suffix, role)| {
+        (stem.ends_with(suffix) && stem.len() > suffix.len())
+            .then(|| (file_name[..stem_len - suffix.len()].to_string(), *role))
+    })
+}
+
+/// Finds `<prefix>_t1|_t1ce|_t2|_flair|_seg` or `<prefix>-t1n|-t1c|-t2w|-t2f|-seg` files
+/// (`.nii` or `.nii.gz`) in `dir`. Any non-empty subset is accepted.
+pub fn discover_case(dir: &Path) -> Result<CaseFiles, ImagingError> {
+    let layout = |detail: String| ImagingError::Layout {
+        dir: dir.display().to_string(),
+        detail,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| ImagingError::io(dir, e))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| ImagingError::io(dir, e))?;
+        let path = entry.path();
+        if !path.is_file() {
+            continue;
+        }
+        if let Some(name) = entry.file_name().to_str() {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    let mut slots: [Option<String>; 5] = Default::default();
+    let mut prefixes = Vec::new();
+    for name in names {
+        let Some((prefix, role)) = classify(&name) else {
+            continue;
+        };
+        let slot = role.map_or(4, Modality::index);
+        if let Some(prev) = &slots[slot] {
+            let what = role.map_or("seg", Modality::as_str);
+            return Err(layout(format!(
+                "both {prev} and {name} claim {what}: expected one file per modality"
+            )));
+        }
+        slots[slot] = Some(name);
+        prefixes.push(prefix);
+    }
+    if prefixes.is_empty() {
+        return Err(layout(
+            "no BraTS image found: expected <case>_t1/_t1ce/_t2/_flair/_seg or <case>-t1n/-t1c/-t2w/-t2f/-seg with .nii or .nii.gz"
+                .into(),
+        ));
+    }
+    let name = if prefixes.iter().all(|p| *p == prefixes[0]) {
+        prefixes[0].clone()
+    } else {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| prefixes[0].clone())
+    };
+    let modalities = Modality::ALL
+        .iter()
+        .filter_map(|m| slots[m.index()].as_ref().map(|f| (*m, dir.join(f))))
+        .collect();
+    Ok(CaseFiles {
+        name,
+        modalities,
+        seg: slots[4].as_ref().map(|f| dir.join(f)),
+    })
+}
+
+/// Reads a BraTS segmentation: labels must be in {0,1,2,3,4}; the 2023 ET label 3 becomes 4.
+pub fn read_seg_brats(bytes: &[u8], limits: &Limits) -> Result<LabelVolume, ImagingError> {
+    let mut l = read_labels(bytes, limits)?;
+    for (index, v) in l.data.iter_mut().enumerate() {
+        match *v {
+            0 | 1 | 2 | 4 => {}
+            3 => *v = 4,
+            other => {
+                return Err(ImagingError::LabelValue {
+                    value: f64::from(other),
+                    index,
+                    expected: "one of 0, 1, 2, 3, 4 (BraTS labels)".into(),
+                });
+            }
+        }
+    }
+    Ok(l)
+}
+
+/// A case read into memory.
+#[derive(Clone, Debug)]
+pub struct LoadedCase {
+    pub name: String,
+    pub volumes: Vec<(Modality, Volume)>,
+    pub seg: Option<LabelVolume>,
+}
+
+/// Reads and decodes all files of a case concurrently (one scoped thread per file).
+pub fn load_case(files: &CaseFiles, limits: &Limits) -> Result<LoadedCase, ImagingError> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| ImagingError::io(p, e));
+    let (vols, seg) = std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .modalities
+            .iter()
+            .map(|(m, p)| {
+                s.spawn(move || {
+                    let bytes = read(p)?;
+                    read_volume(&bytes, limits)
+                        .map(|v| (*m, v))
+                        .map_err(|e| e.in_file(p))
+                })
+            })
+            .collect();
+        let seg = files.seg.as_ref().map(|p| {
+            let bytes = read(p)?;
+            read_seg_brats(&bytes, limits).map_err(|e| e.in_file(p))
+        });
+        let vols: Vec<_> = handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(r) => r,
+                Err(p) => std::panic::resume_unwind(p),
+            })
+            .collect();
+        (vols, seg)
+    });
+    Ok(LoadedCase {
+        name: files.name.clone(),
+        volumes: vols.into_iter().collect::<Result<_, _>>()?,
+        seg: seg.transpose()?,
+    })
+}
+
+/// Molecular / grade labels of a case; `None` means unknown (never "negative").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseLabels {
+    /// Glioblastoma / high grade (true) vs lower grade (false).
+    pub grade_gbm: Option<bool>,
+    pub idh_mutant: Option<bool>,
+    pub codel_1p19q: Option<bool>,
+    pub mgmt_methylated: Option<bool>,
+}
+
+/// Splits CSV text into records (quoted fields, "" escapes, CRLF); returns (line number, fields).
+fn parse_csv(text: &str, delim: char) -> Vec<(usize, Vec<String>)> {
+    let mut rows = Vec::new();
+    let mut field = String::new();
+    let mut fields = Vec::new();
+    let mut in_quotes = false;
+    let mut line = 1;
+    let mut row_line = 1;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_quotes {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    field.push('"');
+                    chars.next();
+                }
+                '"' => in_quotes = false,
+                '\n' => {
+                    line += 1;
+                    field.push(c);
+                }
+                _ => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' => in_quotes = true,
+            c if c == delim => fields.push(std::mem::take(&mut field)),
+            '\r' => {}
+            '\n' => {
+                fields.push(std::mem::take(&mut field));
+                rows.push((row_line, std::mem::take(&mut fields)));
+                line += 1;
+                row_line = line;
+            }
+            _ => field.push(c),
+        }
+    }
+    if !field.is_empty() || !fields.is_empty() {
+        fields.push(field);
+        rows.push((row_line, fields));
+    }
+    rows.retain(|(_, f)| f.iter().any(|x| !x.trim().is_empty()));
+    rows
+}
+
+fn norm(s: &str) -> String {
+    s.trim()
+        .to_ascii_lowercase()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Col {
+    Case,
+    GradeClass,
+    WhoGrade,
+    Histology,
+    Idh,
+    Codel,
+    Mgmt,
+}
+
+fn column_role(name: &str) -> Option<Col> {
+    let n = norm(name);
+    let n = n.as_str();
+    if matches!(n, "case" | "id" | "name" | "subject" | "patient")
+        || n.starts_with("case")
+        || n.starts_with("subject")
+        || n.starts_with("patient")
+        || (n.starts_with("brats") && n.ends_with("id"))
+    {
+        return Some(Col::Case);
+    }
+    if n.starts_with("who") || n == "gradewho" {
+        return Some(Col::WhoGrade);
+    }
+    if matches!(
+        n,
+        "grade" | "gradeclass" | "class" | "tumorgrade" | "hgglgg" | "lgghgg" | "glioma"
+    ) {
+        return Some(Col::GradeClass);
+    }
+    if matches!(n, "histology" | "diagnosis" | "histologicaltype") {
+        return Some(Col::Histology);
+    }
+    if n.starts_with("idh") {
+        return Some(Col::Idh);
+    }
+    if n.contains("1p19q") || n == "codel" || n == "codeletion" {
+        return Some(Col::Codel);
+    }
+    if n.starts_with("mgmt") {
+        return Some(Col::Mgmt);
+    }
+    None
+}
+
+fn is_unknown(v: &str) -> bool {
+    matches!(
+        v,
+        "" | "na" | "nan" | "none" | "null" | "unknown" | "unk" | "notavailable" | "nos" | "nd"
+    )
+}
+
+/// Parses a label value; `Err` with the accepted spellings when unrecognized.
+fn parse_value(col: Col, raw: &str) -> Result<Option<bool>, &'static str> {
+    let v = norm(raw);
+    if is_unknown(&v) {
+        return Ok(None);
+    }
+    let (yes, no, expected): (&[&str], &[&str], &str) = match col {
+        Col::GradeClass | Col::WhoGrade => (
+            &[
+                "gbm", "hgg", "glioblastoma", "4", "g4", "iv", "grade4", "gradeiv", "who4",
+                "highgrade", "high",
+            ],
+            &[
+                "lgg", "1", "2", "3", "g1", "g2", "g3", "i", "ii", "iii", "grade1", "grade2",
+                "grade3", "gradeii", "gradeiii", "who2", "who3", "lowgrade", "low",
+            ],
+            "LGG/HGG/GBM or a WHO grade 2/3/4 (G2, III, ...)",
+        ),
+        Col::Idh => (
+            &[
+                "mutant", "mut", "mutated", "mutation", "idhmutant", "positive", "pos", "yes",
+                "y", "true", "1",
+            ],
+            &[
+                "wildtype", "wt", "wild", "idhwildtype", "negative", "neg", "no", "n", "false",
+                "0",
+            ],
+            "mutant/wildtype (or yes/no, 1/0)",
+        ),
+        Col::Codel => (
+            &[
+                "codel", "codeleted", "codeletion", "deleted", "1p19qcodel", "positive", "pos",
+                "yes", "y", "true", "1",
+            ],
+            &[
+                "intact", "noncodel", "noncodeleted", "notcodeleted", "retained", "negative",
+                "neg", "no", "n", "false", "0",
+            ],
+            "codel/intact (or yes/no, 1/0)",
+        ),
+        Col::Mgmt => (
+            &[
+                "methylated", "meth", "positive", "pos", "yes", "y", "true", "1",
+            ],
+            &[
+                "unmethylated", "unmeth", "nonmethylated", "negative", "neg", "no", "n",
+                "false", "0",
+            ],
+            "methylated/unmethylated (or yes/no, 1/0)",
+        ),
+        Col::Histology => {
+            return Ok(v.contains("glioblastoma").then_some(true));
+        }
+        Col::Case => return Ok(None),
+    };
+    if yes.contains(&v.as_str()) {
+        Ok(Some(true))
+    } else if no.contains(&v.as_str()) {
+        Ok(Some(false))
+    } else {
+        Err(expected)
+    }
+}
+
+/// Reads a per-case labels CSV. Columns are recognized by name (case/id/subject...,
+/// grade/grade_class, who_grade, histology, idh..., codel_1p19q/1p19q, mgmt...); others are
+/// ignored. Blank or NA cells mean unknown. A WHO grade wins over a grade class; histology
+/// "glioblastoma" fills a grade still unknown.
+pub fn read_labels_csv(path: &Path) -> Result<BTreeMap<String, CaseLabels>, ImagingError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ImagingError::io(path, e))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let csv_err = |line: usize, detail: String| ImagingError::Csv {
+        path: path.display().to_string(),
+        line,
+        detail,
+    };
+    let first = text.lines().next().unwrap_or("");
+    let delim = [',', '\t', ';']
+        .into_iter()
+        .max_by_key(|d| first.matches(*d).count())
+        .unwrap_or(',');
+    let rows = parse_csv(text, delim);
+    let Some(((hline, header), body)) = rows.split_first() else {
+        return Err(csv_err(1, "empty file: expected a header row".into()));
+    };
+    let roles: Vec<Option<Col>> = header.iter().map(|h| column_role(h)).collect();
+    let Some(case_col) = roles.iter().position(|r| *r == Some(Col::Case)) else {
+        return Err(csv_err(
+            *hline,
+            format!("no case column among {header:?}: expected one named case/case_id/id/subject"),
+        ));
+    };
+    let mut out = BTreeMap::new();
+    for (line, fields) in body {
+        if fields.len() > header.len() {
+            return Err(csv_err(
+                *line,
+                format!(
+                    "{} fields: expected at most {} (the header's columns)",
+                    fields.len(),
+                    header.len()
+                ),
+            ));
+        }
+        let case = fields.get(case_col).map(|s| s.trim()).unwrap_or("");
+        if case.is_empty() {
+            return Err(csv_err(
+                *line,
+                format!("column {}: expected a case id", header[case_col]),
+            ));
+        }
+        let mut who = None;
+        let mut class = None;
+        let mut histo = None;
+        let mut labels = CaseLabels::default();
+        for (i, role) in roles.iter().enumerate() {
+            let Some(role) = *role else { continue };
+            if role == Col::Case {
+                continue;
+            }
+            let raw = fields.get(i).map(String::as_str).unwrap_or("");
+            let v = parse_value(role, raw).map_err(|expected| {
+                csv_err(
+                    *line,
+                    format!("column {} value {raw:?}: expected {expected}", header[i]),
+                )
+            })?;
+            let slot = match role {
+                Col::WhoGrade => &mut who,
+                Col::GradeClass => &mut class,
+                Col::Histology => &mut histo,
+                Col::Idh => &mut labels.idh_mutant,
+                Col::Codel => &mut labels.codel_1p19q,
+                Col::Mgmt => &mut labels.mgmt_methylated,
+                Col::Case => continue,
+            };
+            if slot.is_none() {
+                *slot = v;
+            }
+        }
+        labels.grade_gbm = who.or(class).or(histo);
+        if out.insert(case.to_string(), labels).is_some() {
+            return Err(csv_err(
+                *line,
+                format!("case {case} appears twice: expected one row per case"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Writes `case_id,grade,idh,codel_1p19q,mgmt` with GBM/LGG, mutant/wildtype, codel/intact,
+/// methylated/unmethylated; unknown values are left blank.
+pub fn write_labels_csv(
+    path: &Path,
+    labels: &BTreeMap<String, CaseLabels>,
+) -> Result<(), ImagingError> {
+    let pick = |v: Option<bool>, yes: &'static str, no: &'static str| match v {
+        Some(true) => yes,
+        Some(false) => no,
+        None => "",
+    };
+    let mut s = String::from("case_id,grade,idh,codel_1p19q,mgmt\n");
+    for (case, l) in labels {
+        s.push_str(&format!(
+            "{},{},{},{},{}\n",
+            csv_field(case),
+            pick(l.grade_gbm, "GBM", "LGG"),
+            pick(l.idh_mutant, "mutant", "wildtype"),
+            pick(l.codel_1p19q, "codel", "intact"),
+            pick(l.mgmt_methylated, "methylated", "unmethylated"),
+        ));
+    }
+    std::fs::write(path, s).map_err(|e| ImagingError::io(path, e))
+}

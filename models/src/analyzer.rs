@@ -1,0 +1,295 @@
+//! `Analyzer`: a loaded (or freshly seeded) GMMAS model behind a mutex, the seam the services
+//! use; weights live in `<name>.safetensors` with a `<name>.json` sidecar (name, config, notes).
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, nn};
+
+use crate::config::{MODALITIES, ModelConfig};
+use crate::infer::{self, InferOptions, Prediction};
+use crate::net::{self, Net};
+use crate::weights;
+use crate::ModelError;
+
+/// File format tag written into the sidecar.
+pub const FORMAT: &str = "gmmas-models/1";
+
+/// Contents of the `<name>.json` sidecar written beside `<name>.safetensors`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    /// Format tag (`gmmas-models/1`).
+    #[serde(default)]
+    pub format: String,
+    /// Model name (first half of the version string).
+    pub name: String,
+    /// Network configuration.
+    pub config: ModelConfig,
+    /// Creation time, RFC 3339 UTC.
+    #[serde(default)]
+    pub created: String,
+    /// Hex sha256 of the weights file (checked on load when present).
+    #[serde(default)]
+    pub weights_sha256: String,
+    /// Parameter count.
+    #[serde(default)]
+    pub parameters: usize,
+    /// Free-form training notes (data, steps, losses, ...).
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+struct Inner {
+    vs: nn::VarStore,
+    net: Net,
+}
+
+/// A GMMAS model ready for inference. `Send + Sync`: calls to [`Analyzer::analyze`] are
+/// serialised by an internal mutex (libtorch parallelises inside one call).
+pub struct Analyzer {
+    name: String,
+    version: String,
+    cfg: ModelConfig,
+    device: Device,
+    training: serde_json::Value,
+    parameters: usize,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Analyzer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Analyzer")
+            .field("version", &self.version)
+            .field("device", &self.device)
+            .field("parameters", &self.parameters)
+            .finish_non_exhaustive()
+    }
+}
+
+fn safetensors_metadata() -> BTreeMap<String, String> {
+    BTreeMap::from([("format".to_string(), FORMAT.to_string())])
+}
+
+/// Sidecar path for a weights path: `<name>.safetensors` -> `<name>.json`.
+pub fn sidecar_path(weights: &Path) -> PathBuf {
+    weights.with_extension("json")
+}
+
+impl Analyzer {
+    /// A freshly initialised model (deterministic in `seed`), named `<cfg.name>-seed<seed>`.
+    pub fn new_seeded(cfg: ModelConfig, seed: i64, device: Device) -> Result<Self, ModelError> {
+        let (vs, net) = net::build(&cfg, device, Some(seed as u64))?;
+        let name = format!("{}-seed{seed}", cfg.name);
+        Self::from_parts(name, vs, net, serde_json::Value::Null)
+    }
+
+    /// Wraps a var store and network (e.g. from the trainer); the version is computed from
+    /// the serialised weights.
+    pub(crate) fn from_parts(
+        name: String,
+        vs: nn::VarStore,
+        net: Net,
+        training: serde_json::Value,
+    ) -> Result<Self, ModelError> {
+        if name.is_empty() || name.contains('@') {
+            return Err(ModelError::Config(format!("model name {name:?} must be non-empty without '@'")));
+        }
+        let bytes = weights::to_safetensors(&vs, &safetensors_metadata())?;
+        let version = format!("{name}@{}", weights::short_sha(&bytes));
+        let cfg = net.config().clone();
+        let parameters = net::parameter_count(&vs);
+        let device = vs.device();
+        Ok(Self { name, version, cfg, device, training, parameters, inner: Mutex::new(Inner { vs, net }) })
+    }
+
+    /// Loads `<name>.safetensors` and its `<name>.json` sidecar. Errors name the file and
+    /// what is wrong with it (missing, corrupt, missing tensor, wrong shape for var X, ...).
+    pub fn load(weights_path: &Path, device: Device) -> Result<Self, ModelError> {
+        let meta_path = sidecar_path(weights_path);
+        let read = |p: &Path| std::fs::read(p).map_err(|source| ModelError::Io { path: p.to_path_buf(), source });
+        let bytes = read(weights_path)?;
+        let meta_bytes = read(&meta_path)?;
+        let meta: ModelMeta = serde_json::from_slice(&meta_bytes).map_err(|e| ModelError::Weights {
+            path: meta_path.clone(),
+            reason: format!("invalid model metadata: {e}"),
+        })?;
+        meta.config.validate().map_err(|e| ModelError::Weights { path: meta_path.clone(), reason: e.to_string() })?;
+        let (vs, net) = net::build(&meta.config, device, None)?;
+        weights::load_safetensors(&vs, &bytes)
+            .map_err(|reason| ModelError::Weights { path: weights_path.to_path_buf(), reason })?;
+        let sha = weights::sha256_hex(&bytes);
+        if !meta.weights_sha256.is_empty() && meta.weights_sha256 != sha {
+            return Err(ModelError::Weights {
+                path: weights_path.to_path_buf(),
+                reason: format!(
+                    "sha256 {sha} does not match {} recorded in {}",
+                    meta.weights_sha256,
+                    meta_path.display()
+                ),
+            });
+        }
+        let parameters = net::parameter_count(&vs);
+        Ok(Self {
+            version: format!("{}@{}", meta.name, &sha[..12]),
+            name: meta.name,
+            cfg: meta.config,
+            device,
+            training: meta.training,
+            parameters,
+            inner: Mutex::new(Inner { vs, net }),
+        })
+    }
+
+    /// Writes `<name>.safetensors` and the `<name>.json` sidecar (each via a temporary file
+    /// and a rename). Loading the result gives the same version.
+    pub fn save(&self, weights_path: &Path) -> Result<(), ModelError> {
+        let bytes = {
+            let inner = self.lock();
+            weights::to_safetensors(&inner.vs, &safetensors_metadata())?
+        };
+        let meta = ModelMeta {
+            format: FORMAT.into(),
+            name: self.name.clone(),
+            config: self.cfg.clone(),
+            created: now_rfc3339(),
+            weights_sha256: weights::sha256_hex(&bytes),
+            parameters: self.parameters,
+            training: self.training.clone(),
+        };
+        let meta_bytes = serde_json::to_vec_pretty(&meta).map_err(|e| ModelError::Internal(e.to_string()))?;
+        write_atomic(weights_path, &bytes)?;
+        write_atomic(&sidecar_path(weights_path), &meta_bytes)
+    }
+
+    /// `<name>@<first 12 hex of sha256 of the safetensors bytes>`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Model name (the part of the version before `@`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Network configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Number of trainable parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.parameters
+    }
+
+    /// Training notes stored in the sidecar.
+    pub fn training_notes(&self) -> &serde_json::Value {
+        &self.training
+    }
+
+    /// Replaces the training notes written by [`Analyzer::save`].
+    pub fn set_training_notes(&mut self, notes: serde_json::Value) {
+        self.training = notes;
+    }
+
+    /// Renames the model (the version keeps the weights hash).
+    pub fn rename(&mut self, name: &str) -> Result<(), ModelError> {
+        if name.is_empty() || name.contains('@') {
+            return Err(ModelError::Config(format!("model name {name:?} must be non-empty without '@'")));
+        }
+        let hash = self.version.rsplit('@').next().unwrap_or_default().to_string();
+        self.name = name.to_string();
+        self.version = format!("{name}@{hash}");
+        Ok(())
+    }
+
+    /// Normalised eq. (1) modality weights of the backbone stem for a presence mask.
+    pub fn modality_weights(&self, present: [bool; MODALITIES]) -> Vec<f32> {
+        self.lock().net.modality_weights(present)
+    }
+
+    /// Copies this model's weights into `vs` (same config).
+    pub(crate) fn copy_weights_into(&self, vs: &mut nn::VarStore) -> Result<(), ModelError> {
+        vs.copy(&self.lock().vs)?;
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Segments one case and predicts the four tasks.
+    ///
+    /// `input` holds 4 channels (t1, t1ce, t2, flair), channel-major, each x-fastest
+    /// (`idx = x + nx * (y + ny * z)`, `dims = [nx, ny, nz]`); absent channels are zeros and
+    /// `present` marks them. Volumes up to `config().infer_window` run as one padded window,
+    /// larger ones as Gaussian-weighted sliding windows with `opts.overlap`. Task
+    /// probabilities are the mean of the per-window head probabilities weighted by each
+    /// window's Gaussian-weighted foreground probability mass (plain mean without foreground).
+    pub fn analyze(
+        &self,
+        input: &[f32],
+        dims: [usize; 3],
+        present: [bool; MODALITIES],
+        opts: &InferOptions,
+    ) -> Result<Prediction, ModelError> {
+        infer::validate_input(input, dims, present, opts)?;
+        let inner = self.lock();
+        let device = self.device;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            tch::no_grad(|| infer::run(&inner.net, device, input, dims, present, opts))
+        }));
+        match result {
+            Ok(r) => r,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(ModelError::Internal(format!("forward pass failed: {msg}")))
+            }
+        }
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let io = |source| ModelError::Io { path: path.to_path_buf(), source };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

@@ -1,0 +1,358 @@
+//! Training: `Batch` (patches, labels, per-sample task targets and modality masks), the
+//! `Trainer` with SGD or AdamW, and the uncertainty-weighted multi-task objective.
+//!
+//! Objective: segmentation task loss = Dice (eq. 4) [+ optional voxel CE] [+ global-branch
+//! Dice on down-sampled labels]; each classification task = weighted CE (eq. 5) over the
+//! samples that carry its label; all combined by eq. (7) with learnable `log sigma`.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig};
+
+use crate::ModelError;
+use crate::analyzer::Analyzer;
+use crate::config::{MODALITIES, ModelConfig, SEG_CLASSES, TASKS};
+use crate::loss;
+use crate::net::{self, GlobalContext, Net};
+
+/// Optimiser choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD with momentum (the paper's optimiser).
+    Sgd,
+    /// AdamW (decoupled weight decay).
+    AdamW,
+}
+
+/// Training hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Optimiser.
+    pub optimizer: OptimizerKind,
+    /// Learning rate of the network.
+    pub lr: f64,
+    /// SGD momentum (ignored by AdamW).
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Learning rate of the task `log sigma` parameters (no weight decay).
+    pub sigma_lr: f64,
+    /// Gradient-norm clipping (None = off).
+    pub grad_clip: Option<f64>,
+    /// Class weights `[negative, positive]` of eq. (5) per task (grade, IDH, 1p/19q, MGMT).
+    pub task_class_weights: [[f64; 2]; TASKS],
+    /// Weight of an extra voxel-wise cross-entropy added to the Dice loss (0 = Dice only).
+    pub seg_ce_weight: f64,
+    /// Weight of the global-branch Dice loss on down-sampled labels.
+    pub global_seg_weight: f64,
+    /// Dice epsilon of eq. (4).
+    pub dice_eps: f64,
+    /// Use eq. (7) (learnable sigmas); when false tasks are summed with weight 1.
+    pub uncertainty_weighting: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            optimizer: OptimizerKind::AdamW,
+            lr: 1e-3,
+            momentum: 0.9,
+            weight_decay: 1e-5,
+            sigma_lr: 1e-2,
+            grad_clip: Some(5.0),
+            task_class_weights: [[1.0, 1.0]; TASKS],
+            seg_ce_weight: 0.0,
+            global_seg_weight: 0.5,
+            dice_eps: 1e-5,
+            uncertainty_weighting: true,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The paper's setting: SGD, learning rate 1e-4 (decay it with [`Trainer::set_lr`]).
+    pub fn paper() -> Self {
+        Self { optimizer: OptimizerKind::Sgd, lr: 1e-4, weight_decay: 1e-5, ..Self::default() }
+    }
+}
+
+/// Whole-volume inputs of the global branch for a batch.
+#[derive(Debug)]
+pub struct GlobalBatch {
+    /// Whole volumes resampled to `global_size`: `[B, 4, G..]`.
+    pub image: Tensor,
+    /// Down-sampled labels `[B, G..]` (classes 0..3).
+    pub seg: Tensor,
+    /// Region of the whole volume each patch covers, `[z0, y0, x0, z1, y1, x1]` in fractions.
+    pub boxes: Vec<[f32; 6]>,
+}
+
+/// One training batch.
+#[derive(Debug)]
+pub struct Batch {
+    /// Patches `[B, 4, D, H, W]` (float, absent modalities zero).
+    pub image: Tensor,
+    /// Labels `[B, D, H, W]`, classes 0..3 (background, NCR, ED, ET).
+    pub seg: Tensor,
+    /// Per sample, per task (grade GBM, IDH mutant, 1p/19q codeleted, MGMT methylated).
+    pub tasks: Vec<[Option<bool>; TASKS]>,
+    /// Per sample modality presence (t1, t1ce, t2, flair).
+    pub present: Vec<[bool; MODALITIES]>,
+    /// Whole-volume inputs for the global branch; None = treat each patch as the volume.
+    pub global: Option<GlobalBatch>,
+}
+
+impl Batch {
+    fn validate(&self) -> Result<i64, ModelError> {
+        let s = self.image.size();
+        let bad = |m: String| Err(ModelError::Input(m));
+        if s.len() != 5 || s[1] != MODALITIES as i64 {
+            return bad(format!("batch image must be [B, 4, D, H, W], got {s:?}"));
+        }
+        let b = s[0];
+        let want = [b, s[2], s[3], s[4]];
+        if self.seg.size() != want {
+            return bad(format!("batch seg must be {want:?}, got {:?}", self.seg.size()));
+        }
+        if self.tasks.len() as i64 != b || self.present.len() as i64 != b {
+            return bad(format!(
+                "batch of {b} has {} task rows and {} presence masks",
+                self.tasks.len(),
+                self.present.len()
+            ));
+        }
+        if let Some(g) = &self.global {
+            if g.boxes.len() as i64 != b || g.image.size()[0] != b || g.seg.size()[0] != b {
+                return bad("global batch does not match the batch size".into());
+            }
+        }
+        Ok(b)
+    }
+}
+
+/// Losses of one step (plain numbers, before and after weighting).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepLosses {
+    /// Total objective (eq. 7).
+    pub total: f64,
+    /// Segmentation task loss (Dice [+ CE] [+ global Dice]).
+    pub seg: f64,
+    /// Dice loss of the backbone segmentation.
+    pub seg_dice: f64,
+    /// Dice loss of the global branch (when on).
+    pub global_dice: Option<f64>,
+    /// Weighted CE per task (None when no sample in the batch has that label).
+    pub tasks: [Option<f64>; TASKS],
+    /// Current sigma per task (segmentation first).
+    pub sigma: [f64; TASKS + 1],
+}
+
+/// Trains a GMMAS network.
+pub struct Trainer {
+    cfg: ModelConfig,
+    tcfg: TrainConfig,
+    vs: nn::VarStore,
+    net: Net,
+    mtl_vs: nn::VarStore,
+    log_sigma: Tensor,
+    opt: nn::Optimizer,
+    mtl_opt: nn::Optimizer,
+    steps: usize,
+    seed: i64,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer").field("model", &self.cfg.name).field("steps", &self.steps).finish_non_exhaustive()
+    }
+}
+
+fn optimizer(vs: &nn::VarStore, kind: OptimizerKind, lr: f64, momentum: f64, wd: f64) -> Result<nn::Optimizer, ModelError> {
+    Ok(match kind {
+        OptimizerKind::Sgd => nn::Sgd { momentum, dampening: 0.0, wd, nesterov: false }.build(vs, lr)?,
+        OptimizerKind::AdamW => nn::AdamW { wd, ..Default::default() }.build(vs, lr)?,
+    })
+}
+
+impl Trainer {
+    /// A trainer for a freshly seeded network.
+    pub fn new(cfg: ModelConfig, tcfg: TrainConfig, seed: i64, device: Device) -> Result<Self, ModelError> {
+        let (vs, net) = net::build(&cfg, device, Some(seed as u64))?;
+        Self::from_parts(cfg, tcfg, vs, net, seed)
+    }
+
+    /// A trainer starting from saved weights (fine-tuning).
+    pub fn from_weights(weights: &std::path::Path, tcfg: TrainConfig, device: Device) -> Result<Self, ModelError> {
+        let a = Analyzer::load(weights, device)?;
+        let cfg = a.config().clone();
+        let (mut vs, net) = net::build(&cfg, device, None)?;
+        a.copy_weights_into(&mut vs)?;
+        Self::from_parts(cfg, tcfg, vs, net, 0)
+    }
+
+    fn from_parts(cfg: ModelConfig, tcfg: TrainConfig, vs: nn::VarStore, net: Net, seed: i64) -> Result<Self, ModelError> {
+        let device = vs.device();
+        let mtl_vs = nn::VarStore::new(device);
+        let log_sigma = mtl_vs.root().var("log_sigma", &[TASKS as i64 + 1], nn::Init::Const(0.0));
+        let opt = optimizer(&vs, tcfg.optimizer, tcfg.lr, tcfg.momentum, tcfg.weight_decay)?;
+        let mtl_opt = optimizer(&mtl_vs, tcfg.optimizer, tcfg.sigma_lr, tcfg.momentum, 0.0)?;
+        Ok(Self { cfg, tcfg, vs, net, mtl_vs, log_sigma, opt, mtl_opt, steps: 0, seed })
+    }
+
+    /// The network.
+    pub fn net(&self) -> &Net {
+        &self.net
+    }
+
+    /// The network's variables.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// The `log sigma` parameters of eq. (7) (segmentation first, then the four tasks).
+    pub fn log_sigma(&self) -> &Tensor {
+        &self.log_sigma
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Sets the learning rate of the network optimiser.
+    pub fn set_lr(&mut self, lr: f64) {
+        self.tcfg.lr = lr;
+        self.opt.set_lr(lr);
+    }
+
+    /// Forward pass and objective with gradients tracked (nothing is updated).
+    /// `train` selects BatchNorm batch statistics and dropout.
+    pub fn objective(&self, batch: &Batch, train: bool) -> Result<(Tensor, StepLosses), ModelError> {
+        batch.validate()?;
+        let device = self.vs.device();
+        let image = batch.image.to_device(device).to_kind(Kind::Float);
+        let seg = batch.seg.to_device(device).to_kind(Kind::Int64);
+        let b = seg.size()[0];
+        let t = &self.tcfg;
+
+        // Global branch inputs (explicit, or the patch itself as the whole volume).
+        let (global_feats, global_seg_target, boxes) = match (&batch.global, self.cfg.global_branch) {
+            (_, false) => (None, None, Vec::new()),
+            (Some(g), true) => {
+                let f = self.net.global_features(&g.image.to_device(device).to_kind(Kind::Float), &batch.present, train)?;
+                (f, Some(g.seg.to_device(device).to_kind(Kind::Int64)), g.boxes.clone())
+            }
+            (None, true) => {
+                let f = self.net.global_features(&self.net.global_input(&image), &batch.present, train)?;
+                let size = self.cfg.global_size.map(|v| v as i64);
+                (f, Some(loss::resample_labels(&seg, size)), vec![[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]; b as usize])
+            }
+        };
+        let ctx = global_feats.as_ref().map(|features| GlobalContext { features, boxes: &boxes });
+        let out = self.net.forward(&image, &batch.present, ctx, train, false)?;
+
+        let dice = loss::dice_loss(&out.seg, &seg, t.dice_eps);
+        let mut seg_loss = dice.shallow_clone();
+        if t.seg_ce_weight > 0.0 {
+            seg_loss = seg_loss + loss::seg_cross_entropy(&out.seg, &seg) * t.seg_ce_weight;
+        }
+        let mut global_dice = None;
+        if let (Some(gl), Some(gt)) = (&out.global_seg, &global_seg_target) {
+            let d = loss::dice_loss(gl, gt, t.dice_eps);
+            global_dice = Some(d.double_value(&[]));
+            if t.global_seg_weight > 0.0 {
+                seg_loss = seg_loss + d * t.global_seg_weight;
+            }
+        }
+
+        let mut losses: Vec<Option<Tensor>> = vec![Some(seg_loss.shallow_clone())];
+        let mut task_values = [None; TASKS];
+        for (task, value) in task_values.iter_mut().enumerate() {
+            let (idx, labels): (Vec<i64>, Vec<i64>) = batch
+                .tasks
+                .iter()
+                .enumerate()
+                .filter_map(|(i, row)| row[task].map(|y| (i as i64, i64::from(y))))
+                .unzip();
+            if idx.is_empty() {
+                losses.push(None);
+                continue;
+            }
+            let idx = Tensor::from_slice(&idx).to_device(device);
+            let labels = Tensor::from_slice(&labels).to_device(device);
+            let logits = out.tasks.select(1, task as i64).index_select(0, &idx);
+            let l = loss::weighted_cross_entropy(&logits, &labels, &t.task_class_weights[task]);
+            *value = Some(l.double_value(&[]));
+            losses.push(Some(l));
+        }
+        let total = if t.uncertainty_weighting {
+            loss::uncertainty_weighted(&losses, &self.log_sigma)
+        } else {
+            losses.iter().flatten().map(Tensor::shallow_clone).reduce(|a, b| a + b)
+        }
+        .ok_or_else(|| ModelError::Internal("no loss term".into()))?;
+        let sigma = Vec::<f64>::try_from(&self.log_sigma.detach().exp().to_kind(Kind::Double).to_device(Device::Cpu))?;
+        let mut sig = [1.0; TASKS + 1];
+        sig.copy_from_slice(&sigma[..TASKS + 1]);
+        let report = StepLosses {
+            total: total.double_value(&[]),
+            seg: seg_loss.double_value(&[]),
+            seg_dice: dice.double_value(&[]),
+            global_dice,
+            tasks: task_values,
+            sigma: sig,
+        };
+        Ok((total, report))
+    }
+
+    /// One optimisation step on `batch`.
+    pub fn step(&mut self, batch: &Batch) -> Result<StepLosses, ModelError> {
+        self.opt.zero_grad();
+        self.mtl_opt.zero_grad();
+        let (total, report) = self.objective(batch, true)?;
+        if !report.total.is_finite() {
+            return Err(ModelError::Internal(format!("non-finite loss at step {}", self.steps)));
+        }
+        total.backward();
+        if let Some(c) = self.tcfg.grad_clip {
+            self.opt.clip_grad_norm(c);
+        }
+        self.opt.step();
+        if self.tcfg.uncertainty_weighting {
+            self.mtl_opt.step();
+        }
+        self.steps += 1;
+        Ok(report)
+    }
+
+    /// An [`Analyzer`] holding a copy of the current weights, named `name`; the training
+    /// notes get the step count, seed and configs added.
+    pub fn analyzer(&self, name: &str, notes: serde_json::Value) -> Result<Analyzer, ModelError> {
+        let (vs, net) = net::build(&self.cfg, self.vs.device(), None)?;
+        let mut vs = vs;
+        vs.copy(&self.vs)?;
+        let notes = serde_json::json!({
+            "steps": self.steps,
+            "seed": self.seed,
+            "train_config": self.tcfg,
+            "sigma": Vec::<f64>::try_from(&self.log_sigma.detach().exp().to_kind(Kind::Double).to_device(Device::Cpu)).unwrap_or_default(),
+            "notes": notes,
+        });
+        Analyzer::from_parts(name.to_string(), vs, net, notes)
+    }
+
+    /// Saves the current weights as `<path>` + sidecar (see [`Analyzer::save`]).
+    pub fn save(&self, path: &std::path::Path, name: &str, notes: serde_json::Value) -> Result<(), ModelError> {
+        self.analyzer(name, notes)?.save(path)
+    }
+
+    /// Number of segmentation classes trained.
+    pub fn classes(&self) -> usize {
+        SEG_CLASSES
+    }
+
+    /// The `log sigma` var store (separate optimiser, no weight decay).
+    pub fn sigma_store(&self) -> &nn::VarStore {
+        &self.mtl_vs
+    }
+}

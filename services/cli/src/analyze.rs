@@ -1,0 +1,89 @@
+//! `gmmas analyze`: the whole pipeline in one process, without NATS or PostgreSQL, for a folder
+//! in BraTS naming; writes `<name>_seg.nii.gz` and `<name>_analysis.json`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use gmmas_imaging::{Limits, PrepOptions};
+use gmmas_models::{Analyzer, InferOptions};
+use serde_json::json;
+
+#[derive(Args)]
+pub struct AnalyzeArgs {
+    /// Case folder: `*_t1/_t1ce/_t2/_flair.nii[.gz]` or `*-t1n/-t1c/-t2w/-t2f`; any non-empty subset.
+    pub case_dir: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model weights (`.safetensors` with its `.json` card beside it).
+    #[arg(long, env = "GMMAS_MODEL_PATH")]
+    pub model: Option<PathBuf>,
+    /// `auto`, `cpu` or `cuda`.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// MC-Dropout passes (0 = one deterministic pass).
+    #[arg(long, default_value_t = 0)]
+    pub mc_passes: usize,
+}
+
+pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let files = gmmas_imaging::brats::discover_case(&args.case_dir)?;
+    let limits = Limits::default();
+    let mut inputs = Vec::new();
+    let mut hashes = serde_json::Map::new();
+    for (m, path) in &files.modalities {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        hashes.insert(m.as_str().into(), json!(gmmas_runtime::bus::sha256_hex(&bytes)));
+        let v = gmmas_imaging::read_volume(&bytes, &limits)
+            .with_context(|| format!("{} ({})", m.as_str(), path.display()))?;
+        inputs.push((*m, v));
+    }
+    for pair in inputs.windows(2) {
+        gmmas_imaging::same_grid(&inputs[0].1.grid, &pair[1].1.grid)
+            .with_context(|| format!("{} is not on the grid of {}", pair[1].0.as_str(), inputs[0].0.as_str()))?;
+    }
+    let t_load = t0.elapsed();
+    let refs: Vec<_> = inputs.iter().map(|(m, v)| (*m, v)).collect();
+    let prepared = gmmas_imaging::prepare(&refs, &PrepOptions::default())?;
+    let t_prep = t0.elapsed() - t_load;
+
+    let device = gmmas_models::parse_device(&args.device)?;
+    let model_path = args.model.unwrap_or_else(gmmas_models::default_model_path);
+    let model = Analyzer::load(&model_path, device)?;
+    let opts = InferOptions { mc_passes: args.mc_passes, ..InferOptions::default() };
+    let out = gmmas_infer::analyze_prepared(&model, &prepared, &opts).map_err(anyhow::Error::msg)?;
+
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let seg_path = args.out.join(format!("{}_seg.nii.gz", files.name));
+    std::fs::write(&seg_path, &out.seg_nifti).with_context(|| format!("writing {}", seg_path.display()))?;
+    let present: Vec<&str> = files.modalities.iter().map(|(m, _)| m.as_str()).collect();
+    let missing: Vec<&str> =
+        gmmas_imaging::Modality::ALL.iter().map(|m| m.as_str()).filter(|m| !present.contains(m)).collect();
+    let report = json!({
+        "case": files.name,
+        "model_version": model.version(),
+        "device": format!("{:?}", model.device()),
+        "input_sha256": hashes,
+        "modalities": present,
+        "missing_modalities": missing,
+        "segmentation": seg_path.file_name().map(|f| f.to_string_lossy().to_string()),
+        "segmentation_sha256": gmmas_runtime::bus::sha256_hex(&out.seg_nifti),
+        "regions": out.regions,
+        "probabilities": out.probabilities,
+        "timings_ms": {
+            "load": t_load.as_millis() as u64,
+            "preprocess": t_prep.as_millis() as u64,
+            "inference": out.inference_ms as u64,
+            "total": t0.elapsed().as_millis() as u64,
+        },
+        "analyzed_at": chrono::Utc::now(),
+    });
+    let json_path = args.out.join(format!("{}_analysis.json", files.name));
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    eprintln!("wrote {} and {}", seg_path.display(), json_path.display());
+    Ok(())
+}

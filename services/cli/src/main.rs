@@ -1,0 +1,85 @@
+//! The `gmmas` command line: one-process analysis of a case folder, phantom generation,
+//! the local system (`gmmas up`), and the benchmark.
+
+mod analyze;
+mod bench;
+mod up;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "gmmas", version, about = "Glioma multimodal MRI analysis")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Analyze one case folder (BraTS naming) in this process: segmentation NIfTI + JSON.
+    Analyze(analyze::AnalyzeArgs),
+    /// Write synthetic cases in BraTS layout plus labels.csv.
+    Phantom {
+        /// Number of cases.
+        #[arg(long, default_value_t = 1)]
+        n: usize,
+        /// Seed; the same seed writes the same files.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Grid size as X,Y,Z voxels (1 mm).
+        #[arg(long, default_value = "240,240,155", value_parser = parse_dims)]
+        dims: [usize; 3],
+    },
+    /// Start every service locally, analyze the bundled example case, keep serving until Ctrl-C.
+    Up(up::UpArgs),
+    /// Time each stage on one full-size case and compare preprocessing with the Python baseline.
+    Bench(bench::BenchArgs),
+    /// Write a model with freshly initialized weights (for development and training starts).
+    InitModel {
+        /// Profile name (tiny, small, paper).
+        #[arg(long, default_value = "small")]
+        profile: String,
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+        /// Output `.safetensors` path (a `.json` card is written beside it).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn parse_dims(s: &str) -> Result<[usize; 3], String> {
+    let parts: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("{p:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match parts.as_slice() {
+        [x, y, z] if *x >= 16 && *y >= 16 && *z >= 16 => Ok([*x, *y, *z]),
+        _ => Err(format!("expected X,Y,Z with each at least 16, got {s:?}")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Analyze(args) => analyze::run(args),
+        Command::Phantom { n, seed, out, dims } => {
+            let names = gmmas_imaging::phantom::write_dataset(n, seed, dims, &out)?;
+            println!("wrote {} case(s) and labels.csv to {}", names.len(), out.display());
+            Ok(())
+        }
+        Command::Up(args) => tokio::runtime::Runtime::new()?.block_on(up::run(args)),
+        Command::Bench(args) => bench::run(args),
+        Command::InitModel { profile, seed, out } => {
+            let cfg = gmmas_models::ModelConfig::profile(&profile)?;
+            let model = gmmas_models::Analyzer::new_seeded(cfg, seed, gmmas_models::Device::Cpu)?;
+            model.save(&out)?;
+            println!("{} -> {}", model.version(), out.display());
+            Ok(())
+        }
+    }
+}

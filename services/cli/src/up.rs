@@ -1,0 +1,148 @@
+//! `gmmas up`: starts every service as its own process against the configured NATS and
+//! PostgreSQL, analyzes the example case through the HTTP API, prints it, serves until Ctrl-C.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use gmmas_imaging::phantom::{PhantomConfig, generate};
+use gmmas_runtime::supervise;
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Address of the clinicians' API.
+    #[arg(long, env = "GMMAS_API_ADDR", default_value = "127.0.0.1:8080")]
+    pub api_addr: String,
+    /// Folder for logs and run state.
+    #[arg(long, default_value = ".gmmas")]
+    pub state_dir: PathBuf,
+    /// Tenant the example case is filed under.
+    #[arg(long, default_value = "example-hospital")]
+    pub tenant: String,
+    /// Seed of the example phantom case.
+    #[arg(long, default_value_t = 7)]
+    pub example_seed: u64,
+    /// Analyze this case folder (BraTS naming) instead of the example phantom.
+    #[arg(long)]
+    pub case_dir: Option<PathBuf>,
+    /// Exit after the example instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub once: bool,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let logs = args.state_dir.join("logs");
+    let mut services = Vec::new();
+    let result = async {
+        for (i, name) in supervise::SERVICES.iter().enumerate() {
+            let addr = if *name == "api" { args.api_addr.clone() } else { format!("127.0.0.1:{}", 8091 + i) };
+            let env = vec![("GMMAS_LOG_FORMAT".to_string(), "json".to_string())];
+            let mut svc = supervise::start(name, &addr, &env, &logs)?;
+            supervise::wait_ready(&mut svc, Duration::from_secs(120)).await?;
+            println!("  {name:<10} ready on http://{addr}  (log {})", svc.log.display());
+            services.push(svc);
+        }
+        let api = format!("http://{}", args.api_addr);
+        let case = submit_example(&args, &api).await?;
+        println!("\nExample case {case} submitted; waiting for the analysis...");
+        let view = wait_done(&api, &args.tenant, &case, Duration::from_secs(900)).await?;
+        print_result(&view, &api, &args.tenant);
+        if !args.once {
+            println!("\nServing. API: {api}/api/v1/tenants/{}/cases   Ctrl-C stops everything.", args.tenant);
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    println!("\nStopping services...");
+    for svc in services.iter_mut().rev() {
+        supervise::stop(svc, Duration::from_secs(15)).await;
+    }
+    result
+}
+
+async fn submit_example(args: &UpArgs, api: &str) -> anyhow::Result<String> {
+    let mut form = reqwest::multipart::Form::new();
+    let case_ref;
+    if let Some(dir) = &args.case_dir {
+        let files = gmmas_imaging::brats::discover_case(dir)?;
+        case_ref = format!("{}-{}", files.name, chrono::Utc::now().format("%Y%m%dT%H%M%S"));
+        for (m, path) in files.modalities {
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            form = form.part(m.as_str(), reqwest::multipart::Part::bytes(bytes).file_name("volume.nii.gz"));
+        }
+    } else {
+        let seed = args.example_seed;
+        let case = tokio::task::spawn_blocking(move || generate(&PhantomConfig { dims: [240, 240, 155], seed })).await?;
+        case_ref = format!("example-phantom-{seed}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"));
+        for (m, v) in &case.volumes {
+            let bytes = gmmas_imaging::write_volume(v, true);
+            form = form.part(m.as_str(), reqwest::multipart::Part::bytes(bytes).file_name("volume.nii.gz"));
+        }
+    }
+    form = form.text("case_ref", case_ref);
+    let resp = reqwest::Client::new()
+        .post(format!("{api}/api/v1/tenants/{}/cases", args.tenant))
+        .multipart(form)
+        .send()
+        .await
+        .context("uploading the example case")?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("upload refused ({status}): {body}");
+    }
+    body["case_id"].as_str().map(str::to_string).context("upload answer without case_id")
+}
+
+async fn wait_done(api: &str, tenant: &str, case: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+    let start = Instant::now();
+    let client = reqwest::Client::new();
+    loop {
+        let view: serde_json::Value =
+            client.get(format!("{api}/api/v1/tenants/{tenant}/cases/{case}")).send().await?.json().await?;
+        match view["status"].as_str() {
+            Some("done") => return Ok(view),
+            Some("failed") => bail!("the case failed at {}: {}", view["error_stage"], view["error"]),
+            _ if start.elapsed() > timeout => bail!("no result after {timeout:?}: {view}"),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+fn print_result(view: &serde_json::Value, api: &str, tenant: &str) {
+    let a = &view["analysis"];
+    let r = &a["regions"];
+    let p = &a["probabilities"];
+    println!("\n== Analysis of case {} ==", view["case_id"].as_str().unwrap_or("?"));
+    println!("model            {}", a["model_version"].as_str().unwrap_or("?"));
+    for s in view["stages"].as_array().into_iter().flatten() {
+        println!("stage {:<10} {:<8} {} ms", s["stage"].as_str().unwrap_or("?"), s["status"].as_str().unwrap_or("?"), s["duration_ms"]);
+    }
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    println!(
+        "whole tumor      {:.1} mL  (NCR {:.1} mL {:.0}%, ED {:.1} mL {:.0}%, ET {:.1} mL {:.0}%)",
+        f(&r["wt_ml"]),
+        f(&r["ncr_ml"]),
+        100.0 * f(&r["ncr_fraction"]),
+        f(&r["ed_ml"]),
+        100.0 * f(&r["ed_fraction"]),
+        f(&r["et_ml"]),
+        100.0 * f(&r["et_fraction"])
+    );
+    println!(
+        "P(GBM) {:.2}   P(IDH-mutant) {:.2}   P(1p/19q codeleted) {:.2}   P(MGMT methylated) {:.2}",
+        f(&p["grade_gbm"]),
+        f(&p["idh_mutant"]),
+        f(&p["codel_1p19q"]),
+        f(&p["mgmt_methylated"])
+    );
+    println!("case JSON        {api}/api/v1/tenants/{tenant}/cases/{}", view["case_id"].as_str().unwrap_or(""));
+    println!("segmentation     {api}{}", a["segmentation_url"].as_str().unwrap_or(""));
+    println!("Research use only: not a medical device; results must be reviewed by a clinician.");
+}

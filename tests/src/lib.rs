@@ -1,0 +1,190 @@
+//! The end-to-end harness: a private nats-server on a free port, a fresh PostgreSQL database,
+//! and every service started as its own process from the release binaries (like `gmmas up`).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use gmmas_imaging::phantom::{PhantomCase, PhantomConfig, generate};
+use gmmas_runtime::supervise::{self, Service};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+
+/// A running GMMAS system, torn down on drop.
+pub struct System {
+    pub api: String,
+    pub nats_url: String,
+    pub db_url: String,
+    pub db: PgPool,
+    pub services: Vec<Service>,
+    env: Vec<(String, String)>,
+    logs: PathBuf,
+    admin_url: String,
+    db_name: String,
+    _nats: Child,
+    _dir: tempfile::TempDir,
+}
+
+/// Base URL of a PostgreSQL server where test databases may be created.
+fn admin_url() -> String {
+    std::env::var("GMMAS_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Writes a tiny seeded model (fast on CPU) and returns its path.
+pub fn tiny_model(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join("tiny.safetensors");
+    if !path.exists() {
+        let cfg = gmmas_models::ModelConfig::profile("tiny")?;
+        gmmas_models::Analyzer::new_seeded(cfg, 1, gmmas_models::Device::Cpu)?.save(&path)?;
+    }
+    Ok(path)
+}
+
+impl System {
+    /// Starts NATS, a fresh database and all four services; `extra` env applies to every service.
+    pub async fn start(extra: &[(&str, &str)]) -> anyhow::Result<System> {
+        let dir = tempfile::tempdir()?;
+        let port = supervise::free_port()?;
+        let nats = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path().join("nats"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nats-server (is it installed? scripts/setup.sh installs it)")?;
+        let nats_url = format!("nats://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen on {port}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let admin_url = admin_url();
+        let db_name = format!("gmmas_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = PgPool::connect(&admin_url).await.with_context(|| format!("connecting to {admin_url}"))?;
+        let create = format!("CREATE DATABASE {db_name}");
+        sqlx::query(&create).execute(&admin).await?;
+        admin.close().await;
+        let db_url = format!("{}/{db_name}", admin_url.rsplit_once('/').map(|(a, _)| a).unwrap_or(&admin_url));
+
+        let model = tiny_model(dir.path())?;
+        let mut env: Vec<(String, String)> = vec![
+            ("GMMAS_NATS_URL".into(), nats_url.clone()),
+            ("GMMAS_DATABASE_URL".into(), db_url.clone()),
+            ("GMMAS_MODEL_PATH".into(), model.display().to_string()),
+            ("GMMAS_THREADS".into(), "1".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let logs = dir.path().join("logs");
+        let mut sys = System {
+            api: String::new(),
+            nats_url,
+            db: gmmas_runtime::db::connect(&db_url, Duration::from_secs(10)).await?,
+            db_url,
+            services: Vec::new(),
+            env,
+            logs,
+            admin_url,
+            db_name,
+            _nats: nats,
+            _dir: dir,
+        };
+        for name in supervise::SERVICES {
+            sys.start_service(name).await?;
+        }
+        sys.api = format!("http://{}", sys.service(“api”).http_addr);
+        Ok(sys)
+    }
+
+    /// Starts (or restarts) one service on a fresh port.
+    pub async fn start_service(&mut self, name: &str) -> anyhow::Result<()> {
+        self.services.retain(|s| s.name != name);
+        let addr = format!("127.0.0.1:{}", supervise::free_port()?);
+        let mut svc = supervise::start(name, &addr, &self.env, &self.logs)?;
+        supervise::wait_ready(&mut svc, Duration::from_secs(60)).await.map_err(|e| self.with_logs(e))?;
+        self.services.push(svc);
+        Ok(())
+    }
+
+    pub fn service(&mut self, name: &str) -> &mut Service {
+        self.services.iter_mut().find(|s| s.name == name).expect("service started")
+    }
+
+    /// The error with the tail of every service log, for failing tests.
+    pub fn with_logs(&self, e: anyhow::Error) -> anyhow::Error {
+        let mut text = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.logs) {
+            for entry in entries.flatten() {
+                let body = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = body.lines().rev().take(15).collect();
+                text.push_str(&format!("\n--- {} ---\n", entry.path().display()));
+                for l in tail.into_iter().rev() {
+                    text.push_str(l);
+                    text.push('\n');
+                }
+            }
+        }
+        e.context(text)
+    }
+
+    /// Uploads files (form field name -> bytes) as one case.
+    pub async fn upload(&self, tenant: &str, case_ref: &str, files: Vec<(&str, Vec<u8>)>) -> anyhow::Result<(u16, Value)> {
+        let mut form = reqwest::multipart::Form::new().text("case_ref", case_ref.to_string());
+        for (name, bytes) in files {
+            form = form.part(name.to_string(), reqwest::multipart::Part::bytes(bytes).file_name("x.nii.gz"));
+        }
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/v1/tenants/{tenant}/cases", self.api))
+            .multipart(form)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let resp = reqwest::get(format!("{}{path}", self.api)).await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Polls a case until it is `done` or `failed`.
+    pub async fn wait_case(&self, tenant: &str, case_id: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let start = Instant::now();
+        loop {
+            let (_, v) = self.get_json(&format!("/api/v1/tenants/{tenant}/cases/{case_id}")).await?;
+            if matches!(v["status"].as_str(), Some("done" | "failed")) {
+                return Ok(v);
+            }
+            if start.elapsed() > timeout {
+                return Err(self.with_logs(anyhow::anyhow!("case {case_id} not finished after {timeout:?}: {v}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every service (SIGTERM) and drops the test database.
+    pub async fn shutdown(mut self) {
+        for s in self.services.iter_mut() {
+            supervise::stop(s, Duration::from_secs(10)).await;
+        }
+        self.db.close().await;
+        if let Ok(admin) = PgPool::connect(&self.admin_url).await {
+            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name);
+            let _ = sqlx::query(&drop).execute(&admin).await;
+        }
+    }
+}
+
+/// A small phantom case and its files encoded as `.nii.gz`, by modality name.
+pub fn phantom_files(seed: u64, dims: [usize; 3]) -> (PhantomCase, Vec<(&'static str, Vec<u8>)>) {
+    let case = generate(&PhantomConfig { dims, seed });
+    let files = case.volumes.iter().map(|(m, v)| (m.as_str(), gmmas_imaging::write_volume(v, true))).collect();
+    (case, files)
+}

@@ -36,7 +36,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut services = Vec::new();
     let result = async {
         for (i, name) in supervise::SERVICES.iter().enumerate() {
-            let addr = if *name == "api" { args.api_addr.clone() } else { format!("127.0.0.1:{}", 8091 + i) };
+            let addr = if *name == "api" { args.api_addr.clone() } else { format!("127.0.0.1:{}", 8081 + i) };
             let env = vec![("GMMAS_LOG_FORMAT".to_string(), "json".to_string())];
             let mut svc = supervise::start(name, &addr, &env, &logs)?;
             supervise::wait_ready(&mut svc, Duration::from_secs(120)).await?;

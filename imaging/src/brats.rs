@@ -472,3 +472,222 @@ pub fn write_labels_csv(
     }
     std::fs::write(path, s).map_err(|e| ImagingError::io(path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nifti::{write_labels, write_volume};
+    use crate::types::Grid;
+
+    fn touch(dir: &Path, names: &[&str]) {
+        for n in names {
+            std::fs::write(dir.join(n), b"x").unwrap();
+        }
+    }
+
+    #[test]
+    fn discover_2018_naming() {
+        let t = tempfile::tempdir().unwrap();
+        touch(
+            t.path(),
+            &[
+                "Brats18_X_1_flair.nii.gz",
+                "Brats18_X_1_t1.nii.gz",
+                "Brats18_X_1_t1ce.nii.gz",
+                "Brats18_X_1_t2.nii",
+                "Brats18_X_1_seg.nii.gz",
+                "README.txt",
+                "Brats18_X_1_t1.json",
+            ],
+        );
+        std::fs::create_dir(t.path().join("sub_t1.nii.gz")).unwrap();
+        let c = discover_case(t.path()).unwrap();
+        assert_eq!(c.name, "Brats18_X_1");
+        let mods: Vec<Modality> = c.modalities.iter().map(|(m, _)| *m).collect();
+        assert_eq!(mods, Modality::ALL);
+        assert!(c.modalities[2].1.ends_with("Brats18_X_1_t2.nii"));
+        assert!(c.modalities[1].1.ends_with("Brats18_X_1_t1ce.nii.gz"));
+        assert!(c.seg.unwrap().ends_with("Brats18_X_1_seg.nii.gz"));
+    }
+
+    #[test]
+    fn discover_2023_naming_and_subsets() {
+        let t = tempfile::tempdir().unwrap();
+        touch(
+            t.path(),
+            &[
+                "BraTS-GLI-00005-000-t1n.nii.gz",
+                "BraTS-GLI-00005-000-t2f.nii.gz",
+                "BraTS-GLI-00005-000-T1C.nii.gz",
+            ],
+        );
+        let c = discover_case(t.path()).unwrap();
+        assert_eq!(c.name, "BraTS-GLI-00005-000");
+        let mods: Vec<Modality> = c.modalities.iter().map(|(m, _)| *m).collect();
+        assert_eq!(mods, [Modality::T1, Modality::T1ce, Modality::Flair]);
+        assert!(c.seg.is_none());
+    }
+
+    #[test]
+    fn discover_errors() {
+        let t = tempfile::tempdir().unwrap();
+        touch(t.path(), &["notes.txt"]);
+        let err = discover_case(t.path()).unwrap_err().to_string();
+        assert!(err.contains(&t.path().display().to_string()), "{err}");
+        assert!(err.contains("no BraTS image"), "{err}");
+        touch(t.path(), &["c_t1.nii", "c_t1.nii.gz"]);
+        let err = discover_case(t.path()).unwrap_err().to_string();
+        assert!(err.contains("c_t1.nii") && err.contains("c_t1.nii.gz"), "{err}");
+        let t2 = tempfile::tempdir().unwrap();
+        touch(t2.path(), &["a_flair.nii.gz", "a-t2f.nii.gz"]);
+        let err = discover_case(t2.path()).unwrap_err().to_string();
+        assert!(err.contains("a_flair.nii.gz") && err.contains("a-t2f.nii.gz"), "{err}");
+        assert!(discover_case(&t.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn seg_labels_are_checked_and_mapped() {
+        let g = Grid::axis_aligned([4, 1, 1], [1.0; 3], [0.0; 3]);
+        let l = LabelVolume::new(g.clone(), vec![0, 1, 2, 3]).unwrap();
+        let s = read_seg_brats(&write_labels(&l, true), &Limits::default()).unwrap();
+        assert_eq!(s.data, vec![0, 1, 2, 4]);
+        let bad = LabelVolume::new(g.clone(), vec![0, 1, 5, 2]).unwrap();
+        let err = read_seg_brats(&write_labels(&bad, false), &Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("label value 5"), "{err}");
+        let fl = Volume::new(g, vec![0.0, 1.0, 2.0, 2.5]).unwrap();
+        assert!(read_seg_brats(&write_volume(&fl, false), &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn load_case_reads_everything_and_names_bad_files() {
+        let t = tempfile::tempdir().unwrap();
+        let g = Grid::axis_aligned([3, 2, 2], [1.0; 3], [0.0; 3]);
+        for (k, m) in Modality::ALL.iter().enumerate() {
+            let v = Volume::new(g.clone(), vec![k as f32; 12]).unwrap();
+            std::fs::write(
+                t.path().join(format!("c_{m}.nii.gz")),
+                write_volume(&v, true),
+            )
+            .unwrap();
+        }
+        let seg = LabelVolume::new(g.clone(), vec![0, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 4]).unwrap();
+        std::fs::write(t.path().join("c_seg.nii.gz"), write_labels(&seg, true)).unwrap();
+        let files = discover_case(t.path()).unwrap();
+        let c = load_case(&files, &Limits::default()).unwrap();
+        assert_eq!(c.name, "c");
+        for (k, (m, v)) in c.volumes.iter().enumerate() {
+            assert_eq!(*m, Modality::ALL[k]);
+            assert!(v.data.iter().all(|&x| x == k as f32));
+        }
+        assert_eq!(c.seg.unwrap().data[3], 4);
+        std::fs::write(t.path().join("c_t2.nii.gz"), b"garbage garbage").unwrap();
+        let err = load_case(&files, &Limits::default()).unwrap_err().to_string();
+        assert!(err.contains("c_t2.nii.gz") && err.contains("not a NIfTI-1"), "{err}");
+    }
+
+    #[test]
+    fn labels_csv_with_blanks_and_synonyms() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("labels.csv");
+        std::fs::write(
+            &p,
+            "\u{feff}Subject ID,Grade,IDH status,1p/19q,MGMT_value,Age\r\n\
+             A,GBM,wildtype,,0,60\r\n\
+             B,LGG,Mutant,codel,methylated,41\r\n\
+             \"C, the third\",2,NA,intact,,\r\n\
+             D,,,,,\r\n\
+             E,IV,1,0,unmethylated,70\r\n\
+             \r\n",
+        )
+        .unwrap();
+        let m = read_labels_csv(&p).unwrap();
+        assert_eq!(m.len(), 5);
+        let l = |g, i, c, mg| CaseLabels {
+            grade_gbm: g,
+            idh_mutant: i,
+            codel_1p19q: c,
+            mgmt_methylated: mg,
+        };
+        assert_eq!(m["A"], l(Some(true), Some(false), None, Some(false)));
+        assert_eq!(m["B"], l(Some(false), Some(true), Some(true), Some(true)));
+        assert_eq!(m["C, the third"], l(Some(false), None, Some(false), None));
+        assert_eq!(m["D"], CaseLabels::default());
+        assert_eq!(m["E"], l(Some(true), Some(true), Some(false), Some(false)));
+    }
+
+    #[test]
+    fn labels_csv_in_the_shared_dataset_format() {
+        // Same columns as the shared BraTS 2018 labels file (case IDs invented here).
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("labels.csv");
+        std::fs::write(
+            &p,
+            "case_id,grade_class,who_grade,histology,idh,codel_1p19q,mgmt,tcga_id\n\
+             Case_A,HGG,,,,,,\n\
+             Case_B,HGG,G4,glioblastoma,wildtype,intact,unmethylated,TCGA-00-0001\n\
+             Case_C,HGG,G4,glioblastoma,mutant,,methylated,TCGA-00-0002\n\
+             Case_D,LGG,G3,oligodendroglioma,mutant,codel,methylated,TCGA-00-0003\n\
+             Case_E,LGG,G2,oligoastrocytoma,mutant,intact,,TCGA-00-0004\n",
+        )
+        .unwrap();
+        let m = read_labels_csv(&p).unwrap();
+        assert_eq!(m["Case_A"].grade_gbm, Some(true));
+        assert_eq!(m["Case_A"].idh_mutant, None);
+        assert_eq!(m["Case_B"].codel_1p19q, Some(false));
+        assert_eq!(m["Case_B"].mgmt_methylated, Some(false));
+        assert_eq!(m["Case_C"].idh_mutant, Some(true));
+        assert_eq!(m["Case_C"].codel_1p19q, None);
+        assert_eq!(m["Case_D"].grade_gbm, Some(false));
+        assert_eq!(m["Case_D"].codel_1p19q, Some(true));
+        assert_eq!(m["Case_E"].mgmt_methylated, None);
+    }
+
+    #[test]
+    fn labels_csv_errors() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("l.csv");
+        std::fs::write(&p, "case,idh\nA,maybe\n").unwrap();
+        let err = read_labels_csv(&p).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("\"maybe\""), "{err}");
+        std::fs::write(&p, "grade,idh\nGBM,mutant\n").unwrap();
+        assert!(read_labels_csv(&p).unwrap_err().to_string().contains("no case column"));
+        std::fs::write(&p, "case,idh\nA,mutant\nA,wildtype\n").unwrap();
+        assert!(read_labels_csv(&p).unwrap_err().to_string().contains("twice"));
+        std::fs::write(&p, "case,idh\n,mutant\n").unwrap();
+        assert!(read_labels_csv(&p).is_err());
+        std::fs::write(&p, "").unwrap();
+        assert!(read_labels_csv(&p).is_err());
+        assert!(read_labels_csv(&t.path().join("none.csv")).is_err());
+    }
+
+    #[test]
+    fn labels_csv_round_trip() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("out.csv");
+        let mut m = BTreeMap::new();
+        m.insert(
+            "x,1".to_string(),
+            CaseLabels {
+                grade_gbm: Some(true),
+                idh_mutant: Some(false),
+                codel_1p19q: None,
+                mgmt_methylated: Some(true),
+            },
+        );
+        m.insert("y".to_string(), CaseLabels::default());
+        write_labels_csv(&p, &m).unwrap();
+        assert_eq!(read_labels_csv(&p).unwrap(), m);
+    }
+
+    #[test]
+    fn real_labels_file_parses_when_present() {
+        let p = Path::new("/work/shared/data/brats/labels.csv");
+        if !p.exists() {
+            return;
+        }
+        let m = read_labels_csv(p).unwrap();
+        assert!(!m.is_empty());
+        assert!(m.values().all(|l| l.grade_gbm.is_some()));
+        assert!(m.values().filter(|l| l.idh_mutant == Some(true)).count() >= 1);
+    }
+}

@@ -8,7 +8,11 @@ use gmmas_models::{Analyzer, InferOptions, ModelConfig};
 fn vm_hwm() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        })
         .unwrap_or_else(|| "?".into())
 }
 
@@ -22,13 +26,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match a.as_str() {
             "--patch-window" => patch_window = true,
             "--mc" => mc = it.next().ok_or("--mc needs a value")?.parse()?,
-            "--threads" => tch::set_num_threads(it.next().ok_or("--threads needs a value")?.parse()?),
+            "--threads" => {
+                tch::set_num_threads(it.next().ok_or("--threads needs a value")?.parse()?)
+            }
             _ => positional.push(a.clone()),
         }
     }
     let profile = positional.first().map(String::as_str).unwrap_or("small");
     let dims: [usize; 3] = if positional.len() >= 4 {
-        [positional[1].parse()?, positional[2].parse()?, positional[3].parse()?]
+        [
+            positional[1].parse()?,
+            positional[2].parse()?,
+            positional[3].parse()?,
+        ]
     } else {
         [160, 190, 150]
     };
@@ -36,7 +46,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if patch_window {
         cfg.infer_window = cfg.patch;
     }
-    let device = if tch::Cuda::is_available() { tch::Device::Cuda(0) } else { tch::Device::Cpu };
+    let device = if tch::Cuda::is_available() {
+        tch::Device::Cuda(0)
+    } else {
+        tch::Device::Cpu
+    };
     let analyzer = Analyzer::new_seeded(cfg.clone(), 1, device)?;
     let n = dims.iter().product::<usize>();
     // A smooth synthetic "brain" with a bright blob so every code path runs.
@@ -46,10 +60,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for z in 0..nz {
             for y in 0..ny {
                 for x in 0..nx {
-                    let (fx, fy, fz) = (x as f32 / nx as f32 - 0.5, y as f32 / ny as f32 - 0.5, z as f32 / nz as f32 - 0.5);
+                    let (fx, fy, fz) = (
+                        x as f32 / nx as f32 - 0.5,
+                        y as f32 / ny as f32 - 0.5,
+                        z as f32 / nz as f32 - 0.5,
+                    );
                     let r2 = fx * fx + fy * fy + fz * fz;
                     let blob = (-(((fx - 0.1).powi(2) + fy * fy + fz * fz) / 0.005)).exp();
-                    input[c * n + x + nx * (y + ny * z)] = if r2 < 0.2 { (c as f32 * 0.3 + 8.0 * fx).sin() + 2.0 * blob } else { 0.0 };
+                    input[c * n + x + nx * (y + ny * z)] = if r2 < 0.2 {
+                        (c as f32 * 0.3 + 8.0 * fx).sin() + 2.0 * blob
+                    } else {
+                        0.0
+                    };
                 }
             }
         }
@@ -63,7 +85,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         plan.len()
     );
     println!("VmHWM before: {}", vm_hwm());
-    let opts = InferOptions { mc_passes: mc, ..Default::default() };
+    let opts = InferOptions {
+        mc_passes: mc,
+        ..Default::default()
+    };
     for run in 0..2 {
         let t = Instant::now();
         let p = analyzer.analyze(&input, dims, [true; 4], &opts)?;

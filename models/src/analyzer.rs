@@ -9,11 +9,11 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use tch::{Device, nn};
 
+use crate::ModelError;
 use crate::config::{MODALITIES, ModelConfig};
 use crate::infer::{self, InferOptions, Prediction};
 use crate::net::{self, Net};
 use crate::weights;
-use crate::ModelError;
 
 /// File format tag written into the sidecar.
 pub const FORMAT: &str = "gmmas-models/1";
@@ -95,31 +95,52 @@ impl Analyzer {
         training: serde_json::Value,
     ) -> Result<Self, ModelError> {
         if name.is_empty() || name.contains('@') {
-            return Err(ModelError::Config(format!("model name {name:?} must be non-empty without '@'")));
+            return Err(ModelError::Config(format!(
+                "model name {name:?} must be non-empty without '@'"
+            )));
         }
         let bytes = weights::to_safetensors(&vs, &safetensors_metadata())?;
         let version = format!("{name}@{}", weights::short_sha(&bytes));
         let cfg = net.config().clone();
         let parameters = net::parameter_count(&vs);
         let device = vs.device();
-        Ok(Self { name, version, cfg, device, training, parameters, inner: Mutex::new(Inner { vs, net }) })
+        Ok(Self {
+            name,
+            version,
+            cfg,
+            device,
+            training,
+            parameters,
+            inner: Mutex::new(Inner { vs, net }),
+        })
     }
 
     /// Loads `<name>.safetensors` and its `<name>.json` sidecar. Errors name the file and
     /// what is wrong with it (missing, corrupt, missing tensor, wrong shape for var X, ...).
     pub fn load(weights_path: &Path, device: Device) -> Result<Self, ModelError> {
         let meta_path = sidecar_path(weights_path);
-        let read = |p: &Path| std::fs::read(p).map_err(|source| ModelError::Io { path: p.to_path_buf(), source });
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| ModelError::Io {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
         let bytes = read(weights_path)?;
         let meta_bytes = read(&meta_path)?;
-        let meta: ModelMeta = serde_json::from_slice(&meta_bytes).map_err(|e| ModelError::Weights {
+        let meta: ModelMeta =
+            serde_json::from_slice(&meta_bytes).map_err(|e| ModelError::Weights {
+                path: meta_path.clone(),
+                reason: format!("invalid model metadata: {e}"),
+            })?;
+        meta.config.validate().map_err(|e| ModelError::Weights {
             path: meta_path.clone(),
-            reason: format!("invalid model metadata: {e}"),
+            reason: e.to_string(),
         })?;
-        meta.config.validate().map_err(|e| ModelError::Weights { path: meta_path.clone(), reason: e.to_string() })?;
         let (vs, net) = net::build(&meta.config, device, None)?;
-        weights::load_safetensors(&vs, &bytes)
-            .map_err(|reason| ModelError::Weights { path: weights_path.to_path_buf(), reason })?;
+        weights::load_safetensors(&vs, &bytes).map_err(|reason| ModelError::Weights {
+            path: weights_path.to_path_buf(),
+            reason,
+        })?;
         let sha = weights::sha256_hex(&bytes);
         if !meta.weights_sha256.is_empty() && meta.weights_sha256 != sha {
             return Err(ModelError::Weights {
@@ -159,7 +180,8 @@ impl Analyzer {
             parameters: self.parameters,
             training: self.training.clone(),
         };
-        let meta_bytes = serde_json::to_vec_pretty(&meta).map_err(|e| ModelError::Internal(e.to_string()))?;
+        let meta_bytes =
+            serde_json::to_vec_pretty(&meta).map_err(|e| ModelError::Internal(e.to_string()))?;
         write_atomic(weights_path, &bytes)?;
         write_atomic(&sidecar_path(weights_path), &meta_bytes)
     }
@@ -202,9 +224,16 @@ impl Analyzer {
     /// Renames the model (the version keeps the weights hash).
     pub fn rename(&mut self, name: &str) -> Result<(), ModelError> {
         if name.is_empty() || name.contains('@') {
-            return Err(ModelError::Config(format!("model name {name:?} must be non-empty without '@'")));
+            return Err(ModelError::Config(format!(
+                "model name {name:?} must be non-empty without '@'"
+            )));
         }
-        let hash = self.version.rsplit('@').next().unwrap_or_default().to_string();
+        let hash = self
+            .version
+            .rsplit('@')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         self.name = name.to_string();
         self.version = format!("{name}@{hash}");
         Ok(())
@@ -261,7 +290,10 @@ impl Analyzer {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let io = |source| ModelError::Io { path: path.to_path_buf(), source };
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -292,4 +324,222 @@ pub fn now_rfc3339() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::TaskProbabilities;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    /// A smooth synthetic case with a bright blob.
+    fn case(dims: [usize; 3], present: [bool; 4]) -> Vec<f32> {
+        let n = dims.iter().product::<usize>();
+        let mut v = vec![0f32; 4 * n];
+        for c in 0..4 {
+            if !present[c] {
+                continue;
+            }
+            for z in 0..dims[2] {
+                for y in 0..dims[1] {
+                    for x in 0..dims[0] {
+                        let d = (x as f32 - 10.0).powi(2)
+                            + (y as f32 - 12.0).powi(2)
+                            + (z as f32 - 9.0).powi(2);
+                        let val = (0.3 * x as f32 + 0.2 * c as f32).sin() + 3.0 * (-d / 30.0).exp();
+                        v[c * n + x + dims[0] * (y + dims[1] * z)] = val;
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    fn check_labels(p: &Prediction, n: usize) {
+        assert_eq!(p.labels.len(), n);
+        assert!(p.labels.iter().all(|l| matches!(l, 0 | 1 | 2 | 4)));
+        for v in p.probabilities.to_array() {
+            assert!((0.0..=1.0).contains(&v), "{v}");
+        }
+    }
+
+    #[test]
+    fn analyzer_is_send_sync_and_versioned() {
+        assert_send_sync::<Analyzer>();
+        let a = Analyzer::new_seeded(ModelConfig::tiny(), 7, Device::Cpu).unwrap();
+        let (name, hash) = a.version().split_once('@').unwrap();
+        assert_eq!(name, "gmmas-tiny-seed7");
+        assert_eq!(hash.len(), 12);
+        assert!(hash.chars().all(|c| c.is_ascii_hexdigit()));
+        let b = Analyzer::new_seeded(ModelConfig::tiny(), 7, Device::Cpu).unwrap();
+        assert_eq!(a.version(), b.version());
+        let c = Analyzer::new_seeded(ModelConfig::tiny(), 8, Device::Cpu).unwrap();
+        assert_ne!(a.version().split('@').nth(1), c.version().split('@').nth(1));
+        assert!(a.parameter_count() > 0);
+    }
+
+    #[test]
+    fn analyze_larger_and_smaller_than_patch() {
+        let a = Analyzer::new_seeded(ModelConfig::tiny(), 1, Device::Cpu).unwrap();
+        let opts = InferOptions::default();
+        let dims = [45, 38, 33];
+        let present = [true, false, true, true];
+        let n = dims.iter().product();
+        let p = a
+            .analyze(&case(dims, present), dims, present, &opts)
+            .unwrap();
+        check_labels(&p, n);
+        assert!(p.uncertainty.is_none() && p.task_std.is_none());
+        // Batched windows give the same result.
+        let pb = a
+            .analyze(
+                &case(dims, present),
+                dims,
+                present,
+                &InferOptions { batch: 3, ..opts },
+            )
+            .unwrap();
+        assert_eq!(pb.labels, p.labels);
+        let dims = [20, 17, 9];
+        let p = a
+            .analyze(&case(dims, [true; 4]), dims, [true; 4], &opts)
+            .unwrap();
+        check_labels(&p, 20 * 17 * 9);
+        // Bad inputs are rejected with a message.
+        assert!(a.analyze(&[0.0; 10], dims, [true; 4], &opts).is_err());
+        assert!(
+            a.analyze(&case(dims, [true; 4]), dims, [false; 4], &opts)
+                .is_err()
+        );
+        let bad = InferOptions {
+            overlap: 1.0,
+            ..opts
+        };
+        assert!(
+            a.analyze(&case(dims, [true; 4]), dims, [true; 4], &bad)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn save_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let a = Analyzer::new_seeded(ModelConfig::tiny().with_transformer(false), 3, Device::Cpu)
+            .unwrap();
+        a.save(&path).unwrap();
+        assert!(dir.path().join("m.json").exists());
+        let b = Analyzer::load(&path, Device::Cpu).unwrap();
+        assert_eq!(a.version(), b.version());
+        assert_eq!(a.config(), b.config());
+        let dims = [40, 24, 16];
+        let input = case(dims, [true; 4]);
+        let opts = InferOptions::default();
+        let pa = a.analyze(&input, dims, [true; 4], &opts).unwrap();
+        let pb = b.analyze(&input, dims, [true; 4], &opts).unwrap();
+        assert_eq!(pa, pb);
+        // Saving the loaded model again writes identical weights.
+        let path2 = dir.path().join("again.safetensors");
+        b.save(&path2).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            std::fs::read(&path2).unwrap()
+        );
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.safetensors");
+        let e = Analyzer::load(&missing, Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope.safetensors"), "{e}");
+
+        let path = dir.path().join("m.safetensors");
+        let a = Analyzer::new_seeded(ModelConfig::tiny(), 3, Device::Cpu).unwrap();
+        a.save(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+
+        // Truncated weights.
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let e = Analyzer::load(&path, Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("m.safetensors"), "{e}");
+        // Garbage weights.
+        std::fs::write(&path, b"garbage").unwrap();
+        let e = Analyzer::load(&path, Device::Cpu).unwrap_err().to_string();
+        assert!(
+            e.contains("m.safetensors") && e.contains("not a safetensors"),
+            "{e}"
+        );
+        // A flipped data byte fails the checksum.
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x55;
+        std::fs::write(&path, &flipped).unwrap();
+        let e = Analyzer::load(&path, Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("m.safetensors") && e.contains("sha256"), "{e}");
+
+        // Sidecar describing another shape.
+        std::fs::write(&path, &bytes).unwrap();
+        let meta_path = dir.path().join("m.json");
+        let mut meta: ModelMeta =
+            serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        meta.config.channels[3] = 48;
+        std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+        let e = Analyzer::load(&path, Device::Cpu).unwrap_err().to_string();
+        assert!(
+            e.contains("m.safetensors") && e.contains("wrong shape for var"),
+            "{e}"
+        );
+        // Corrupt and missing sidecar.
+        std::fs::write(&meta_path, b"{").unwrap();
+        let e = Analyzer::load(&path, Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("m.json"), "{e}");
+        std::fs::remove_file(&meta_path).unwrap();
+        let e = Analyzer::load(&path, Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("m.json"), "{e}");
+    }
+
+    #[test]
+    fn mc_dropout_spread() {
+        let dims = [40, 20, 16];
+        let input = case(dims, [true; 4]);
+        let opts = InferOptions {
+            mc_passes: 3,
+            ..Default::default()
+        };
+        let a =
+            Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.3), 2, Device::Cpu).unwrap();
+        let p = a.analyze(&input, dims, [true; 4], &opts).unwrap();
+        let u = p.uncertainty.as_ref().unwrap();
+        assert_eq!(u.len(), 40 * 20 * 16);
+        assert!(u.iter().any(|&v| v > 0.0), "MC passes did not differ");
+        assert!(u.iter().all(|v| v.is_finite() && *v >= 0.0));
+        assert!(p.task_std.unwrap().to_array().iter().any(|&v| v > 0.0));
+        // One stochastic pass: no uncertainty, but a valid prediction.
+        let one = a
+            .analyze(
+                &input,
+                dims,
+                [true; 4],
+                &InferOptions {
+                    mc_passes: 1,
+                    ..opts
+                },
+            )
+            .unwrap();
+        assert!(one.uncertainty.is_none());
+
+        let a0 =
+            Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.0), 2, Device::Cpu).unwrap();
+        let p0 = a0.analyze(&input, dims, [true; 4], &opts).unwrap();
+        assert!(p0.uncertainty.unwrap().iter().all(|&v| v == 0.0));
+        assert_eq!(p0.task_std, Some(TaskProbabilities::default()));
+        let det = a0
+            .analyze(&input, dims, [true; 4], &InferOptions::default())
+            .unwrap();
+        assert_eq!(det.labels, p0.labels);
+    }
 }

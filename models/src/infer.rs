@@ -27,12 +27,22 @@ pub struct TaskProbabilities {
 impl TaskProbabilities {
     /// From values in task head order (grade, IDH, 1p/19q, MGMT).
     pub fn from_array(v: [f32; TASKS]) -> Self {
-        Self { grade_gbm: v[0], idh_mutant: v[1], codel_1p19q: v[2], mgmt_methylated: v[3] }
+        Self {
+            grade_gbm: v[0],
+            idh_mutant: v[1],
+            codel_1p19q: v[2],
+            mgmt_methylated: v[3],
+        }
     }
 
     /// Values in task head order (grade, IDH, 1p/19q, MGMT).
     pub fn to_array(&self) -> [f32; TASKS] {
-        [self.grade_gbm, self.idh_mutant, self.codel_1p19q, self.mgmt_methylated]
+        [
+            self.grade_gbm,
+            self.idh_mutant,
+            self.codel_1p19q,
+            self.mgmt_methylated,
+        ]
     }
 }
 
@@ -49,7 +59,11 @@ pub struct InferOptions {
 
 impl Default for InferOptions {
     fn default() -> Self {
-        Self { overlap: 0.5, mc_passes: 0, batch: 1 }
+        Self {
+            overlap: 0.5,
+            mc_passes: 0,
+            batch: 1,
+        }
     }
 }
 
@@ -104,7 +118,9 @@ pub fn plan_windows(cfg: &ModelConfig, shape: [usize; 3], overlap: f32) -> Windo
         }
         let step = ((w as f32 * (1.0 - overlap)).floor() as usize).max(1);
         let count = (n - w).div_ceil(step) + 1;
-        (0..count).map(|i| ((n - w) as f64 * i as f64 / (count - 1) as f64).round() as usize).collect()
+        (0..count)
+            .map(|i| ((n - w) as f64 * i as f64 / (count - 1) as f64).round() as usize)
+            .collect()
     });
     WindowPlan { window, starts }
 }
@@ -114,10 +130,14 @@ fn gaussian(window: [usize; 3], device: Device) -> Tensor {
     let axis = |w: usize| {
         let c = (w as f64 - 1.0) / 2.0;
         let s = w as f64 / 8.0;
-        let v: Vec<f32> = (0..w).map(|i| (-0.5 * ((i as f64 - c) / s).powi(2)).exp() as f32).collect();
+        let v: Vec<f32> = (0..w)
+            .map(|i| (-0.5 * ((i as f64 - c) / s).powi(2)).exp() as f32)
+            .collect();
         Tensor::from_slice(&v)
     };
-    let g = axis(window[0]).view([-1, 1, 1]) * axis(window[1]).view([1, -1, 1]) * axis(window[2]).view([1, 1, -1]);
+    let g = axis(window[0]).view([-1, 1, 1])
+        * axis(window[1]).view([1, -1, 1])
+        * axis(window[2]).view([1, 1, -1]);
     let g = &g / g.max();
     g.clamp_min(1e-3).to_device(device)
 }
@@ -147,7 +167,10 @@ pub fn validate_input(
         return Err(ModelError::Input("no modality present".into()));
     }
     if !(0.0..1.0).contains(&opts.overlap) {
-        return Err(ModelError::Input(format!("overlap {} must be in [0, 1)", opts.overlap)));
+        return Err(ModelError::Input(format!(
+            "overlap {} must be in [0, 1)",
+            opts.overlap
+        )));
     }
     if let Some(i) = input.iter().position(|v| !v.is_finite()) {
         return Err(ModelError::Input(format!("non-finite value at index {i}")));
@@ -155,11 +178,14 @@ pub fn validate_input(
     Ok(())
 }
 
-/// One pass over all windows; returns normalised class probabilities `[4, nz, ny, nx]`
-/// and the mass-weighted task probabilities.
-struct PassResult {
+/// Sums over all windows and passes.
+struct Accumulated {
+    /// Sum over passes of the Gaussian-weighted class probabilities `[4, nz, ny, nx]`.
     probs: Tensor,
-    tasks: [f64; TASKS],
+    /// Per pass, the Gaussian-weighted foreground probability `[nz, ny, nx]` (MC only).
+    fg: Vec<Tensor>,
+    /// Per pass, the window-mass-weighted task probabilities.
+    tasks: Vec<[f64; TASKS]>,
 }
 
 struct Engine<'a> {
@@ -168,7 +194,6 @@ struct Engine<'a> {
     shape: [usize; 3],
     plan: WindowPlan,
     gauss: Tensor,
-    weight_sum: Tensor,
     present: [bool; MODALITIES],
     global: Option<crate::net::GlobalFeatures>,
     batch: usize,
@@ -192,69 +217,94 @@ impl Engine<'_> {
         std::array::from_fn(|a| self.plan.window[a].min(self.shape[a] - start[a]) as i64)
     }
 
-    fn pass(&self, mc: bool) -> Result<PassResult, ModelError> {
+    fn region(t: &Tensor, first: i64, start: [usize; 3], len: [i64; 3]) -> Tensor {
+        t.narrow(first, start[0] as i64, len[0])
+            .narrow(first + 1, start[1] as i64, len[1])
+            .narrow(first + 2, start[2] as i64, len[2])
+    }
+
+    /// Runs every window once through the encoder and `passes` times through the rest of
+    /// the network (dropout on when `mc`), accumulating into whole-volume buffers.
+    fn run(&self, passes: usize, mc: bool) -> Result<Accumulated, ModelError> {
         let [nz, ny, nx] = self.shape.map(|v| v as i64);
         let w = self.plan.window.map(|v| v as i64);
-        let acc = Tensor::zeros([SEG_CLASSES as i64, nz, ny, nx], (Kind::Float, self.padded.device()));
-        let mut task_weighted = [0f64; TASKS];
-        let mut task_plain = [0f64; TASKS];
-        let mut mass_total = 0f64;
+        let device = self.padded.device();
+        let probs = Tensor::zeros([SEG_CLASSES as i64, nz, ny, nx], (Kind::Float, device));
+        let fg: Vec<Tensor> = if passes > 1 {
+            (0..passes)
+                .map(|_| Tensor::zeros([nz, ny, nx], (Kind::Float, device)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut weighted = vec![[0f64; TASKS]; passes];
+        let mut plain = vec![[0f64; TASKS]; passes];
+        let mut mass = vec![0f64; passes];
         let windows = self.windows();
         for chunk in windows.chunks(self.batch.max(1)) {
             let crops: Vec<Tensor> = chunk
                 .iter()
-                .map(|s| {
-                    self.padded
-                        .narrow(2, s[0] as i64, w[0])
-                        .narrow(3, s[1] as i64, w[1])
-                        .narrow(4, s[2] as i64, w[2])
-                })
+                .map(|s| Self::region(&self.padded, 2, *s, w))
                 .collect();
             let x = Tensor::cat(&crops, 0);
             drop(crops);
+            let enc = self.net.encode(&x, &[self.present], false)?;
+            drop(x);
             let boxes: Vec<[f32; 6]> = chunk
                 .iter()
                 .map(|s| {
                     let lo: [f32; 3] = std::array::from_fn(|a| s[a] as f32 / self.shape[a] as f32);
-                    let hi: [f32; 3] = std::array::from_fn(|a| (s[a] + self.plan.window[a]) as f32 / self.shape[a] as f32);
+                    let hi: [f32; 3] = std::array::from_fn(|a| {
+                        (s[a] + self.plan.window[a]) as f32 / self.shape[a] as f32
+                    });
                     [lo[0], lo[1], lo[2], hi[0], hi[1], hi[2]]
                 })
                 .collect();
-            let ctx = self.global.as_ref().map(|features| GlobalContext { features, boxes: &boxes });
-            let out = self.net.forward(&x, &[self.present], ctx, false, mc)?;
-            drop(x);
-            let probs = out.seg.softmax(1, Kind::Float);
-            drop(out.seg);
-            let task_p = out.tasks.softmax(-1, Kind::Float).select(2, 1).to_device(Device::Cpu);
-            let task_p = Vec::<f32>::try_from(&task_p.flatten(0, -1))?;
-            for (i, s) in chunk.iter().enumerate() {
-                let v = self.valid(*s);
-                let g = self.gauss.narrow(0, 0, v[0]).narrow(1, 0, v[1]).narrow(2, 0, v[2]);
-                let p = probs.get(i as i64).narrow(1, 0, v[0]).narrow(2, 0, v[1]).narrow(3, 0, v[2]);
-                let weighted = &p * &g;
-                let mass = (&g - weighted.get(0)).sum(Kind::Double).double_value(&[]);
-                let mut dst = acc
-                    .narrow(1, s[0] as i64, v[0])
-                    .narrow(2, s[1] as i64, v[1])
-                    .narrow(3, s[2] as i64, v[2]);
-                let _ = dst.g_add_(&weighted);
-                mass_total += mass;
-                for t in 0..TASKS {
-                    let pt = task_p[i * TASKS + t] as f64;
-                    task_weighted[t] += mass * pt;
-                    task_plain[t] += pt;
+            let ctx = self.global.as_ref().map(|features| GlobalContext {
+                features,
+                boxes: &boxes,
+            });
+            for k in 0..passes {
+                let out = self.net.head(&enc, ctx, false, mc)?;
+                let p_all = out.seg.softmax(1, Kind::Float);
+                drop(out.seg);
+                let task_p = out
+                    .tasks
+                    .softmax(-1, Kind::Float)
+                    .select(2, 1)
+                    .to_device(Device::Cpu);
+                let task_p = Vec::<f32>::try_from(&task_p.flatten(0, -1))?;
+                for (i, s) in chunk.iter().enumerate() {
+                    let v = self.valid(*s);
+                    let g = Self::region(&self.gauss, 0, [0; 3], v);
+                    let p = Self::region(&p_all.get(i as i64), 1, [0; 3], v);
+                    let gp = &p * &g;
+                    let _ = Self::region(&probs, 1, *s, v).g_add_(&gp);
+                    let fg_w = &g - gp.get(0);
+                    let m = fg_w.sum(Kind::Double).double_value(&[]);
+                    if passes > 1 {
+                        let _ = Self::region(&fg[k], 0, *s, v).g_add_(&fg_w);
+                    }
+                    mass[k] += m;
+                    for t in 0..TASKS {
+                        let pt = f64::from(task_p[i * TASKS + t]);
+                        weighted[k][t] += m * pt;
+                        plain[k][t] += pt;
+                    }
                 }
             }
         }
-        let mut probs = acc;
-        let _ = probs.g_div_(&self.weight_sum);
-        // Weight by foreground mass; without any foreground use the plain mean.
-        let tasks = if mass_total > 1.0 {
-            task_weighted.map(|v| v / mass_total)
-        } else {
-            task_plain.map(|v| v / windows.len() as f64)
-        };
-        Ok(PassResult { probs, tasks })
+        // Weight tasks by foreground mass; without any foreground use the plain mean.
+        let tasks = (0..passes)
+            .map(|k| {
+                if mass[k] > 1.0 {
+                    weighted[k].map(|v| v / mass[k])
+                } else {
+                    plain[k].map(|v| v / windows.len() as f64)
+                }
+            })
+            .collect();
+        Ok(Accumulated { probs, fg, tasks })
     }
 }
 
@@ -273,7 +323,9 @@ pub fn run(
     let [nx, ny, nz] = dims;
     let shape = [nz, ny, nx];
     let plan = plan_windows(cfg, shape, opts.overlap);
-    let volume = Tensor::from_slice(input).view([1, MODALITIES as i64, nz as i64, ny as i64, nx as i64]).to_device(device);
+    let volume = Tensor::from_slice(input)
+        .view([1, MODALITIES as i64, nz as i64, ny as i64, nx as i64])
+        .to_device(device);
     let global = if cfg.global_branch {
         net.global_features(&net.global_input(&volume), &[present], false)?
     } else {
@@ -286,13 +338,12 @@ pub fn run(
         volume
     };
     let gauss = gaussian(plan.window, device);
-    let mut engine = Engine {
+    let engine = Engine {
         net,
         padded,
         shape,
         plan,
         gauss,
-        weight_sum: Tensor::new(),
         present,
         global,
         batch: opts.batch.max(1),
@@ -300,54 +351,52 @@ pub fn run(
     let mut weight_sum = Tensor::zeros([nz as i64, ny as i64, nx as i64], (Kind::Float, device));
     for s in engine.windows() {
         let v = engine.valid(s);
-        let g = engine.gauss.narrow(0, 0, v[0]).narrow(1, 0, v[1]).narrow(2, 0, v[2]);
-        let mut dst = weight_sum.narrow(0, s[0] as i64, v[0]).narrow(1, s[1] as i64, v[1]).narrow(2, s[2] as i64, v[2]);
-        let _ = dst.g_add_(&g);
+        let g = Engine::region(&engine.gauss, 0, [0; 3], v);
+        let _ = Engine::region(&weight_sum, 0, s, v).g_add_(&g);
     }
     let _ = weight_sum.clamp_min_(1e-6);
-    engine.weight_sum = weight_sum;
 
     let passes = opts.mc_passes.max(1);
-    let mc = opts.mc_passes > 0;
-    let (probs, tasks, uncertainty, task_std) = if passes == 1 {
-        let r = engine.pass(mc)?;
-        (r.probs, r.tasks, None, None)
-    } else {
-        // Welford accumulation: exact zeros when every pass agrees.
-        let mut sum: Option<Tensor> = None;
-        let mut fg_mean: Option<Tensor> = None;
-        let mut fg_m2: Option<Tensor> = None;
+    let acc = engine.run(passes, opts.mc_passes > 0)?;
+    drop(engine);
+    let mut probs = acc.probs;
+    let _ = probs.g_div_(&(&weight_sum * passes as f64));
+    let (uncertainty, task_std) = if passes > 1 {
+        // Welford over passes: exactly zero when every pass agrees.
+        let mut mean = weight_sum.zeros_like();
+        let mut m2 = weight_sum.zeros_like();
+        for (k, fg) in acc.fg.iter().enumerate() {
+            let x = fg / &weight_sum;
+            let delta = &x - &mean;
+            let _ = mean.g_add_(&(&delta / (k + 1) as f64));
+            let _ = m2.g_add_(&(&delta * (&x - &mean)));
+        }
+        let std = (m2 / passes as f64).sqrt().to_device(Device::Cpu);
+        let std = Vec::<f32>::try_from(&std.flatten(0, -1))?;
         let mut t_mean = [0f64; TASKS];
         let mut t_m2 = [0f64; TASKS];
-        for k in 1..=passes {
-            let r = engine.pass(true)?;
-            let fg = 1.0 - r.probs.get(0);
-            match (&mut sum, &mut fg_mean, &mut fg_m2) {
-                (Some(s), Some(m), Some(m2)) => {
-                    let _ = s.g_add_(&r.probs);
-                    let delta = &fg - &*m;
-                    let _ = m.g_add_(&(&delta / k as f64));
-                    let _ = m2.g_add_(&(&delta * (&fg - &*m)));
-                }
-                _ => {
-                    fg_m2 = Some(fg.zeros_like());
-                    fg_mean = Some(fg);
-                    sum = Some(r.probs);
-                }
-            }
+        for (k, p) in acc.tasks.iter().enumerate() {
             for t in 0..TASKS {
-                let delta = r.tasks[t] - t_mean[t];
-                t_mean[t] += delta / k as f64;
-                t_m2[t] += delta * (r.tasks[t] - t_mean[t]);
+                let delta = p[t] - t_mean[t];
+                t_mean[t] += delta / (k + 1) as f64;
+                t_m2[t] += delta * (p[t] - t_mean[t]);
             }
         }
-        let probs = sum.ok_or_else(|| ModelError::Internal("no MC pass ran".into()))? / passes as f64;
-        let std = (fg_m2.ok_or_else(|| ModelError::Internal("no MC pass ran".into()))? / passes as f64).sqrt();
-        let std = Vec::<f32>::try_from(&std.to_device(Device::Cpu).flatten(0, -1))?;
-        let task_std = t_m2.map(|m2| ((m2 / passes as f64).sqrt()) as f32);
-        (probs, t_mean, Some(std), Some(TaskProbabilities::from_array(task_std)))
+        let t_std = t_m2.map(|m2| (m2 / passes as f64).sqrt() as f32);
+        (Some(std), Some(TaskProbabilities::from_array(t_std)))
+    } else {
+        (None, None)
     };
-    let labels = probs.argmax(0, false).to_kind(Kind::Uint8).to_device(Device::Cpu);
+    let mut tasks = [0f64; TASKS];
+    for p in &acc.tasks {
+        for t in 0..TASKS {
+            tasks[t] += p[t] / passes as f64;
+        }
+    }
+    let labels = probs
+        .argmax(0, false)
+        .to_kind(Kind::Uint8)
+        .to_device(Device::Cpu);
     let mut labels = Vec::<u8>::try_from(&labels.flatten(0, -1))?;
     for l in &mut labels {
         if *l == 3 {

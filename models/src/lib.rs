@@ -7,6 +7,7 @@
 
 pub mod analyzer;
 pub mod config;
+pub mod device;
 pub mod infer;
 pub mod loss;
 pub mod net;
@@ -15,6 +16,7 @@ pub mod weights;
 
 pub use analyzer::{Analyzer, ModelMeta};
 pub use config::ModelConfig;
+pub use device::{Device, default_model_path, parse_device, set_threads};
 pub use infer::{InferOptions, Prediction, TaskProbabilities};
 pub use train::{Batch, StepLosses, TrainConfig, Trainer};
 

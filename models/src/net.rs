@@ -8,10 +8,10 @@
 use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
 
+use crate::ModelError;
 use crate::config::{
     BACKBONE_STRIDE, MODALITIES, MODALITY_NAMES, ModelConfig, SEG_CLASSES, TASK_NAMES,
 };
-use crate::ModelError;
 
 /// LeakyReLU, in place when no gradient is tracked.
 fn lrelu(mut x: Tensor) -> Tensor {
@@ -34,17 +34,28 @@ fn add(mut a: Tensor, b: &Tensor) -> Tensor {
 }
 
 fn conv(p: nn::Path, i: usize, o: usize, k: i64, stride: i64, bias: bool) -> nn::Conv3D {
-    let cfg = nn::ConvConfig { stride, padding: k / 2, bias, ..Default::default() };
+    let cfg = nn::ConvConfig {
+        stride,
+        padding: k / 2,
+        bias,
+        ..Default::default()
+    };
     nn::conv3d(p, i as i64, o as i64, k, cfg)
 }
 
 fn bn(p: nn::Path, c: usize) -> nn::BatchNorm {
-    let cfg = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() };
+    let cfg = nn::BatchNormConfig {
+        ws_init: nn::Init::Const(1.0),
+        ..Default::default()
+    };
     nn::batch_norm3d(p, c as i64, cfg)
 }
 
 fn linear(p: nn::Path, i: usize, o: usize, bias: bool) -> nn::Linear {
-    let cfg = nn::LinearConfig { bias, ..Default::default() };
+    let cfg = nn::LinearConfig {
+        bias,
+        ..Default::default()
+    };
     nn::linear(p, i as i64, o as i64, cfg)
 }
 
@@ -60,6 +71,27 @@ fn gap_gmp(x: &Tensor) -> Tensor {
     Tensor::cat(&[avg, max], 1)
 }
 
+/// BatchNorm epsilon (tch default, used when folding BatchNorm into convolutions).
+const BN_EPS: f64 = 1e-5;
+
+/// `bn(conv(x))` for a bias-free stride-1 convolution with kernel `w` and padding `pad`.
+/// With `train` false the BatchNorm is folded into the kernel and a bias, which saves a
+/// full-size intermediate tensor and a pass over it at inference.
+fn conv_bn(x: &Tensor, w: &Tensor, pad: i64, bn: &nn::BatchNorm, train: bool) -> Tensor {
+    if train {
+        let y = x.conv3d::<Tensor>(w, None, [1, 1, 1], [pad; 3], [1, 1, 1], 1);
+        return bn.forward_t(&y, true);
+    }
+    let (gamma, beta) = match (&bn.ws, &bn.bs) {
+        (Some(g), Some(b)) => (g.shallow_clone(), b.shallow_clone()),
+        _ => (bn.running_mean.ones_like(), bn.running_mean.zeros_like()),
+    };
+    let scale = gamma / (&bn.running_var + BN_EPS).sqrt();
+    let bias = beta - &bn.running_mean * &scale;
+    let w = w * scale.view([-1, 1, 1, 1, 1]);
+    x.conv3d(&w, Some(&bias), [1, 1, 1], [pad; 3], [1, 1, 1], 1)
+}
+
 /// 3x3x3 convolution (no bias) + BatchNorm + LeakyReLU.
 #[derive(Debug)]
 struct ConvBnAct {
@@ -69,12 +101,14 @@ struct ConvBnAct {
 
 impl ConvBnAct {
     fn new(p: nn::Path, i: usize, o: usize) -> Self {
-        Self { conv: conv(&p / "conv", i, o, 3, 1, false), bn: bn(&p / "bn", o) }
+        Self {
+            conv: conv(&p / "conv", i, o, 3, 1, false),
+            bn: bn(&p / "bn", o),
+        }
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = self.conv.forward(x);
-        lrelu(self.bn.forward_t(&y, train))
+        lrelu(conv_bn(x, &self.conv.ws, 1, &self.bn, train))
     }
 }
 
@@ -97,8 +131,7 @@ impl ResBlock {
 
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let mut y = self.a.forward(x, train);
-        y = self.conv.forward(&y);
-        y = self.bn.forward_t(&y, train);
+        y = conv_bn(&y, &self.conv.ws, 1, &self.bn, train);
         lrelu(add(y, x))
     }
 }
@@ -121,7 +154,11 @@ impl ModalityStem {
             .iter()
             .map(|m| (&p / *m).var("weight", &[c as i64, 1, 3, 3, 3], nn::Init::Const(0.0)))
             .collect();
-        let logits = p.var("modality_logits", &[MODALITIES as i64], nn::Init::Const(0.5413));
+        let logits = p.var(
+            "modality_logits",
+            &[MODALITIES as i64],
+            nn::Init::Const(0.5413),
+        );
         Self { kernels, logits }
     }
 
@@ -136,14 +173,62 @@ impl ModalityStem {
 
     fn fused_kernel(&self, present: [bool; MODALITIES]) -> Tensor {
         let a = self.weights(present);
-        let parts: Vec<Tensor> =
-            self.kernels.iter().enumerate().map(|(m, k)| k * a.get(m as i64)).collect();
+        let parts: Vec<Tensor> = self
+            .kernels
+            .iter()
+            .enumerate()
+            .map(|(m, k)| k * a.get(m as i64))
+            .collect();
         Tensor::cat(&parts, 1)
     }
 
-    fn forward(&self, x: &Tensor, present: &[[bool; MODALITIES]]) -> Tensor {
+    /// Fused stem followed by BatchNorm and LeakyReLU.
+    fn forward(
+        &self,
+        x: &Tensor,
+        present: &[[bool; MODALITIES]],
+        bn: &nn::BatchNorm,
+        train: bool,
+    ) -> Tensor {
+        lrelu(self.forward_bn(x, present, bn, train))
+    }
+
+    fn forward_bn(
+        &self,
+        x: &Tensor,
+        present: &[[bool; MODALITIES]],
+        bn: &nn::BatchNorm,
+        train: bool,
+    ) -> Tensor {
+        if train {
+            return bn.forward_t(&self.forward_linear(x, present), true);
+        }
         let apply = |x: &Tensor, mask: [bool; MODALITIES]| {
-            x.conv3d::<Tensor>(&self.fused_kernel(mask), None, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1)
+            conv_bn(x, &self.fused_kernel(mask), 1, bn, false)
+        };
+        if present.iter().all(|m| *m == present[0]) {
+            apply(x, present[0])
+        } else {
+            let outs: Vec<Tensor> = present
+                .iter()
+                .enumerate()
+                .map(|(i, m)| apply(&x.narrow(0, i as i64, 1), *m))
+                .collect();
+            Tensor::cat(&outs, 0)
+        }
+    }
+
+    /// The fused eq. (1) feature map, before normalisation.
+    fn forward_linear(&self, x: &Tensor, present: &[[bool; MODALITIES]]) -> Tensor {
+        let apply = |x: &Tensor, mask: [bool; MODALITIES]| {
+            x.conv3d::<Tensor>(
+                &self.fused_kernel(mask),
+                None,
+                [1, 1, 1],
+                [1, 1, 1],
+                [1, 1, 1],
+                1,
+            )
         };
         if present.iter().all(|m| *m == present[0]) {
             apply(x, present[0])
@@ -172,24 +257,39 @@ impl Encoder {
         let stem = ModalityStem::new(&p / "stem", channels[0]);
         let stem_bn = bn(&p / "stem_bn", channels[0]);
         let downs = (1..channels.len())
-            .map(|l| conv(&p / format!("down{l}"), channels[l - 1], channels[l], 3, 2, true))
+            .map(|l| {
+                conv(
+                    &p / format!("down{l}"),
+                    channels[l - 1],
+                    channels[l],
+                    3,
+                    2,
+                    true,
+                )
+            })
             .collect();
         let blocks = channels
             .iter()
             .zip(blocks)
             .enumerate()
             .map(|(l, (&c, &n))| {
-                (0..n).map(|b| ResBlock::new(&p / format!("level{l}") / format!("block{b}"), c)).collect()
+                (0..n)
+                    .map(|b| ResBlock::new(&p / format!("level{l}") / format!("block{b}"), c))
+                    .collect()
             })
             .collect();
-        Self { stem, stem_bn, downs, blocks }
+        Self {
+            stem,
+            stem_bn,
+            downs,
+            blocks,
+        }
     }
 
     /// Features of every level, finest first.
     fn forward(&self, x: &Tensor, present: &[[bool; MODALITIES]], train: bool) -> Vec<Tensor> {
         let mut feats = Vec::with_capacity(self.blocks.len());
-        let mut h = self.stem.forward(x, present);
-        h = lrelu(self.stem_bn.forward_t(&h, train));
+        let mut h = self.stem.forward(x, present, &self.stem_bn, train);
         for (l, blocks) in self.blocks.iter().enumerate() {
             if l > 0 {
                 h = self.downs[l - 1].forward(&feats[l - 1]);
@@ -235,9 +335,15 @@ impl TransformerLayer {
     fn forward(&self, x: &Tensor, drop: bool) -> Tensor {
         let (b, n, e) = x.size3().expect("tokens are [B, N, E]");
         let h = self.heads;
-        let qkv = self.qkv.forward(&self.ln1.forward(x)).view([b, n, 3, h, e / h]).permute([2, 0, 3, 1, 4]);
+        let qkv = self
+            .qkv
+            .forward(&self.ln1.forward(x))
+            .view([b, n, 3, h, e / h])
+            .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let att = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
+        let att = Tensor::scaled_dot_product_attention::<Tensor>(
+            &q, &k, &v, None, 0.0, false, None, false,
+        );
         drop_all([q, k, v, qkv]);
         let att = att.transpose(1, 2).reshape([b, n, e]);
         let mut x = x + self.proj.forward(&att);
@@ -267,10 +373,20 @@ impl Transformer {
         let g = cfg.token_grid().map(|v| v as i64);
         Self {
             proj: conv(&p / "proj", cfg.channels[3], e, 3, 1, true),
-            pos: p.var("pos_embed", &[1, e as i64, g[0], g[1], g[2]], nn::Init::Const(0.0)),
+            pos: p.var(
+                "pos_embed",
+                &[1, e as i64, g[0], g[1], g[2]],
+                nn::Init::Const(0.0),
+            ),
             layers: (0..cfg.layers)
                 .map(|i| {
-                    TransformerLayer::new(&p / format!("layer{i}"), e, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+                    TransformerLayer::new(
+                        &p / format!("layer{i}"),
+                        e,
+                        cfg.heads,
+                        cfg.mlp_ratio,
+                        cfg.dropout,
+                    )
                 })
                 .collect(),
             norm: nn::layer_norm(&p / "norm", vec![e as i64], Default::default()),
@@ -285,21 +401,25 @@ impl Transformer {
         let pos = if spatial(&self.pos) == [d, h, w] {
             self.pos.shallow_clone()
         } else {
-            self.pos.upsample_trilinear3d([d, h, w], false, None, None, None)
+            self.pos
+                .upsample_trilinear3d([d, h, w], false, None, None, None)
         };
         let mut t = add(f, &pos).flatten(2, 4).transpose(1, 2);
         for layer in &self.layers {
             t = layer.forward(&t, drop);
         }
-        self.norm.forward(&t).transpose(1, 2).reshape([b, e, d, h, w])
+        self.norm
+            .forward(&t)
+            .transpose(1, 2)
+            .reshape([b, e, d, h, w])
     }
 }
 
 /// Bottleneck of the backbone: transformer, or one residual block for the ConvNet ablation.
 #[derive(Debug)]
 enum Bottleneck {
-    Transformer(Transformer),
-    Conv(ResBlock),
+    Transformer(Box<Transformer>),
+    Conv(Box<ResBlock>),
 }
 
 /// Channel-attention fusion of III-C.4: concatenate, GAP+GMP through a shared MLP, sigmoid
@@ -330,7 +450,9 @@ impl ChannelAttentionFusion {
         let mlp = |v: &Tensor| self.fc2.forward(&self.fc1.forward(v).relu());
         let avg = cat.mean_dim(&[2i64, 3, 4][..], false, Kind::Float);
         let max = cat.amax(&[2i64, 3, 4][..], false);
-        let att = (mlp(&avg) + mlp(&max)).sigmoid().view([b, self.width, 1, 1, 1]);
+        let att = (mlp(&avg) + mlp(&max))
+            .sigmoid()
+            .view([b, self.width, 1, 1, 1]);
         self.out.forward(&(cat * att))
     }
 }
@@ -363,16 +485,24 @@ impl GlobalUNet {
         Self {
             stem: ModalityStem::new(&p / "stem", ch[0]),
             stem_bn: bn(&p / "stem_bn", ch[0]),
-            enc: (0..3).map(|l| ResBlock::new(&p / format!("enc{l}"), ch[l])).collect(),
-            downs: (1..3).map(|l| conv(&p / format!("down{l}"), ch[l - 1], ch[l], 3, 2, true)).collect(),
-            reduce: (0..2).map(|l| conv(&p / format!("reduce{l}"), ch[l + 1], ch[l], 1, 1, true)).collect(),
-            dec: (0..2).map(|l| ConvBnAct::new(&p / format!("dec{l}"), ch[l], ch[l])).collect(),
+            enc: (0..3)
+                .map(|l| ResBlock::new(&p / format!("enc{l}"), ch[l]))
+                .collect(),
+            downs: (1..3)
+                .map(|l| conv(&p / format!("down{l}"), ch[l - 1], ch[l], 3, 2, true))
+                .collect(),
+            reduce: (0..2)
+                .map(|l| conv(&p / format!("reduce{l}"), ch[l + 1], ch[l], 1, 1, true))
+                .collect(),
+            dec: (0..2)
+                .map(|l| ConvBnAct::new(&p / format!("dec{l}"), ch[l], ch[l]))
+                .collect(),
             head: conv(&p / "seg_head", ch[0], SEG_CLASSES, 1, 1, true),
         }
     }
 
     fn forward(&self, x: &Tensor, present: &[[bool; MODALITIES]], train: bool) -> GlobalFeatures {
-        let mut h = lrelu(self.stem_bn.forward_t(&self.stem.forward(x, present), train));
+        let mut h = self.stem.forward(x, present, &self.stem_bn, train);
         let mut skips = Vec::new();
         for l in 0..3 {
             if l > 0 {
@@ -389,7 +519,11 @@ impl GlobalUNet {
             h = self.dec[l].forward(&h, train);
         }
         let seg_logits = self.head.forward(&h);
-        GlobalFeatures { bottleneck, decoder: h, seg_logits }
+        GlobalFeatures {
+            bottleneck,
+            decoder: h,
+            seg_logits,
+        }
     }
 }
 
@@ -403,13 +537,23 @@ fn crop_resample(feat: &Tensor, boxes: &[[f32; 6]], size: [i64; 3]) -> Tensor {
     for bx in boxes {
         // Rows act on (x, y, z) output coordinates in [-1, 1] (align_corners = false).
         let (sz, sy, sx) = (bx[3] - bx[0], bx[4] - bx[1], bx[5] - bx[2]);
-        let (tz, ty, tx) = (bx[0] + bx[3] - 1.0, bx[1] + bx[4] - 1.0, bx[2] + bx[5] - 1.0);
+        let (tz, ty, tx) = (
+            bx[0] + bx[3] - 1.0,
+            bx[1] + bx[4] - 1.0,
+            bx[2] + bx[5] - 1.0,
+        );
         theta.extend_from_slice(&[sx, 0.0, 0.0, tx, 0.0, sy, 0.0, ty, 0.0, 0.0, sz, tz]);
     }
-    let theta = Tensor::from_slice(&theta).view([b, 3, 4]).to_device(feat.device());
+    let theta = Tensor::from_slice(&theta)
+        .view([b, 3, 4])
+        .to_device(feat.device());
     let c = feat.size()[1];
     let grid = Tensor::affine_grid_generator(&theta, [b, c, size[0], size[1], size[2]], false);
-    let src = if feat.size()[0] == b { feat.shallow_clone() } else { feat.expand([b, -1, -1, -1, -1], false) };
+    let src = if feat.size()[0] == b {
+        feat.shallow_clone()
+    } else {
+        feat.expand([b, -1, -1, -1, -1], false)
+    };
     src.grid_sampler(&grid, 0, 0, false)
 }
 
@@ -426,8 +570,21 @@ impl Decoder {
     fn new(p: nn::Path, channels: &[usize; 4], bottleneck: usize) -> Self {
         let inputs = [channels[1], channels[2], bottleneck];
         Self {
-            reduce: (0..3).map(|l| conv(&p / format!("reduce{l}"), inputs[l], channels[l], 1, 1, true)).collect(),
-            convs: (0..3).map(|l| ConvBnAct::new(&p / format!("conv{l}"), channels[l], channels[l])).collect(),
+            reduce: (0..3)
+                .map(|l| {
+                    conv(
+                        &p / format!("reduce{l}"),
+                        inputs[l],
+                        channels[l],
+                        1,
+                        1,
+                        true,
+                    )
+                })
+                .collect(),
+            convs: (0..3)
+                .map(|l| ConvBnAct::new(&p / format!("conv{l}"), channels[l], channels[l]))
+                .collect(),
             head: conv(&p / "seg_head", channels[0], SEG_CLASSES, 1, 1, true),
         }
     }
@@ -451,7 +608,10 @@ impl Classifier {
                 .iter()
                 .map(|t| {
                     let q = &p / *t;
-                    (linear(&q / "fc1", hidden, half, true), linear(&q / "fc2", half, 2, true))
+                    (
+                        linear(&q / "fc1", hidden, half, true),
+                        linear(&q / "fc2", half, 2, true),
+                    )
                 })
                 .collect(),
             dropout,
@@ -460,11 +620,17 @@ impl Classifier {
 
     fn forward(&self, encoder: &Tensor, bottleneck: &Tensor, drop: bool) -> Tensor {
         let feats = Tensor::cat(&[gap_gmp(encoder), gap_gmp(bottleneck)], 1);
-        let s = self.summarize.forward(&feats).leaky_relu().dropout(self.dropout, drop);
+        let s = self
+            .summarize
+            .forward(&feats)
+            .leaky_relu()
+            .dropout(self.dropout, drop);
         let logits: Vec<Tensor> = self
             .branches
             .iter()
-            .map(|(fc1, fc2)| fc2.forward(&fc1.forward(&s).leaky_relu().dropout(self.dropout, drop)))
+            .map(|(fc1, fc2)| {
+                fc2.forward(&fc1.forward(&s).leaky_relu().dropout(self.dropout, drop))
+            })
             .collect();
         Tensor::stack(&logits, 1)
     }
@@ -511,9 +677,9 @@ impl Net {
         let ch = cfg.channels;
         let bw = cfg.bottleneck_width();
         let bottleneck = if cfg.transformer {
-            Bottleneck::Transformer(Transformer::new(p / "transformer", cfg))
+            Bottleneck::Transformer(Box::new(Transformer::new(p / "transformer", cfg)))
         } else {
-            Bottleneck::Conv(ResBlock::new(p / "conv_bottleneck", ch[3]))
+            Bottleneck::Conv(Box::new(ResBlock::new(p / "conv_bottleneck", ch[3])))
         };
         let g = cfg.global_channels;
         let (global, fuse_bottleneck, fuse_decoder) = if cfg.global_branch {
@@ -530,7 +696,12 @@ impl Net {
             encoder: Encoder::new(p / "encoder", &ch, &cfg.enc_blocks),
             bottleneck,
             decoder: Decoder::new(p / "decoder", &ch, bw),
-            classifier: Classifier::new(p / "classifier", 2 * (ch[3] + bw), cfg.cls_hidden, cfg.dropout),
+            classifier: Classifier::new(
+                p / "classifier",
+                2 * (ch[3] + bw),
+                cfg.cls_hidden,
+                cfg.dropout,
+            ),
             global,
             fuse_bottleneck,
             fuse_decoder,
@@ -561,7 +732,9 @@ impl Net {
         present: &[[bool; MODALITIES]],
         train: bool,
     ) -> Result<Option<GlobalFeatures>, ModelError> {
-        let Some(global) = &self.global else { return Ok(None) };
+        let Some(global) = &self.global else {
+            return Ok(None);
+        };
         check_present(present, low.size()[0])?;
         let want: Vec<i64> = self.cfg.global_size.iter().map(|&v| v as i64).collect();
         let size = low.size();
@@ -585,11 +758,39 @@ impl Net {
         train: bool,
         mc: bool,
     ) -> Result<NetOutput, ModelError> {
+        let enc = self.encode(x, present, train)?;
+        let own;
+        let full = vec![[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]; enc.batch as usize];
+        let ctx = match (&self.global, global) {
+            (Some(_), None) => {
+                own = self.global_features(&self.global_input(x), &enc.present, train)?;
+                own.as_ref().map(|f| GlobalContext {
+                    features: f,
+                    boxes: &full,
+                })
+            }
+            (_, ctx) => ctx,
+        };
+        self.head(&enc, ctx, train, mc)
+    }
+
+    /// Encoder part of [`Net::forward`] (no dropout, so it is reused across MC passes).
+    pub fn encode(
+        &self,
+        x: &Tensor,
+        present: &[[bool; MODALITIES]],
+        train: bool,
+    ) -> Result<Encoded, ModelError> {
         let size = x.size();
         if size.len() != 5 || size[1] != MODALITIES as i64 {
-            return Err(ModelError::Input(format!("input must be [B, 4, D, H, W], got {size:?}")));
+            return Err(ModelError::Input(format!(
+                "input must be [B, 4, D, H, W], got {size:?}"
+            )));
         }
-        if size[2..].iter().any(|&s| s <= 0 || s % BACKBONE_STRIDE as i64 != 0) {
+        if size[2..]
+            .iter()
+            .any(|&s| s <= 0 || s % BACKBONE_STRIDE as i64 != 0)
+        {
             return Err(ModelError::Input(format!(
                 "spatial size {:?} must be positive multiples of {BACKBONE_STRIDE}",
                 &size[2..]
@@ -597,15 +798,36 @@ impl Net {
         }
         let b = size[0];
         check_present(present, b)?;
-        let present: Vec<[bool; MODALITIES]> =
-            if present.len() == 1 { vec![present[0]; b as usize] } else { present.to_vec() };
-        let drop = train || mc;
+        let present: Vec<[bool; MODALITIES]> = if present.len() == 1 {
+            vec![present[0]; b as usize]
+        } else {
+            present.to_vec()
+        };
+        let feats = self.encoder.forward(x, &present, train);
+        Ok(Encoded {
+            feats,
+            present,
+            batch: b,
+        })
+    }
 
-        // Global branch: whole-volume features for each sample.
-        let own;
-        let full = vec![[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]; b as usize];
+    /// Bottleneck, global fusion, classifier and decoder on encoder features. `global` is
+    /// required when the global branch is on.
+    pub fn head(
+        &self,
+        enc: &Encoded,
+        global: Option<GlobalContext<'_>>,
+        train: bool,
+        mc: bool,
+    ) -> Result<NetOutput, ModelError> {
+        let b = enc.batch;
         let ctx = match (&self.global, global) {
             (None, _) => None,
+            (Some(_), None) => {
+                return Err(ModelError::Input(
+                    "the global branch needs global features".into(),
+                ));
+            }
             (Some(_), Some(ctx)) => {
                 if ctx.boxes.len() != b as usize {
                     return Err(ModelError::Input(format!(
@@ -615,16 +837,14 @@ impl Net {
                 }
                 Some(ctx)
             }
-            (Some(_), None) => {
-                own = self.global_features(&self.global_input(x), &present, train)?;
-                own.as_ref().map(|f| GlobalContext { features: f, boxes: &full })
-            }
         };
-
-        let feats = self.encoder.forward(x, &present, train);
+        let drop = train || mc;
+        let feats = &enc.feats;
         let mut h = match &self.bottleneck {
             Bottleneck::Transformer(t) => t.forward(&feats[3], drop),
-            Bottleneck::Conv(block) => block.forward(&feats[3], train).dropout(self.cfg.dropout, drop),
+            Bottleneck::Conv(block) => block
+                .forward(&feats[3], train)
+                .dropout(self.cfg.dropout, drop),
         };
         if let (Some(fuse), Some(ctx)) = (&self.fuse_bottleneck, ctx) {
             let g = crop_resample(&ctx.features.bottleneck, ctx.boxes, spatial(&h));
@@ -633,26 +853,33 @@ impl Net {
         let tasks = self.classifier.forward(&feats[3], &h, drop);
 
         let dec = &self.decoder;
-        let mut skips: Vec<Option<Tensor>> = feats.into_iter().map(Some).collect();
-        skips.truncate(3);
         for l in (0..3).rev() {
-            let skip = skips[l].take().expect("each skip is used once");
+            let skip = &feats[l];
             h = dec.reduce[l].forward(&h);
-            h = h.upsample_trilinear3d(spatial(&skip), false, None, None, None);
-            h = add(h, &skip);
-            drop_all([skip]);
+            h = h.upsample_trilinear3d(spatial(skip), false, None, None, None);
+            h = add(h, skip);
             h = dec.convs[l].forward(&h, train);
-            if l == 1 {
-                if let (Some(fuse), Some(ctx)) = (&self.fuse_decoder, ctx) {
-                    let g = crop_resample(&ctx.features.decoder, ctx.boxes, spatial(&h));
-                    h = fuse.forward(&h, &g);
-                }
+            if let (1, Some(fuse), Some(ctx)) = (l, &self.fuse_decoder, ctx) {
+                let g = crop_resample(&ctx.features.decoder, ctx.boxes, spatial(&h));
+                h = fuse.forward(&h, &g);
             }
         }
         let seg = dec.head.forward(&h);
         let global_seg = ctx.map(|c| c.features.seg_logits.shallow_clone());
-        Ok(NetOutput { seg, tasks, global_seg })
+        Ok(NetOutput {
+            seg,
+            tasks,
+            global_seg,
+        })
     }
+}
+
+/// Encoder features of a batch (finest level first), from [`Net::encode`].
+#[derive(Debug)]
+pub struct Encoded {
+    feats: Vec<Tensor>,
+    present: Vec<[bool; MODALITIES]>,
+    batch: i64,
 }
 
 fn check_present(present: &[[bool; MODALITIES]], batch: i64) -> Result<(), ModelError> {
@@ -663,7 +890,9 @@ fn check_present(present: &[[bool; MODALITIES]], batch: i64) -> Result<(), Model
         )));
     }
     if let Some(i) = present.iter().position(|m| !m.iter().any(|&p| p)) {
-        return Err(ModelError::Input(format!("sample {i} has no modality present")));
+        return Err(ModelError::Input(format!(
+            "sample {i} has no modality present"
+        )));
     }
     Ok(())
 }
@@ -693,7 +922,9 @@ mod tests {
     use tch::Device;
 
     fn subsets() -> Vec<[bool; MODALITIES]> {
-        (1..16u8).map(|m| std::array::from_fn(|i| m & (1 << i) != 0)).collect()
+        (1..16u8)
+            .map(|m| std::array::from_fn(|i| m & (1 << i) != 0))
+            .collect()
     }
 
     #[test]
@@ -701,11 +932,14 @@ mod tests {
         let x = Tensor::randn([1, 4, 32, 32, 32], (Kind::Float, Device::Cpu));
         for transformer in [true, false] {
             for global in [true, false] {
-                let cfg = ModelConfig::tiny().with_transformer(transformer).with_global_branch(global);
+                let cfg = ModelConfig::tiny()
+                    .with_transformer(transformer)
+                    .with_global_branch(global);
                 let (_vs, net) = build(&cfg, Device::Cpu, Some(1)).unwrap();
                 for present in subsets() {
                     let masked = x.shallow_clone();
-                    let out = tch::no_grad(|| net.forward(&masked, &[present], None, false, false)).unwrap();
+                    let out = tch::no_grad(|| net.forward(&masked, &[present], None, false, false))
+                        .unwrap();
                     assert_eq!(out.seg.size(), [1, 4, 32, 32, 32]);
                     assert_eq!(out.tasks.size(), [1, 4, 2]);
                     assert_eq!(out.global_seg.is_some(), global);
@@ -734,10 +968,17 @@ mod tests {
         let out = tch::no_grad(|| net.forward(&x, &masks, None, false, false)).unwrap();
         assert_eq!(out.seg.size(), [2, 4, 40, 32, 24]);
         // Sample 1 alone gives the same result as inside the mixed batch (eval mode).
-        let one = tch::no_grad(|| net.forward(&x.narrow(0, 1, 1), &masks[1..], None, false, false)).unwrap();
-        let diff = (one.seg - out.seg.narrow(0, 1, 1)).abs().max().double_value(&[]);
+        let one = tch::no_grad(|| net.forward(&x.narrow(0, 1, 1), &masks[1..], None, false, false))
+            .unwrap();
+        let diff = (one.seg - out.seg.narrow(0, 1, 1))
+            .abs()
+            .max()
+            .double_value(&[]);
         assert!(diff < 1e-4, "{diff}");
-        assert!(net.forward(&x.narrow(2, 0, 36), &masks, None, false, false).is_err());
+        assert!(
+            net.forward(&x.narrow(2, 0, 36), &masks, None, false, false)
+                .is_err()
+        );
         assert!(net.forward(&x, &[[false; 4]], None, false, false).is_err());
     }
 
@@ -747,17 +988,33 @@ mod tests {
         let mut stem = ModalityStem::new(vs.root(), 3);
         crate::weights::init_seeded(&vs, 3).unwrap();
         tch::no_grad(|| {
-            let _ = stem.logits.copy_(&Tensor::from_slice(&[0.1f32, -0.5, 1.0, 2.0]));
+            stem.logits
+                .copy_(&Tensor::from_slice(&[0.1f32, -0.5, 1.0, 2.0]));
         });
         let x = Tensor::randn([1, 4, 8, 8, 8], (Kind::Float, Device::Cpu));
         let present = [true, false, true, true];
-        let fused = tch::no_grad(|| stem.forward(&x, &[present]));
-        let w: Vec<f32> = [0.1f32, -0.5, 1.0, 2.0].iter().map(|v| (1.0 + v.exp()).ln()).collect();
-        let total: f32 = w.iter().zip(present).filter(|(_, p)| *p).map(|(w, _)| w).sum();
+        let fused = tch::no_grad(|| stem.forward_linear(&x, &[present]));
+        let w: Vec<f32> = [0.1f32, -0.5, 1.0, 2.0]
+            .iter()
+            .map(|v| (1.0 + v.exp()).ln())
+            .collect();
+        let total: f32 = w
+            .iter()
+            .zip(present)
+            .filter(|(_, p)| *p)
+            .map(|(w, _)| w)
+            .sum();
         let mut manual = Tensor::zeros([1, 3, 8, 8, 8], (Kind::Float, Device::Cpu));
         for m in 0..4 {
             if present[m] {
-                let f = x.narrow(1, m as i64, 1).conv3d::<Tensor>(&stem.kernels[m], None, [1; 3], [1; 3], [1; 3], 1);
+                let f = x.narrow(1, m as i64, 1).conv3d::<Tensor>(
+                    &stem.kernels[m],
+                    None,
+                    [1; 3],
+                    [1; 3],
+                    [1; 3],
+                    1,
+                );
                 manual += f * (w[m] / total) as f64;
             }
         }

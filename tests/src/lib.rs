@@ -98,7 +98,7 @@ impl System {
         for name in supervise::SERVICES {
             sys.start_service(name).await?;
         }
-        sys.api = format!("http://{}", sys.service(“api”).http_addr);
+        sys.api = format!("http://{}", sys.service("api").http_addr);
         Ok(sys)
     }
 

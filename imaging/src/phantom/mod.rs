@@ -1,0 +1,348 @@
+//! Deterministic synthetic BraTS-like cases (phantoms): same config and seed give byte-identical
+//! output. Sampling of the case description (`spec`) is kept apart from voxel rendering (`render`).
+
+mod render;
+mod spec;
+
+use crate::brats::{CaseLabels, write_labels_csv};
+use crate::error::ImagingError;
+use crate::nifti::{Datatype, write_labels, write_volume_as};
+use crate::types::{LabelVolume, Modality, Volume};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Smallest and largest accepted phantom dimension.
+pub const MIN_DIM: usize = 16;
+pub const MAX_DIM: usize = 512;
+
+/// What to generate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhantomConfig {
+    /// Grid size; 1 mm isotropic voxels. Default `[240, 240, 155]` (BraTS).
+    pub dims: [usize; 3],
+    pub seed: u64,
+}
+
+impl Default for PhantomConfig {
+    fn default() -> Self {
+        PhantomConfig {
+            dims: [240, 240, 155],
+            seed: 0,
+        }
+    }
+}
+
+/// A generated case: four co-registered modalities, the segmentation and class labels.
+#[derive(Clone, Debug)]
+pub struct PhantomCase {
+    /// T1, T1ce, T2, FLAIR (in that order); integer-valued, background exactly 0.
+    pub volumes: Vec<(Modality, Volume)>,
+    /// Labels 0, 1 (NCR), 2 (ED), 4 (ET).
+    pub seg: LabelVolume,
+    /// Reported labels, with some label noise and unknowns (what a labels CSV would hold).
+    pub labels: CaseLabels,
+    /// The classes that actually drove the image features.
+    pub truth: CaseLabels,
+}
+
+/// Generates one case, or errors when a dimension is outside `MIN_DIM..=MAX_DIM`.
+pub fn try_generate(cfg: &PhantomConfig) -> Result<PhantomCase, ImagingError> {
+    for (i, &d) in cfg.dims.iter().enumerate() {
+        if !(MIN_DIM..=MAX_DIM).contains(&d) {
+            return Err(ImagingError::invalid(
+                format!("phantom dims[{i}]"),
+                d,
+                format!("{MIN_DIM}..={MAX_DIM}"),
+            ));
+        }
+    }
+    Ok(render::render(&spec::sample(cfg)))
+}
+
+/// Generates one case; dimensions are clamped to `MIN_DIM..=MAX_DIM`.
+pub fn generate(cfg: &PhantomConfig) -> PhantomCase {
+    let cfg = PhantomConfig {
+        dims: cfg.dims.map(|d| d.clamp(MIN_DIM, MAX_DIM)),
+        seed: cfg.seed,
+    };
+    render::render(&spec::sample(&cfg))
+}
+
+/// Writes `<dir>/<name>/<name>_{t1,t1ce,t2,flair}.nii.gz` (int16) and `<name>_seg.nii.gz` (uint8).
+pub fn write_brats_case(c: &PhantomCase, dir: &Path, name: &str) -> Result<(), ImagingError> {
+    if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        return Err(ImagingError::invalid(
+            "case name",
+            format!("{name:?}"),
+            "a non-empty file name without path separators",
+        ));
+    }
+    let case_dir = dir.join(name);
+    std::fs::create_dir_all(&case_dir).map_err(|e| ImagingError::io(&case_dir, e))?;
+    let files: Vec<(String, Result<Vec<u8>, ImagingError>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = c
+            .volumes
+            .iter()
+            .map(|(m, v)| {
+                s.spawn(move || {
+                    (
+                        format!("{name}_{}.nii.gz", m.as_str()),
+                        write_volume_as(v, Datatype::I16, true),
+                    )
+                })
+            })
+            .collect();
+        let mut out: Vec<_> = handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(r) => r,
+                Err(p) => std::panic::resume_unwind(p),
+            })
+            .collect();
+        out.push((format!("{name}_seg.nii.gz"), Ok(write_labels(&c.seg, true))));
+        out
+    });
+    for (file, bytes) in files {
+        let path = case_dir.join(&file);
+        let bytes = bytes.map_err(|e| e.in_file(&path))?;
+        std::fs::write(&path, bytes).map_err(|e| ImagingError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// Seed of case `i` of a dataset generated from `seed`.
+pub fn case_seed(seed: u64, i: usize) -> u64 {
+    let mut z = seed ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z ^ (z >> 29)
+}
+
+/// Writes `n` cases named `Phantom_0000`, ... under `out` plus `out/labels.csv` (reported labels).
+/// Returns the case names.
+pub fn write_dataset(
+    n: usize,
+    seed: u64,
+    dims: [usize; 3],
+    out: &Path,
+) -> Result<Vec<String>, ImagingError> {
+    std::fs::create_dir_all(out).map_err(|e| ImagingError::io(out, e))?;
+    let mut names = Vec::with_capacity(n);
+    let mut labels = BTreeMap::new();
+    for i in 0..n {
+        let name = format!("Phantom_{i:04}");
+        let case = try_generate(&PhantomConfig {
+            dims,
+            seed: case_seed(seed, i),
+        })?;
+        write_brats_case(&case, out, &name)?;
+        labels.insert(name.clone(), case.labels);
+        names.push(name);
+    }
+    write_labels_csv(&out.join("labels.csv"), &labels)?;
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::brats::{discover_case, load_case, read_labels_csv};
+    use crate::nifti::write_volume;
+    use crate::regions::region_stats;
+    use crate::types::Limits;
+
+    const SMALL: [usize; 3] = [48, 48, 40];
+
+    fn small(seed: u64) -> PhantomCase {
+        generate(&PhantomConfig { dims: SMALL, seed })
+    }
+
+    fn bytes(c: &PhantomCase) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (_, v) in &c.volumes {
+            out.extend(write_volume(v, false));
+        }
+        out.extend(crate::nifti::write_labels(&c.seg, false));
+        out
+    }
+
+    #[test]
+    fn deterministic_per_seed() {
+        let a = small(11);
+        let b = small(11);
+        assert_eq!(bytes(&a), bytes(&b));
+        assert_eq!(a.labels, b.labels);
+        let c = small(12);
+        assert_ne!(bytes(&a), bytes(&c));
+        // Written files are byte-identical too.
+        let t = tempfile::tempdir().unwrap();
+        write_brats_case(&a, t.path(), "one").unwrap();
+        write_brats_case(&b, t.path(), "two").unwrap();
+        for suffix in ["t1", "t1ce", "t2", "flair", "seg"] {
+            let x = std::fs::read(t.path().join(format!("one/one_{suffix}.nii.gz"))).unwrap();
+            let y = std::fs::read(t.path().join(format!("two/two_{suffix}.nii.gz"))).unwrap();
+            assert_eq!(x, y, "{suffix}");
+        }
+    }
+
+    #[test]
+    fn small_phantoms_are_well_formed() {
+        for seed in 0..24 {
+            let c = small(seed);
+            assert_eq!(c.volumes.len(), 4);
+            let mut counts = [0usize; 256];
+            for &l in &c.seg.data {
+                counts[l as usize] += 1;
+            }
+            for l in [1, 2, 4] {
+                assert!(counts[l] > 0, "seed {seed}: label {l} missing: {:?}", &counts[..5]);
+            }
+            assert_eq!(counts[0] + counts[1] + counts[2] + counts[4], c.seg.data.len());
+            for (k, (m, v)) in c.volumes.iter().enumerate() {
+                assert_eq!(*m, Modality::ALL[k]);
+                assert_eq!(v.grid, c.seg.grid);
+                assert!(v.data.iter().all(|x| x.fract() == 0.0 && (0.0..=32767.0).contains(x)));
+            }
+            // Skull-stripped: a voxel is brain in all modalities or background (exactly 0) in all;
+            // the tumour lies inside the brain; the brain does not touch the grid border.
+            let t1 = &c.volumes[0].1.data;
+            for i in 0..t1.len() {
+                let brain = t1[i] != 0.0;
+                assert!(c.volumes.iter().all(|(_, v)| (v.data[i] != 0.0) == brain));
+                assert!(brain || c.seg.data[i] == 0);
+            }
+            let [nx, ny, _] = SMALL;
+            assert!((0..nx * ny).all(|i| t1[i] == 0.0), "bottom slice is background");
+            // Reported codeletion only for reported IDH-mutant cases.
+            if c.labels.codel_1p19q == Some(true) {
+                assert_eq!(c.labels.idh_mutant, Some(true));
+            }
+            if c.truth.codel_1p19q == Some(true) {
+                assert_eq!(c.truth.idh_mutant, Some(true));
+            }
+        }
+    }
+
+    fn mean_in(v: &Volume, seg: &LabelVolume, label: u8) -> f64 {
+        let (s, n) = v
+            .data
+            .iter()
+            .zip(&seg.data)
+            .filter(|(_, l)| **l == label)
+            .fold((0.0, 0usize), |(s, n), (x, _)| (s + f64::from(*x), n + 1));
+        s / n.max(1) as f64
+    }
+
+    fn brain_mean(v: &Volume, seg: &LabelVolume) -> f64 {
+        let (s, n) = v
+            .data
+            .iter()
+            .zip(&seg.data)
+            .filter(|(x, l)| **x != 0.0 && **l == 0)
+            .fold((0.0, 0usize), |(s, n), (x, _)| (s + f64::from(*x), n + 1));
+        s / n.max(1) as f64
+    }
+
+    #[test]
+    fn class_features_over_many_phantoms() {
+        let cases: Vec<PhantomCase> = (0..40).map(|s| small(1000 + s)).collect();
+        let mut et = [(0.0, 0usize); 2]; // [LGG, GBM]
+        let mut wt = [(0.0, 0usize); 2];
+        let mut y = [(0.0, 0usize); 2]; // [IDH-wt, IDH-mutant]
+        let mut mismatch = [(0.0, 0usize); 2];
+        for c in &cases {
+            let gbm = c.truth.grade_gbm == Some(true);
+            let idh = c.truth.idh_mutant == Some(true);
+            let r = region_stats(&c.seg);
+            let add = |acc: &mut (f64, usize), v: f64| {
+                acc.0 += v;
+                acc.1 += 1;
+            };
+            add(&mut et[gbm as usize], r.et_ml);
+            add(&mut wt[gbm as usize], r.wt_ml);
+            // Tumour centroid in world y (anterior is +y).
+            let [nx, ny, _] = c.seg.grid.dims;
+            let (mut sy, mut n) = (0.0, 0usize);
+            for (i, &l) in c.seg.data.iter().enumerate() {
+                if l != 0 {
+                    sy += c.seg.grid.world([0.0, ((i / nx) % ny) as f64, 0.0])[1];
+                    n += 1;
+                }
+            }
+            add(&mut y[idh as usize], sy / n as f64);
+            // T2-FLAIR mismatch inside the non-enhancing core (label 1), relative to normal brain.
+            let t2 = &c.volumes[2].1;
+            let fl = &c.volumes[3].1;
+            let ratio = (mean_in(fl, &c.seg, 1) / brain_mean(fl, &c.seg))
+                / (mean_in(t2, &c.seg, 1) / brain_mean(t2, &c.seg));
+            add(&mut mismatch[idh as usize], ratio);
+            // Enhancement: ET brighter than ED on T1ce, edema bright on FLAIR.
+            let t1ce = &c.volumes[1].1;
+            assert!(mean_in(t1ce, &c.seg, 4) > mean_in(t1ce, &c.seg, 2));
+            assert!(mean_in(fl, &c.seg, 2) > brain_mean(fl, &c.seg));
+        }
+        let mean = |a: (f64, usize)| a.0 / a.1.max(1) as f64;
+        for group in [et, y] {
+            assert!(group[0].1 >= 5 && group[1].1 >= 5, "both classes sampled: {group:?}");
+        }
+        assert!(mean(et[1]) > 2.0 * mean(et[0]), "ET GBM {et:?} vs LGG");
+        assert!(mean(y[1]) > mean(y[0]) + 2.0, "IDH-mutant more frontal: {y:?}");
+        assert!(mean(mismatch[1]) < mean(mismatch[0]), "T2-FLAIR mismatch: {mismatch:?}");
+    }
+
+    #[test]
+    #[ignore]
+    fn dbg_sizes() {
+        let mut wt = [(0.0, 0); 2];
+        let mut tc = [(0.0, 0); 2];
+        for s in 0..30 {
+            let c = generate(&PhantomConfig { dims: [120, 120, 78], seed: s });
+            let g = c.truth.grade_gbm == Some(true);
+            let r = region_stats(&c.seg);
+            wt[g as usize].0 += r.wt_ml * 8.0;
+            wt[g as usize].1 += 1;
+            tc[g as usize].0 += r.tc_ml * 8.0;
+            tc[g as usize].1 += 1;
+        }
+        eprintln!("DBG wt {wt:?} tc {tc:?}");
+    }
+
+    #[test]
+    fn full_size_case() {
+        let c = generate(&PhantomConfig::default());
+        assert_eq!(c.seg.grid.dims, [240, 240, 155]);
+        assert_eq!(c.seg.grid.affine[0][0], 1.0);
+        let r = region_stats(&c.seg);
+        assert!(r.ncr_ml > 0.0 && r.ed_ml > 0.0 && r.et_ml > 0.0, "{r:?}");
+        assert!(r.wt_ml > 5.0 && r.wt_ml < 400.0, "{r:?}");
+    }
+
+    #[test]
+    fn dataset_round_trip() {
+        let t = tempfile::tempdir().unwrap();
+        let names = write_dataset(3, 5, [32, 32, 24], t.path()).unwrap();
+        assert_eq!(names, ["Phantom_0000", "Phantom_0001", "Phantom_0002"]);
+        let labels = read_labels_csv(&t.path().join("labels.csv")).unwrap();
+        assert_eq!(labels.len(), 3);
+        for (i, name) in names.iter().enumerate() {
+            let files = discover_case(&t.path().join(name)).unwrap();
+            assert_eq!(&files.name, name);
+            assert_eq!(files.modalities.len(), 4);
+            let loaded = load_case(&files, &Limits::default()).unwrap();
+            let direct = try_generate(&PhantomConfig {
+                dims: [32, 32, 24],
+                seed: case_seed(5, i),
+            })
+            .unwrap();
+            for ((m, v), (dm, dv)) in loaded.volumes.iter().zip(&direct.volumes) {
+                assert_eq!(m, dm);
+                assert_eq!(v, dv);
+            }
+            assert_eq!(loaded.seg.unwrap(), direct.seg);
+            assert_eq!(labels[name], direct.labels);
+        }
+        assert!(try_generate(&PhantomConfig { dims: [8, 48, 48], seed: 0 }).is_err());
+        let clamped = generate(&PhantomConfig { dims: [0, 20, 20], seed: 0 });
+        assert_eq!(clamped.seg.grid.dims, [MIN_DIM, 20, 20]);
+        assert!(write_brats_case(&clamped, t.path(), "../x").is_err());
+    }
+}

@@ -1,0 +1,62 @@
+//! Where the network runs and where the released weights are: device selection from a setting,
+//! libtorch's CPU thread count, and the path of the bundled default model.
+
+use std::path::PathBuf;
+
+pub use tch::Device;
+
+use crate::ModelError;
+
+/// File name of the model the product ships, under `models/weights/`.
+pub const DEFAULT_MODEL_FILE: &str = "gmmas-small.safetensors";
+
+/// `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device, ModelError> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "auto" | "" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" | "gpu" => {
+            if tch::Cuda::is_available() {
+                Ok(Device::Cuda(0))
+            } else {
+                Err(ModelError::Config("device `cuda` requested but no CUDA device is available".into()))
+            }
+        }
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if (n as i64) < tch::Cuda::device_count() => Ok(Device::Cuda(n)),
+            Some(n) => Err(ModelError::Config(format!("device cuda:{n} does not exist"))),
+            None => Err(ModelError::Config(format!("device {other:?}: expected auto, cpu, cuda or cuda:N"))),
+        },
+    }
+}
+
+/// Sets libtorch's intra-op CPU threads.
+pub fn set_threads(n: usize) {
+    if n > 0 {
+        tch::set_num_threads(n as i32);
+    }
+}
+
+/// The bundled model: `GMMAS_MODEL_PATH` when set, else `models/weights/gmmas-small.safetensors`
+/// of this source tree.
+pub fn default_model_path() -> PathBuf {
+    if let Ok(p) = std::env::var("GMMAS_MODEL_PATH") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights").join(DEFAULT_MODEL_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert!(parse_device("tpu").is_err());
+        if !tch::Cuda::is_available() {
+            assert_eq!(parse_device("auto").unwrap(), Device::Cpu);
+            assert!(parse_device("cuda").is_err());
+        }
+    }
+}

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let out = args.first().ok_or("usage: phantom OUT_DIR [N] [SEED] [NX NY NZ]")?;
+    let out = args
+        .first()
+        .ok_or("usage: phantom OUT_DIR [N] [SEED] [NX NY NZ]")?;
     let n: usize = args.get(1).map_or(Ok(2), |s| s.parse())?;
     let seed: u64 = args.get(2).map_or(Ok(0), |s| s.parse())?;
     let dims = if args.len() >= 6 {

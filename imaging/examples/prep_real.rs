@@ -9,7 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let dir = args.next().ok_or("usage: prep_real CASE_DIR [OUT.bin]")?;
     let out = args.next();
-    let reps: usize = std::env::var("REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let reps: usize = std::env::var("REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let files = discover_case(std::path::Path::new(&dir))?;
     let limits = Limits::default();
     let mut best = f64::INFINITY;

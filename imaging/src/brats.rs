@@ -298,8 +298,17 @@ fn parse_value(col: Col, raw: &str) -> Result<Option<bool>, &'static str> {
     let (yes, no, expected): (&[&str], &[&str], &str) = match col {
         Col::GradeClass | Col::WhoGrade => (
             &[
-                "gbm", "hgg", "glioblastoma", "4", "g4", "iv", "grade4", "gradeiv", "who4",
-                "highgrade", "high",
+                "gbm",
+                "hgg",
+                "glioblastoma",
+                "4",
+                "g4",
+                "iv",
+                "grade4",
+                "gradeiv",
+                "who4",
+                "highgrade",
+                "high",
             ],
             &[
                 "lgg", "1", "2", "3", "g1", "g2", "g3", "i", "ii", "iii", "grade1", "grade2",
@@ -309,33 +318,82 @@ fn parse_value(col: Col, raw: &str) -> Result<Option<bool>, &'static str> {
         ),
         Col::Idh => (
             &[
-                "mutant", "mut", "mutated", "mutation", "idhmutant", "positive", "pos", "yes",
-                "y", "true", "1",
+                "mutant",
+                "mut",
+                "mutated",
+                "mutation",
+                "idhmutant",
+                "positive",
+                "pos",
+                "yes",
+                "y",
+                "true",
+                "1",
             ],
             &[
-                "wildtype", "wt", "wild", "idhwildtype", "negative", "neg", "no", "n", "false",
+                "wildtype",
+                "wt",
+                "wild",
+                "idhwildtype",
+                "negative",
+                "neg",
+                "no",
+                "n",
+                "false",
                 "0",
             ],
             "mutant/wildtype (or yes/no, 1/0)",
         ),
         Col::Codel => (
             &[
-                "codel", "codeleted", "codeletion", "deleted", "1p19qcodel", "positive", "pos",
-                "yes", "y", "true", "1",
+                "codel",
+                "codeleted",
+                "codeletion",
+                "deleted",
+                "1p19qcodel",
+                "positive",
+                "pos",
+                "yes",
+                "y",
+                "true",
+                "1",
             ],
             &[
-                "intact", "noncodel", "noncodeleted", "notcodeleted", "retained", "negative",
-                "neg", "no", "n", "false", "0",
+                "intact",
+                "noncodel",
+                "noncodeleted",
+                "notcodeleted",
+                "retained",
+                "negative",
+                "neg",
+                "no",
+                "n",
+                "false",
+                "0",
             ],
             "codel/intact (or yes/no, 1/0)",
         ),
         Col::Mgmt => (
             &[
-                "methylated", "meth", "positive", "pos", "yes", "y", "true", "1",
+                "methylated",
+                "meth",
+                "positive",
+                "pos",
+                "yes",
+                "y",
+                "true",
+                "1",
             ],
             &[
-                "unmethylated", "unmeth", "nonmethylated", "negative", "neg", "no", "n",
-                "false", "0",
+                "unmethylated",
+                "unmeth",
+                "nonmethylated",
+                "negative",
+                "neg",
+                "no",
+                "n",
+                "false",
+                "0",
             ],
             "methylated/unmethylated (or yes/no, 1/0)",
         ),
@@ -537,11 +595,17 @@ mod tests {
         assert!(err.contains("no BraTS image"), "{err}");
         touch(t.path(), &["c_t1.nii", "c_t1.nii.gz"]);
         let err = discover_case(t.path()).unwrap_err().to_string();
-        assert!(err.contains("c_t1.nii") && err.contains("c_t1.nii.gz"), "{err}");
+        assert!(
+            err.contains("c_t1.nii") && err.contains("c_t1.nii.gz"),
+            "{err}"
+        );
         let t2 = tempfile::tempdir().unwrap();
         touch(t2.path(), &["a_flair.nii.gz", "a-t2f.nii.gz"]);
         let err = discover_case(t2.path()).unwrap_err().to_string();
-        assert!(err.contains("a_flair.nii.gz") && err.contains("a-t2f.nii.gz"), "{err}");
+        assert!(
+            err.contains("a_flair.nii.gz") && err.contains("a-t2f.nii.gz"),
+            "{err}"
+        );
         assert!(discover_case(&t.path().join("missing")).is_err());
     }
 
@@ -581,8 +645,13 @@ mod tests {
         }
         assert_eq!(c.seg.unwrap().data[3], 4);
         std::fs::write(t.path().join("c_t2.nii.gz"), b"garbage garbage").unwrap();
-        let err = load_case(&files, &Limits::default()).unwrap_err().to_string();
-        assert!(err.contains("c_t2.nii.gz") && err.contains("not a NIfTI-1"), "{err}");
+        let err = load_case(&files, &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("c_t2.nii.gz") && err.contains("not a NIfTI-1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -650,9 +719,19 @@ mod tests {
         let err = read_labels_csv(&p).unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("\"maybe\""), "{err}");
         std::fs::write(&p, "grade,idh\nGBM,mutant\n").unwrap();
-        assert!(read_labels_csv(&p).unwrap_err().to_string().contains("no case column"));
+        assert!(
+            read_labels_csv(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("no case column")
+        );
         std::fs::write(&p, "case,idh\nA,mutant\nA,wildtype\n").unwrap();
-        assert!(read_labels_csv(&p).unwrap_err().to_string().contains("twice"));
+        assert!(
+            read_labels_csv(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
         std::fs::write(&p, "case,idh\n,mutant\n").unwrap();
         assert!(read_labels_csv(&p).is_err());
         std::fs::write(&p, "").unwrap();

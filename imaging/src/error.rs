@@ -32,7 +32,11 @@ pub enum ImagingError {
     },
     /// A size exceeds a configured [`crate::Limits`] value.
     #[error("{what}={value} exceeds the limit: expected at most {limit}")]
-    TooLarge { what: String, value: u64, limit: u64 },
+    TooLarge {
+        what: String,
+        value: u64,
+        limit: u64,
+    },
     /// The data ends before the header says it should.
     #[error("truncated {what}: expected {expected} bytes, got {got}")]
     Truncated {

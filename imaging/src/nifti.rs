@@ -135,7 +135,11 @@ impl NiftiHeader {
             return None;
         }
         let i = if i.is_finite() { i } else { 0.0 };
-        if s == 1.0 && i == 0.0 { None } else { Some((s, i)) }
+        if s == 1.0 && i == 0.0 {
+            None
+        } else {
+            Some((s, i))
+        }
     }
 }
 
@@ -156,11 +160,19 @@ impl Raw<'_> {
     }
     fn i16(&self, off: usize) -> i16 {
         let a = self.arr::<2>(off);
-        if self.le { i16::from_le_bytes(a) } else { i16::from_be_bytes(a) }
+        if self.le {
+            i16::from_le_bytes(a)
+        } else {
+            i16::from_be_bytes(a)
+        }
     }
     fn f32(&self, off: usize) -> f32 {
         let a = self.arr::<4>(off);
-        if self.le { f32::from_le_bytes(a) } else { f32::from_be_bytes(a) }
+        if self.le {
+            f32::from_le_bytes(a)
+        } else {
+            f32::from_be_bytes(a)
+        }
     }
 }
 
@@ -257,7 +269,11 @@ fn parse_header(h: &[u8], limits: &Limits) -> Result<NiftiHeader, ImagingError> 
 
     let off = r.f32(108);
     let min_off = if single_file { 352.0 } else { 0.0 };
-    if !(off.is_finite() && off >= min_off && off.fract() == 0.0 && (off as f64) <= limits.max_file_bytes as f64) {
+    if !(off.is_finite()
+        && off >= min_off
+        && off.fract() == 0.0
+        && (off as f64) <= limits.max_file_bytes as f64)
+    {
         return Err(ImagingError::header(
             "vox_offset",
             off,
@@ -274,12 +290,12 @@ fn parse_header(h: &[u8], limits: &Limits) -> Result<NiftiHeader, ImagingError> 
     let affine = if sform_code > 0 {
         let mut a = [[0.0; 4]; 4];
         for (row, name) in ["srow_x", "srow_y", "srow_z"].iter().enumerate() {
-            for col in 0..4 {
+            for (col, cell) in a[row].iter_mut().enumerate() {
                 let v = r.f32(280 + 16 * row + 4 * col);
                 if !v.is_finite() {
                     return Err(ImagingError::header(format!("{name}[{col}]"), v, "finite"));
                 }
-                a[row][col] = f64::from(v);
+                *cell = f64::from(v);
             }
         }
         a[3][3] = 1.0;
@@ -756,7 +772,11 @@ fn build_header(grid: &Grid, dt: Datatype) -> Vec<u8> {
         put(&mut h, 256 + 4 * i, &(*q as f32).to_le_bytes());
     }
     for i in 0..3 {
-        put(&mut h, 268 + 4 * i, &(grid.affine[i][3] as f32).to_le_bytes());
+        put(
+            &mut h,
+            268 + 4 * i,
+            &(grid.affine[i][3] as f32).to_le_bytes(),
+        );
     }
     for row in 0..3 {
         for col in 0..4 {
@@ -810,19 +830,18 @@ pub fn write_volume(v: &Volume, gzip: bool) -> Vec<u8> {
 /// Serializes a volume with a chosen voxel type; integer types require integral in-range values.
 pub fn write_volume_as(v: &Volume, dt: Datatype, gzip: bool) -> Result<Vec<u8>, ImagingError> {
     crate::types::check_len(&v.grid, v.data.len())?;
-    if let Some((lo, hi)) = dt.int_range() {
-        if let Some((index, &x)) = v
+    if let Some((lo, hi)) = dt.int_range()
+        && let Some((index, &x)) = v
             .data
             .iter()
             .enumerate()
-            .find(|(_, x)| !(x.fract() == 0.0 && f64::from(**x) >= lo && f64::from(**x) <= hi))
-        {
-            return Err(ImagingError::invalid(
-                format!("voxel {index}"),
-                x,
-                format!("an integer in {lo}..={hi} for {dt:?}"),
-            ));
-        }
+            .find(|(_, x)| !(x.fract() == 0.0 && (lo..=hi).contains(&f64::from(**x))))
+    {
+        return Err(ImagingError::invalid(
+            format!("voxel {index}"),
+            x,
+            format!("an integer in {lo}..={hi} for {dt:?}"),
+        ));
     }
     let hdr = build_header(&v.grid, dt);
     let mut body = Vec::with_capacity(v.data.len() * dt.size());
@@ -863,7 +882,11 @@ pub fn read_volumes_parallel(
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
-                    Err(ImagingError::invalid("reader thread", "panicked", "no panic"))
+                    Err(ImagingError::invalid(
+                        "reader thread",
+                        "panicked",
+                        "no panic",
+                    ))
                 })
             })
             .collect()
@@ -1022,8 +1045,8 @@ mod tests {
             assert_eq!(h.sform_code, 1);
             same_grid(&h.grid(), &grid).unwrap();
         }
-        let labels = LabelVolume::new(grid.clone(), (0..60).map(|i| (i % 5) as u8).collect())
-            .unwrap();
+        let labels =
+            LabelVolume::new(grid.clone(), (0..60).map(|i| (i % 5) as u8).collect()).unwrap();
         for gzip in [false, true] {
             let back = read_labels(&write_labels(&labels, gzip), &Limits::default()).unwrap();
             assert_eq!(back, labels);
@@ -1100,7 +1123,7 @@ mod tests {
                 let v = read_volume(&bytes, &Limits::default()).unwrap();
                 let want: Vec<f32> = vals.iter().map(|&x| f32::from(x) * 2.0 + 1.0).collect();
                 assert_eq!(v.data, want, "le={le}");
-                assert!(!read_header(&bytes).unwrap().little_endian == !le);
+                assert_eq!(read_header(&bytes).unwrap().little_endian, le);
             }
         }
         // Slope 0 and NaN slope mean "no scaling".
@@ -1177,7 +1200,10 @@ mod tests {
             }
         }
         let err = read_volume(&[0u8; 400], &Limits::default()).unwrap_err();
-        assert!(err.to_string().contains("sizeof_hdr=0: expected 348"), "{err}");
+        assert!(
+            err.to_string().contains("sizeof_hdr=0: expected 348"),
+            "{err}"
+        );
         let h = H {
             sizeof_hdr: 540,
             ..H::default()
@@ -1248,7 +1274,14 @@ mod tests {
         for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
             let mut pixdim = H::default().pixdim;
             pixdim[2] = bad;
-            expect_header_err(&H { pixdim, ..H::default() }.file(&body), "pixdim[2]");
+            expect_header_err(
+                &H {
+                    pixdim,
+                    ..H::default()
+                }
+                .file(&body),
+                "pixdim[2]",
+            );
         }
         for off in [0.0, 100.0, 351.0, 352.5, f32::NAN] {
             let h = H {
@@ -1262,9 +1295,27 @@ mod tests {
         }
         let mut srow = H::default().srow;
         srow[1][3] = f32::INFINITY;
-        expect_header_err(&H { srow, ..H::default() }.file(&body), "srow_y[3]");
-        let srow = [[1.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]];
-        let msg = expect_header_err(&H { srow, ..H::default() }.file(&body), "affine");
+        expect_header_err(
+            &H {
+                srow,
+                ..H::default()
+            }
+            .file(&body),
+            "srow_y[3]",
+        );
+        let srow = [
+            [1.0, 0.0, 0.0, 0.0],
+            [2.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+        ];
+        let msg = expect_header_err(
+            &H {
+                srow,
+                ..H::default()
+            }
+            .file(&body),
+            "affine",
+        );
         assert!(msg.contains("singular"), "{msg}");
     }
 
@@ -1440,9 +1491,12 @@ mod tests {
         assert!(read_labels(&h.file(&body(&vals)), &Limits::default()).is_err());
         let mut f = vec![0.0f32; 24];
         f[2] = 1.5;
-        let err = read_labels(&H::default().file(&f32_body(&f, true)), &Limits::default())
-            .unwrap_err();
-        assert!(err.to_string().contains("label value 1.5 at voxel 2"), "{err}");
+        let err =
+            read_labels(&H::default().file(&f32_body(&f, true)), &Limits::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("label value 1.5 at voxel 2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1494,6 +1548,9 @@ mod tests {
         let mut c = a.clone();
         c.dims = [5, 4, 4];
         let err = same_grid(&a, &c).unwrap_err().to_string();
-        assert!(err.contains("dims") && err.contains("[5, 4, 3] vs [5, 4, 4]"), "{err}");
+        assert!(
+            err.contains("dims") && err.contains("[5, 4, 3] vs [5, 4, 4]"),
+            "{err}"
+        );
     }
 }

@@ -51,7 +51,11 @@ impl Orientation {
         }
         Orientation {
             perm: best,
-            flip: [a[0][best[0]] < 0.0, a[1][best[1]] < 0.0, a[2][best[2]] < 0.0],
+            flip: [
+                a[0][best[0]] < 0.0,
+                a[1][best[1]] < 0.0,
+                a[2][best[2]] < 0.0,
+            ],
         }
     }
 
@@ -99,13 +103,12 @@ impl AxisMap {
         ];
         let mut base = 0isize;
         let mut steps = [0isize; 3];
-        for i in 0..3 {
-            let a = o.perm[i];
-            if o.flip[i] {
+        for ((step, &a), &flip) in steps.iter_mut().zip(&o.perm).zip(&o.flip) {
+            if flip {
                 base += (stored_dims[a] as isize - 1) * strides[a];
-                steps[i] = -strides[a];
+                *step = -strides[a];
             } else {
-                steps[i] = strides[a];
+                *step = strides[a];
             }
         }
         AxisMap { base, steps }

@@ -40,7 +40,11 @@ pub(crate) fn map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
 }
 
 /// Calls `f(chunk_index, chunk)` for every `chunk`-sized piece of `data`, on several threads.
-pub(crate) fn for_chunks<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+pub(crate) fn for_chunks<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
     let chunk = chunk.max(1);
     let mut pieces: Vec<(usize, &mut [T])> = data.chunks_mut(chunk).enumerate().collect();
     let t = threads().min(pieces.len().max(1));

@@ -4,7 +4,9 @@
 use crate::error::ImagingError;
 use crate::orient::{AxisMap, Orientation};
 use crate::par;
-use crate::types::{Grid, LabelVolume, Limits, Modality, Volume, check_len, column_norms, same_grid};
+use crate::types::{
+    Grid, LabelVolume, Limits, Modality, Volume, check_len, column_norms, same_grid,
+};
 use serde::{Deserialize, Serialize};
 
 /// Preprocessing parameters.
@@ -133,7 +135,11 @@ impl Geometry {
         let limits = Limits::default();
         self.original.validate()?;
         let bad = |field: &str, value: String, expected: &str| {
-            Err(ImagingError::invalid(format!("geometry.{field}"), value, expected))
+            Err(ImagingError::invalid(
+                format!("geometry.{field}"),
+                value,
+                expected,
+            ))
         };
         if self.original.nvox() as u64 > limits.max_voxels {
             return bad(
@@ -274,8 +280,8 @@ impl PreparedCase {
                 b.len() - 12
             )));
         }
-        let hdr: PreparedHeader = rmp_serde::from_slice(&b[12..12 + hlen])
-            .map_err(|e| fmt(format!("header: {e}")))?;
+        let hdr: PreparedHeader =
+            rmp_serde::from_slice(&b[12..12 + hlen]).map_err(|e| fmt(format!("header: {e}")))?;
         if hdr.format_version != PREPARED_FORMAT_VERSION {
             return Err(fmt(format!(
                 "format_version={}: expected {PREPARED_FORMAT_VERSION}",
@@ -526,11 +532,7 @@ fn resample_linear(
                     let i0 = (x.floor().max(0.0) as usize).min(n - 1);
                     let i1 = (i0 + 1).min(n - 1);
                     let w = (x - i0 as f64).clamp(0.0, 1.0) as f32;
-                    (
-                        i0 as isize * map.steps[i],
-                        i1 as isize * map.steps[i],
-                        w,
-                    )
+                    (i0 as isize * map.steps[i], i1 as isize * map.steps[i], w)
                 })
                 .collect()
         })
@@ -969,7 +971,13 @@ mod tests {
             .iter()
             .zip(&flair.data)
             .enumerate()
-            .map(|(i, (a, b))| if *a != 0.0 || *b != 0.0 { (i % 4) as u8 + 1 } else { 0 })
+            .map(|(i, (a, b))| {
+                if *a != 0.0 || *b != 0.0 {
+                    (i % 4) as u8 + 1
+                } else {
+                    0
+                }
+            })
             .collect();
         let seg = LabelVolume::new(g.clone(), seg_data).unwrap();
         let p = prepare(
@@ -1093,7 +1101,9 @@ mod tests {
         // Labels survive the 2.5 mm -> 1 mm -> 2.5 mm round trip exactly.
         let seg = LabelVolume::new(
             g.clone(),
-            (0..480).map(|i| ((i / 80) % 3 + (i % 10 > 4) as usize) as u8).collect(),
+            (0..480)
+                .map(|i| ((i / 80) % 3 + (i % 10 > 4) as usize) as u8)
+                .collect(),
         )
         .unwrap();
         let cropped = prepare_labels(&seg, geo).unwrap();
@@ -1109,9 +1119,15 @@ mod tests {
     fn percentiles_match_numpy() {
         let mut v = vec![3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0, 3.0, 5.0];
         let (lo, hi) = percentiles(&mut v, 0.5, 99.5);
-        assert!((lo - 1.0).abs() < 1e-6 && (hi - 8.85).abs() < 1e-5, "{lo} {hi}");
+        assert!(
+            (lo - 1.0).abs() < 1e-6 && (hi - 8.85).abs() < 1e-5,
+            "{lo} {hi}"
+        );
         let (lo, hi) = percentiles(&mut v, 25.0, 50.0);
-        assert!((lo - 2.5).abs() < 1e-6 && (hi - 4.0).abs() < 1e-6, "{lo} {hi}");
+        assert!(
+            (lo - 2.5).abs() < 1e-6 && (hi - 4.0).abs() < 1e-6,
+            "{lo} {hi}"
+        );
         let (lo, hi) = percentiles(&mut v, 0.0, 100.0);
         assert_eq!((lo, hi), (1.0, 9.0));
         let mut one = vec![7.0];
@@ -1122,7 +1138,10 @@ mod tests {
     fn clip_and_zscore_hand_case() {
         // Values 1..=10 inside, zeros on both ends (outside the mask).
         let g = Grid::axis_aligned([12, 1, 1], [1.0; 3], [0.0; 3]);
-        let v = vol(&g, |x, _, _| if (1..=10).contains(&x) { x as f32 } else { 0.0 });
+        let v = vol(
+            &g,
+            |x, _, _| if (1..=10).contains(&x) { x as f32 } else { 0.0 },
+        );
         let opts = PrepOptions {
             clip_percentiles: (10.0, 90.0),
             ..PrepOptions::default()
@@ -1165,7 +1184,10 @@ mod tests {
     #[test]
     fn input_errors() {
         let g = permuted_grid();
-        let a = vol(&g, |x, y, z| if inside(x, y, z) { 1.0 + x as f32 } else { 0.0 });
+        let a = vol(
+            &g,
+            |x, y, z| if inside(x, y, z) { 1.0 + x as f32 } else { 0.0 },
+        );
         let opts = PrepOptions::default();
         // Grid mismatch names the modality.
         let mut g2 = g.clone();
@@ -1236,7 +1258,13 @@ mod tests {
     #[test]
     fn prepared_bytes_round_trip_and_validation() {
         let g = permuted_grid();
-        let a = vol(&g, |x, y, z| if inside(x, y, z) { (x * y + z) as f32 } else { 0.0 });
+        let a = vol(&g, |x, y, z| {
+            if inside(x, y, z) {
+                (x * y + z) as f32
+            } else {
+                0.0
+            }
+        });
         let p = prepare(&[(Modality::T2, &a)], &PrepOptions::default()).unwrap();
         let bytes = p.to_bytes();
         assert_eq!(&bytes[..8], b"GMMASPC\0");

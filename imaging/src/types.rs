@@ -129,7 +129,8 @@ impl Grid {
                 ));
             }
         }
-        check_affine(&self.affine).map_err(|why| ImagingError::invalid("grid.affine", why, "finite and non-singular"))
+        check_affine(&self.affine)
+            .map_err(|why| ImagingError::invalid("grid.affine", why, "finite and non-singular"))
     }
 }
 
@@ -212,7 +213,8 @@ pub fn same_grid(a: &Grid, b: &Grid) -> Result<(), ImagingError> {
     for i in 0..4 {
         for j in 0..4 {
             let (x, y) = (a.affine[i][j], b.affine[i][j]);
-            if !((x - y).abs() <= 1e-3) {
+            let close = (x - y).abs() <= 1e-3;
+            if !close {
                 return Err(ImagingError::GridMismatch {
                     what: format!("affine[{i}][{j}]"),
                     detail: format!("{x} vs {y} (tolerance 1e-3)"),
@@ -225,7 +227,8 @@ pub fn same_grid(a: &Grid, b: &Grid) -> Result<(), ImagingError> {
 
 /// Determinant of the 3x3 linear part of an affine.
 pub(crate) fn det3(a: &[[f64; 4]; 4]) -> f64 {
-    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
+        - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
         + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
 }
 

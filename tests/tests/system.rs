@@ -59,7 +59,7 @@ async fn uploaded_case_is_analyzed_and_readable_from_the_api() {
     }
     let infer_addr = sys.service("infer").http_addr.clone();
     let metrics = reqwest::get(format!("http://{infer_addr}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("gmmas_messages_total{outcome=\"done\",service=\"infer\",stage=\"infer\"} 1"), "{metrics}");
+    assert!(metrics.contains("gmmas_messages_total{outcome=\"done\",stage=\"infer\",service=\"infer\"} 1"), "{metrics}");
 
     // The audit log saw the case created and analyzed.
     let actions: Vec<(String,)> = sqlx::query_as("SELECT action FROM audit_log WHERE case_id = $1::uuid ORDER BY id")

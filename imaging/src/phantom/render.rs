@@ -167,10 +167,10 @@ fn render_plane(s: &CaseSpec, z: usize) -> Plane {
             // Nearest tumour (smallest normalized distance).
             let mut best: Option<(f64, &Tumor)> = None;
             for t in &s.tumors {
-                if let Some(d) = tumor_distance(t, p) {
-                    if best.is_none_or(|(bd, _)| d < bd) {
-                        best = Some((d, t));
-                    }
+                if let Some(d) = tumor_distance(t, p)
+                    && best.is_none_or(|(bd, _)| d < bd)
+                {
+                    best = Some((d, t));
                 }
             }
             let mixv = best.map(|(d, t)| tumor_mix(t, d, p));
@@ -225,10 +225,34 @@ pub(crate) fn render(s: &CaseSpec) -> PhantomCase {
     let [t1, t1ce, t2, flair] = img;
     PhantomCase {
         volumes: vec![
-            (Modality::T1, Volume { grid: grid.clone(), data: t1 }),
-            (Modality::T1ce, Volume { grid: grid.clone(), data: t1ce }),
-            (Modality::T2, Volume { grid: grid.clone(), data: t2 }),
-            (Modality::Flair, Volume { grid: grid.clone(), data: flair }),
+            (
+                Modality::T1,
+                Volume {
+                    grid: grid.clone(),
+                    data: t1,
+                },
+            ),
+            (
+                Modality::T1ce,
+                Volume {
+                    grid: grid.clone(),
+                    data: t1ce,
+                },
+            ),
+            (
+                Modality::T2,
+                Volume {
+                    grid: grid.clone(),
+                    data: t2,
+                },
+            ),
+            (
+                Modality::Flair,
+                Volume {
+                    grid: grid.clone(),
+                    data: flair,
+                },
+            ),
         ],
         seg: LabelVolume { grid, data: seg },
         labels: s.reported,

@@ -52,8 +52,8 @@ impl Ellipsoid {
     /// Normalized radius (1 on the surface).
     pub fn rho(&self, p: [f64; 3]) -> f64 {
         let mut s = 0.0;
-        for i in 0..3 {
-            let d = (p[i] - self.center[i]) / self.radii[i];
+        for ((p, c), r) in p.iter().zip(&self.center).zip(&self.radii) {
+            let d = (p - c) / r;
             s += d * d;
         }
         s.sqrt()
@@ -324,7 +324,11 @@ fn sample_tumor(rng: &mut ChaCha8Rng, t: &Truth, brain: &Brain, size: f64) -> Tu
         let d = dir(rng);
         let off = rng.random_range(0.35..0.7) * rc;
         blobs.push(Blob {
-            center: [center[0] + d[0] * off, center[1] + d[1] * off, center[2] + d[2] * off],
+            center: [
+                center[0] + d[0] * off,
+                center[1] + d[1] * off,
+                center[2] + d[2] * off,
+            ],
             radius: (rng.random_range(0.45..0.75) * rc).max(2.0),
         });
     }
@@ -343,7 +347,11 @@ fn sample_tumor(rng: &mut ChaCha8Rng, t: &Truth, brain: &Brain, size: f64) -> Tu
         let d = dir(rng);
         let off = rng.random_range(0.35..0.6) * rc;
         Enhancement::Nodule(Blob {
-            center: [center[0] + d[0] * off, center[1] + d[1] * off, center[2] + d[2] * off],
+            center: [
+                center[0] + d[0] * off,
+                center[1] + d[1] * off,
+                center[2] + d[2] * off,
+            ],
             radius: (rng.random_range(0.18..0.3) * rc).max(1.6),
         })
     };

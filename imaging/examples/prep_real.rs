@@ -36,10 +36,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             prepared.dims,
             mean
         );
-        if rep == 0 {
-            if let Some(path) = &out {
-                std::fs::write(path, prepared.to_bytes())?;
-            }
+        if rep == 0
+            && let Some(path) = &out
+        {
+            std::fs::write(path, prepared.to_bytes())?;
         }
     }
     println!("best total {best:.3} s for {}", files.name);

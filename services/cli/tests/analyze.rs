@@ -1,0 +1,91 @@
+//! `gmmas analyze` and `gmmas phantom` through the real binary: folders in both BraTS namings,
+//! a modality subset, and a clear error for a folder without images.
+
+use std::path::Path;
+use std::process::Command;
+
+use gmmas_imaging::Limits;
+
+fn gmmas() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gmmas"))
+}
+
+fn tiny_model(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("tiny.safetensors");
+    let out = gmmas()
+        .args(["init-model", "--profile", "tiny", "--seed", "3", "--out"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    path
+}
+
+#[test]
+fn analyze_writes_a_segmentation_on_the_input_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = dir.path().join("data");
+    let out = gmmas()
+        .args(["phantom", "--n", "1", "--seed", "4", "--dims", "56,60,40", "--out"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(data.join("labels.csv").exists());
+    let case_dir = std::fs::read_dir(&data).unwrap().flatten().find(|e| e.path().is_dir()).unwrap().path();
+    let name = case_dir.file_name().unwrap().to_string_lossy().to_string();
+
+    let results = dir.path().join("out");
+    let out = gmmas().arg("analyze").arg(&case_dir).arg("--out").arg(&results).arg("--model").arg(&model).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let seg_bytes = std::fs::read(results.join(format!("{name}_seg.nii.gz"))).unwrap();
+    let seg = gmmas_imaging::read_labels(&seg_bytes, &Limits::default()).unwrap();
+    let t1 = gmmas_imaging::read_volume(&std::fs::read(case_dir.join(format!("{name}_t1.nii.gz"))).unwrap(), &Limits::default())
+        .unwrap();
+    gmmas_imaging::same_grid(&seg.grid, &t1.grid).unwrap();
+    assert!(seg.data.iter().all(|l| matches!(l, 0 | 1 | 2 | 4)));
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join(format!("{name}_analysis.json"))).unwrap()).unwrap();
+    assert!(report["model_version"].as_str().unwrap().contains("tiny-seed3@"));
+    assert_eq!(report["segmentation_sha256"], gmmas_runtime::bus::sha256_hex(&seg_bytes));
+    assert_eq!(report["missing_modalities"].as_array().unwrap().len(), 0);
+    assert_eq!(report["regions"]["wt_ml"].as_f64().unwrap(), gmmas_imaging::region_stats(&seg).wt_ml);
+}
+
+#[test]
+fn analyze_reads_2023_names_and_a_subset_of_modalities() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let case = gmmas_imaging::phantom::generate(&gmmas_imaging::phantom::PhantomConfig { dims: [48, 48, 40], seed: 2 });
+    let case_dir = dir.path().join("BraTS-GLI-00001-000");
+    std::fs::create_dir_all(&case_dir).unwrap();
+    for (m, v) in &case.volumes {
+        let suffix = match m.as_str() {
+            "t1ce" => "t1c",
+            "flair" => "t2f",
+            _ => continue, // only T1ce and FLAIR present
+        };
+        std::fs::write(case_dir.join(format!("BraTS-GLI-00001-000-{suffix}.nii.gz")), gmmas_imaging::write_volume(v, true))
+            .unwrap();
+    }
+    let results = dir.path().join("out");
+    let out = gmmas().arg("analyze").arg(&case_dir).arg("--out").arg(&results).arg("--model").arg(&model).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(results.join("BraTS-GLI-00001-000_analysis.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["missing_modalities"], serde_json::json!(["t1", "t2"]));
+}
+
+#[test]
+fn analyze_names_the_problem_with_a_bad_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gmmas().arg("analyze").arg(dir.path()).arg("--out").arg(dir.path().join("o")).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+}

@@ -437,45 +437,51 @@ fn affine_to_quatern(m: &[[f64; 4]; 4]) -> ([f64; 3], f32) {
             row[2] = -row[2];
         }
     }
+    // Unit quaternion (a, b, c, d) of the rotation, with a >= 0 as NIfTI requires.
     let trace1 = 1.0 + r[0][0] + r[1][1] + r[2][2];
-    let (mut a, mut b, mut c, mut d);
-    if trace1 > 0.5 {
-        a = 0.5 * trace1.sqrt();
-        b = 0.25 * (r[2][1] - r[1][2]) / a;
-        c = 0.25 * (r[0][2] - r[2][0]) / a;
-        d = 0.25 * (r[1][0] - r[0][1]) / a;
+    let (a, b, c, d) = if trace1 > 0.5 {
+        let a = 0.5 * trace1.sqrt();
+        (
+            a,
+            0.25 * (r[2][1] - r[1][2]) / a,
+            0.25 * (r[0][2] - r[2][0]) / a,
+            0.25 * (r[1][0] - r[0][1]) / a,
+        )
     } else {
         let xd = 1.0 + r[0][0] - (r[1][1] + r[2][2]);
         let yd = 1.0 + r[1][1] - (r[0][0] + r[2][2]);
         let zd = 1.0 + r[2][2] - (r[0][0] + r[1][1]);
         if xd > 1.0 {
-            b = 0.5 * xd.sqrt();
-            c = 0.25 * (r[0][1] + r[1][0]) / b;
-            d = 0.25 * (r[0][2] + r[2][0]) / b;
-            a = 0.25 * (r[2][1] - r[1][2]) / b;
+            let b = 0.5 * xd.sqrt();
+            (
+                0.25 * (r[2][1] - r[1][2]) / b,
+                b,
+                0.25 * (r[0][1] + r[1][0]) / b,
+                0.25 * (r[0][2] + r[2][0]) / b,
+            )
         } else if yd > 1.0 {
-            c = 0.5 * yd.sqrt();
-            b = 0.25 * (r[0][1] + r[1][0]) / c;
-            d = 0.25 * (r[1][2] + r[2][1]) / c;
-            a = 0.25 * (r[0][2] - r[2][0]) / c;
+            let c = 0.5 * yd.sqrt();
+            (
+                0.25 * (r[0][2] - r[2][0]) / c,
+                0.25 * (r[0][1] + r[1][0]) / c,
+                c,
+                0.25 * (r[1][2] + r[2][1]) / c,
+            )
         } else {
-            d = 0.5 * zd.max(0.0).sqrt();
+            let d = 0.5 * zd.max(0.0).sqrt();
             if d == 0.0 {
                 return ([0.0, 0.0, 0.0], qfac);
             }
-            b = 0.25 * (r[0][2] + r[2][0]) / d;
-            c = 0.25 * (r[1][2] + r[2][1]) / d;
-            a = 0.25 * (r[1][0] - r[0][1]) / d;
+            (
+                0.25 * (r[1][0] - r[0][1]) / d,
+                0.25 * (r[0][2] + r[2][0]) / d,
+                0.25 * (r[1][2] + r[2][1]) / d,
+                d,
+            )
         }
-        if a < 0.0 {
-            a = -a;
-            b = -b;
-            c = -c;
-            d = -d;
-        }
-    }
-    let _ = a;
-    ([b, c, d], qfac)
+    };
+    let sign = if a < 0.0 { -1.0 } else { 1.0 };
+    ([sign * b, sign * c, sign * d], qfac)
 }
 
 /// Reads and validates the header of a `.nii` or `.nii.gz` (gzip detected by magic bytes),
@@ -488,19 +494,24 @@ pub fn read_header(bytes: &[u8]) -> Result<NiftiHeader, ImagingError> {
 pub fn read_header_with(bytes: &[u8], limits: &Limits) -> Result<NiftiHeader, ImagingError> {
     if is_gzip(bytes) {
         let mut dec = MultiGzDecoder::new(bytes);
-        let mut h = [0u8; HDR];
-        let got = read_full(&mut dec, &mut h)?;
-        if got < HDR {
-            return Err(ImagingError::Truncated {
-                what: "NIfTI header".into(),
-                expected: HDR as u64,
-                got: got as u64,
-            });
-        }
-        parse_header(&h, limits)
+        parse_header(&read_gz_header(&mut dec)?, limits)
     } else {
         parse_header(bytes, limits)
     }
+}
+
+/// Inflates exactly the 348 header bytes.
+fn read_gz_header(dec: &mut impl Read) -> Result<[u8; HDR], ImagingError> {
+    let mut h = [0u8; HDR];
+    let got = read_full(dec, &mut h)?;
+    if got < HDR {
+        return Err(ImagingError::Truncated {
+            what: "NIfTI header".into(),
+            expected: HDR as u64,
+            got: got as u64,
+        });
+    }
+    Ok(h)
 }
 
 /// Fills `buf` from `r` as far as the stream allows; returns the number of bytes read.
@@ -536,15 +547,7 @@ fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(NiftiHeader, Body<'a>),
     let gz = is_gzip(bytes);
     let (hdr, mut dec) = if gz {
         let mut dec = MultiGzDecoder::new(bytes);
-        let mut h = [0u8; HDR];
-        let got = read_full(&mut dec, &mut h)?;
-        if got < HDR {
-            return Err(ImagingError::Truncated {
-                what: "NIfTI header".into(),
-                expected: HDR as u64,
-                got: got as u64,
-            });
-        }
+        let h = read_gz_header(&mut dec)?;
         (parse_header(&h, limits)?, Some(Box::new(dec)))
     } else {
         (parse_header(bytes, limits)?, None)
@@ -1055,14 +1058,50 @@ mod tests {
 
     #[test]
     fn written_qform_matches_sform() {
-        let grid = oblique_grid();
-        let bytes = write_volume(&Volume::new(grid.clone(), vec![1.0; 60]).unwrap(), false);
-        // Turn off the sform: the qform alone must give the same affine.
-        let mut b = bytes.clone();
-        b[254..256].copy_from_slice(&0i16.to_le_bytes());
-        let h = read_header(&b).unwrap();
-        assert_eq!(h.sform_code, 0);
-        same_grid(&h.grid(), &grid).unwrap();
+        let (c, s) = (30f64.to_radians().cos(), 30f64.to_radians().sin());
+        let affines = [
+            oblique_grid().affine,
+            Grid::axis_aligned([5, 4, 3], [1.0; 3], [0.0; 3]).affine,
+            [
+                [-1.0, 0.0, 0.0, 0.0],
+                [0.0, -1.0, 0.0, 239.0],
+                [0.0, 0.0, 1.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+            [
+                [-1.0, 0.0, 0.0, 3.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, -2.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+            [
+                [c, -2.0 * s, 0.0, 1.0],
+                [s, 2.0 * c, 0.0, 2.0],
+                [0.0, 0.0, 3.0, 3.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+            [
+                [0.0, 2.0 * c, 3.0 * s, 0.0],
+                [0.0, -2.0 * s, 3.0 * c, 0.0],
+                [-1.0, 0.0, 0.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+        ];
+        for affine in affines {
+            let norms = column_norms(&affine);
+            let grid = Grid {
+                dims: [5, 4, 3],
+                pixdim: [norms[0] as f32, norms[1] as f32, norms[2] as f32],
+                affine,
+            };
+            let bytes = write_volume(&Volume::new(grid.clone(), vec![1.0; 60]).unwrap(), false);
+            // Turn off the sform: the qform alone must give the same affine.
+            let mut b = bytes.clone();
+            b[254..256].copy_from_slice(&0i16.to_le_bytes());
+            let h = read_header(&b).unwrap();
+            assert_eq!(h.sform_code, 0);
+            same_grid(&h.grid(), &grid).unwrap_or_else(|e| panic!("{affine:?}: {e}"));
+        }
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub struct TrainConfig {
     pub grad_clip: Option<f64>,
     /// Class weights `[negative, positive]` of eq. (5) per task (grade, IDH, 1p/19q, MGMT).
     pub task_class_weights: [[f64; 2]; TASKS],
-    /// Weight of an extra voxel-wise cross-entropy added to the Dice loss (0 = Dice only).
+    /// Weight of a voxel-wise cross-entropy added to the Dice loss (default 1; 0 = the
+    /// pure eq. (4) Dice objective, which converges much more slowly on small tumours).
     pub seg_ce_weight: f64,
     /// Weight of the global-branch Dice loss on down-sampled labels.
     pub global_seg_weight: f64,
@@ -61,7 +62,7 @@ impl Default for TrainConfig {
             sigma_lr: 1e-2,
             grad_clip: Some(5.0),
             task_class_weights: [[1.0, 1.0]; TASKS],
-            seg_ce_weight: 0.0,
+            seg_ce_weight: 1.0,
             global_seg_weight: 0.5,
             dice_eps: 1e-5,
             uncertainty_weighting: true,
@@ -658,9 +659,9 @@ mod tests {
         let start = std::time::Instant::now();
         let mut best = 0.0;
         let mut first = None;
-        for step in 1..=200 {
+        for step in 1..=120 {
             let l = trainer.step(&batch).unwrap();
-            first.get_or_insert(l.total);
+            first.get_or_insert(l.seg_dice);
             if step % 10 != 0 || step < 20 {
                 continue;
             }
@@ -690,10 +691,10 @@ mod tests {
             );
             best = worst;
             if worst > 0.9 {
-                assert!(l.total < first.unwrap());
+                assert!(l.seg_dice < first.unwrap());
                 return;
             }
         }
-        panic!("foreground Dice only reached {best:.3} in 200 steps");
+        panic!("foreground Dice only reached {best:.3} in 120 steps");
     }
 }

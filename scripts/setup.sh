@@ -15,6 +15,10 @@ if [ "$have_torch" != "$want_torch" ]; then
   python3 -m venv "$VIRTUAL_ENV"
   "$VIRTUAL_ENV/bin/pip" install --quiet --disable-pip-version-check "torch==$want_torch" numpy nibabel
 fi
+# The normal-brain anatomy (tissue labels, T1/T2 maps) the phantom generator builds on; MIT licence.
+if ! ls "$VIRTUAL_ENV"/lib/python3*/site-packages/asldro/data/hrgt_icbm_2009a_nls_3t.nii.gz >/dev/null 2>&1; then
+  "$VIRTUAL_ENV/bin/pip" install --quiet --disable-pip-version-check --no-deps asldro==2.2.0
+fi
 
 # 2. Debian packages, only when missing.
 need=()
@@ -69,4 +73,9 @@ fi
 if [ "${GMMAS_SKIP_BUILD:-0}" != 1 ]; then
   log "building (cargo build --release)"
   (cd "$GMMAS_ROOT" && cargo build --release --workspace --bins --quiet)
+  weights="$GMMAS_ROOT/models/weights/gmmas-small.safetensors"
+  if [ ! -f "$weights" ]; then
+    log "no released model at $weights: writing UNTRAINED weights (seed 0) so the pipeline can run"
+    "$GMMAS_BIN/gmmas" init-model --profile small --seed 0 --out "$weights" >/dev/null
+  fi
 fi

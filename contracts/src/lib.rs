@@ -110,11 +110,7 @@ impl TenantId {
             && s.len() <= 63
             && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !s.starts_with('-');
-        if ok {
-            Ok(TenantId(s.to_string()))
-        } else {
-            Err(ContractError::BadTenant(s.to_string()))
-        }
+        if ok { Ok(TenantId(s.to_string())) } else { Err(ContractError::BadTenant(s.to_string())) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -360,12 +356,7 @@ mod tests {
             case_id: Uuid::new_v4(),
             analysis_id: Uuid::new_v4(),
             model_version: "m@1".into(),
-            segmentation: ObjectRef {
-                bucket: "b".into(),
-                key: "k".into(),
-                sha256: "s".into(),
-                size: 1,
-            },
+            segmentation: ObjectRef { bucket: "b".into(), key: "k".into(), sha256: "s".into(), size: 1 },
             regions: RegionVolumes { wt_ml: 3.5, ..Default::default() },
             probabilities: Probabilities { idh_mutant: 0.25, ..Default::default() },
             analyzed_at: Utc::now(),

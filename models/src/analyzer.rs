@@ -95,52 +95,31 @@ impl Analyzer {
         training: serde_json::Value,
     ) -> Result<Self, ModelError> {
         if name.is_empty() || name.contains('@') {
-            return Err(ModelError::Config(format!(
-                "model name {name:?} must be non-empty without '@'"
-            )));
+            return Err(ModelError::Config(format!("model name {name:?} must be non-empty without '@'")));
         }
         let bytes = weights::to_safetensors(&vs, &safetensors_metadata())?;
         let version = format!("{name}@{}", weights::short_sha(&bytes));
         let cfg = net.config().clone();
         let parameters = net::parameter_count(&vs);
         let device = vs.device();
-        Ok(Self {
-            name,
-            version,
-            cfg,
-            device,
-            training,
-            parameters,
-            inner: Mutex::new(Inner { vs, net }),
-        })
+        Ok(Self { name, version, cfg, device, training, parameters, inner: Mutex::new(Inner { vs, net }) })
     }
 
     /// Loads `<name>.safetensors` and its `<name>.json` sidecar. Errors name the file and
     /// what is wrong with it (missing, corrupt, missing tensor, wrong shape for var X, ...).
     pub fn load(weights_path: &Path, device: Device) -> Result<Self, ModelError> {
         let meta_path = sidecar_path(weights_path);
-        let read = |p: &Path| {
-            std::fs::read(p).map_err(|source| ModelError::Io {
-                path: p.to_path_buf(),
-                source,
-            })
-        };
+        let read = |p: &Path| std::fs::read(p).map_err(|source| ModelError::Io { path: p.to_path_buf(), source });
         let bytes = read(weights_path)?;
         let meta_bytes = read(&meta_path)?;
-        let meta: ModelMeta =
-            serde_json::from_slice(&meta_bytes).map_err(|e| ModelError::Weights {
-                path: meta_path.clone(),
-                reason: format!("invalid model metadata: {e}"),
-            })?;
-        meta.config.validate().map_err(|e| ModelError::Weights {
+        let meta: ModelMeta = serde_json::from_slice(&meta_bytes).map_err(|e| ModelError::Weights {
             path: meta_path.clone(),
-            reason: e.to_string(),
+            reason: format!("invalid model metadata: {e}"),
         })?;
+        meta.config.validate().map_err(|e| ModelError::Weights { path: meta_path.clone(), reason: e.to_string() })?;
         let (vs, net) = net::build(&meta.config, device, None)?;
-        weights::load_safetensors(&vs, &bytes).map_err(|reason| ModelError::Weights {
-            path: weights_path.to_path_buf(),
-            reason,
-        })?;
+        weights::load_safetensors(&vs, &bytes)
+            .map_err(|reason| ModelError::Weights { path: weights_path.to_path_buf(), reason })?;
         let sha = weights::sha256_hex(&bytes);
         if !meta.weights_sha256.is_empty() && meta.weights_sha256 != sha {
             return Err(ModelError::Weights {
@@ -180,8 +159,7 @@ impl Analyzer {
             parameters: self.parameters,
             training: self.training.clone(),
         };
-        let meta_bytes =
-            serde_json::to_vec_pretty(&meta).map_err(|e| ModelError::Internal(e.to_string()))?;
+        let meta_bytes = serde_json::to_vec_pretty(&meta).map_err(|e| ModelError::Internal(e.to_string()))?;
         write_atomic(weights_path, &bytes)?;
         write_atomic(&sidecar_path(weights_path), &meta_bytes)
     }
@@ -224,16 +202,9 @@ impl Analyzer {
     /// Renames the model (the version keeps the weights hash).
     pub fn rename(&mut self, name: &str) -> Result<(), ModelError> {
         if name.is_empty() || name.contains('@') {
-            return Err(ModelError::Config(format!(
-                "model name {name:?} must be non-empty without '@'"
-            )));
+            return Err(ModelError::Config(format!("model name {name:?} must be non-empty without '@'")));
         }
-        let hash = self
-            .version
-            .rsplit('@')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let hash = self.version.rsplit('@').next().unwrap_or_default().to_string();
         self.name = name.to_string();
         self.version = format!("{name}@{hash}");
         Ok(())
@@ -290,10 +261,7 @@ impl Analyzer {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let io = |source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| ModelError::Io { path: path.to_path_buf(), source };
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -303,10 +271,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
 
 /// Current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (proleptic Gregorian).
     let z = days + 719_468;
@@ -318,12 +284,7 @@ pub fn now_rfc3339() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -344,9 +305,7 @@ mod tests {
             for z in 0..dims[2] {
                 for y in 0..dims[1] {
                     for x in 0..dims[0] {
-                        let d = (x as f32 - 10.0).powi(2)
-                            + (y as f32 - 12.0).powi(2)
-                            + (z as f32 - 9.0).powi(2);
+                        let d = (x as f32 - 10.0).powi(2) + (y as f32 - 12.0).powi(2) + (z as f32 - 9.0).powi(2);
                         let val = (0.3 * x as f32 + 0.2 * c as f32).sin() + 3.0 * (-d / 30.0).exp();
                         v[c * n + x + dims[0] * (y + dims[1] * z)] = val;
                     }
@@ -386,48 +345,27 @@ mod tests {
         let dims = [45, 38, 33];
         let present = [true, false, true, true];
         let n = dims.iter().product();
-        let p = a
-            .analyze(&case(dims, present), dims, present, &opts)
-            .unwrap();
+        let p = a.analyze(&case(dims, present), dims, present, &opts).unwrap();
         check_labels(&p, n);
         assert!(p.uncertainty.is_none() && p.task_std.is_none());
         // Batched windows give the same result.
-        let pb = a
-            .analyze(
-                &case(dims, present),
-                dims,
-                present,
-                &InferOptions { batch: 3, ..opts },
-            )
-            .unwrap();
+        let pb = a.analyze(&case(dims, present), dims, present, &InferOptions { batch: 3, ..opts }).unwrap();
         assert_eq!(pb.labels, p.labels);
         let dims = [20, 17, 9];
-        let p = a
-            .analyze(&case(dims, [true; 4]), dims, [true; 4], &opts)
-            .unwrap();
+        let p = a.analyze(&case(dims, [true; 4]), dims, [true; 4], &opts).unwrap();
         check_labels(&p, 20 * 17 * 9);
         // Bad inputs are rejected with a message.
         assert!(a.analyze(&[0.0; 10], dims, [true; 4], &opts).is_err());
-        assert!(
-            a.analyze(&case(dims, [true; 4]), dims, [false; 4], &opts)
-                .is_err()
-        );
-        let bad = InferOptions {
-            overlap: 1.0,
-            ..opts
-        };
-        assert!(
-            a.analyze(&case(dims, [true; 4]), dims, [true; 4], &bad)
-                .is_err()
-        );
+        assert!(a.analyze(&case(dims, [true; 4]), dims, [false; 4], &opts).is_err());
+        let bad = InferOptions { overlap: 1.0, ..opts };
+        assert!(a.analyze(&case(dims, [true; 4]), dims, [true; 4], &bad).is_err());
     }
 
     #[test]
     fn save_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
-        let a = Analyzer::new_seeded(ModelConfig::tiny().with_transformer(false), 3, Device::Cpu)
-            .unwrap();
+        let a = Analyzer::new_seeded(ModelConfig::tiny().with_transformer(false), 3, Device::Cpu).unwrap();
         a.save(&path).unwrap();
         assert!(dir.path().join("m.json").exists());
         let b = Analyzer::load(&path, Device::Cpu).unwrap();
@@ -442,19 +380,14 @@ mod tests {
         // Saving the loaded model again writes identical weights.
         let path2 = dir.path().join("again.safetensors");
         b.save(&path2).unwrap();
-        assert_eq!(
-            std::fs::read(&path).unwrap(),
-            std::fs::read(&path2).unwrap()
-        );
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&path2).unwrap());
     }
 
     #[test]
     fn load_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.safetensors");
-        let e = Analyzer::load(&missing, Device::Cpu)
-            .unwrap_err()
-            .to_string();
+        let e = Analyzer::load(&missing, Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("nope.safetensors"), "{e}");
 
         let path = dir.path().join("m.safetensors");
@@ -469,10 +402,7 @@ mod tests {
         // Garbage weights.
         std::fs::write(&path, b"garbage").unwrap();
         let e = Analyzer::load(&path, Device::Cpu).unwrap_err().to_string();
-        assert!(
-            e.contains("m.safetensors") && e.contains("not a safetensors"),
-            "{e}"
-        );
+        assert!(e.contains("m.safetensors") && e.contains("not a safetensors"), "{e}");
         // A flipped data byte fails the checksum.
         let mut flipped = bytes.clone();
         let last = flipped.len() - 1;
@@ -484,15 +414,11 @@ mod tests {
         // Sidecar describing another shape.
         std::fs::write(&path, &bytes).unwrap();
         let meta_path = dir.path().join("m.json");
-        let mut meta: ModelMeta =
-            serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        let mut meta: ModelMeta = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
         meta.config.channels[3] = 48;
         std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
         let e = Analyzer::load(&path, Device::Cpu).unwrap_err().to_string();
-        assert!(
-            e.contains("m.safetensors") && e.contains("wrong shape for var"),
-            "{e}"
-        );
+        assert!(e.contains("m.safetensors") && e.contains("wrong shape for var"), "{e}");
         // Corrupt and missing sidecar.
         std::fs::write(&meta_path, b"{").unwrap();
         let e = Analyzer::load(&path, Device::Cpu).unwrap_err().to_string();
@@ -506,12 +432,8 @@ mod tests {
     fn mc_dropout_spread() {
         let dims = [40, 20, 16];
         let input = case(dims, [true; 4]);
-        let opts = InferOptions {
-            mc_passes: 3,
-            ..Default::default()
-        };
-        let a =
-            Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.3), 2, Device::Cpu).unwrap();
+        let opts = InferOptions { mc_passes: 3, ..Default::default() };
+        let a = Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.3), 2, Device::Cpu).unwrap();
         let p = a.analyze(&input, dims, [true; 4], &opts).unwrap();
         let u = p.uncertainty.as_ref().unwrap();
         assert_eq!(u.len(), 40 * 20 * 16);
@@ -519,27 +441,14 @@ mod tests {
         assert!(u.iter().all(|v| v.is_finite() && *v >= 0.0));
         assert!(p.task_std.unwrap().to_array().iter().any(|&v| v > 0.0));
         // One stochastic pass: no uncertainty, but a valid prediction.
-        let one = a
-            .analyze(
-                &input,
-                dims,
-                [true; 4],
-                &InferOptions {
-                    mc_passes: 1,
-                    ..opts
-                },
-            )
-            .unwrap();
+        let one = a.analyze(&input, dims, [true; 4], &InferOptions { mc_passes: 1, ..opts }).unwrap();
         assert!(one.uncertainty.is_none());
 
-        let a0 =
-            Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.0), 2, Device::Cpu).unwrap();
+        let a0 = Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.0), 2, Device::Cpu).unwrap();
         let p0 = a0.analyze(&input, dims, [true; 4], &opts).unwrap();
         assert!(p0.uncertainty.unwrap().iter().all(|&v| v == 0.0));
         assert_eq!(p0.task_std, Some(TaskProbabilities::default()));
-        let det = a0
-            .analyze(&input, dims, [true; 4], &InferOptions::default())
-            .unwrap();
+        let det = a0.analyze(&input, dims, [true; 4], &InferOptions::default()).unwrap();
         assert_eq!(det.labels, p0.labels);
     }
 }

@@ -129,9 +129,7 @@ impl ModelConfig {
             "tiny" => Ok(Self::tiny()),
             "small" => Ok(Self::small()),
             "paper" => Ok(Self::paper()),
-            other => Err(ModelError::Config(format!(
-                "unknown profile {other:?} (expected tiny, small or paper)"
-            ))),
+            other => Err(ModelError::Config(format!("unknown profile {other:?} (expected tiny, small or paper)"))),
         }
     }
 
@@ -155,11 +153,7 @@ impl ModelConfig {
 
     /// Width of the bottleneck feature map handed to the decoder and classifier.
     pub fn bottleneck_width(&self) -> usize {
-        if self.transformer {
-            self.embed_dim
-        } else {
-            self.channels[3]
-        }
+        if self.transformer { self.embed_dim } else { self.channels[3] }
     }
 
     /// Token grid of the positional embedding (`patch / 8`).
@@ -171,41 +165,27 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Config(m));
         if self.name.is_empty() || self.name.contains(['@', '/', '\\']) {
-            return bad(format!(
-                "name {:?} must be non-empty without '@', '/', '\\'",
-                self.name
-            ));
+            return bad(format!("name {:?} must be non-empty without '@', '/', '\\'", self.name));
         }
         for a in 0..3 {
             if self.patch[a] == 0 || !self.patch[a].is_multiple_of(BACKBONE_STRIDE) {
-                return bad(format!(
-                    "patch {:?} must be positive multiples of 8",
-                    self.patch
-                ));
+                return bad(format!("patch {:?} must be positive multiples of 8", self.patch));
             }
-            if !self.infer_window[a].is_multiple_of(BACKBONE_STRIDE)
-                || self.infer_window[a] < self.patch[a]
-            {
+            if !self.infer_window[a].is_multiple_of(BACKBONE_STRIDE) || self.infer_window[a] < self.patch[a] {
                 return bad(format!(
                     "infer_window {:?} must be multiples of 8 and >= patch {:?}",
                     self.infer_window, self.patch
                 ));
             }
-            if self.global_branch
-                && (self.global_size[a] == 0 || !self.global_size[a].is_multiple_of(GLOBAL_STRIDE))
-            {
-                return bad(format!(
-                    "global_size {:?} must be positive multiples of 4",
-                    self.global_size
-                ));
+            if self.global_branch && (self.global_size[a] == 0 || !self.global_size[a].is_multiple_of(GLOBAL_STRIDE)) {
+                return bad(format!("global_size {:?} must be positive multiples of 4", self.global_size));
             }
         }
         if self.channels.contains(&0) || self.global_channels.contains(&0) {
             return bad("channel widths must be positive".into());
         }
         if self.transformer {
-            if self.embed_dim == 0 || self.heads == 0 || !self.embed_dim.is_multiple_of(self.heads)
-            {
+            if self.embed_dim == 0 || self.heads == 0 || !self.embed_dim.is_multiple_of(self.heads) {
                 return bad(format!(
                     "embed_dim {} must be a positive multiple of heads {}",
                     self.embed_dim, self.heads

@@ -19,22 +19,13 @@ pub fn parse_device(s: &str) -> Result<Device, ModelError> {
             if tch::Cuda::is_available() {
                 Ok(Device::Cuda(0))
             } else {
-                Err(ModelError::Config(
-                    "device `cuda` requested but no CUDA device is available".into(),
-                ))
+                Err(ModelError::Config("device `cuda` requested but no CUDA device is available".into()))
             }
         }
-        other => match other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
             Some(n) if (n as i64) < tch::Cuda::device_count() => Ok(Device::Cuda(n)),
-            Some(n) => Err(ModelError::Config(format!(
-                "device cuda:{n} does not exist"
-            ))),
-            None => Err(ModelError::Config(format!(
-                "device {other:?}: expected auto, cpu, cuda or cuda:N"
-            ))),
+            Some(n) => Err(ModelError::Config(format!("device cuda:{n} does not exist"))),
+            None => Err(ModelError::Config(format!("device {other:?}: expected auto, cpu, cuda or cuda:N"))),
         },
     }
 }
@@ -52,9 +43,7 @@ pub fn default_model_path() -> PathBuf {
     if let Ok(p) = std::env::var("GMMAS_MODEL_PATH") {
         return PathBuf::from(p);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("weights")
-        .join(DEFAULT_MODEL_FILE)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights").join(DEFAULT_MODEL_FILE)
 }
 
 #[cfg(test)]

@@ -27,22 +27,12 @@ pub struct TaskProbabilities {
 impl TaskProbabilities {
     /// From values in task head order (grade, IDH, 1p/19q, MGMT).
     pub fn from_array(v: [f32; TASKS]) -> Self {
-        Self {
-            grade_gbm: v[0],
-            idh_mutant: v[1],
-            codel_1p19q: v[2],
-            mgmt_methylated: v[3],
-        }
+        Self { grade_gbm: v[0], idh_mutant: v[1], codel_1p19q: v[2], mgmt_methylated: v[3] }
     }
 
     /// Values in task head order (grade, IDH, 1p/19q, MGMT).
     pub fn to_array(&self) -> [f32; TASKS] {
-        [
-            self.grade_gbm,
-            self.idh_mutant,
-            self.codel_1p19q,
-            self.mgmt_methylated,
-        ]
+        [self.grade_gbm, self.idh_mutant, self.codel_1p19q, self.mgmt_methylated]
     }
 }
 
@@ -59,11 +49,7 @@ pub struct InferOptions {
 
 impl Default for InferOptions {
     fn default() -> Self {
-        Self {
-            overlap: 0.5,
-            mc_passes: 0,
-            batch: 1,
-        }
+        Self { overlap: 0.5, mc_passes: 0, batch: 1 }
     }
 }
 
@@ -118,9 +104,7 @@ pub fn plan_windows(cfg: &ModelConfig, shape: [usize; 3], overlap: f32) -> Windo
         }
         let step = ((w as f32 * (1.0 - overlap)).floor() as usize).max(1);
         let count = (n - w).div_ceil(step) + 1;
-        (0..count)
-            .map(|i| ((n - w) as f64 * i as f64 / (count - 1) as f64).round() as usize)
-            .collect()
+        (0..count).map(|i| ((n - w) as f64 * i as f64 / (count - 1) as f64).round() as usize).collect()
     });
     WindowPlan { window, starts }
 }
@@ -130,14 +114,10 @@ fn gaussian(window: [usize; 3], device: Device) -> Tensor {
     let axis = |w: usize| {
         let c = (w as f64 - 1.0) / 2.0;
         let s = w as f64 / 8.0;
-        let v: Vec<f32> = (0..w)
-            .map(|i| (-0.5 * ((i as f64 - c) / s).powi(2)).exp() as f32)
-            .collect();
+        let v: Vec<f32> = (0..w).map(|i| (-0.5 * ((i as f64 - c) / s).powi(2)).exp() as f32).collect();
         Tensor::from_slice(&v)
     };
-    let g = axis(window[0]).view([-1, 1, 1])
-        * axis(window[1]).view([1, -1, 1])
-        * axis(window[2]).view([1, 1, -1]);
+    let g = axis(window[0]).view([-1, 1, 1]) * axis(window[1]).view([1, -1, 1]) * axis(window[2]).view([1, 1, -1]);
     let g = &g / g.max();
     g.clamp_min(1e-3).to_device(device)
 }
@@ -167,10 +147,7 @@ pub fn validate_input(
         return Err(ModelError::Input("no modality present".into()));
     }
     if !(0.0..1.0).contains(&opts.overlap) {
-        return Err(ModelError::Input(format!(
-            "overlap {} must be in [0, 1)",
-            opts.overlap
-        )));
+        return Err(ModelError::Input(format!("overlap {} must be in [0, 1)", opts.overlap)));
     }
     if let Some(i) = input.iter().position(|v| !v.is_finite()) {
         return Err(ModelError::Input(format!("non-finite value at index {i}")));
@@ -218,9 +195,11 @@ impl Engine<'_> {
     }
 
     fn region(t: &Tensor, first: i64, start: [usize; 3], len: [i64; 3]) -> Tensor {
-        t.narrow(first, start[0] as i64, len[0])
-            .narrow(first + 1, start[1] as i64, len[1])
-            .narrow(first + 2, start[2] as i64, len[2])
+        t.narrow(first, start[0] as i64, len[0]).narrow(first + 1, start[1] as i64, len[1]).narrow(
+            first + 2,
+            start[2] as i64,
+            len[2],
+        )
     }
 
     /// Runs every window once through the encoder and `passes` times through the rest of
@@ -231,9 +210,7 @@ impl Engine<'_> {
         let device = self.padded.device();
         let probs = Tensor::zeros([SEG_CLASSES as i64, nz, ny, nx], (Kind::Float, device));
         let fg: Vec<Tensor> = if passes > 1 {
-            (0..passes)
-                .map(|_| Tensor::zeros([nz, ny, nx], (Kind::Float, device)))
-                .collect()
+            (0..passes).map(|_| Tensor::zeros([nz, ny, nx], (Kind::Float, device))).collect()
         } else {
             Vec::new()
         };
@@ -242,10 +219,7 @@ impl Engine<'_> {
         let mut mass = vec![0f64; passes];
         let windows = self.windows();
         for chunk in windows.chunks(self.batch.max(1)) {
-            let crops: Vec<Tensor> = chunk
-                .iter()
-                .map(|s| Self::region(&self.padded, 2, *s, w))
-                .collect();
+            let crops: Vec<Tensor> = chunk.iter().map(|s| Self::region(&self.padded, 2, *s, w)).collect();
             let x = Tensor::cat(&crops, 0);
             drop(crops);
             let enc = self.net.encode(&x, &[self.present], false)?;
@@ -254,25 +228,17 @@ impl Engine<'_> {
                 .iter()
                 .map(|s| {
                     let lo: [f32; 3] = std::array::from_fn(|a| s[a] as f32 / self.shape[a] as f32);
-                    let hi: [f32; 3] = std::array::from_fn(|a| {
-                        (s[a] + self.plan.window[a]) as f32 / self.shape[a] as f32
-                    });
+                    let hi: [f32; 3] =
+                        std::array::from_fn(|a| (s[a] + self.plan.window[a]) as f32 / self.shape[a] as f32);
                     [lo[0], lo[1], lo[2], hi[0], hi[1], hi[2]]
                 })
                 .collect();
-            let ctx = self.global.as_ref().map(|features| GlobalContext {
-                features,
-                boxes: &boxes,
-            });
+            let ctx = self.global.as_ref().map(|features| GlobalContext { features, boxes: &boxes });
             for k in 0..passes {
                 let out = self.net.head(&enc, ctx, false, mc)?;
                 let p_all = out.seg.softmax(1, Kind::Float);
                 drop(out.seg);
-                let task_p = out
-                    .tasks
-                    .softmax(-1, Kind::Float)
-                    .select(2, 1)
-                    .to_device(Device::Cpu);
+                let task_p = out.tasks.softmax(-1, Kind::Float).select(2, 1).to_device(Device::Cpu);
                 let task_p = Vec::<f32>::try_from(&task_p.flatten(0, -1))?;
                 for (i, s) in chunk.iter().enumerate() {
                     let v = self.valid(*s);
@@ -323,31 +289,15 @@ pub fn run(
     let [nx, ny, nz] = dims;
     let shape = [nz, ny, nx];
     let plan = plan_windows(cfg, shape, opts.overlap);
-    let volume = Tensor::from_slice(input)
-        .view([1, MODALITIES as i64, nz as i64, ny as i64, nx as i64])
-        .to_device(device);
-    let global = if cfg.global_branch {
-        net.global_features(&net.global_input(&volume), &[present], false)?
-    } else {
-        None
-    };
+    let volume =
+        Tensor::from_slice(input).view([1, MODALITIES as i64, nz as i64, ny as i64, nx as i64]).to_device(device);
+    let global =
+        if cfg.global_branch { net.global_features(&net.global_input(&volume), &[present], false)? } else { None };
     let pad: [i64; 3] = std::array::from_fn(|a| plan.window[a].saturating_sub(shape[a]) as i64);
-    let padded = if pad.iter().any(|&p| p > 0) {
-        volume.constant_pad_nd([0, pad[2], 0, pad[1], 0, pad[0]])
-    } else {
-        volume
-    };
+    let padded =
+        if pad.iter().any(|&p| p > 0) { volume.constant_pad_nd([0, pad[2], 0, pad[1], 0, pad[0]]) } else { volume };
     let gauss = gaussian(plan.window, device);
-    let engine = Engine {
-        net,
-        padded,
-        shape,
-        plan,
-        gauss,
-        present,
-        global,
-        batch: opts.batch.max(1),
-    };
+    let engine = Engine { net, padded, shape, plan, gauss, present, global, batch: opts.batch.max(1) };
     let mut weight_sum = Tensor::zeros([nz as i64, ny as i64, nx as i64], (Kind::Float, device));
     for s in engine.windows() {
         let v = engine.valid(s);
@@ -393,10 +343,7 @@ pub fn run(
             tasks[t] += p[t] / passes as f64;
         }
     }
-    let labels = probs
-        .argmax(0, false)
-        .to_kind(Kind::Uint8)
-        .to_device(Device::Cpu);
+    let labels = probs.argmax(0, false).to_kind(Kind::Uint8).to_device(Device::Cpu);
     let mut labels = Vec::<u8>::try_from(&labels.flatten(0, -1))?;
     for l in &mut labels {
         if *l == 3 {

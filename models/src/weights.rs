@@ -39,9 +39,7 @@ pub fn init_seeded(vs: &nn::VarStore, seed: u64) -> Result<(), ModelError> {
             } else {
                 uniform(&mut rng, n, (1.0 / fan_in as f32).sqrt())
             };
-            let src = Tensor::from_slice(&values)
-                .view(shape.as_slice())
-                .to_device(var.device());
+            let src = Tensor::from_slice(&values).view(shape.as_slice()).to_device(var.device());
             var.f_copy_(&src)?;
         }
         Ok(())
@@ -53,10 +51,7 @@ fn uniform(rng: &mut ChaCha8Rng, n: usize, bound: f32) -> Vec<f32> {
 }
 
 /// Serialises all variables of `vs` as safetensors bytes (F32, names sorted).
-pub fn to_safetensors(
-    vs: &nn::VarStore,
-    metadata: &BTreeMap<String, String>,
-) -> Result<Vec<u8>, ModelError> {
+pub fn to_safetensors(vs: &nn::VarStore, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>, ModelError> {
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let mut header = Map::new();
     if !metadata.is_empty() {
@@ -65,22 +60,14 @@ pub fn to_safetensors(
     let mut blobs = Vec::with_capacity(vars.len());
     let mut offset = 0usize;
     for (name, t) in &vars {
-        let t = t
-            .detach()
-            .to_device(Device::Cpu)
-            .to_kind(Kind::Float)
-            .contiguous();
+        let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
         let data = Vec::<f32>::try_from(&t.flatten(0, -1))?;
         let len = data.len() * 4;
-        header.insert(
-            name.clone(),
-            json!({"dtype": "F32", "shape": t.size(), "data_offsets": [offset, offset + len]}),
-        );
+        header.insert(name.clone(), json!({"dtype": "F32", "shape": t.size(), "data_offsets": [offset, offset + len]}));
         offset += len;
         blobs.push(data);
     }
-    let mut head = serde_json::to_vec(&Value::Object(header))
-        .map_err(|e| ModelError::Internal(e.to_string()))?;
+    let mut head = serde_json::to_vec(&Value::Object(header)).map_err(|e| ModelError::Internal(e.to_string()))?;
     while head.len() % 8 != 0 {
         head.push(b' ');
     }
@@ -125,14 +112,11 @@ pub fn load_safetensors(vs: &nn::VarStore, bytes: &[u8]) -> Result<(), String> {
     n.copy_from_slice(&bytes[..8]);
     let n = u64::from_le_bytes(n);
     if n > (bytes.len() - 8) as u64 {
-        return Err(format!(
-            "corrupt safetensors header: length {n} exceeds file size {}",
-            bytes.len()
-        ));
+        return Err(format!("corrupt safetensors header: length {n} exceeds file size {}", bytes.len()));
     }
     let n = n as usize;
-    let header: Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n])
-        .map_err(|e| format!("corrupt safetensors header: {e}"))?;
+    let header: Map<String, Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| format!("corrupt safetensors header: {e}"))?;
     let data = &bytes[8 + n..];
     let mut entries = BTreeMap::new();
     for (name, v) in &header {
@@ -143,14 +127,10 @@ pub fn load_safetensors(vs: &nn::VarStore, bytes: &[u8]) -> Result<(), String> {
         if dtype != "F32" {
             return Err(format!("tensor {name}: dtype {dtype}, expected F32"));
         }
-        let shape: Option<Vec<i64>> = v
-            .get("shape")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_i64).collect());
-        let offs: Option<Vec<u64>> = v
-            .get("data_offsets")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_u64).collect());
+        let shape: Option<Vec<i64>> =
+            v.get("shape").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_i64).collect());
+        let offs: Option<Vec<u64>> =
+            v.get("data_offsets").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect());
         let (Some(shape), Some(offs)) = (shape, offs) else {
             return Err(format!("tensor {name}: malformed header entry"));
         };
@@ -161,50 +141,30 @@ pub fn load_safetensors(vs: &nn::VarStore, bytes: &[u8]) -> Result<(), String> {
             || shape.iter().any(|&d| d < 0)
             || (offs[1] - offs[0]) != numel as u64 * 4
         {
-            return Err(format!(
-                "tensor {name}: data offsets {offs:?} do not fit shape {shape:?} in the file"
-            ));
+            return Err(format!("tensor {name}: data offsets {offs:?} do not fit shape {shape:?} in the file"));
         }
-        entries.insert(
-            name.clone(),
-            Entry {
-                shape,
-                start: offs[0] as usize,
-                end: offs[1] as usize,
-            },
-        );
+        entries.insert(name.clone(), Entry { shape, start: offs[0] as usize, end: offs[1] as usize });
     }
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     if let Some(extra) = entries.keys().find(|k| !vars.contains_key(*k)) {
-        return Err(format!(
-            "unexpected tensor {extra} (not a variable of this model config)"
-        ));
+        return Err(format!("unexpected tensor {extra} (not a variable of this model config)"));
     }
     for (name, var) in &vars {
         let Some(e) = entries.get(name) else {
             return Err(format!("missing tensor {name}"));
         };
         if e.shape != var.size() {
-            return Err(format!(
-                "wrong shape for var {name}: file has {:?}, model expects {:?}",
-                e.shape,
-                var.size()
-            ));
+            return Err(format!("wrong shape for var {name}: file has {:?}, model expects {:?}", e.shape, var.size()));
         }
     }
     tch::no_grad(|| {
         for (name, var) in vars {
             let e = &entries[&name];
-            let values: Vec<f32> = data[e.start..e.end]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let src = Tensor::from_slice(&values)
-                .view(e.shape.as_slice())
-                .to_device(var.device());
+            let values: Vec<f32> =
+                data[e.start..e.end].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let src = Tensor::from_slice(&values).view(e.shape.as_slice()).to_device(var.device());
             let mut var = var;
-            var.f_copy_(&src)
-                .map_err(|err| format!("tensor {name}: {err}"))?;
+            var.f_copy_(&src).map_err(|err| format!("tensor {name}: {err}"))?;
         }
         Ok(())
     })

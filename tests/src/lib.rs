@@ -134,7 +134,12 @@ impl System {
     }
 
     /// Uploads files (form field name -> bytes) as one case.
-    pub async fn upload(&self, tenant: &str, case_ref: &str, files: Vec<(&str, Vec<u8>)>) -> anyhow::Result<(u16, Value)> {
+    pub async fn upload(
+        &self,
+        tenant: &str,
+        case_ref: &str,
+        files: Vec<(&str, Vec<u8>)>,
+    ) -> anyhow::Result<(u16, Value)> {
         let mut form = reqwest::multipart::Form::new().text("case_ref", case_ref.to_string());
         for (name, bytes) in files {
             form = form.part(name.to_string(), reqwest::multipart::Part::bytes(bytes).file_name("x.nii.gz"));

@@ -59,7 +59,10 @@ async fn uploaded_case_is_analyzed_and_readable_from_the_api() {
     }
     let infer_addr = sys.service("infer").http_addr.clone();
     let metrics = reqwest::get(format!("http://{infer_addr}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("gmmas_messages_total{outcome=\"done\",stage=\"infer\",service=\"infer\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("gmmas_messages_total{outcome=\"done\",stage=\"infer\",service=\"infer\"} 1"),
+        "{metrics}"
+    );
 
     // The audit log saw the case created and analyzed.
     let actions: Vec<(String,)> = sqlx::query_as("SELECT action FROM audit_log WHERE case_id = $1::uuid ORDER BY id")
@@ -84,19 +87,22 @@ async fn bad_inputs_get_clear_errors_and_the_next_case_still_goes_through() {
     assert!(body["error"].as_str().unwrap().starts_with("flair:"), "{body}");
 
     // Not a NIfTI file at all
-    let (status, body) = sys.upload(TENANT, "bad-text", vec![("t1", b"patient scan, see attached".to_vec())]).await.unwrap();
+    let (status, body) =
+        sys.upload(TENANT, "bad-text", vec![("t1", b"patient scan, see attached".to_vec())]).await.unwrap();
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().starts_with("t1:"), "{body}");
 
     // Modalities on different grids
     let (_, other) = phantom_files(6, [64, 64, 40]);
     let t2_other = other.iter().find(|(m, _)| *m == "t2").unwrap().1.clone();
-    let (status, body) = sys.upload(TENANT, "bad-grid", vec![("flair", flair.clone()), ("t2", t2_other)]).await.unwrap();
+    let (status, body) =
+        sys.upload(TENANT, "bad-grid", vec![("flair", flair.clone()), ("t2", t2_other)]).await.unwrap();
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("grid"), "{body}");
 
     // A header claiming a 1000^3 volume: refused from the header alone.
-    let mut small = gmmas_imaging::phantom::generate(&gmmas_imaging::phantom::PhantomConfig { dims: [16, 16, 16], seed: 1 });
+    let mut small =
+        gmmas_imaging::phantom::generate(&gmmas_imaging::phantom::PhantomConfig { dims: [16, 16, 16], seed: 1 });
     let mut huge = gmmas_imaging::write_volume(&small.volumes.remove(0).1, false);
     for i in 0..3 {
         huge[42 + 2 * i..44 + 2 * i].copy_from_slice(&1000i16.to_le_bytes());
@@ -109,15 +115,20 @@ async fn bad_inputs_get_clear_errors_and_the_next_case_still_goes_through() {
     let mut nan_case = gmmas_imaging::phantom::generate(&gmmas_imaging::phantom::PhantomConfig { dims: DIMS, seed: 9 });
     let mut v = nan_case.volumes.remove(0).1;
     v.data[1234] = f32::NAN;
-    let (status, body) = sys.upload(TENANT, "bad-nan", vec![("t1", gmmas_imaging::write_volume(&v, true))]).await.unwrap();
+    let (status, body) =
+        sys.upload(TENANT, "bad-nan", vec![("t1", gmmas_imaging::write_volume(&v, true))]).await.unwrap();
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().to_lowercase().contains("nan")
-        || body["error"].as_str().unwrap().contains("finite"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().to_lowercase().contains("nan")
+            || body["error"].as_str().unwrap().contains("finite"),
+        "{body}"
+    );
 
     // Valid files but nothing in them (an empty brain): accepted, then failed with a reason.
     let mut empty = v.clone();
     empty.data.iter_mut().for_each(|x| *x = 0.0);
-    let (status, body) = sys.upload(TENANT, "bad-empty", vec![("t1", gmmas_imaging::write_volume(&empty, true))]).await.unwrap();
+    let (status, body) =
+        sys.upload(TENANT, "bad-empty", vec![("t1", gmmas_imaging::write_volume(&empty, true))]).await.unwrap();
     assert_eq!(status, 201, "{body}");
     let failed = sys.wait_case(TENANT, body["case_id"].as_str().unwrap(), Duration::from_secs(60)).await.unwrap();
     assert_eq!(failed["status"], "failed", "{failed}");
@@ -196,5 +207,43 @@ async fn a_case_held_by_a_killed_infer_process_completes_exactly_once() {
         }
     }
     assert_eq!(count, 1);
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_infer_finish_the_case_it_holds_then_exit() {
+    let mut sys = System::start(&[]).await.unwrap();
+    let (_, files) = phantom_files(12, [160, 160, 120]);
+    let (status, body) = sys.upload(TENANT, "sigterm-1", files).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let id = body["case_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT status FROM stage_runs WHERE case_id = $1::uuid AND stage = 'infer'")
+                .bind(&id)
+                .fetch_optional(&sys.db)
+                .await
+                .unwrap();
+        if let Some((s,)) = row {
+            assert_eq!(s, "running", "infer finished before the signal could be sent");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "infer never started the case");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let infer = sys.service("infer");
+    let pid = infer.child.id().unwrap();
+    assert!(std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap().success());
+    let exit = tokio::time::timeout(Duration::from_secs(120), infer.child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "infer exited with {exit}");
+    // The case was finished by the process that held it, on its first attempt.
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM stage_runs WHERE case_id = $1::uuid AND stage = 'infer'")
+            .bind(&id)
+            .fetch_one(&sys.db)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("done", 1));
     sys.shutdown().await;
 }

@@ -299,8 +299,11 @@ pub async fn run(config: ApiConfig) -> anyhow::Result<()> {
     let pool = db::connect(&config.common.database_url, Duration::from_secs(30)).await?;
     let metrics = Metrics::new("api");
     let ingestor = Arc::new(Ingestor::new(bus.clone(), pool.clone(), config.max_upload_mib, config.max_voxels));
-    let router = routes(pool.clone(), bus.clone(), ingestor)
-        .merge(gmmas_runtime::http::health_routes(Some(bus), Some(pool), metrics));
+    let router = routes(pool.clone(), bus.clone(), ingestor).merge(gmmas_runtime::http::health_routes(
+        Some(bus),
+        Some(pool),
+        metrics,
+    ));
     gmmas_runtime::http::serve(&config.common.http_addr, router, shutdown.clone()).await?;
     shutdown.wait().await;
     Ok(())

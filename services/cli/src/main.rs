@@ -53,10 +53,8 @@ enum Command {
 }
 
 pub fn parse_dims(s: &str) -> Result<[usize; 3], String> {
-    let parts: Vec<usize> = s
-        .split(',')
-        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("{p:?}: {e}")))
-        .collect::<Result<_, _>>()?;
+    let parts: Vec<usize> =
+        s.split(',').map(|p| p.trim().parse::<usize>().map_err(|e| format!("{p:?}: {e}"))).collect::<Result<_, _>>()?;
     match parts.as_slice() {
         [x, y, z] if *x >= 16 && *y >= 16 && *z >= 16 => Ok([*x, *y, *z]),
         _ => Err(format!("expected X,Y,Z with each at least 16, got {s:?}")),

@@ -78,7 +78,8 @@ async fn submit_example(args: &UpArgs, api: &str) -> anyhow::Result<String> {
         }
     } else {
         let seed = args.example_seed;
-        let case = tokio::task::spawn_blocking(move || generate(&PhantomConfig { dims: [240, 240, 155], seed })).await?;
+        let case =
+            tokio::task::spawn_blocking(move || generate(&PhantomConfig { dims: [240, 240, 155], seed })).await?;
         case_ref = format!("example-phantom-{seed}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"));
         for (m, v) in &case.volumes {
             let bytes = gmmas_imaging::write_volume(v, true);
@@ -122,7 +123,12 @@ fn print_result(view: &serde_json::Value, api: &str, tenant: &str) {
     println!("\n== Analysis of case {} ==", view["case_id"].as_str().unwrap_or("?"));
     println!("model            {}", a["model_version"].as_str().unwrap_or("?"));
     for s in view["stages"].as_array().into_iter().flatten() {
-        println!("stage {:<10} {:<8} {} ms", s["stage"].as_str().unwrap_or("?"), s["status"].as_str().unwrap_or("?"), s["duration_ms"]);
+        println!(
+            "stage {:<10} {:<8} {} ms",
+            s["stage"].as_str().unwrap_or("?"),
+            s["status"].as_str().unwrap_or("?"),
+            s["duration_ms"]
+        );
     }
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
     println!(

@@ -12,11 +12,7 @@ fn gmmas() -> Command {
 
 fn tiny_model(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("tiny.safetensors");
-    let out = gmmas()
-        .args(["init-model", "--profile", "tiny", "--seed", "3", "--out"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = gmmas().args(["init-model", "--profile", "tiny", "--seed", "3", "--out"]).arg(&path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     path
 }
@@ -37,13 +33,17 @@ fn analyze_writes_a_segmentation_on_the_input_grid() {
     let name = case_dir.file_name().unwrap().to_string_lossy().to_string();
 
     let results = dir.path().join("out");
-    let out = gmmas().arg("analyze").arg(&case_dir).arg("--out").arg(&results).arg("--model").arg(&model).output().unwrap();
+    let out =
+        gmmas().arg("analyze").arg(&case_dir).arg("--out").arg(&results).arg("--model").arg(&model).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let seg_bytes = std::fs::read(results.join(format!("{name}_seg.nii.gz"))).unwrap();
     let seg = gmmas_imaging::read_labels(&seg_bytes, &Limits::default()).unwrap();
-    let t1 = gmmas_imaging::read_volume(&std::fs::read(case_dir.join(format!("{name}_t1.nii.gz"))).unwrap(), &Limits::default())
-        .unwrap();
+    let t1 = gmmas_imaging::read_volume(
+        &std::fs::read(case_dir.join(format!("{name}_t1.nii.gz"))).unwrap(),
+        &Limits::default(),
+    )
+    .unwrap();
     gmmas_imaging::same_grid(&seg.grid, &t1.grid).unwrap();
     assert!(seg.data.iter().all(|l| matches!(l, 0 | 1 | 2 | 4)));
 
@@ -68,16 +68,18 @@ fn analyze_reads_2023_names_and_a_subset_of_modalities() {
             "flair" => "t2f",
             _ => continue, // only T1ce and FLAIR present
         };
-        std::fs::write(case_dir.join(format!("BraTS-GLI-00001-000-{suffix}.nii.gz")), gmmas_imaging::write_volume(v, true))
-            .unwrap();
+        std::fs::write(
+            case_dir.join(format!("BraTS-GLI-00001-000-{suffix}.nii.gz")),
+            gmmas_imaging::write_volume(v, true),
+        )
+        .unwrap();
     }
     let results = dir.path().join("out");
-    let out = gmmas().arg("analyze").arg(&case_dir).arg("--out").arg(&results).arg("--model").arg(&model).output().unwrap();
+    let out =
+        gmmas().arg("analyze").arg(&case_dir).arg("--out").arg(&results).arg("--model").arg(&model).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(results.join("BraTS-GLI-00001-000_analysis.json")).unwrap(),
-    )
-    .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join("BraTS-GLI-00001-000_analysis.json")).unwrap()).unwrap();
     assert_eq!(report["missing_modalities"], serde_json::json!(["t1", "t2"]));
 }
 

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use gmmas_contracts::{self as contracts, CaseFailed, Event, Probabilities, RegionVolumes, ScanAnalyzed, ScanPreprocessed, Stage};
+use gmmas_contracts::{
+    self as contracts, CaseFailed, Event, Probabilities, RegionVolumes, ScanAnalyzed, ScanPreprocessed, Stage,
+};
 use gmmas_imaging::{Modality, PreparedCase};
 use gmmas_models::{Analyzer, InferOptions};
 use gmmas_runtime::bus::{Bus, ConsumerSpec, Delivery, Outcome, run_consumer};
@@ -106,7 +108,9 @@ async fn process(ctx: &Ctx, msg: &ScanPreprocessed) -> anyhow::Result<Outcome> {
     let case_id = msg.case_id;
     match db::stage_state(&ctx.db, case_id, stage).await? {
         StageState::Done { output } => {
-            ctx.bus.publish(Event::ScanAnalyzed.subject(&msg.tenant), &Event::ScanAnalyzed.msg_id(case_id), output).await?;
+            ctx.bus
+                .publish(Event::ScanAnalyzed.subject(&msg.tenant), &Event::ScanAnalyzed.msg_id(case_id), output)
+                .await?;
             return Ok(Outcome::Done);
         }
         StageState::Failed => return Ok(Outcome::Rejected),
@@ -115,7 +119,7 @@ async fn process(ctx: &Ctx, msg: &ScanPreprocessed) -> anyhow::Result<Outcome> {
     db::stage_started(&ctx.db, case_id, stage, "analyzing").await?;
     let bytes = ctx.bus.get_object(&msg.prepared).await?;
     let model = ctx.model.clone();
-    let opts = ctx.opts.clone();
+    let opts = ctx.opts;
     let result = tokio::task::spawn_blocking(move || analyze(&model, &bytes, &opts)).await.context("inference task")?;
     let out = match result {
         Ok(o) => o,
@@ -181,7 +185,10 @@ async fn process(ctx: &Ctx, msg: &ScanPreprocessed) -> anyhow::Result<Outcome> {
     .execute(&mut *tx)
     .await?;
     db::stage_done(&mut tx, case_id, stage, &encoded).await?;
-    sqlx::query("UPDATE cases SET status = 'done', updated_at = now() WHERE id = $1").bind(case_id).execute(&mut *tx).await?;
+    sqlx::query("UPDATE cases SET status = 'done', updated_at = now() WHERE id = $1")
+        .bind(case_id)
+        .execute(&mut *tx)
+        .await?;
     db::audit(
         &mut tx,
         "infer",
@@ -216,9 +223,8 @@ pub fn analyze(model: &Analyzer, prepared: &[u8], opts: &InferOptions) -> Result
 /// Runs the model on a prepared case (shared by the service and `gmmas analyze`).
 pub fn analyze_prepared(model: &Analyzer, case: &PreparedCase, opts: &InferOptions) -> Result<AnalysisOutput, String> {
     let started = Instant::now();
-    let pred = model
-        .analyze(&case.data, case.dims, case.present, opts)
-        .map_err(|e| format!("inference failed: {e}"))?;
+    let pred =
+        model.analyze(&case.data, case.dims, case.present, opts).map_err(|e| format!("inference failed: {e}"))?;
     let inference_ms = started.elapsed().as_millis();
     let seg = gmmas_imaging::restore_labels(&pred.labels, &case.geometry);
     let stats = gmmas_imaging::region_stats(&seg);

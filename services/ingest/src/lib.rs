@@ -75,9 +75,7 @@ impl Ingestor {
     pub async fn ingest(&self, upload: Upload) -> Result<CaseCreated, ApiError> {
         contracts::validate_case_ref(&upload.case_ref).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         if upload.files.is_empty() {
-            return Err(ApiError::BadRequest(
-                "no image files: expected 1-4 parts named t1, t1ce, t2, flair".into(),
-            ));
+            return Err(ApiError::BadRequest("no image files: expected 1-4 parts named t1, t1ce, t2, flair".into()));
         }
         let exists: Option<(Uuid,)> = sqlx::query_as("SELECT id FROM cases WHERE tenant_id = $1 AND case_ref = $2")
             .bind(upload.tenant.as_str())
@@ -89,11 +87,10 @@ impl Ingestor {
         }
 
         // Decode and check every file off the async threads (decompression is CPU work).
-        let limits = self.limits.clone();
+        let limits = self.limits;
         let files = upload.files;
-        let (files, grids) = tokio::task::spawn_blocking(move || validate(files, &limits))
-            .await
-            .context("validation task")??;
+        let (files, grids) =
+            tokio::task::spawn_blocking(move || validate(files, &limits)).await.context("validation task")??;
 
         let case_id = Uuid::new_v4();
         let tenant = upload.tenant;
@@ -162,10 +159,8 @@ impl Ingestor {
         .await?;
         tx.commit().await?;
 
-        let published = self
-            .bus
-            .publish(Event::ScanIngested.subject(&tenant), &Event::ScanIngested.msg_id(case_id), encoded)
-            .await;
+        let published =
+            self.bus.publish(Event::ScanIngested.subject(&tenant), &Event::ScanIngested.msg_id(case_id), encoded).await;
         if let Err(e) = published {
             let reason = "the case was stored but could not be queued (message bus unavailable); upload it again later";
             tracing::error!(case_id = %case_id, error = format!("{e:#}"), "publish failed");
@@ -198,7 +193,11 @@ fn validate(mut files: Vec<(Modality, Vec<u8>)>, limits: &Limits) -> Result<Vali
             .map_err(|e| ApiError::BadRequest(format!("{}: {e}", modality.as_str())))?;
         if let Some(first) = grids.first() {
             gmmas_imaging::same_grid(first, &volume.grid).map_err(|e| {
-                ApiError::BadRequest(format!("{} is not on the grid of {}: {e}", modality.as_str(), files[0].0.as_str()))
+                ApiError::BadRequest(format!(
+                    "{} is not on the grid of {}: {e}",
+                    modality.as_str(),
+                    files[0].0.as_str()
+                ))
             })?;
         }
         grids.push(volume.grid);

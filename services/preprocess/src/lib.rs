@@ -144,7 +144,9 @@ async fn process(ctx: &Ctx, msg: &ScanIngested) -> anyhow::Result<Outcome> {
     let mut tx = ctx.db.begin().await?;
     db::stage_done(&mut tx, case_id, stage, &encoded).await?;
     tx.commit().await?;
-    ctx.bus.publish(Event::ScanPreprocessed.subject(&msg.tenant), &Event::ScanPreprocessed.msg_id(case_id), encoded).await?;
+    ctx.bus
+        .publish(Event::ScanPreprocessed.subject(&msg.tenant), &Event::ScanPreprocessed.msg_id(case_id), encoded)
+        .await?;
     tracing::info!(case_id = %case_id, ms = started.elapsed().as_millis() as u64, "preprocessed");
     Ok(Outcome::Done)
 }

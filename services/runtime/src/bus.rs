@@ -83,12 +83,7 @@ impl Bus {
             .await
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("storing object {key}"))?;
-        Ok(contracts::ObjectRef {
-            bucket: bucket.into(),
-            key: key.into(),
-            sha256,
-            size: bytes.len() as u64,
-        })
+        Ok(contracts::ObjectRef { bucket: bucket.into(), key: key.into(), sha256, size: bytes.len() as u64 })
     }
 
     /// Reads an object back and checks it against the hash it was stored with.
@@ -109,11 +104,8 @@ impl Bus {
     /// Reads an object by bucket and key, without a hash check.
     pub async fn get_key_in(&self, bucket: &str, key: &str) -> anyhow::Result<Vec<u8>> {
         let store = self.store(bucket).await?;
-        let mut object = store
-            .get(key)
-            .await
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("fetching object {key}"))?;
+        let mut object =
+            store.get(key).await.map_err(|e| anyhow!("{e}")).with_context(|| format!("fetching object {key}"))?;
         let mut bytes = Vec::new();
         object.read_to_end(&mut bytes).await.with_context(|| format!("reading object {key}"))?;
         Ok(bytes)
@@ -244,8 +236,7 @@ where
         tasks.spawn(async move {
             let _permit = permit;
             let attempt = msg.info().map(|i| i.delivered).unwrap_or(1);
-            let delivery =
-                Delivery { subject: msg.subject.to_string(), payload: msg.payload.clone(), attempt };
+            let delivery = Delivery { subject: msg.subject.to_string(), payload: msg.payload.clone(), attempt };
             let started = Instant::now();
             let work = handler(delivery);
             tokio::pin!(work);

@@ -43,9 +43,7 @@ impl Default for CommonConfig {
 pub fn load_config<T: Serialize + DeserializeOwned + Default>() -> anyhow::Result<T> {
     let file = std::env::var("GMMAS_CONFIG").ok();
     let text = match &file {
-        Some(path) => Some(
-            std::fs::read_to_string(path).with_context(|| format!("reading config file {path}"))?,
-        ),
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("reading config file {path}"))?),
         None => None,
     };
     let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("GMMAS_")).collect();
@@ -76,11 +74,12 @@ pub fn load_from<T: Serialize + DeserializeOwned + Default>(
         let key = key.to_ascii_lowercase();
         let Some(current) = map.get(&key) else { continue };
         let value = match current {
-            Value::Number(_) | Value::Bool(_) => serde_json::from_str(raw)
-                .with_context(|| format!("{name}={raw:?}: expected a {}", kind(current)))?,
-            Value::Array(_) => Value::Array(
-                raw.split(',').filter(|s| !s.is_empty()).map(|s| Value::String(s.trim().into())).collect(),
-            ),
+            Value::Number(_) | Value::Bool(_) => {
+                serde_json::from_str(raw).with_context(|| format!("{name}={raw:?}: expected a {}", kind(current)))?
+            }
+            Value::Array(_) => {
+                Value::Array(raw.split(',').filter(|s| !s.is_empty()).map(|s| Value::String(s.trim().into())).collect())
+            }
             _ => Value::String(raw.clone()),
         };
         map.insert(key, value);

@@ -78,12 +78,7 @@ pub async fn stage_started(pool: &PgPool, case_id: Uuid, stage: &str, case_statu
 }
 
 /// Marks a stage done inside the caller's transaction, keeping the message it will publish.
-pub async fn stage_done(
-    tx: &mut sqlx::PgConnection,
-    case_id: Uuid,
-    stage: &str,
-    output: &[u8],
-) -> sqlx::Result<()> {
+pub async fn stage_done(tx: &mut sqlx::PgConnection, case_id: Uuid, stage: &str, output: &[u8]) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO stage_runs (case_id, stage, status, attempts, finished_at, output) VALUES ($1, $2, 'done', 1, now(), $3)
          ON CONFLICT (case_id, stage) DO UPDATE SET status = 'done', finished_at = now(), output = $3, error = NULL",

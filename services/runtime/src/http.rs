@@ -58,7 +58,11 @@ struct HealthState {
 }
 
 /// Routes for health and metrics; merge into a service's router.
-pub fn health_routes<S: Clone + Send + Sync + 'static>(bus: Option<Bus>, db: Option<PgPool>, metrics: Metrics) -> Router<S> {
+pub fn health_routes<S: Clone + Send + Sync + 'static>(
+    bus: Option<Bus>,
+    db: Option<PgPool>,
+    metrics: Metrics,
+) -> Router<S> {
     let state = Arc::new(HealthState { bus, db, metrics });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

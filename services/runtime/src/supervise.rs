@@ -35,7 +35,10 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
             None => break,
         }
     }
-    bail!("service binaries (gmmas-ingest, ...) not found next to {}; run `cargo build --release --workspace --bins` first", exe.display())
+    bail!(
+        "service binaries (gmmas-ingest, ...) not found next to {}; run `cargo build --release --workspace --bins` first",
+        exe.display()
+    )
 }
 
 /// Starts `gmmas-<name>` with `env` plus `GMMAS_HTTP_ADDR=http_addr`, logging to `log_dir/<name>.log`.

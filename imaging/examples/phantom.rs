@@ -1,7 +1,9 @@
 //! Writes a synthetic BraTS-style phantom dataset and reports the per-case generation time.
 //! Usage: `cargo run --release -p gmmas-imaging --example phantom -- OUT_DIR [N] [SEED] [NX NY NZ]`
 
-use gmmas_imaging::phantom::{PhantomConfig, case_seed, try_generate, write_dataset};
+use gmmas_imaging::phantom::{
+    PhantomConfig, anatomy, anatomy_path, case_seed, try_generate, write_dataset,
+};
 use gmmas_imaging::region_stats;
 use std::time::Instant;
 
@@ -17,6 +19,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         [240, 240, 155]
     };
+    let t = Instant::now();
+    println!(
+        "anatomy {:?} ({}) loaded in {:.3} s",
+        anatomy(),
+        anatomy_path().map_or("built in".into(), |p| p.display().to_string()),
+        t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     let case = try_generate(&PhantomConfig {
         dims,

@@ -545,7 +545,7 @@ fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(NiftiHeader, Body<'a>),
         });
     }
     let gz = is_gzip(bytes);
-    let (hdr, mut dec) = if gz {
+    let (hdr, dec) = if gz {
         let mut dec = MultiGzDecoder::new(bytes);
         let h = read_gz_header(&mut dec)?;
         (parse_header(&h, limits)?, Some(Box::new(dec)))
@@ -578,10 +578,22 @@ fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(NiftiHeader, Body<'a>),
             limit: limits.max_file_bytes,
         });
     }
-    let body = match dec.take() {
+    let body = body_at(bytes, dec, hdr.vox_offset, hdr.body_bytes())?;
+    Ok((hdr, body))
+}
+
+/// Positions a reader at the `body_len` image bytes that start at `vox_offset`: skips the
+/// extension bytes of a gzip stream, or slices (and length-checks) an uncompressed file.
+fn body_at<'a>(
+    bytes: &'a [u8],
+    dec: Option<Box<MultiGzDecoder<&'a [u8]>>>,
+    vox_offset: u64,
+    body_len: u64,
+) -> Result<Body<'a>, ImagingError> {
+    Ok(match dec {
         Some(mut dec) => {
             // Skip the extension bytes between the header and vox_offset.
-            let mut skip = (hdr.vox_offset - HDR as u64) as usize;
+            let mut skip = (vox_offset - HDR as u64) as usize;
             let mut scratch = [0u8; 4096];
             while skip > 0 {
                 let want = skip.min(scratch.len());
@@ -589,8 +601,8 @@ fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(NiftiHeader, Body<'a>),
                 if got < want {
                     return Err(ImagingError::Truncated {
                         what: "header extensions before vox_offset".into(),
-                        expected: hdr.vox_offset,
-                        got: hdr.vox_offset - (skip - got) as u64,
+                        expected: vox_offset,
+                        got: vox_offset - (skip - got) as u64,
                     });
                 }
                 skip -= want;
@@ -598,30 +610,33 @@ fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(NiftiHeader, Body<'a>),
             Body::Gz(dec)
         }
         None => {
-            let start = hdr.vox_offset as usize;
-            let end = total as usize;
+            let start = vox_offset as usize;
+            let end = (vox_offset + body_len) as usize;
             if bytes.len() < end {
                 return Err(ImagingError::Truncated {
                     what: "image data".into(),
-                    expected: hdr.body_bytes(),
-                    got: (bytes.len() as u64).saturating_sub(hdr.vox_offset),
+                    expected: body_len,
+                    got: (bytes.len() as u64).saturating_sub(vox_offset),
                 });
             }
             Body::Plain(&bytes[start..end])
         }
-    };
-    Ok((hdr, body))
+    })
 }
 
 /// Streams exactly `hdr.body_bytes()` bytes of image data to `f`, in element-aligned chunks.
 fn stream_body(
     hdr: &NiftiHeader,
     body: Body<'_>,
-    mut f: impl FnMut(&[u8]),
+    f: impl FnMut(&[u8]),
 ) -> Result<(), ImagingError> {
-    let total = hdr.body_bytes() as usize;
+    stream_len(hdr.body_bytes() as usize, body, f)
+}
+
+/// Streams exactly `total` bytes of image data to `f`, in element-aligned chunks.
+fn stream_len(total: usize, body: Body<'_>, mut f: impl FnMut(&[u8])) -> Result<(), ImagingError> {
     match body {
-        Body::Plain(s) => f(s),
+        Body::Plain(s) => s.chunks(CHUNK).for_each(f),
         Body::Gz(mut dec) => {
             let mut buf = vec![0u8; CHUNK.min(total)];
             let mut done = 0usize;
@@ -727,6 +742,111 @@ pub fn read_labels(bytes: &[u8], limits: &Limits) -> Result<LabelVolume, Imaging
         data.push(v as u8);
     }
     Ok(LabelVolume { grid, data })
+}
+
+/// Reads a multi-component NIfTI-1 image: `dim[0]=5` with `dim[4]=1` and `dim[5]=n` values per
+/// voxel, stored one whole component after another (a single 3-D volume reads as `n=1`). Calls
+/// `f(component, first_voxel, values)` with scaled f32 values in file order, never holding more
+/// than one chunk, and returns the header (spatial `dims`) and `n`. Limits apply to the whole body.
+pub(crate) fn read_components(
+    bytes: &[u8],
+    limits: &Limits,
+    mut f: impl FnMut(usize, usize, &[f32]),
+) -> Result<(NiftiHeader, usize), ImagingError> {
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return Err(ImagingError::TooLarge {
+            what: "input size in bytes".into(),
+            value: bytes.len() as u64,
+            limit: limits.max_file_bytes,
+        });
+    }
+    let mut dec = is_gzip(bytes).then(|| Box::new(MultiGzDecoder::new(bytes)));
+    let mut h = match dec.as_mut() {
+        Some(d) => read_gz_header(d)?,
+        None => {
+            let mut h = [0u8; HDR];
+            let got = bytes.len().min(HDR);
+            h[..got].copy_from_slice(&bytes[..got]);
+            h
+        }
+    };
+    // A wrong sizeof_hdr or magic is reported by parse_header below.
+    let le = i32::from_le_bytes([h[0], h[1], h[2], h[3]]) == 348;
+    let get = |h: &[u8; HDR], off: usize| {
+        let a = [h[off], h[off + 1]];
+        if le {
+            i16::from_le_bytes(a)
+        } else {
+            i16::from_be_bytes(a)
+        }
+    };
+    let mut n = 1usize;
+    if get(&h, 40) == 5 {
+        let (d4, d5) = (get(&h, 48), get(&h, 50));
+        if d4 != 1 {
+            return Err(ImagingError::header("dim[4]", d4, "1 (a single time point)"));
+        }
+        if d5 < 1 {
+            return Err(ImagingError::header("dim[5]", d5, "at least 1 component"));
+        }
+        n = d5 as usize;
+        let three = if le { 3i16.to_le_bytes() } else { 3i16.to_be_bytes() };
+        h[40..42].copy_from_slice(&three);
+    }
+    let hdr = parse_header(&h, limits)?;
+    if !hdr.single_file {
+        return Err(ImagingError::header(
+            "magic",
+            "ni1",
+            "n+1 (header and image in one file; .hdr/.img pairs are not supported)",
+        ));
+    }
+    let nvox = hdr.nvox();
+    let values = nvox * n as u64;
+    if values > limits.max_voxels {
+        return Err(ImagingError::TooLarge {
+            what: format!(
+                "value count {}x{}x{}x{n}",
+                hdr.dims[0], hdr.dims[1], hdr.dims[2]
+            ),
+            value: values,
+            limit: limits.max_voxels,
+        });
+    }
+    let body_len = hdr.body_bytes() * n as u64;
+    let total = hdr.vox_offset + body_len;
+    if total > limits.max_file_bytes {
+        return Err(ImagingError::TooLarge {
+            what: "decompressed file size in bytes".into(),
+            value: total,
+            limit: limits.max_file_bytes,
+        });
+    }
+    let body = body_at(bytes, dec, hdr.vox_offset, body_len)?;
+    let (nvox, scaling) = (nvox as usize, hdr.scaling());
+    let (mut vals, mut done, mut count) = (Vec::new(), 0usize, 0usize);
+    stream_len(body_len as usize, body, |chunk| {
+        vals.clear();
+        convert(hdr.datatype, hdr.little_endian, chunk, &mut vals);
+        if let Some((s, i)) = scaling {
+            for v in vals.iter_mut() {
+                *v = (f64::from(*v) * s + i) as f32;
+            }
+        }
+        count += vals.iter().filter(|v| !v.is_finite()).count();
+        let mut start = 0;
+        while start < vals.len() {
+            let first = done % nvox;
+            let take = (nvox - first).min(vals.len() - start);
+            f(done / nvox, first, &vals[start..start + take]);
+            start += take;
+            done += take;
+        }
+    })?;
+    if count > 0 {
+        return Err(ImagingError::NonFinite { count });
+    }
+    Ok((hdr, n))
 }
 
 /// Builds a 352-byte NIfTI-1 header (348 + empty extension flag) for a grid and datatype.
@@ -1223,6 +1343,47 @@ mod tests {
             ..H::default()
         };
         assert!(read_volume(&h.file(&f32_body(&[0.0; 24], true)), &Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn multi_component_files_stream_each_component() {
+        let h = H {
+            dims: [5, 4, 3, 2, 1, 3, 1, 1],
+            datatype: 64,
+            bitpix: 64,
+            slope: 2.0,
+            ..H::default()
+        };
+        let vals: Vec<f64> = (0..72).map(f64::from).collect();
+        let body: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let file = h.file(&body);
+        for bytes in [file.clone(), gz(&file)] {
+            let mut got = vec![vec![0f32; 24]; 3];
+            let (hdr, n) = read_components(&bytes, &Limits::default(), |c, first, v| {
+                got[c][first..first + v.len()].copy_from_slice(v);
+            })
+            .unwrap();
+            assert_eq!((hdr.dims, n), ([4, 3, 2], 3));
+            for (c, comp) in got.iter().enumerate() {
+                let want: Vec<f32> = (0..24).map(|i| 2.0 * (24 * c + i) as f32).collect();
+                assert_eq!(comp, &want);
+            }
+        }
+        // A plain 3-D image is one component; a 5-D one needs dim[4]=1.
+        let plain = H::default().file(&f32_body(&[1.0; 24], true));
+        let (_, n) = read_components(&plain, &Limits::default(), |_, _, _| {}).unwrap();
+        assert_eq!(n, 1);
+        let bad = H {
+            dims: [5, 4, 3, 2, 2, 3, 1, 1],
+            ..h
+        };
+        let err = read_components(&bad.file(&body), &Limits::default(), |_, _, _| {});
+        assert!(err.unwrap_err().to_string().contains("dim[4]"));
+        let short = &file[..file.len() - 8];
+        assert!(matches!(
+            read_components(short, &Limits::default(), |_, _, _| {}),
+            Err(ImagingError::Truncated { .. })
+        ));
     }
 
     #[test]

@@ -3,13 +3,17 @@
 //!
 //! Modules: [`config`] (sizes and profiles), [`net`] (the network), [`weights`] (init and
 //! safetensors I/O), [`infer`] (sliding-window inference), [`analyzer`] (the seam other
-//! crates use), [`loss`] and [`train`].
+//! crates use), [`device`] (device and thread settings), [`loss`] and [`train`].
 
 pub mod analyzer;
+pub mod augment;
 pub mod config;
+pub mod data;
 pub mod device;
+pub mod fit;
 pub mod infer;
 pub mod loss;
+pub mod metrics;
 pub mod net;
 pub mod train;
 pub mod weights;

@@ -808,6 +808,22 @@ mod tests {
     }
 
     #[test]
+    fn crop_resample_selects_the_box() {
+        let feat = Tensor::randn([1, 3, 4, 6, 8], (Kind::Float, Device::Cpu));
+        let same = crop_resample(&feat, &[[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]], [4, 6, 8]);
+        assert!((same - &feat).abs().max().double_value(&[]) < 1e-5);
+        // First half along z, last half along x, for two samples from one feature map.
+        let boxes = [[0.0, 0.0, 0.5, 0.5, 1.0, 1.0]; 2];
+        let part = crop_resample(&feat, &boxes, [2, 6, 4]);
+        assert_eq!(part.size(), [2, 3, 2, 6, 4]);
+        let want = feat.narrow(2, 0, 2).narrow(4, 4, 4);
+        assert!((part.get(1) - want.get(0)).abs().max().double_value(&[]) < 1e-5);
+        // Outside the volume reads zeros.
+        let out = crop_resample(&feat, &[[1.0, 0.0, 0.0, 2.0, 1.0, 1.0]], [4, 6, 8]);
+        assert!(out.abs().max().double_value(&[]) < 1e-6);
+    }
+
+    #[test]
     fn seeded_build_is_deterministic() {
         let cfg = ModelConfig::tiny();
         let (a, _) = build(&cfg, Device::Cpu, Some(5)).unwrap();

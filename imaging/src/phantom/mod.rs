@@ -1,8 +1,11 @@
-//! Deterministic synthetic BraTS-like cases (phantoms): same config and seed give byte-identical
-//! output. Sampling of the case description (`spec`) is kept apart from voxel rendering (`render`).
+//! Deterministic synthetic BraTS-like cases (phantoms) on a warped normal-brain anatomy, with MRI
+//! contrasts from signal equations; same config, seed and anatomy give byte-identical output.
 
+mod anatomy;
 mod render;
 mod spec;
+
+pub use anatomy::{AnatomySource, TEMPLATE_ENV, TEMPLATE_FILE};
 
 use crate::brats::{CaseLabels, write_labels_csv};
 use crate::error::ImagingError;
@@ -43,6 +46,25 @@ pub struct PhantomCase {
     pub labels: CaseLabels,
     /// The classes that actually drove the image features.
     pub truth: CaseLabels,
+    /// The normal-brain anatomy the case was built on.
+    pub anatomy: AnatomySource,
+}
+
+/// The anatomy [`generate`] builds on in this process: the asldro template when found (looked for
+/// once: `$GMMAS_ANATOMY_TEMPLATE`, the asldro package in `$VIRTUAL_ENV`, then
+/// `../shared/data/templates/` from the current and the crate directory), else the procedural
+/// brain. Set `GMMAS_ANATOMY_TEMPLATE=procedural` to force the latter.
+pub fn anatomy() -> AnatomySource {
+    anatomy::global().source
+}
+
+/// Path of the template file in use, if any.
+pub fn anatomy_path() -> Option<&'static Path> {
+    anatomy::global().path.as_deref()
+}
+
+fn render_with(cfg: &PhantomConfig, anat: &'static anatomy::Anatomy) -> render::Rendered {
+    render::render(&spec::sample(cfg, anat))
 }
 
 /// Generates one case, or errors when a dimension is outside `MIN_DIM..=MAX_DIM`.
@@ -56,7 +78,7 @@ pub fn try_generate(cfg: &PhantomConfig) -> Result<PhantomCase, ImagingError> {
             ));
         }
     }
-    Ok(render::render(&spec::sample(cfg)))
+    Ok(render_with(cfg, anatomy::global()).case)
 }
 
 /// Generates one case; dimensions are clamped to `MIN_DIM..=MAX_DIM`.
@@ -65,7 +87,7 @@ pub fn generate(cfg: &PhantomConfig) -> PhantomCase {
         dims: cfg.dims.map(|d| d.clamp(MIN_DIM, MAX_DIM)),
         seed: cfg.seed,
     };
-    render::render(&spec::sample(&cfg))
+    render_with(&cfg, anatomy::global()).case
 }
 
 /// Writes `<dir>/<name>/<name>_{t1,t1ce,t2,flair}.nii.gz` (int16) and `<name>_seg.nii.gz` (uint8).

@@ -75,6 +75,9 @@ fn main() -> anyhow::Result<()> {
         Command::InitModel { profile, seed, out } => {
             let cfg = gmmas_models::ModelConfig::profile(&profile)?;
             let model = gmmas_models::Analyzer::new_seeded(cfg, seed, gmmas_models::Device::Cpu)?;
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
             model.save(&out)?;
             println!("{} -> {}", model.version(), out.display());
             Ok(())

@@ -226,6 +226,15 @@ pub struct ScanAnalyzed {
     #[serde(default)]
     pub missing_modalities: Vec<String>,
     pub analyzed_at: DateTime<Utc>,
+    /// MC-Dropout passes behind the probabilities (0 = one deterministic pass).
+    #[serde(default)]
+    pub mc_passes: u32,
+    /// Standard deviation of each probability over the MC passes (eq. 6), when `mc_passes > 1`.
+    #[serde(default)]
+    pub probabilities_std: Option<Probabilities>,
+    /// Per-voxel uncertainty map (NIfTI, the input's grid), when `mc_passes > 1`.
+    #[serde(default)]
+    pub uncertainty: Option<ObjectRef>,
 }
 
 /// `gmmas.<tenant>.case.failed`: a stage gave up on a case; `reason` is readable by a person.

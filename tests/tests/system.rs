@@ -247,3 +247,30 @@ async fn sigterm_lets_infer_finish_the_case_it_holds_then_exit() {
     assert_eq!((status.as_str(), attempts), ("done", 1));
     sys.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flair_only_case_with_mc_dropout_reports_missing_sequences_and_uncertainty() {
+    let sys = System::start(&[("GMMAS_MC_PASSES", "3")]).await.unwrap();
+    let (phantom, files) = phantom_files(21, DIMS);
+    let flair: Vec<_> = files.into_iter().filter(|(m, _)| *m == "flair").collect();
+    let (status, body) = sys.upload(TENANT, "flair-only", flair).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let view = sys.wait_case(TENANT, body["case_id"].as_str().unwrap(), Duration::from_secs(120)).await.unwrap();
+    assert_eq!(view["status"], "done", "{view}");
+    assert_eq!(view["modalities"], serde_json::json!(["flair"]));
+    let a = &view["analysis"];
+    assert_eq!(a["missing_modalities"], serde_json::json!(["t1", "t1ce", "t2"]));
+    assert_eq!(a["mc_passes"], 3);
+    let std = &a["probabilities_std"];
+    for p in ["grade_gbm", "idh_mutant", "codel_1p19q", "mgmt_methylated"] {
+        let v = std[p].as_f64().unwrap();
+        assert!((0.0..=0.5).contains(&v), "{p} std {v}");
+    }
+    let url = a["uncertainty_url"].as_str().unwrap();
+    let bytes = reqwest::get(format!("{}{url}", sys.api)).await.unwrap().bytes().await.unwrap();
+    let map = gmmas_imaging::read_volume(&bytes, &Limits::default()).unwrap();
+    gmmas_imaging::same_grid(&map.grid, &phantom.volumes[0].1.grid).unwrap();
+    assert!(map.data.iter().all(|v| (0.0..=0.5).contains(v)));
+    assert!(map.data.iter().any(|v| *v > 0.0), "MC passes all identical");
+    sys.shutdown().await;
+}

@@ -95,6 +95,14 @@ pub struct AnalysisView {
     pub missing_modalities: Vec<String>,
     pub inference_ms: i64,
     pub created_at: DateTime<Utc>,
+    /// MC-Dropout passes (0 = one deterministic pass).
+    pub mc_passes: i32,
+    /// Std of each probability over the MC passes (eq. 6), when passes > 1.
+    pub probabilities_std: Option<serde_json::Value>,
+    /// Mean per-voxel uncertainty inside the predicted tumor.
+    pub mean_uncertainty_wt: Option<f32>,
+    /// Download of the per-voxel uncertainty map (NIfTI), when computed.
+    pub uncertainty_url: Option<String>,
 }
 
 /// A case: status, inputs, stages and (when done) the analysis.
@@ -212,7 +220,8 @@ async fn load_analysis(db: &PgPool, t: &TenantId, case_id: Uuid) -> Result<Optio
     let row = sqlx::query(
         "SELECT id, model_version, device, input_sha256, seg_sha256, ncr_ml, ed_ml, et_ml, wt_ml, tc_ml,
                 ncr_fraction, ed_fraction, et_fraction, p_grade_gbm, p_idh_mutant, p_codel_1p19q,
-                p_mgmt_methylated, missing_modalities, inference_ms, created_at
+                p_mgmt_methylated, missing_modalities, inference_ms, created_at,
+                mc_passes, probabilities_std, mean_uncertainty_wt, uncertainty_key
          FROM analyses WHERE case_id = $1",
     )
     .bind(case_id)
@@ -246,23 +255,41 @@ async fn load_analysis(db: &PgPool, t: &TenantId, case_id: Uuid) -> Result<Optio
         missing_modalities: r.try_get("missing_modalities")?,
         inference_ms: r.try_get("inference_ms")?,
         created_at: r.try_get("created_at")?,
+        mc_passes: r.try_get("mc_passes")?,
+        probabilities_std: r.try_get("probabilities_std")?,
+        mean_uncertainty_wt: r.try_get("mean_uncertainty_wt")?,
+        uncertainty_url: r
+            .try_get::<Option<String>, _>("uncertainty_key")?
+            .map(|_| format!("/api/v1/tenants/{t}/cases/{case_id}/uncertainty")),
     }))
 }
 
-async fn segmentation(
+async fn segmentation(state: State<AppState>, path: Path<(String, Uuid)>) -> Result<impl IntoResponse, ApiError> {
+    download(state, path, "seg_object_key", "seg_sha256", "seg").await
+}
+
+async fn uncertainty(state: State<AppState>, path: Path<(String, Uuid)>) -> Result<impl IntoResponse, ApiError> {
+    download(state, path, "uncertainty_key", "uncertainty_sha256", "uncertainty").await
+}
+
+/// Streams one stored result volume of a case (columns name its key and hash).
+async fn download(
     State(s): State<AppState>,
     Path((t, id)): Path<(String, Uuid)>,
+    key_col: &'static str,
+    sha_col: &'static str,
+    what: &'static str,
 ) -> Result<impl IntoResponse, ApiError> {
     let t = tenant(&t)?;
-    let row: Option<(String, String)> = sqlx::query_as(
-        "SELECT a.seg_object_key, a.seg_sha256 FROM analyses a JOIN cases c ON c.id = a.case_id
-         WHERE a.case_id = $1 AND c.tenant_id = $2",
-    )
-    .bind(id)
-    .bind(t.as_str())
-    .fetch_optional(&s.db)
-    .await?;
-    let (key, sha) = row.ok_or_else(|| ApiError::NotFound(format!("case {id} has no segmentation (yet)")))?;
+    let sql = format!(
+        "SELECT a.{key_col}, a.{sha_col} FROM analyses a JOIN cases c ON c.id = a.case_id
+         WHERE a.case_id = $1 AND c.tenant_id = $2"
+    );
+    let row: Option<(Option<String>, Option<String>)> =
+        sqlx::query_as(&sql).bind(id).bind(t.as_str()).fetch_optional(&s.db).await?;
+    let Some((Some(key), Some(sha))) = row else {
+        return Err(ApiError::NotFound(format!("case {id} has no {what} volume")));
+    };
     let obj = gmmas_contracts::ObjectRef {
         bucket: gmmas_contracts::VOLUMES_BUCKET.into(),
         key,
@@ -273,7 +300,7 @@ async fn segmentation(
     Ok((
         [
             (header::CONTENT_TYPE, "application/gzip".to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}_seg.nii.gz\"")),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}_{what}.nii.gz\"")),
             (header::ETAG, format!("\"{sha}\"")),
         ],
         bytes,
@@ -287,6 +314,7 @@ pub fn routes(db: PgPool, bus: Bus, ingestor: Arc<Ingestor>) -> Router {
         .route("/v1/tenants/{tenant}/cases", get(list_cases))
         .route("/v1/tenants/{tenant}/cases/{case_id}", get(get_case))
         .route("/v1/tenants/{tenant}/cases/{case_id}/segmentation", get(segmentation))
+        .route("/v1/tenants/{tenant}/cases/{case_id}/uncertainty", get(uncertainty))
         .with_state(state);
     Router::new().nest("/api", gmmas_ingest::routes(ingestor).merge(reads))
 }

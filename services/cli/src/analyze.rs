@@ -59,6 +59,14 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let seg_path = args.out.join(format!("{}_seg.nii.gz", files.name));
     std::fs::write(&seg_path, &out.seg_nifti).with_context(|| format!("writing {}", seg_path.display()))?;
+    let uncertainty_file = match &out.uncertainty_nifti {
+        Some(bytes) => {
+            let p = args.out.join(format!("{}_uncertainty.nii.gz", files.name));
+            std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+            p.file_name().map(|f| f.to_string_lossy().to_string())
+        }
+        None => None,
+    };
     let present: Vec<&str> = files.modalities.iter().map(|(m, _)| m.as_str()).collect();
     let missing: Vec<&str> =
         gmmas_imaging::Modality::ALL.iter().map(|m| m.as_str()).filter(|m| !present.contains(m)).collect();
@@ -73,6 +81,10 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         "segmentation_sha256": gmmas_runtime::bus::sha256_hex(&out.seg_nifti),
         "regions": out.regions,
         "probabilities": out.probabilities,
+        "mc_passes": args.mc_passes,
+        "probabilities_std": out.probabilities_std,
+        "uncertainty": uncertainty_file,
+        "mean_uncertainty_wt": out.mean_uncertainty_wt,
         "timings_ms": {
             "load": t_load.as_millis() as u64,
             "preprocess": t_prep.as_millis() as u64,

@@ -127,6 +127,10 @@ async fn process(ctx: &Ctx, msg: &ScanPreprocessed) -> anyhow::Result<Outcome> {
     };
     let seg_key = format!("{}/{}/segmentation.nii.gz", msg.tenant, case_id);
     let seg = ctx.bus.put_object(&seg_key, &out.seg_nifti).await?;
+    let uncertainty = match &out.uncertainty_nifti {
+        Some(bytes) => Some(ctx.bus.put_object(&format!("{}/{}/uncertainty.nii.gz", msg.tenant, case_id), bytes).await?),
+        None => None,
+    };
     let missing: Vec<String> = Modality::ALL
         .iter()
         .filter(|m| !msg.modalities.iter().any(|x| x == m.as_str()))
@@ -143,6 +147,9 @@ async fn process(ctx: &Ctx, msg: &ScanPreprocessed) -> anyhow::Result<Outcome> {
         probabilities: out.probabilities,
         missing_modalities: missing.clone(),
         analyzed_at: Utc::now(),
+        mc_passes: ctx.opts.mc_passes as u32,
+        probabilities_std: out.probabilities_std,
+        uncertainty: uncertainty.clone(),
     };
     let encoded = contracts::encode(&analyzed)?;
     let inputs: serde_json::Map<String, serde_json::Value> = msg
@@ -157,8 +164,9 @@ async fn process(ctx: &Ctx, msg: &ScanPreprocessed) -> anyhow::Result<Outcome> {
     sqlx::query(
         "INSERT INTO analyses (id, case_id, model_version, input_sha256, device, seg_object_key, seg_sha256,
             ncr_ml, ed_ml, et_ml, wt_ml, tc_ml, ncr_fraction, ed_fraction, et_fraction,
-            p_grade_gbm, p_idh_mutant, p_codel_1p19q, p_mgmt_methylated, missing_modalities, inference_ms)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)
+            p_grade_gbm, p_idh_mutant, p_codel_1p19q, p_mgmt_methylated, missing_modalities, inference_ms,
+            mc_passes, probabilities_std, uncertainty_key, uncertainty_sha256, mean_uncertainty_wt)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26)
          ON CONFLICT (case_id) DO NOTHING",
     )
     .bind(analyzed.analysis_id)
@@ -182,6 +190,11 @@ async fn process(ctx: &Ctx, msg: &ScanPreprocessed) -> anyhow::Result<Outcome> {
     .bind(p.mgmt_methylated)
     .bind(&missing)
     .bind(out.inference_ms as i64)
+    .bind(analyzed.mc_passes as i32)
+    .bind(analyzed.probabilities_std.map(|p| serde_json::json!(p)))
+    .bind(uncertainty.as_ref().map(|u| u.key.clone()))
+    .bind(uncertainty.as_ref().map(|u| u.sha256.clone()))
+    .bind(out.mean_uncertainty_wt)
     .execute(&mut *tx)
     .await?;
     db::stage_done(&mut tx, case_id, stage, &encoded).await?;
@@ -210,6 +223,12 @@ pub struct AnalysisOutput {
     pub seg_nifti: Vec<u8>,
     pub regions: RegionVolumes,
     pub probabilities: Probabilities,
+    /// Std of each probability over MC-Dropout passes (when more than one pass ran).
+    pub probabilities_std: Option<Probabilities>,
+    /// Per-voxel uncertainty (std of the tumor probability) as float32 NIfTI on the input grid.
+    pub uncertainty_nifti: Option<Vec<u8>>,
+    /// Mean per-voxel uncertainty inside the predicted whole tumor.
+    pub mean_uncertainty_wt: Option<f32>,
     pub inference_ms: u128,
 }
 
@@ -228,7 +247,28 @@ pub fn analyze_prepared(model: &Analyzer, case: &PreparedCase, opts: &InferOptio
     let inference_ms = started.elapsed().as_millis();
     let seg = gmmas_imaging::restore_labels(&pred.labels, &case.geometry);
     let stats = gmmas_imaging::region_stats(&seg);
+    let to_probs = |t: gmmas_models::TaskProbabilities| Probabilities {
+        grade_gbm: t.grade_gbm,
+        idh_mutant: t.idh_mutant,
+        codel_1p19q: t.codel_1p19q,
+        mgmt_methylated: t.mgmt_methylated,
+    };
+    let (uncertainty_nifti, mean_uncertainty_wt) = match &pred.uncertainty {
+        Some(u) => {
+            let (sum, n) = u
+                .iter()
+                .zip(&pred.labels)
+                .filter(|(_, l)| **l != 0)
+                .fold((0.0f64, 0usize), |(s, n), (v, _)| (s + *v as f64, n + 1));
+            let map = gmmas_imaging::restore_map(u, &case.geometry);
+            (Some(gmmas_imaging::write_volume(&map, true)), (n > 0).then(|| (sum / n as f64) as f32))
+        }
+        None => (None, None),
+    };
     Ok(AnalysisOutput {
+        probabilities_std: pred.task_std.map(to_probs),
+        uncertainty_nifti,
+        mean_uncertainty_wt,
         seg_nifti: gmmas_imaging::write_labels(&seg, true),
         regions: RegionVolumes {
             ncr_ml: stats.ncr_ml,
@@ -240,12 +280,7 @@ pub fn analyze_prepared(model: &Analyzer, case: &PreparedCase, opts: &InferOptio
             ed_fraction: stats.ed_fraction,
             et_fraction: stats.et_fraction,
         },
-        probabilities: Probabilities {
-            grade_gbm: pred.probabilities.grade_gbm,
-            idh_mutant: pred.probabilities.idh_mutant,
-            codel_1p19q: pred.probabilities.codel_1p19q,
-            mgmt_methylated: pred.probabilities.mgmt_methylated,
-        },
+        probabilities: to_probs(pred.probabilities),
         inference_ms,
     })
 }

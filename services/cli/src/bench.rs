@@ -25,6 +25,12 @@ pub struct BenchArgs {
     /// Repetitions of the preprocessing comparison (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// Also run MONAI's BraTS-bundle network over a full case (needs monai in `--python`).
+    #[arg(long)]
+    pub monai: bool,
+    /// The MONAI anchor script.
+    #[arg(long, default_value = "../shared/bench/monai_cpu_anchor.py")]
+    pub monai_script: PathBuf,
     /// Model weights.
     #[arg(long, env = "GMMAS_MODEL_PATH")]
     pub model: Option<PathBuf>,
@@ -61,15 +67,18 @@ fn ours_load_prep(case: &Path) -> anyhow::Result<(f64, [usize; 3])> {
     Ok((t.elapsed().as_secs_f64(), prepared.dims))
 }
 
-fn python_baseline(python: &str, script: &Path, case: &Path) -> anyhow::Result<(f64, f64)> {
-    let wrapper = "import sys,runpy,resource; p=sys.argv[1]; sys.argv=[p, sys.argv[2]]; \
+/// Runs a Python script under a wrapper that reports its peak RSS; returns (wall s, peak MiB, stdout).
+fn python_run(python: &str, script: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<(f64, f64, String)> {
+    // VmHWM belongs to the process image (reset by exec); ru_maxrss would include the
+    // parent's memory at fork time.
+    let wrapper = "import sys,runpy; p=sys.argv[1]; sys.argv=[p]+sys.argv[2:]; \
                    runpy.run_path(p, run_name='__main__'); \
-                   print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)";
+                   print('PEAK_KB', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])";
     let t = Instant::now();
     let out = Command::new(python)
         .args(["-c", wrapper])
         .arg(script)
-        .arg(case)
+        .args(args)
         .output()
         .with_context(|| format!("running {python}"))?;
     let secs = t.elapsed().as_secs_f64();
@@ -83,7 +92,7 @@ fn python_baseline(python: &str, script: &Path, case: &Path) -> anyhow::Result<(
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN);
-    Ok((secs, peak))
+    Ok((secs, peak, text.to_string()))
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -102,7 +111,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut py = Vec::new();
         let mut py_peak = 0.0f64;
         for _ in 0..args.repeats.max(1) {
-            let (s, p) = python_baseline(&args.python, &args.baseline, case)?;
+            let (s, p, _) = python_run(&args.python, &args.baseline, &[case.as_os_str()])?;
             py.push(s);
             py_peak = py_peak.max(p);
         }
@@ -138,6 +147,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let out = gmmas_infer::analyze_prepared(&model, &prepared, &InferOptions::default()).map_err(anyhow::Error::msg)?;
     stage(&format!("inference + restore + NIfTI encode (inference {} ms)", out.inference_ms), t.elapsed());
     println!("end-to-end (decode .. segmentation file): {:.2} s", t_pipeline.elapsed().as_secs_f64());
+    let ours_peak = peak_rss_mib();
+    if args.monai {
+        println!("## MONAI BraTS-bundle SegResNet over a full case (segmentation only), same machine, same run");
+        let (wall, peak, text) = python_run(&args.python, &args.monai_script, &[])?;
+        let secs = text
+            .split_whitespace()
+            .skip_while(|w| *w != "seconds")
+            .nth(1)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+        println!("monai   : {secs:.2} s inference ({wall:.2} s process), peak RSS {peak:.0} MiB");
+        println!(
+            "gmmas   : {:.2} s inference (segmentation + 4 classifications), peak RSS {ours_peak:.0} MiB",
+            out.inference_ms as f64 / 1000.0
+        );
+        println!(
+            "ratio   : time {:.2}, memory {:.2} (gmmas / monai; goal <= 1.0)",
+            out.inference_ms as f64 / 1000.0 / secs,
+            ours_peak / peak
+        );
+    }
     println!("total including phantom generation: {:.2} s", t_all.elapsed().as_secs_f64());
     println!("peak RSS of this process: {:.0} MiB", peak_rss_mib());
     Ok(())

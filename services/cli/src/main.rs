@@ -3,6 +3,8 @@
 
 mod analyze;
 mod bench;
+mod eval;
+mod train;
 mod up;
 
 use std::path::PathBuf;
@@ -39,6 +41,10 @@ enum Command {
     Up(up::UpArgs),
     /// Time each stage on one full-size case and compare preprocessing with the Python baseline.
     Bench(bench::BenchArgs),
+    /// Train a model from a TOML run config (data validation, checkpoints, final model + card).
+    Train(train::TrainArgs),
+    /// Evaluate a model on case folders: Dice / HD95 per region, AUC / accuracy / F1 / ECE per task.
+    Eval(eval::EvalArgs),
     /// Write a model with freshly initialized weights (for development and training starts).
     InitModel {
         /// Profile name (tiny, small, paper).
@@ -72,6 +78,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Up(args) => tokio::runtime::Runtime::new()?.block_on(up::run(args)),
         Command::Bench(args) => bench::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::InitModel { profile, seed, out } => {
             let cfg = gmmas_models::ModelConfig::profile(&profile)?;
             let model = gmmas_models::Analyzer::new_seeded(cfg, seed, gmmas_models::Device::Cpu)?;

@@ -1,0 +1,99 @@
+//! `gmmas eval`: runs a model on every case of a data folder (full volumes, as `analyze` does)
+//! and writes `eval.json` and `eval.md` with Dice / HD95 per region and AUC / accuracy / F1 / ECE.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use gmmas_models::data::{DataConfig, Dataset, SplitConfig, Subset};
+use gmmas_models::fit::{EvalOptions, evaluate};
+use gmmas_models::{Analyzer, InferOptions};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Model weights (`.safetensors` with its `.json` card beside it).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Case folder, or a folder of case folders (repeatable).
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+    /// Labels CSV (repeatable); blank cells are unknown.
+    #[arg(long)]
+    pub labels: Vec<PathBuf>,
+    /// Split file (`case,subset` rows); with --subset, only those cases are evaluated.
+    #[arg(long)]
+    pub split: Option<PathBuf>,
+    /// Subset of the split file to evaluate (`train`, `val`, `test`).
+    #[arg(long, requires = "split")]
+    pub subset: Option<String>,
+    /// Output folder for eval.json and eval.md.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// `auto`, `cpu` or `cuda`.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// MC-Dropout passes (0 = one deterministic pass).
+    #[arg(long, default_value_t = 0)]
+    pub mc_passes: usize,
+    /// Skip HD95 (faster).
+    #[arg(long)]
+    pub no_hd95: bool,
+    /// Leave out unreadable cases with a warning instead of failing.
+    #[arg(long)]
+    pub skip_bad_cases: bool,
+    /// libtorch threads (0 = default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    gmmas_models::set_threads(args.threads);
+    let device = gmmas_models::parse_device(&args.device)?;
+    let model = Analyzer::load(&args.model, device)?;
+    let subset = match &args.subset {
+        Some(s) => Some(Subset::parse(s).with_context(|| format!("--subset {s:?}: expected train, val or test"))?),
+        None => None,
+    };
+    let cfg = DataConfig {
+        dirs: args.data.clone(),
+        labels: args.labels.clone(),
+        split: args.split.clone().map_or(SplitConfig::All, |path| SplitConfig::File { path }),
+        skip_bad_cases: args.skip_bad_cases,
+        require_seg: false,
+        required_modalities: Vec::new(),
+        threads: args.threads,
+        ..DataConfig::default()
+    };
+    let data = Dataset::load(&cfg)?;
+    for w in &data.warnings {
+        eprintln!("warning: {w}");
+    }
+    let indices: Vec<usize> = match subset {
+        Some(s) => data.indices(s),
+        None => (0..data.cases.len()).collect(),
+    };
+    anyhow::ensure!(!indices.is_empty(), "no case to evaluate");
+    let opts = EvalOptions { infer: InferOptions { mc_passes: args.mc_passes, ..InferOptions::default() }, hd95: !args.no_hd95 };
+    eprintln!("evaluating {} on {} case(s)", model.version(), indices.len());
+    let report = evaluate(&model, &data, &indices, &opts, |c| {
+        eprintln!(
+            "  {}: Dice WT {:.3} TC {:.3} ET {:.3} ({:.1} s)",
+            c.name, c.dice[0], c.dice[1], c.dice[2], c.seconds
+        );
+    })?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let mut json = serde_json::to_value(&report)?;
+    json["data_sha256"] = serde_json::json!(data.sha256());
+    json["subset"] = serde_json::json!(subset);
+    json["skipped"] = serde_json::json!(data.skipped);
+    let json_path = args.out.join("eval.json");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&json)?).with_context(|| format!("writing {}", json_path.display()))?;
+    let title = format!("Evaluation of {}", model.version());
+    let md_path = args.out.join("eval.md");
+    std::fs::write(&md_path, report.markdown(&title)).with_context(|| format!("writing {}", md_path.display()))?;
+    for r in &report.regions {
+        println!("{}: Dice {:.3} ± {:.3}  HD95 {:.2} ± {:.2} mm (n={})", r.region, r.dice.mean, r.dice.std, r.hd95.mean, r.hd95.std, r.dice.n);
+    }
+    eprintln!("wrote {} and {}", json_path.display(), md_path.display());
+    Ok(())
+}

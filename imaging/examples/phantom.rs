@@ -1,24 +1,16 @@
 //! Writes a synthetic BraTS-style phantom dataset and reports the per-case generation time.
 //! Usage: `cargo run --release -p gmmas-imaging --example phantom -- OUT_DIR [N] [SEED] [NX NY NZ]`
 
-use gmmas_imaging::phantom::{
-    PhantomConfig, anatomy, anatomy_path, case_seed, try_generate, write_dataset,
-};
+use gmmas_imaging::phantom::{PhantomConfig, anatomy, anatomy_path, case_seed, try_generate, write_dataset};
 use gmmas_imaging::region_stats;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let out = args
-        .first()
-        .ok_or("usage: phantom OUT_DIR [N] [SEED] [NX NY NZ]")?;
+    let out = args.first().ok_or("usage: phantom OUT_DIR [N] [SEED] [NX NY NZ]")?;
     let n: usize = args.get(1).map_or(Ok(2), |s| s.parse())?;
     let seed: u64 = args.get(2).map_or(Ok(0), |s| s.parse())?;
-    let dims = if args.len() >= 6 {
-        [args[3].parse()?, args[4].parse()?, args[5].parse()?]
-    } else {
-        [240, 240, 155]
-    };
+    let dims = if args.len() >= 6 { [args[3].parse()?, args[4].parse()?, args[5].parse()?] } else { [240, 240, 155] };
     let t = Instant::now();
     println!(
         "anatomy {:?} ({}) loaded in {:.3} s",
@@ -27,10 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    let case = try_generate(&PhantomConfig {
-        dims,
-        seed: case_seed(seed, 0),
-    })?;
+    let case = try_generate(&PhantomConfig { dims, seed: case_seed(seed, 0) })?;
     println!(
         "generate {:?}: {:.3} s; truth {:?}; regions {:?}",
         dims,
@@ -40,10 +29,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let t = Instant::now();
     let names = write_dataset(n, seed, dims, std::path::Path::new(out))?;
-    println!(
-        "wrote {} cases to {out} in {:.3} s",
-        names.len(),
-        t.elapsed().as_secs_f64()
-    );
+    println!("wrote {} cases to {out} in {:.3} s", names.len(), t.elapsed().as_secs_f64());
     Ok(())
 }

@@ -9,10 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let dir = args.next().ok_or("usage: prep_real CASE_DIR [OUT.bin]")?;
     let out = args.next();
-    let reps: usize = std::env::var("REPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let reps: usize = std::env::var("REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let files = discover_case(std::path::Path::new(&dir))?;
     let limits = Limits::default();
     let mut best = f64::INFINITY;
@@ -20,8 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t0 = Instant::now();
         let case = load_case(&files, &limits)?;
         let t1 = Instant::now();
-        let inputs: Vec<(Modality, &gmmas_imaging::Volume)> =
-            case.volumes.iter().map(|(m, v)| (*m, v)).collect();
+        let inputs: Vec<(Modality, &gmmas_imaging::Volume)> = case.volumes.iter().map(|(m, v)| (*m, v)).collect();
         let prepared = prepare(&inputs, &PrepOptions::default())?;
         let t2 = Instant::now();
         let total = (t2 - t0).as_secs_f64();

@@ -52,10 +52,7 @@ fn classify(file_name: &str) -> Option<(String, Option<Modality>)> {
 /// Finds `<prefix>_t1|_t1ce|_t2|_flair|_seg` or `<prefix>-t1n|-t1c|-t2w|-t2f|-seg` files
 /// (`.nii` or `.nii.gz`) in `dir`. Any non-empty subset is accepted.
 pub fn discover_case(dir: &Path) -> Result<CaseFiles, ImagingError> {
-    let layout = |detail: String| ImagingError::Layout {
-        dir: dir.display().to_string(),
-        detail,
-    };
+    let layout = |detail: String| ImagingError::Layout { dir: dir.display().to_string(), detail };
     let entries = std::fs::read_dir(dir).map_err(|e| ImagingError::io(dir, e))?;
     let mut names = Vec::new();
     for entry in entries {
@@ -78,9 +75,7 @@ pub fn discover_case(dir: &Path) -> Result<CaseFiles, ImagingError> {
         let slot = role.map_or(4, Modality::index);
         if let Some(prev) = &slots[slot] {
             let what = role.map_or("seg", Modality::as_str);
-            return Err(layout(format!(
-                "both {prev} and {name} claim {what}: expected one file per modality"
-            )));
+            return Err(layout(format!("both {prev} and {name} claim {what}: expected one file per modality")));
         }
         slots[slot] = Some(name);
         prefixes.push(prefix);
@@ -94,19 +89,11 @@ pub fn discover_case(dir: &Path) -> Result<CaseFiles, ImagingError> {
     let name = if prefixes.iter().all(|p| *p == prefixes[0]) {
         prefixes[0].clone()
     } else {
-        dir.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| prefixes[0].clone())
+        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| prefixes[0].clone())
     };
-    let modalities = Modality::ALL
-        .iter()
-        .filter_map(|m| slots[m.index()].as_ref().map(|f| (*m, dir.join(f))))
-        .collect();
-    Ok(CaseFiles {
-        name,
-        modalities,
-        seg: slots[4].as_ref().map(|f| dir.join(f)),
-    })
+    let modalities =
+        Modality::ALL.iter().filter_map(|m| slots[m.index()].as_ref().map(|f| (*m, dir.join(f)))).collect();
+    Ok(CaseFiles { name, modalities, seg: slots[4].as_ref().map(|f| dir.join(f)) })
 }
 
 /// Reads a BraTS segmentation: labels must be in {0,1,2,3,4}; the 2023 ET label 3 becomes 4.
@@ -146,9 +133,7 @@ pub fn load_case(files: &CaseFiles, limits: &Limits) -> Result<LoadedCase, Imagi
             .map(|(m, p)| {
                 s.spawn(move || {
                     let bytes = read(p)?;
-                    read_volume(&bytes, limits)
-                        .map(|v| (*m, v))
-                        .map_err(|e| e.in_file(p))
+                    read_volume(&bytes, limits).map(|v| (*m, v)).map_err(|e| e.in_file(p))
                 })
             })
             .collect();
@@ -229,11 +214,7 @@ fn parse_csv(text: &str, delim: char) -> Vec<(usize, Vec<String>)> {
 }
 
 fn norm(s: &str) -> String {
-    s.trim()
-        .to_ascii_lowercase()
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect()
+    s.trim().to_ascii_lowercase().chars().filter(char::is_ascii_alphanumeric).collect()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -261,10 +242,7 @@ fn column_role(name: &str) -> Option<Col> {
     if n.starts_with("who") || n == "gradewho" {
         return Some(Col::WhoGrade);
     }
-    if matches!(
-        n,
-        "grade" | "gradeclass" | "class" | "tumorgrade" | "hgglgg" | "lgghgg" | "glioma"
-    ) {
+    if matches!(n, "grade" | "gradeclass" | "class" | "tumorgrade" | "hgglgg" | "lgghgg" | "glioma") {
         return Some(Col::GradeClass);
     }
     if matches!(n, "histology" | "diagnosis" | "histologicaltype") {
@@ -283,10 +261,7 @@ fn column_role(name: &str) -> Option<Col> {
 }
 
 fn is_unknown(v: &str) -> bool {
-    matches!(
-        v,
-        "" | "na" | "nan" | "none" | "null" | "unknown" | "unk" | "notavailable" | "nos" | "nd"
-    )
+    matches!(v, "" | "na" | "nan" | "none" | "null" | "unknown" | "unk" | "notavailable" | "nos" | "nd")
 }
 
 /// Parses a label value; `Err` with the accepted spellings when unrecognized.
@@ -297,67 +272,20 @@ fn parse_value(col: Col, raw: &str) -> Result<Option<bool>, &'static str> {
     }
     let (yes, no, expected): (&[&str], &[&str], &str) = match col {
         Col::GradeClass | Col::WhoGrade => (
+            &["gbm", "hgg", "glioblastoma", "4", "g4", "iv", "grade4", "gradeiv", "who4", "highgrade", "high"],
             &[
-                "gbm",
-                "hgg",
-                "glioblastoma",
-                "4",
-                "g4",
-                "iv",
-                "grade4",
-                "gradeiv",
-                "who4",
-                "highgrade",
-                "high",
-            ],
-            &[
-                "lgg", "1", "2", "3", "g1", "g2", "g3", "i", "ii", "iii", "grade1", "grade2",
-                "grade3", "gradeii", "gradeiii", "who2", "who3", "lowgrade", "low",
+                "lgg", "1", "2", "3", "g1", "g2", "g3", "i", "ii", "iii", "grade1", "grade2", "grade3", "gradeii",
+                "gradeiii", "who2", "who3", "lowgrade", "low",
             ],
             "LGG/HGG/GBM or a WHO grade 2/3/4 (G2, III, ...)",
         ),
         Col::Idh => (
-            &[
-                "mutant",
-                "mut",
-                "mutated",
-                "mutation",
-                "idhmutant",
-                "positive",
-                "pos",
-                "yes",
-                "y",
-                "true",
-                "1",
-            ],
-            &[
-                "wildtype",
-                "wt",
-                "wild",
-                "idhwildtype",
-                "negative",
-                "neg",
-                "no",
-                "n",
-                "false",
-                "0",
-            ],
+            &["mutant", "mut", "mutated", "mutation", "idhmutant", "positive", "pos", "yes", "y", "true", "1"],
+            &["wildtype", "wt", "wild", "idhwildtype", "negative", "neg", "no", "n", "false", "0"],
             "mutant/wildtype (or yes/no, 1/0)",
         ),
         Col::Codel => (
-            &[
-                "codel",
-                "codeleted",
-                "codeletion",
-                "deleted",
-                "1p19qcodel",
-                "positive",
-                "pos",
-                "yes",
-                "y",
-                "true",
-                "1",
-            ],
+            &["codel", "codeleted", "codeletion", "deleted", "1p19qcodel", "positive", "pos", "yes", "y", "true", "1"],
             &[
                 "intact",
                 "noncodel",
@@ -374,27 +302,8 @@ fn parse_value(col: Col, raw: &str) -> Result<Option<bool>, &'static str> {
             "codel/intact (or yes/no, 1/0)",
         ),
         Col::Mgmt => (
-            &[
-                "methylated",
-                "meth",
-                "positive",
-                "pos",
-                "yes",
-                "y",
-                "true",
-                "1",
-            ],
-            &[
-                "unmethylated",
-                "unmeth",
-                "nonmethylated",
-                "negative",
-                "neg",
-                "no",
-                "n",
-                "false",
-                "0",
-            ],
+            &["methylated", "meth", "positive", "pos", "yes", "y", "true", "1"],
+            &["unmethylated", "unmeth", "nonmethylated", "negative", "neg", "no", "n", "false", "0"],
             "methylated/unmethylated (or yes/no, 1/0)",
         ),
         Col::Histology => {
@@ -418,16 +327,9 @@ fn parse_value(col: Col, raw: &str) -> Result<Option<bool>, &'static str> {
 pub fn read_labels_csv(path: &Path) -> Result<BTreeMap<String, CaseLabels>, ImagingError> {
     let text = std::fs::read_to_string(path).map_err(|e| ImagingError::io(path, e))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let csv_err = |line: usize, detail: String| ImagingError::Csv {
-        path: path.display().to_string(),
-        line,
-        detail,
-    };
+    let csv_err = |line: usize, detail: String| ImagingError::Csv { path: path.display().to_string(), line, detail };
     let first = text.lines().next().unwrap_or("");
-    let delim = [',', '\t', ';']
-        .into_iter()
-        .max_by_key(|d| first.matches(*d).count())
-        .unwrap_or(',');
+    let delim = [',', '\t', ';'].into_iter().max_by_key(|d| first.matches(*d).count()).unwrap_or(',');
     let rows = parse_csv(text, delim);
     let Some(((hline, header), body)) = rows.split_first() else {
         return Err(csv_err(1, "empty file: expected a header row".into()));
@@ -444,19 +346,12 @@ pub fn read_labels_csv(path: &Path) -> Result<BTreeMap<String, CaseLabels>, Imag
         if fields.len() > header.len() {
             return Err(csv_err(
                 *line,
-                format!(
-                    "{} fields: expected at most {} (the header's columns)",
-                    fields.len(),
-                    header.len()
-                ),
+                format!("{} fields: expected at most {} (the header's columns)", fields.len(), header.len()),
             ));
         }
         let case = fields.get(case_col).map(|s| s.trim()).unwrap_or("");
         if case.is_empty() {
-            return Err(csv_err(
-                *line,
-                format!("column {}: expected a case id", header[case_col]),
-            ));
+            return Err(csv_err(*line, format!("column {}: expected a case id", header[case_col])));
         }
         let mut who = None;
         let mut class = None;
@@ -469,10 +364,7 @@ pub fn read_labels_csv(path: &Path) -> Result<BTreeMap<String, CaseLabels>, Imag
             }
             let raw = fields.get(i).map(String::as_str).unwrap_or("");
             let v = parse_value(role, raw).map_err(|expected| {
-                csv_err(
-                    *line,
-                    format!("column {} value {raw:?}: expected {expected}", header[i]),
-                )
+                csv_err(*line, format!("column {} value {raw:?}: expected {expected}", header[i]))
             })?;
             let slot = match role {
                 Col::WhoGrade => &mut who,
@@ -489,29 +381,19 @@ pub fn read_labels_csv(path: &Path) -> Result<BTreeMap<String, CaseLabels>, Imag
         }
         labels.grade_gbm = who.or(class).or(histo);
         if out.insert(case.to_string(), labels).is_some() {
-            return Err(csv_err(
-                *line,
-                format!("case {case} appears twice: expected one row per case"),
-            ));
+            return Err(csv_err(*line, format!("case {case} appears twice: expected one row per case")));
         }
     }
     Ok(out)
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
 /// Writes `case_id,grade,idh,codel_1p19q,mgmt` with GBM/LGG, mutant/wildtype, codel/intact,
 /// methylated/unmethylated; unknown values are left blank.
-pub fn write_labels_csv(
-    path: &Path,
-    labels: &BTreeMap<String, CaseLabels>,
-) -> Result<(), ImagingError> {
+pub fn write_labels_csv(path: &Path, labels: &BTreeMap<String, CaseLabels>) -> Result<(), ImagingError> {
     let pick = |v: Option<bool>, yes: &'static str, no: &'static str| match v {
         Some(true) => yes,
         Some(false) => no,
@@ -573,11 +455,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         touch(
             t.path(),
-            &[
-                "BraTS-GLI-00005-000-t1n.nii.gz",
-                "BraTS-GLI-00005-000-t2f.nii.gz",
-                "BraTS-GLI-00005-000-T1C.nii.gz",
-            ],
+            &["BraTS-GLI-00005-000-t1n.nii.gz", "BraTS-GLI-00005-000-t2f.nii.gz", "BraTS-GLI-00005-000-T1C.nii.gz"],
         );
         let c = discover_case(t.path()).unwrap();
         assert_eq!(c.name, "BraTS-GLI-00005-000");
@@ -595,17 +473,11 @@ mod tests {
         assert!(err.contains("no BraTS image"), "{err}");
         touch(t.path(), &["c_t1.nii", "c_t1.nii.gz"]);
         let err = discover_case(t.path()).unwrap_err().to_string();
-        assert!(
-            err.contains("c_t1.nii") && err.contains("c_t1.nii.gz"),
-            "{err}"
-        );
+        assert!(err.contains("c_t1.nii") && err.contains("c_t1.nii.gz"), "{err}");
         let t2 = tempfile::tempdir().unwrap();
         touch(t2.path(), &["a_flair.nii.gz", "a-t2f.nii.gz"]);
         let err = discover_case(t2.path()).unwrap_err().to_string();
-        assert!(
-            err.contains("a_flair.nii.gz") && err.contains("a-t2f.nii.gz"),
-            "{err}"
-        );
+        assert!(err.contains("a_flair.nii.gz") && err.contains("a-t2f.nii.gz"), "{err}");
         assert!(discover_case(&t.path().join("missing")).is_err());
     }
 
@@ -628,11 +500,7 @@ mod tests {
         let g = Grid::axis_aligned([3, 2, 2], [1.0; 3], [0.0; 3]);
         for (k, m) in Modality::ALL.iter().enumerate() {
             let v = Volume::new(g.clone(), vec![k as f32; 12]).unwrap();
-            std::fs::write(
-                t.path().join(format!("c_{m}.nii.gz")),
-                write_volume(&v, true),
-            )
-            .unwrap();
+            std::fs::write(t.path().join(format!("c_{m}.nii.gz")), write_volume(&v, true)).unwrap();
         }
         let seg = LabelVolume::new(g.clone(), vec![0, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 4]).unwrap();
         std::fs::write(t.path().join("c_seg.nii.gz"), write_labels(&seg, true)).unwrap();
@@ -645,13 +513,8 @@ mod tests {
         }
         assert_eq!(c.seg.unwrap().data[3], 4);
         std::fs::write(t.path().join("c_t2.nii.gz"), b"garbage garbage").unwrap();
-        let err = load_case(&files, &Limits::default())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("c_t2.nii.gz") && err.contains("not a NIfTI-1"),
-            "{err}"
-        );
+        let err = load_case(&files, &Limits::default()).unwrap_err().to_string();
+        assert!(err.contains("c_t2.nii.gz") && err.contains("not a NIfTI-1"), "{err}");
     }
 
     #[test]
@@ -671,12 +534,7 @@ mod tests {
         .unwrap();
         let m = read_labels_csv(&p).unwrap();
         assert_eq!(m.len(), 5);
-        let l = |g, i, c, mg| CaseLabels {
-            grade_gbm: g,
-            idh_mutant: i,
-            codel_1p19q: c,
-            mgmt_methylated: mg,
-        };
+        let l = |g, i, c, mg| CaseLabels { grade_gbm: g, idh_mutant: i, codel_1p19q: c, mgmt_methylated: mg };
         assert_eq!(m["A"], l(Some(true), Some(false), None, Some(false)));
         assert_eq!(m["B"], l(Some(false), Some(true), Some(true), Some(true)));
         assert_eq!(m["C, the third"], l(Some(false), None, Some(false), None));
@@ -719,19 +577,9 @@ mod tests {
         let err = read_labels_csv(&p).unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("\"maybe\""), "{err}");
         std::fs::write(&p, "grade,idh\nGBM,mutant\n").unwrap();
-        assert!(
-            read_labels_csv(&p)
-                .unwrap_err()
-                .to_string()
-                .contains("no case column")
-        );
+        assert!(read_labels_csv(&p).unwrap_err().to_string().contains("no case column"));
         std::fs::write(&p, "case,idh\nA,mutant\nA,wildtype\n").unwrap();
-        assert!(
-            read_labels_csv(&p)
-                .unwrap_err()
-                .to_string()
-                .contains("twice")
-        );
+        assert!(read_labels_csv(&p).unwrap_err().to_string().contains("twice"));
         std::fs::write(&p, "case,idh\n,mutant\n").unwrap();
         assert!(read_labels_csv(&p).is_err());
         std::fs::write(&p, "").unwrap();

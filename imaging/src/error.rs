@@ -25,25 +25,13 @@ pub enum ImagingError {
     NotNifti(String),
     /// A NIfTI header field holds a value we refuse.
     #[error("header field {field}={value}: expected {expected}")]
-    Header {
-        field: String,
-        value: String,
-        expected: String,
-    },
+    Header { field: String, value: String, expected: String },
     /// A size exceeds a configured [`crate::Limits`] value.
     #[error("{what}={value} exceeds the limit: expected at most {limit}")]
-    TooLarge {
-        what: String,
-        value: u64,
-        limit: u64,
-    },
+    TooLarge { what: String, value: u64, limit: u64 },
     /// The data ends before the header says it should.
     #[error("truncated {what}: expected {expected} bytes, got {got}")]
-    Truncated {
-        what: String,
-        expected: u64,
-        got: u64,
-    },
+    Truncated { what: String, expected: u64, got: u64 },
     /// The gzip stream is corrupt (not merely short).
     #[error("corrupt gzip stream: {0}")]
     Gzip(String),
@@ -52,21 +40,13 @@ pub enum ImagingError {
     NonFinite { count: usize },
     /// A label volume holds a value outside the allowed set.
     #[error("label value {value} at voxel {index}: expected {expected}")]
-    LabelValue {
-        value: f64,
-        index: usize,
-        expected: String,
-    },
+    LabelValue { value: f64, index: usize, expected: String },
     /// Two volumes that must share a grid do not.
     #[error("grid mismatch ({what}): {detail}")]
     GridMismatch { what: String, detail: String },
     /// An argument or in-memory structure is inconsistent.
     #[error("invalid {field}={value}: expected {expected}")]
-    Invalid {
-        field: String,
-        value: String,
-        expected: String,
-    },
+    Invalid { field: String, value: String, expected: String },
     /// No voxel is nonzero in any present modality.
     #[error("brain mask is empty: expected at least one nonzero voxel in a present modality")]
     EmptyMask,
@@ -75,11 +55,7 @@ pub enum ImagingError {
     Layout { dir: String, detail: String },
     /// A labels CSV could not be parsed.
     #[error("{path} line {line}: {detail}")]
-    Csv {
-        path: String,
-        line: usize,
-        detail: String,
-    },
+    Csv { path: String, line: usize, detail: String },
     /// Serialized prepared-case bytes are malformed.
     #[error("prepared case bytes: {0}")]
     Format(String),
@@ -87,44 +63,22 @@ pub enum ImagingError {
 
 impl ImagingError {
     pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        ImagingError::Io {
-            path: path.as_ref().display().to_string(),
-            source,
-        }
+        ImagingError::Io { path: path.as_ref().display().to_string(), source }
     }
 
     /// Attaches the file path to an error (I/O errors already carry one).
     pub(crate) fn in_file(self, path: impl AsRef<std::path::Path>) -> Self {
         match self {
             e @ (ImagingError::Io { .. } | ImagingError::InFile { .. }) => e,
-            e => ImagingError::InFile {
-                path: path.as_ref().display().to_string(),
-                source: Box::new(e),
-            },
+            e => ImagingError::InFile { path: path.as_ref().display().to_string(), source: Box::new(e) },
         }
     }
 
-    pub(crate) fn header(
-        field: impl Into<String>,
-        value: impl ToString,
-        expected: impl Into<String>,
-    ) -> Self {
-        ImagingError::Header {
-            field: field.into(),
-            value: value.to_string(),
-            expected: expected.into(),
-        }
+    pub(crate) fn header(field: impl Into<String>, value: impl ToString, expected: impl Into<String>) -> Self {
+        ImagingError::Header { field: field.into(), value: value.to_string(), expected: expected.into() }
     }
 
-    pub(crate) fn invalid(
-        field: impl Into<String>,
-        value: impl ToString,
-        expected: impl Into<String>,
-    ) -> Self {
-        ImagingError::Invalid {
-            field: field.into(),
-            value: value.to_string(),
-            expected: expected.into(),
-        }
+    pub(crate) fn invalid(field: impl Into<String>, value: impl ToString, expected: impl Into<String>) -> Self {
+        ImagingError::Invalid { field: field.into(), value: value.to_string(), expected: expected.into() }
     }
 }

@@ -13,12 +13,10 @@ mod types;
 
 pub use error::ImagingError;
 pub use nifti::{
-    Datatype, NiftiHeader, read_header, read_header_with, read_labels, read_volume,
-    read_volumes_parallel, write_labels, write_volume, write_volume_as,
+    Datatype, NiftiHeader, read_header, read_header_with, read_labels, read_volume, read_volumes_parallel,
+    write_labels, write_volume, write_volume_as,
 };
 pub use orient::Orientation;
-pub use prep::{
-    Geometry, PrepOptions, PreparedCase, prepare, prepare_labels, restore_labels, restore_map,
-};
+pub use prep::{Geometry, PrepOptions, PreparedCase, prepare, prepare_labels, restore_labels, restore_map};
 pub use regions::{RegionStats, region_stats};
 pub use types::{Grid, LabelVolume, Limits, Modality, Volume, same_grid};

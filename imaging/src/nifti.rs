@@ -109,11 +109,7 @@ pub struct NiftiHeader {
 impl NiftiHeader {
     /// The grid the header describes.
     pub fn grid(&self) -> Grid {
-        Grid {
-            dims: self.dims,
-            pixdim: self.pixdim,
-            affine: self.affine,
-        }
+        Grid { dims: self.dims, pixdim: self.pixdim, affine: self.affine }
     }
 
     /// Voxel count.
@@ -135,11 +131,7 @@ impl NiftiHeader {
             return None;
         }
         let i = if i.is_finite() { i } else { 0.0 };
-        if s == 1.0 && i == 0.0 {
-            None
-        } else {
-            Some((s, i))
-        }
+        if s == 1.0 && i == 0.0 { None } else { Some((s, i)) }
     }
 }
 
@@ -160,19 +152,11 @@ impl Raw<'_> {
     }
     fn i16(&self, off: usize) -> i16 {
         let a = self.arr::<2>(off);
-        if self.le {
-            i16::from_le_bytes(a)
-        } else {
-            i16::from_be_bytes(a)
-        }
+        if self.le { i16::from_le_bytes(a) } else { i16::from_be_bytes(a) }
     }
     fn f32(&self, off: usize) -> f32 {
         let a = self.arr::<4>(off);
-        if self.le {
-            f32::from_le_bytes(a)
-        } else {
-            f32::from_be_bytes(a)
-        }
+        if self.le { f32::from_le_bytes(a) } else { f32::from_be_bytes(a) }
     }
 }
 
@@ -191,13 +175,9 @@ fn parse_header(h: &[u8], limits: &Limits) -> Result<NiftiHeader, ImagingError> 
     } else if be_size == 348 {
         false
     } else if le_size == 540 || be_size == 540 {
-        return Err(ImagingError::NotNifti(
-            "sizeof_hdr=540 (NIfTI-2): expected 348 (NIfTI-1)".into(),
-        ));
+        return Err(ImagingError::NotNifti("sizeof_hdr=540 (NIfTI-2): expected 348 (NIfTI-1)".into()));
     } else {
-        return Err(ImagingError::NotNifti(format!(
-            "sizeof_hdr={le_size}: expected 348"
-        )));
+        return Err(ImagingError::NotNifti(format!("sizeof_hdr={le_size}: expected 348")));
     };
     let r = Raw { b: h, le };
 
@@ -227,11 +207,7 @@ fn parse_header(h: &[u8], limits: &Limits) -> Result<NiftiHeader, ImagingError> 
     for (i, d) in dims.iter_mut().enumerate() {
         let v = r.i16(42 + 2 * i);
         if v < 1 || v as usize > limits.max_dim {
-            return Err(ImagingError::header(
-                format!("dim[{}]", i + 1),
-                v,
-                format!("1..={}", limits.max_dim),
-            ));
+            return Err(ImagingError::header(format!("dim[{}]", i + 1), v, format!("1..={}", limits.max_dim)));
         }
         *d = v as usize;
     }
@@ -246,11 +222,7 @@ fn parse_header(h: &[u8], limits: &Limits) -> Result<NiftiHeader, ImagingError> 
     })?;
     let bitpix = r.i16(72);
     if bitpix as i64 != datatype.size() as i64 * 8 {
-        return Err(ImagingError::header(
-            "bitpix",
-            bitpix,
-            format!("{} for datatype {code}", datatype.size() * 8),
-        ));
+        return Err(ImagingError::header("bitpix", bitpix, format!("{} for datatype {code}", datatype.size() * 8)));
     }
 
     let qfac = if r.f32(76) < 0.0 { -1.0 } else { 1.0 };
@@ -258,22 +230,14 @@ fn parse_header(h: &[u8], limits: &Limits) -> Result<NiftiHeader, ImagingError> 
     for (i, p) in pixdim.iter_mut().enumerate() {
         let v = r.f32(80 + 4 * i);
         if !(v.is_finite() && v > 0.0) {
-            return Err(ImagingError::header(
-                format!("pixdim[{}]", i + 1),
-                v,
-                "finite and > 0",
-            ));
+            return Err(ImagingError::header(format!("pixdim[{}]", i + 1), v, "finite and > 0"));
         }
         *p = v;
     }
 
     let off = r.f32(108);
     let min_off = if single_file { 352.0 } else { 0.0 };
-    if !(off.is_finite()
-        && off >= min_off
-        && off.fract() == 0.0
-        && (off as f64) <= limits.max_file_bytes as f64)
-    {
+    if !(off.is_finite() && off >= min_off && off.fract() == 0.0 && (off as f64) <= limits.max_file_bytes as f64) {
         return Err(ImagingError::header(
             "vox_offset",
             off,
@@ -316,11 +280,7 @@ fn parse_header(h: &[u8], limits: &Limits) -> Result<NiftiHeader, ImagingError> 
         qform_affine(
             [f64::from(q[0]), f64::from(q[1]), f64::from(q[2])],
             [f64::from(o[0]), f64::from(o[1]), f64::from(o[2])],
-            [
-                f64::from(pixdim[0]),
-                f64::from(pixdim[1]),
-                f64::from(pixdim[2]),
-            ],
+            [f64::from(pixdim[0]), f64::from(pixdim[1]), f64::from(pixdim[2])],
             qfac,
         )
     } else {
@@ -384,21 +344,9 @@ fn qform_affine(q: [f64; 3], offset: [f64; 3], pixdim: [f64; 3], qfac: f32) -> [
         (1.0 - s).sqrt()
     };
     let rot = [
-        [
-            a * a + b * b - c * c - d * d,
-            2.0 * (b * c - a * d),
-            2.0 * (b * d + a * c),
-        ],
-        [
-            2.0 * (b * c + a * d),
-            a * a + c * c - b * b - d * d,
-            2.0 * (c * d - a * b),
-        ],
-        [
-            2.0 * (b * d - a * c),
-            2.0 * (c * d + a * b),
-            a * a + d * d - b * b - c * c,
-        ],
+        [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
+        [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
+        [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - b * b - c * c],
     ];
     let scale = [pixdim[0], pixdim[1], pixdim[2] * f64::from(qfac)];
     let mut m = [[0.0; 4]; 4];
@@ -428,8 +376,7 @@ fn affine_to_quatern(m: &[[f64; 4]; 4]) -> ([f64; 3], f32) {
         }
     }
     let mut qfac = 1.0;
-    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
-        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
+    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1]) - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
         + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
     if det < 0.0 {
         qfac = -1.0;
@@ -441,43 +388,23 @@ fn affine_to_quatern(m: &[[f64; 4]; 4]) -> ([f64; 3], f32) {
     let trace1 = 1.0 + r[0][0] + r[1][1] + r[2][2];
     let (a, b, c, d) = if trace1 > 0.5 {
         let a = 0.5 * trace1.sqrt();
-        (
-            a,
-            0.25 * (r[2][1] - r[1][2]) / a,
-            0.25 * (r[0][2] - r[2][0]) / a,
-            0.25 * (r[1][0] - r[0][1]) / a,
-        )
+        (a, 0.25 * (r[2][1] - r[1][2]) / a, 0.25 * (r[0][2] - r[2][0]) / a, 0.25 * (r[1][0] - r[0][1]) / a)
     } else {
         let xd = 1.0 + r[0][0] - (r[1][1] + r[2][2]);
         let yd = 1.0 + r[1][1] - (r[0][0] + r[2][2]);
         let zd = 1.0 + r[2][2] - (r[0][0] + r[1][1]);
         if xd > 1.0 {
             let b = 0.5 * xd.sqrt();
-            (
-                0.25 * (r[2][1] - r[1][2]) / b,
-                b,
-                0.25 * (r[0][1] + r[1][0]) / b,
-                0.25 * (r[0][2] + r[2][0]) / b,
-            )
+            (0.25 * (r[2][1] - r[1][2]) / b, b, 0.25 * (r[0][1] + r[1][0]) / b, 0.25 * (r[0][2] + r[2][0]) / b)
         } else if yd > 1.0 {
             let c = 0.5 * yd.sqrt();
-            (
-                0.25 * (r[0][2] - r[2][0]) / c,
-                0.25 * (r[0][1] + r[1][0]) / c,
-                c,
-                0.25 * (r[1][2] + r[2][1]) / c,
-            )
+            (0.25 * (r[0][2] - r[2][0]) / c, 0.25 * (r[0][1] + r[1][0]) / c, c, 0.25 * (r[1][2] + r[2][1]) / c)
         } else {
             let d = 0.5 * zd.max(0.0).sqrt();
             if d == 0.0 {
                 return ([0.0, 0.0, 0.0], qfac);
             }
-            (
-                0.25 * (r[1][0] - r[0][1]) / d,
-                0.25 * (r[0][2] + r[2][0]) / d,
-                0.25 * (r[1][2] + r[2][1]) / d,
-                d,
-            )
+            (0.25 * (r[1][0] - r[0][1]) / d, 0.25 * (r[0][2] + r[2][0]) / d, 0.25 * (r[1][2] + r[2][1]) / d, d)
         }
     };
     let sign = if a < 0.0 { -1.0 } else { 1.0 };
@@ -505,11 +432,7 @@ fn read_gz_header(dec: &mut impl Read) -> Result<[u8; HDR], ImagingError> {
     let mut h = [0u8; HDR];
     let got = read_full(dec, &mut h)?;
     if got < HDR {
-        return Err(ImagingError::Truncated {
-            what: "NIfTI header".into(),
-            expected: HDR as u64,
-            got: got as u64,
-        });
+        return Err(ImagingError::Truncated { what: "NIfTI header".into(), expected: HDR as u64, got: got as u64 });
     }
     Ok(h)
 }
@@ -562,10 +485,7 @@ fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(NiftiHeader, Body<'a>),
     let nvox = hdr.nvox();
     if nvox > limits.max_voxels {
         return Err(ImagingError::TooLarge {
-            what: format!(
-                "voxel count {}x{}x{}",
-                hdr.dims[0], hdr.dims[1], hdr.dims[2]
-            ),
+            what: format!("voxel count {}x{}x{}", hdr.dims[0], hdr.dims[1], hdr.dims[2]),
             value: nvox,
             limit: limits.max_voxels,
         });
@@ -625,11 +545,7 @@ fn body_at<'a>(
 }
 
 /// Streams exactly `hdr.body_bytes()` bytes of image data to `f`, in element-aligned chunks.
-fn stream_body(
-    hdr: &NiftiHeader,
-    body: Body<'_>,
-    f: impl FnMut(&[u8]),
-) -> Result<(), ImagingError> {
+fn stream_body(hdr: &NiftiHeader, body: Body<'_>, f: impl FnMut(&[u8])) -> Result<(), ImagingError> {
     stream_len(hdr.body_bytes() as usize, body, f)
 }
 
@@ -665,11 +581,7 @@ fn convert(dt: Datatype, le: bool, src: &[u8], out: &mut Vec<f32>) {
             let it = src.chunks_exact($n).map(|c| {
                 let mut a = [0u8; $n];
                 a.copy_from_slice(c);
-                if le {
-                    <$t>::from_le_bytes(a) as f32
-                } else {
-                    <$t>::from_be_bytes(a) as f32
-                }
+                if le { <$t>::from_le_bytes(a) as f32 } else { <$t>::from_be_bytes(a) as f32 }
             });
             out.extend(it);
         }};
@@ -690,9 +602,7 @@ fn convert(dt: Datatype, le: bool, src: &[u8], out: &mut Vec<f32>) {
 fn decode_f32(hdr: &NiftiHeader, body: Body<'_>) -> Result<Vec<f32>, ImagingError> {
     let n = hdr.nvox() as usize;
     let mut out = Vec::with_capacity(n);
-    stream_body(hdr, body, |chunk| {
-        convert(hdr.datatype, hdr.little_endian, chunk, &mut out)
-    })?;
+    stream_body(hdr, body, |chunk| convert(hdr.datatype, hdr.little_endian, chunk, &mut out))?;
     let scaling = hdr.scaling();
     if let Some((s, i)) = scaling {
         for v in out.iter_mut() {
@@ -714,10 +624,7 @@ pub fn read_volume(bytes: &[u8], limits: &Limits) -> Result<Volume, ImagingError
             return Err(ImagingError::NonFinite { count });
         }
     }
-    Ok(Volume {
-        grid: hdr.grid(),
-        data,
-    })
+    Ok(Volume { grid: hdr.grid(), data })
 }
 
 /// Reads a NIfTI-1 label map; every (scaled) value must be an integer in 0..=255.
@@ -774,11 +681,7 @@ pub(crate) fn read_components(
     let le = i32::from_le_bytes([h[0], h[1], h[2], h[3]]) == 348;
     let get = |h: &[u8; HDR], off: usize| {
         let a = [h[off], h[off + 1]];
-        if le {
-            i16::from_le_bytes(a)
-        } else {
-            i16::from_be_bytes(a)
-        }
+        if le { i16::from_le_bytes(a) } else { i16::from_be_bytes(a) }
     };
     let mut n = 1usize;
     if get(&h, 40) == 5 {
@@ -805,10 +708,7 @@ pub(crate) fn read_components(
     let values = nvox * n as u64;
     if values > limits.max_voxels {
         return Err(ImagingError::TooLarge {
-            what: format!(
-                "value count {}x{}x{}x{n}",
-                hdr.dims[0], hdr.dims[1], hdr.dims[2]
-            ),
+            what: format!("value count {}x{}x{}x{n}", hdr.dims[0], hdr.dims[1], hdr.dims[2]),
             value: values,
             limit: limits.max_voxels,
         });
@@ -871,16 +771,7 @@ fn build_header(grid: &Grid, dt: Datatype) -> Vec<u8> {
     put(&mut h, 70, &dt.code().to_le_bytes());
     put(&mut h, 72, &((dt.size() * 8) as i16).to_le_bytes());
     let (quat, qfac) = affine_to_quatern(&grid.affine);
-    let pix = [
-        qfac,
-        grid.pixdim[0],
-        grid.pixdim[1],
-        grid.pixdim[2],
-        1.0,
-        1.0,
-        1.0,
-        1.0,
-    ];
+    let pix = [qfac, grid.pixdim[0], grid.pixdim[1], grid.pixdim[2], 1.0, 1.0, 1.0, 1.0];
     for (i, p) in pix.iter().enumerate() {
         put(&mut h, 76 + 4 * i, &p.to_le_bytes());
     }
@@ -895,19 +786,11 @@ fn build_header(grid: &Grid, dt: Datatype) -> Vec<u8> {
         put(&mut h, 256 + 4 * i, &(*q as f32).to_le_bytes());
     }
     for i in 0..3 {
-        put(
-            &mut h,
-            268 + 4 * i,
-            &(grid.affine[i][3] as f32).to_le_bytes(),
-        );
+        put(&mut h, 268 + 4 * i, &(grid.affine[i][3] as f32).to_le_bytes());
     }
     for row in 0..3 {
         for col in 0..4 {
-            put(
-                &mut h,
-                280 + 16 * row + 4 * col,
-                &(grid.affine[row][col] as f32).to_le_bytes(),
-            );
+            put(&mut h, 280 + 16 * row + 4 * col, &(grid.affine[row][col] as f32).to_le_bytes());
         }
     }
     put(&mut h, 344, b"n+1\0");
@@ -916,10 +799,7 @@ fn build_header(grid: &Grid, dt: Datatype) -> Vec<u8> {
 
 fn finish(mut file: Vec<u8>, body: &[u8], gzip: bool) -> Vec<u8> {
     if gzip {
-        let mut enc = GzEncoder::new(
-            Vec::with_capacity((file.len() + body.len()) / 2),
-            Compression::fast(),
-        );
+        let mut enc = GzEncoder::new(Vec::with_capacity((file.len() + body.len()) / 2), Compression::fast());
         // Writing into a Vec cannot fail.
         enc.write_all(&file).expect("gzip into memory");
         enc.write_all(body).expect("gzip into memory");
@@ -932,10 +812,7 @@ fn finish(mut file: Vec<u8>, body: &[u8], gzip: bool) -> Vec<u8> {
 
 /// Voxel values of `data` resized to the grid's voxel count (missing values as 0).
 fn fitted<T: Copy + Default>(data: &[T], n: usize) -> impl Iterator<Item = T> + '_ {
-    data.iter()
-        .copied()
-        .chain(std::iter::repeat(T::default()))
-        .take(n)
+    data.iter().copied().chain(std::iter::repeat(T::default())).take(n)
 }
 
 /// Serializes a volume as NIfTI-1 float32 with sform and qform set from the affine.
@@ -954,11 +831,8 @@ pub fn write_volume(v: &Volume, gzip: bool) -> Vec<u8> {
 pub fn write_volume_as(v: &Volume, dt: Datatype, gzip: bool) -> Result<Vec<u8>, ImagingError> {
     crate::types::check_len(&v.grid, v.data.len())?;
     if let Some((lo, hi)) = dt.int_range()
-        && let Some((index, &x)) = v
-            .data
-            .iter()
-            .enumerate()
-            .find(|(_, x)| !(x.fract() == 0.0 && (lo..=hi).contains(&f64::from(**x))))
+        && let Some((index, &x)) =
+            v.data.iter().enumerate().find(|(_, x)| !(x.fract() == 0.0 && (lo..=hi).contains(&f64::from(**x))))
     {
         return Err(ImagingError::invalid(
             format!("voxel {index}"),
@@ -992,26 +866,12 @@ pub fn write_labels(l: &LabelVolume, gzip: bool) -> Vec<u8> {
 }
 
 /// Reads several NIfTI images concurrently (one scoped thread each); results keep input order.
-pub fn read_volumes_parallel(
-    inputs: &[&[u8]],
-    limits: &Limits,
-) -> Vec<Result<Volume, ImagingError>> {
+pub fn read_volumes_parallel(inputs: &[&[u8]], limits: &Limits) -> Vec<Result<Volume, ImagingError>> {
     std::thread::scope(|s| {
-        let handles: Vec<_> = inputs
-            .iter()
-            .map(|b| s.spawn(move || read_volume(b, limits)))
-            .collect();
+        let handles: Vec<_> = inputs.iter().map(|b| s.spawn(move || read_volume(b, limits))).collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(ImagingError::invalid(
-                        "reader thread",
-                        "panicked",
-                        "no panic",
-                    ))
-                })
-            })
+            .map(|h| h.join().unwrap_or_else(|_| Err(ImagingError::invalid("reader thread", "panicked", "no panic"))))
             .collect()
     })
 }
@@ -1055,11 +915,7 @@ mod tests {
                 qform: 0,
                 sform: 1,
                 quat: [0.0; 6],
-                srow: [
-                    [1.0, 0.0, 0.0, 0.0],
-                    [0.0, 1.0, 0.0, 0.0],
-                    [0.0, 0.0, 1.0, 0.0],
-                ],
+                srow: [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]],
                 magic: *b"n+1\0",
             }
         }
@@ -1118,9 +974,7 @@ mod tests {
     }
 
     fn f32_body(vals: &[f32], le: bool) -> Vec<u8> {
-        vals.iter()
-            .flat_map(|v| if le { v.to_le_bytes() } else { v.to_be_bytes() })
-            .collect()
+        vals.iter().flat_map(|v| if le { v.to_le_bytes() } else { v.to_be_bytes() }).collect()
     }
 
     fn oblique_grid() -> Grid {
@@ -1128,12 +982,7 @@ mod tests {
         Grid {
             dims: [5, 4, 3],
             pixdim: [2.0, 1.0, 1.5],
-            affine: [
-                [0.0, 0.0, -1.5, 10.0],
-                [-2.0, 0.0, 0.0, 20.5],
-                [0.0, 1.0, 0.0, -7.25],
-                [0.0, 0.0, 0.0, 1.0],
-            ],
+            affine: [[0.0, 0.0, -1.5, 10.0], [-2.0, 0.0, 0.0, 20.5], [0.0, 1.0, 0.0, -7.25], [0.0, 0.0, 0.0, 1.0]],
         }
     }
 
@@ -1141,10 +990,7 @@ mod tests {
         match read_volume(bytes, &Limits::default()) {
             Err(e @ ImagingError::Header { .. }) => {
                 let msg = e.to_string();
-                assert!(
-                    msg.contains(&format!("header field {field}")),
-                    "{msg} should name {field}"
-                );
+                assert!(msg.contains(&format!("header field {field}")), "{msg} should name {field}");
                 msg
             }
             other => panic!("expected Header error for {field}, got {other:?}"),
@@ -1168,8 +1014,7 @@ mod tests {
             assert_eq!(h.sform_code, 1);
             same_grid(&h.grid(), &grid).unwrap();
         }
-        let labels =
-            LabelVolume::new(grid.clone(), (0..60).map(|i| (i % 5) as u8).collect()).unwrap();
+        let labels = LabelVolume::new(grid.clone(), (0..60).map(|i| (i % 5) as u8).collect()).unwrap();
         for gzip in [false, true] {
             let back = read_labels(&write_labels(&labels, gzip), &Limits::default()).unwrap();
             assert_eq!(back, labels);
@@ -1182,38 +1027,14 @@ mod tests {
         let affines = [
             oblique_grid().affine,
             Grid::axis_aligned([5, 4, 3], [1.0; 3], [0.0; 3]).affine,
-            [
-                [-1.0, 0.0, 0.0, 0.0],
-                [0.0, -1.0, 0.0, 239.0],
-                [0.0, 0.0, 1.0, 0.0],
-                [0.0, 0.0, 0.0, 1.0],
-            ],
-            [
-                [-1.0, 0.0, 0.0, 3.0],
-                [0.0, 1.0, 0.0, 0.0],
-                [0.0, 0.0, 1.0, -2.0],
-                [0.0, 0.0, 0.0, 1.0],
-            ],
-            [
-                [c, -2.0 * s, 0.0, 1.0],
-                [s, 2.0 * c, 0.0, 2.0],
-                [0.0, 0.0, 3.0, 3.0],
-                [0.0, 0.0, 0.0, 1.0],
-            ],
-            [
-                [0.0, 2.0 * c, 3.0 * s, 0.0],
-                [0.0, -2.0 * s, 3.0 * c, 0.0],
-                [-1.0, 0.0, 0.0, 0.0],
-                [0.0, 0.0, 0.0, 1.0],
-            ],
+            [[-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 239.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]],
+            [[-1.0, 0.0, 0.0, 3.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -2.0], [0.0, 0.0, 0.0, 1.0]],
+            [[c, -2.0 * s, 0.0, 1.0], [s, 2.0 * c, 0.0, 2.0], [0.0, 0.0, 3.0, 3.0], [0.0, 0.0, 0.0, 1.0]],
+            [[0.0, 2.0 * c, 3.0 * s, 0.0], [0.0, -2.0 * s, 3.0 * c, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]],
         ];
         for affine in affines {
             let norms = column_norms(&affine);
-            let grid = Grid {
-                dims: [5, 4, 3],
-                pixdim: [norms[0] as f32, norms[1] as f32, norms[2] as f32],
-                affine,
-            };
+            let grid = Grid { dims: [5, 4, 3], pixdim: [norms[0] as f32, norms[1] as f32, norms[2] as f32], affine };
             let bytes = write_volume(&Volume::new(grid.clone(), vec![1.0; 60]).unwrap(), false);
             // Turn off the sform: the qform alone must give the same affine.
             let mut b = bytes.clone();
@@ -1227,34 +1048,16 @@ mod tests {
     #[test]
     fn qform_and_fallback_affines() {
         // BraTS-style qform: quaternion (0,0,1) = 180 degrees about z, offset (0,239,0).
-        let h = H {
-            sform: 0,
-            qform: 1,
-            quat: [0.0, 0.0, 1.0, 0.0, 239.0, 0.0],
-            ..H::default()
-        };
+        let h = H { sform: 0, qform: 1, quat: [0.0, 0.0, 1.0, 0.0, 239.0, 0.0], ..H::default() };
         let v = read_volume(&h.file(&f32_body(&[1.0; 24], true)), &Limits::default()).unwrap();
-        let want = [
-            [-1.0, 0.0, 0.0, 0.0],
-            [0.0, -1.0, 0.0, 239.0],
-            [0.0, 0.0, 1.0, 0.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
+        let want = [[-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 239.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
         assert_eq!(v.grid.affine, want);
         // qfac = -1 flips the third column.
-        let h2 = H {
-            pixdim: [-1.0, 1.0, 1.0, 2.0, 0.0, 0.0, 0.0, 0.0],
-            ..h.clone()
-        };
+        let h2 = H { pixdim: [-1.0, 1.0, 1.0, 2.0, 0.0, 0.0, 0.0, 0.0], ..h.clone() };
         let v2 = read_volume(&h2.file(&f32_body(&[1.0; 24], true)), &Limits::default()).unwrap();
         assert_eq!(v2.grid.affine[2][2], -2.0);
         // No qform or sform: diag(pixdim).
-        let h3 = H {
-            sform: 0,
-            qform: 0,
-            pixdim: [1.0, 0.5, 2.0, 3.0, 0.0, 0.0, 0.0, 0.0],
-            ..H::default()
-        };
+        let h3 = H { sform: 0, qform: 0, pixdim: [1.0, 0.5, 2.0, 3.0, 0.0, 0.0, 0.0, 0.0], ..H::default() };
         let v3 = read_volume(&h3.file(&f32_body(&[1.0; 24], true)), &Limits::default()).unwrap();
         assert_eq!(v3.grid.affine[0][0], 0.5);
         assert_eq!(v3.grid.affine[1][1], 2.0);
@@ -1266,18 +1069,8 @@ mod tests {
     fn big_endian_and_int_types_with_scaling() {
         let vals: Vec<i16> = (0..24).map(|i| i as i16 - 5).collect();
         for le in [true, false] {
-            let h = H {
-                le,
-                datatype: 4,
-                bitpix: 16,
-                slope: 2.0,
-                inter: 1.0,
-                ..H::default()
-            };
-            let body: Vec<u8> = vals
-                .iter()
-                .flat_map(|v| if le { v.to_le_bytes() } else { v.to_be_bytes() })
-                .collect();
+            let h = H { le, datatype: 4, bitpix: 16, slope: 2.0, inter: 1.0, ..H::default() };
+            let body: Vec<u8> = vals.iter().flat_map(|v| if le { v.to_le_bytes() } else { v.to_be_bytes() }).collect();
             for bytes in [h.file(&body), gz(&h.file(&body))] {
                 let v = read_volume(&bytes, &Limits::default()).unwrap();
                 let want: Vec<f32> = vals.iter().map(|&x| f32::from(x) * 2.0 + 1.0).collect();
@@ -1287,13 +1080,7 @@ mod tests {
         }
         // Slope 0 and NaN slope mean "no scaling".
         for slope in [0.0, f32::NAN] {
-            let h = H {
-                datatype: 2,
-                bitpix: 8,
-                slope,
-                inter: 5.0,
-                ..H::default()
-            };
+            let h = H { datatype: 2, bitpix: 8, slope, inter: 5.0, ..H::default() };
             let v = read_volume(&h.file(&[7u8; 24]), &Limits::default()).unwrap();
             assert!(v.data.iter().all(|&x| x == 7.0));
         }
@@ -1309,12 +1096,8 @@ mod tests {
         let want = [-1.0, 65535.0, -3.0, 7.0, -0.25, 200.0];
         for ((code, one), w) in cases.iter().zip(want) {
             let dt = Datatype::from_code(*code).unwrap();
-            let h = H {
-                datatype: *code,
-                bitpix: (dt.size() * 8) as i16,
-                dims: [3, 1, 1, 1, 1, 1, 1, 1],
-                ..H::default()
-            };
+            let h =
+                H { datatype: *code, bitpix: (dt.size() * 8) as i16, dims: [3, 1, 1, 1, 1, 1, 1, 1], ..H::default() };
             let v = read_volume(&h.file(one), &Limits::default()).unwrap();
             assert_eq!(v.data, vec![w], "datatype {code}");
         }
@@ -1322,10 +1105,7 @@ mod tests {
 
     #[test]
     fn extensions_before_vox_offset_are_skipped() {
-        let h = H {
-            vox_offset: 2880.0,
-            ..H::default()
-        };
+        let h = H { vox_offset: 2880.0, ..H::default() };
         let mut file = h.header();
         file.extend_from_slice(&[1, 0, 0, 0]);
         file.resize(2880, 0xAB);
@@ -1338,22 +1118,13 @@ mod tests {
 
     #[test]
     fn dim0_4_with_single_volume_is_accepted() {
-        let h = H {
-            dims: [4, 4, 3, 2, 1, 1, 1, 1],
-            ..H::default()
-        };
+        let h = H { dims: [4, 4, 3, 2, 1, 1, 1, 1], ..H::default() };
         assert!(read_volume(&h.file(&f32_body(&[0.0; 24], true)), &Limits::default()).is_ok());
     }
 
     #[test]
     fn multi_component_files_stream_each_component() {
-        let h = H {
-            dims: [5, 4, 3, 2, 1, 3, 1, 1],
-            datatype: 64,
-            bitpix: 64,
-            slope: 2.0,
-            ..H::default()
-        };
+        let h = H { dims: [5, 4, 3, 2, 1, 3, 1, 1], datatype: 64, bitpix: 64, slope: 2.0, ..H::default() };
         let vals: Vec<f64> = (0..72).map(f64::from).collect();
         let body: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         let file = h.file(&body);
@@ -1373,10 +1144,7 @@ mod tests {
         let plain = H::default().file(&f32_body(&[1.0; 24], true));
         let (_, n) = read_components(&plain, &Limits::default(), |_, _, _| {}).unwrap();
         assert_eq!(n, 1);
-        let bad = H {
-            dims: [5, 4, 3, 2, 2, 3, 1, 1],
-            ..h
-        };
+        let bad = H { dims: [5, 4, 3, 2, 2, 3, 1, 1], ..h };
         let err = read_components(&bad.file(&body), &Limits::default(), |_, _, _| {});
         assert!(err.unwrap_err().to_string().contains("dim[4]"));
         let short = &file[..file.len() - 8];
@@ -1400,20 +1168,11 @@ mod tests {
             }
         }
         let err = read_volume(&[0u8; 400], &Limits::default()).unwrap_err();
-        assert!(
-            err.to_string().contains("sizeof_hdr=0: expected 348"),
-            "{err}"
-        );
-        let h = H {
-            sizeof_hdr: 540,
-            ..H::default()
-        };
+        assert!(err.to_string().contains("sizeof_hdr=0: expected 348"), "{err}");
+        let h = H { sizeof_hdr: 540, ..H::default() };
         let err = read_volume(&h.file(&[]), &Limits::default()).unwrap_err();
         assert!(err.to_string().contains("NIfTI-2"), "{err}");
-        let h = H {
-            magic: *b"abc\0",
-            ..H::default()
-        };
+        let h = H { magic: *b"abc\0", ..H::default() };
         let err = read_volume(&h.file(&[0; 96]), &Limits::default()).unwrap_err();
         assert!(matches!(err, ImagingError::NotNifti(_)), "{err}");
     }
@@ -1421,73 +1180,20 @@ mod tests {
     #[test]
     fn bad_header_fields_are_named() {
         let body = f32_body(&[0.0; 24], true);
-        let msg = expect_header_err(
-            &H {
-                dims: [3, 0, 3, 2, 1, 1, 1, 1],
-                ..H::default()
-            }
-            .file(&body),
-            "dim[1]",
-        );
+        let msg = expect_header_err(&H { dims: [3, 0, 3, 2, 1, 1, 1, 1], ..H::default() }.file(&body), "dim[1]");
         assert_eq!(msg, "header field dim[1]=0: expected 1..=1024");
-        expect_header_err(
-            &H {
-                dims: [3, 4, 3, 2000, 1, 1, 1, 1],
-                ..H::default()
-            }
-            .file(&body),
-            "dim[3]",
-        );
-        expect_header_err(
-            &H {
-                dims: [5, 4, 3, 2, 1, 1, 1, 1],
-                ..H::default()
-            }
-            .file(&body),
-            "dim[0]",
-        );
-        expect_header_err(
-            &H {
-                dims: [4, 4, 3, 2, 3, 1, 1, 1],
-                ..H::default()
-            }
-            .file(&body),
-            "dim[4]",
-        );
-        expect_header_err(
-            &H {
-                datatype: 128,
-                bitpix: 24,
-                ..H::default()
-            }
-            .file(&body),
-            "datatype",
-        );
-        expect_header_err(
-            &H {
-                bitpix: 16,
-                ..H::default()
-            }
-            .file(&body),
-            "bitpix",
-        );
+        expect_header_err(&H { dims: [3, 4, 3, 2000, 1, 1, 1, 1], ..H::default() }.file(&body), "dim[3]");
+        expect_header_err(&H { dims: [5, 4, 3, 2, 1, 1, 1, 1], ..H::default() }.file(&body), "dim[0]");
+        expect_header_err(&H { dims: [4, 4, 3, 2, 3, 1, 1, 1], ..H::default() }.file(&body), "dim[4]");
+        expect_header_err(&H { datatype: 128, bitpix: 24, ..H::default() }.file(&body), "datatype");
+        expect_header_err(&H { bitpix: 16, ..H::default() }.file(&body), "bitpix");
         for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
             let mut pixdim = H::default().pixdim;
             pixdim[2] = bad;
-            expect_header_err(
-                &H {
-                    pixdim,
-                    ..H::default()
-                }
-                .file(&body),
-                "pixdim[2]",
-            );
+            expect_header_err(&H { pixdim, ..H::default() }.file(&body), "pixdim[2]");
         }
         for off in [0.0, 100.0, 351.0, 352.5, f32::NAN] {
-            let h = H {
-                vox_offset: off,
-                ..H::default()
-            };
+            let h = H { vox_offset: off, ..H::default() };
             let mut f = h.header();
             f.resize(352, 0);
             f.extend_from_slice(&body);
@@ -1495,37 +1201,15 @@ mod tests {
         }
         let mut srow = H::default().srow;
         srow[1][3] = f32::INFINITY;
-        expect_header_err(
-            &H {
-                srow,
-                ..H::default()
-            }
-            .file(&body),
-            "srow_y[3]",
-        );
-        let srow = [
-            [1.0, 0.0, 0.0, 0.0],
-            [2.0, 0.0, 0.0, 0.0],
-            [0.0, 0.0, 1.0, 0.0],
-        ];
-        let msg = expect_header_err(
-            &H {
-                srow,
-                ..H::default()
-            }
-            .file(&body),
-            "affine",
-        );
+        expect_header_err(&H { srow, ..H::default() }.file(&body), "srow_y[3]");
+        let srow = [[1.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]];
+        let msg = expect_header_err(&H { srow, ..H::default() }.file(&body), "affine");
         assert!(msg.contains("singular"), "{msg}");
     }
 
     #[test]
     fn ni1_pairs_are_refused_for_reading_images() {
-        let h = H {
-            magic: *b"ni1\0",
-            vox_offset: 0.0,
-            ..H::default()
-        };
+        let h = H { magic: *b"ni1\0", vox_offset: 0.0, ..H::default() };
         let bytes = h.file(&[]);
         assert!(!read_header(&bytes).unwrap().single_file);
         let err = read_volume(&bytes, &Limits::default()).unwrap_err();
@@ -1536,10 +1220,7 @@ mod tests {
     fn huge_volume_rejected_before_decompression() {
         // Header claims 1000^3 float32 voxels (4 GB) but carries no body at all: the limit error
         // (not Truncated) proves the check happens before any body is inflated.
-        let h = H {
-            dims: [3, 1000, 1000, 1000, 1, 1, 1, 1],
-            ..H::default()
-        };
+        let h = H { dims: [3, 1000, 1000, 1000, 1, 1, 1, 1], ..H::default() };
         for bytes in [h.file(&[]), gz(&h.file(&[]))] {
             match read_volume(&bytes, &Limits::default()) {
                 Err(ImagingError::TooLarge { value, limit, .. }) => {
@@ -1550,29 +1231,14 @@ mod tests {
             }
         }
         // Byte limit on the decompressed size.
-        let small = Limits {
-            max_file_bytes: 300_000,
-            ..Limits::default()
-        };
-        let h = H {
-            dims: [3, 100, 100, 10, 1, 1, 1, 1],
-            ..H::default()
-        };
+        let small = Limits { max_file_bytes: 300_000, ..Limits::default() };
+        let h = H { dims: [3, 100, 100, 10, 1, 1, 1, 1], ..H::default() };
         let err = read_volume(&gz(&h.file(&[])), &small).unwrap_err();
         assert!(matches!(err, ImagingError::TooLarge { .. }), "{err}");
         // Input size limit.
-        let tiny = Limits {
-            max_file_bytes: 100,
-            ..Limits::default()
-        };
-        assert!(matches!(
-            read_volume(&[0u8; 400], &tiny),
-            Err(ImagingError::TooLarge { .. })
-        ));
-        let few = Limits {
-            max_voxels: 10,
-            ..Limits::default()
-        };
+        let tiny = Limits { max_file_bytes: 100, ..Limits::default() };
+        assert!(matches!(read_volume(&[0u8; 400], &tiny), Err(ImagingError::TooLarge { .. })));
+        let few = Limits { max_voxels: 10, ..Limits::default() };
         assert!(matches!(
             read_volume(&H::default().file(&f32_body(&[0.0; 24], true)), &few),
             Err(ImagingError::TooLarge { .. })
@@ -1582,12 +1248,7 @@ mod tests {
     #[test]
     fn gzip_bomb_inflates_only_the_expected_body() {
         // 8x8x8 uint8 image followed by 32 MiB of compressible junk: reading stops at 512 bytes.
-        let h = H {
-            dims: [3, 8, 8, 8, 1, 1, 1, 1],
-            datatype: 2,
-            bitpix: 8,
-            ..H::default()
-        };
+        let h = H { dims: [3, 8, 8, 8, 1, 1, 1, 1], datatype: 2, bitpix: 8, ..H::default() };
         let mut e = GzEncoder::new(Vec::new(), Compression::fast());
         e.write_all(&h.file(&[3u8; 512])).unwrap();
         let junk = vec![0u8; 1 << 20];
@@ -1595,10 +1256,7 @@ mod tests {
             e.write_all(&junk).unwrap();
         }
         let bytes = e.finish().unwrap();
-        let limits = Limits {
-            max_file_bytes: 1 << 20,
-            ..Limits::default()
-        };
+        let limits = Limits { max_file_bytes: 1 << 20, ..Limits::default() };
         assert!(bytes.len() < 1 << 20);
         let v = read_volume(&bytes, &limits).unwrap();
         assert_eq!(v.data.len(), 512);
@@ -1628,10 +1286,7 @@ mod tests {
         for cut in [gzb.len() / 2, gzb.len() * 3 / 4, 30] {
             match read_volume(&gzb[..cut], &Limits::default()) {
                 Err(ImagingError::Truncated { .. }) => {}
-                other => panic!(
-                    "cut at {cut}: expected Truncated, got {:?}",
-                    other.map(|v| v.data.len())
-                ),
+                other => panic!("cut at {cut}: expected Truncated, got {:?}", other.map(|v| v.data.len())),
             }
         }
         // Corrupted (not merely short) gzip data is an error, never a panic.
@@ -1655,26 +1310,14 @@ mod tests {
             other => panic!("expected NonFinite {{ count: 2 }}, got {other:?}"),
         }
         // Scaling overflow to infinity is caught too.
-        let h = H {
-            datatype: 4,
-            bitpix: 16,
-            slope: 3.0e38,
-            ..H::default()
-        };
+        let h = H { datatype: 4, bitpix: 16, slope: 3.0e38, ..H::default() };
         let body: Vec<u8> = (0..24i16).flat_map(|v| v.to_le_bytes()).collect();
-        assert!(matches!(
-            read_volume(&h.file(&body), &Limits::default()),
-            Err(ImagingError::NonFinite { count: 22 })
-        ));
+        assert!(matches!(read_volume(&h.file(&body), &Limits::default()), Err(ImagingError::NonFinite { count: 22 })));
     }
 
     #[test]
     fn label_values_must_be_small_integers() {
-        let h = H {
-            datatype: 4,
-            bitpix: 16,
-            ..H::default()
-        };
+        let h = H { datatype: 4, bitpix: 16, ..H::default() };
         let mut vals = vec![0i16; 24];
         vals[5] = 4;
         let body = |v: &[i16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -1691,12 +1334,8 @@ mod tests {
         assert!(read_labels(&h.file(&body(&vals)), &Limits::default()).is_err());
         let mut f = vec![0.0f32; 24];
         f[2] = 1.5;
-        let err =
-            read_labels(&H::default().file(&f32_body(&f, true)), &Limits::default()).unwrap_err();
-        assert!(
-            err.to_string().contains("label value 1.5 at voxel 2"),
-            "{err}"
-        );
+        let err = read_labels(&H::default().file(&f32_body(&f, true)), &Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("label value 1.5 at voxel 2"), "{err}");
     }
 
     #[test]
@@ -1719,13 +1358,7 @@ mod tests {
     #[test]
     fn parallel_reads_keep_order() {
         let vols: Vec<Volume> = (0..4)
-            .map(|k| {
-                Volume::new(
-                    Grid::axis_aligned([3, 3, 3], [1.0; 3], [0.0; 3]),
-                    vec![k as f32; 27],
-                )
-                .unwrap()
-            })
+            .map(|k| Volume::new(Grid::axis_aligned([3, 3, 3], [1.0; 3], [0.0; 3]), vec![k as f32; 27]).unwrap())
             .collect();
         let files: Vec<Vec<u8>> = vols.iter().map(|v| write_volume(v, true)).collect();
         let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
@@ -1748,9 +1381,6 @@ mod tests {
         let mut c = a.clone();
         c.dims = [5, 4, 4];
         let err = same_grid(&a, &c).unwrap_err().to_string();
-        assert!(
-            err.contains("dims") && err.contains("[5, 4, 3] vs [5, 4, 4]"),
-            "{err}"
-        );
+        assert!(err.contains("dims") && err.contains("[5, 4, 3] vs [5, 4, 4]"), "{err}");
     }
 }

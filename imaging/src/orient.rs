@@ -11,22 +11,12 @@ pub struct Orientation {
     pub flip: [bool; 3],
 }
 
-const PERMS: [[usize; 3]; 6] = [
-    [0, 1, 2],
-    [0, 2, 1],
-    [1, 0, 2],
-    [1, 2, 0],
-    [2, 0, 1],
-    [2, 1, 0],
-];
+const PERMS: [[usize; 3]; 6] = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
 
 impl Orientation {
     /// No reordering.
     pub fn identity() -> Orientation {
-        Orientation {
-            perm: [0, 1, 2],
-            flip: [false; 3],
-        }
+        Orientation { perm: [0, 1, 2], flip: [false; 3] }
     }
 
     /// The nearest axis-aligned orientation of an affine: assigns each world axis (R, A, S) the
@@ -34,11 +24,7 @@ impl Orientation {
     pub fn from_affine(a: &[[f64; 4]; 4]) -> Orientation {
         let norms = crate::types::column_norms(a);
         let cos = |world: usize, vox: usize| {
-            if norms[vox] > 0.0 {
-                a[world][vox].abs() / norms[vox]
-            } else {
-                0.0
-            }
+            if norms[vox] > 0.0 { a[world][vox].abs() / norms[vox] } else { 0.0 }
         };
         let mut best = PERMS[0];
         let mut best_score = f64::NEG_INFINITY;
@@ -49,14 +35,7 @@ impl Orientation {
                 best = p;
             }
         }
-        Orientation {
-            perm: best,
-            flip: [
-                a[0][best[0]] < 0.0,
-                a[1][best[1]] < 0.0,
-                a[2][best[2]] < 0.0,
-            ],
-        }
+        Orientation { perm: best, flip: [a[0][best[0]] < 0.0, a[1][best[1]] < 0.0, a[2][best[2]] < 0.0] }
     }
 
     /// True when `perm` is a permutation of 0..3.
@@ -96,11 +75,7 @@ pub(crate) struct AxisMap {
 
 impl AxisMap {
     pub fn new(stored_dims: [usize; 3], o: &Orientation) -> AxisMap {
-        let strides = [
-            1isize,
-            stored_dims[0] as isize,
-            (stored_dims[0] * stored_dims[1]) as isize,
-        ];
+        let strides = [1isize, stored_dims[0] as isize, (stored_dims[0] * stored_dims[1]) as isize];
         let mut base = 0isize;
         let mut steps = [0isize; 3];
         for ((step, &a), &flip) in steps.iter_mut().zip(&o.perm).zip(&o.flip) {
@@ -121,12 +96,7 @@ mod tests {
 
     #[test]
     fn brats_lps_affine_flips_x_and_y() {
-        let a = [
-            [-1.0, 0.0, 0.0, 0.0],
-            [0.0, -1.0, 0.0, 239.0],
-            [0.0, 0.0, 1.0, 0.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
+        let a = [[-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 239.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
         let o = Orientation::from_affine(&a);
         assert_eq!(o.perm, [0, 1, 2]);
         assert_eq!(o.flip, [true, true, false]);
@@ -135,12 +105,7 @@ mod tests {
     #[test]
     fn permuted_oblique_affine() {
         // voxel axis 0 -> -A (slightly oblique), axis 1 -> +S, axis 2 -> -R
-        let a = [
-            [0.0, 0.1, -2.0, 0.0],
-            [-1.0, 0.0, 0.0, 0.0],
-            [0.2, 1.5, 0.0, 0.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
+        let a = [[0.0, 0.1, -2.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.2, 1.5, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
         let o = Orientation::from_affine(&a);
         assert_eq!(o.perm, [2, 0, 1]);
         assert_eq!(o.flip, [true, true, false]);

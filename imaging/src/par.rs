@@ -5,10 +5,7 @@ use std::num::NonZeroUsize;
 
 /// Number of worker threads to use.
 pub(crate) fn threads() -> usize {
-    std::thread::available_parallelism()
-        .map(NonZeroUsize::get)
-        .unwrap_or(1)
-        .clamp(1, 64)
+    std::thread::available_parallelism().map(NonZeroUsize::get).unwrap_or(1).clamp(1, 64)
 }
 
 /// Runs `f(i)` for `i in 0..n` on several threads and returns the results in index order.
@@ -19,9 +16,8 @@ pub(crate) fn map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     }
     let f = &f;
     let mut parts: Vec<Vec<(usize, T)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..t)
-            .map(|w| s.spawn(move || (w..n).step_by(t).map(|i| (i, f(i))).collect::<Vec<_>>()))
-            .collect();
+        let handles: Vec<_> =
+            (0..t).map(|w| s.spawn(move || (w..n).step_by(t).map(|i| (i, f(i))).collect::<Vec<_>>())).collect();
         handles
             .into_iter()
             .map(|h| match h.join() {
@@ -40,11 +36,7 @@ pub(crate) fn map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
 }
 
 /// Calls `f(chunk_index, chunk)` for every `chunk`-sized piece of `data`, on several threads.
-pub(crate) fn for_chunks<T: Send>(
-    data: &mut [T],
-    chunk: usize,
-    f: impl Fn(usize, &mut [T]) + Sync,
-) {
+pub(crate) fn for_chunks<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let chunk = chunk.max(1);
     let mut pieces: Vec<(usize, &mut [T])> = data.chunks_mut(chunk).enumerate().collect();
     let t = threads().min(pieces.len().max(1));

@@ -4,9 +4,7 @@
 use crate::error::ImagingError;
 use crate::orient::{AxisMap, Orientation};
 use crate::par;
-use crate::types::{
-    Grid, LabelVolume, Limits, Modality, Volume, check_len, column_norms, same_grid,
-};
+use crate::types::{Grid, LabelVolume, Limits, Modality, Volume, check_len, column_norms, same_grid};
 use serde::{Deserialize, Serialize};
 
 /// Preprocessing parameters.
@@ -22,11 +20,7 @@ pub struct PrepOptions {
 
 impl Default for PrepOptions {
     fn default() -> Self {
-        PrepOptions {
-            clip_percentiles: (0.5, 99.5),
-            spacing_mm: 1.0,
-            margin: 0,
-        }
+        PrepOptions { clip_percentiles: (0.5, 99.5), spacing_mm: 1.0, margin: 0 }
     }
 }
 
@@ -34,18 +28,10 @@ impl PrepOptions {
     fn validate(&self) -> Result<(), ImagingError> {
         let (lo, hi) = self.clip_percentiles;
         if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi && hi <= 100.0) {
-            return Err(ImagingError::invalid(
-                "clip_percentiles",
-                format!("({lo}, {hi})"),
-                "0 <= low <= high <= 100",
-            ));
+            return Err(ImagingError::invalid("clip_percentiles", format!("({lo}, {hi})"), "0 <= low <= high <= 100"));
         }
         if !(self.spacing_mm.is_finite() && self.spacing_mm > 0.0) {
-            return Err(ImagingError::invalid(
-                "spacing_mm",
-                self.spacing_mm,
-                "finite and > 0",
-            ));
+            return Err(ImagingError::invalid("spacing_mm", self.spacing_mm, "finite and > 0"));
         }
         Ok(())
     }
@@ -112,11 +98,7 @@ impl Geometry {
             let sign = if o.flip[i] { -1.0 } else { 1.0 };
             p[a][i] = sign * r[i];
             let lo = self.crop_lo[i] as f64 * r[i];
-            t[a] = if o.flip[i] {
-                (self.original.dims[a] as f64 - 1.0) - lo
-            } else {
-                lo
-            };
+            t[a] = if o.flip[i] { (self.original.dims[a] as f64 - 1.0) - lo } else { lo };
         }
         let a = &self.original.affine;
         let mut m = [[0.0; 4]; 4];
@@ -135,25 +117,13 @@ impl Geometry {
         let limits = Limits::default();
         self.original.validate()?;
         let bad = |field: &str, value: String, expected: &str| {
-            Err(ImagingError::invalid(
-                format!("geometry.{field}"),
-                value,
-                expected,
-            ))
+            Err(ImagingError::invalid(format!("geometry.{field}"), value, expected))
         };
         if self.original.nvox() as u64 > limits.max_voxels {
-            return bad(
-                "original.dims",
-                format!("{:?}", self.original.dims),
-                "at most 512^3 voxels",
-            );
+            return bad("original.dims", format!("{:?}", self.original.dims), "at most 512^3 voxels");
         }
         if !self.orientation.is_valid() {
-            return bad(
-                "orientation.perm",
-                format!("{:?}", self.orientation.perm),
-                "a permutation of [0, 1, 2]",
-            );
+            return bad("orientation.perm", format!("{:?}", self.orientation.perm), "a permutation of [0, 1, 2]");
         }
         if self.canonical_dims != self.orientation.canonical_dims(self.original.dims) {
             return bad(
@@ -162,10 +132,7 @@ impl Geometry {
                 "original dims permuted by orientation.perm",
             );
         }
-        if self
-            .canonical_spacing
-            .iter()
-            .any(|s| !(s.is_finite() && *s > 0.0))
+        if self.canonical_spacing.iter().any(|s| !(s.is_finite() && *s > 0.0))
             || !(self.spacing_mm.is_finite() && self.spacing_mm > 0.0)
         {
             return bad(
@@ -181,16 +148,9 @@ impl Geometry {
                 "equal to canonical_dims when not resampled",
             );
         }
-        let rn = self
-            .resampled_dims
-            .iter()
-            .fold(1u64, |a, &d| a.saturating_mul(d as u64));
+        let rn = self.resampled_dims.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
         if self.resampled_dims.contains(&0) || rn > limits.max_voxels {
-            return bad(
-                "resampled_dims",
-                format!("{:?}", self.resampled_dims),
-                "each >= 1 and at most 512^3 voxels",
-            );
+            return bad("resampled_dims", format!("{:?}", self.resampled_dims), "each >= 1 and at most 512^3 voxels");
         }
         for i in 0..3 {
             if !(self.crop_lo[i] < self.crop_hi[i] && self.crop_hi[i] <= self.resampled_dims[i]) {
@@ -239,9 +199,7 @@ impl PreparedCase {
     /// One channel's cropped voxels (empty if `data` is inconsistent with `dims`).
     pub fn channel(&self, m: Modality) -> &[f32] {
         let n = self.channel_len();
-        self.data
-            .get(m.index() * n..(m.index() + 1) * n)
-            .unwrap_or(&[])
+        self.data.get(m.index() * n..(m.index() + 1) * n).unwrap_or(&[])
     }
 
     /// `GMMASPC\0`, u32 LE header length, msgpack header (format version, dtype, channel order,
@@ -275,27 +233,17 @@ impl PreparedCase {
         }
         let hlen = u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize;
         if hlen > b.len() - 12 {
-            return Err(fmt(format!(
-                "header length {hlen}: expected at most {}",
-                b.len() - 12
-            )));
+            return Err(fmt(format!("header length {hlen}: expected at most {}", b.len() - 12)));
         }
-        let hdr: PreparedHeader =
-            rmp_serde::from_slice(&b[12..12 + hlen]).map_err(|e| fmt(format!("header: {e}")))?;
+        let hdr: PreparedHeader = rmp_serde::from_slice(&b[12..12 + hlen]).map_err(|e| fmt(format!("header: {e}")))?;
         if hdr.format_version != PREPARED_FORMAT_VERSION {
-            return Err(fmt(format!(
-                "format_version={}: expected {PREPARED_FORMAT_VERSION}",
-                hdr.format_version
-            )));
+            return Err(fmt(format!("format_version={}: expected {PREPARED_FORMAT_VERSION}", hdr.format_version)));
         }
         if hdr.dtype != "f32le" {
             return Err(fmt(format!("dtype={:?}: expected \"f32le\"", hdr.dtype)));
         }
         if hdr.channels != Modality::ALL {
-            return Err(fmt(format!(
-                "channels={:?}: expected [t1, t1ce, t2, flair]",
-                hdr.channels
-            )));
+            return Err(fmt(format!("channels={:?}: expected [t1, t1ce, t2, flair]", hdr.channels)));
         }
         hdr.geometry.validate()?;
         if hdr.dims != hdr.geometry.cropped_dims() {
@@ -314,44 +262,25 @@ impl PreparedCase {
                 n * 16
             )));
         }
-        let data: Vec<f32> = body
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let data: Vec<f32> = body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let count = data.iter().filter(|v| !v.is_finite()).count();
         if count > 0 {
             return Err(ImagingError::NonFinite { count });
         }
-        Ok(PreparedCase {
-            present: hdr.present,
-            dims: hdr.dims,
-            data,
-            geometry: hdr.geometry,
-        })
+        Ok(PreparedCase { present: hdr.present, dims: hdr.dims, data, geometry: hdr.geometry })
     }
 }
 
 /// Reorients, (optionally) resamples, crops and normalizes 1..=4 modalities of one case.
-pub fn prepare(
-    inputs: &[(Modality, &Volume)],
-    opts: &PrepOptions,
-) -> Result<PreparedCase, ImagingError> {
+pub fn prepare(inputs: &[(Modality, &Volume)], opts: &PrepOptions) -> Result<PreparedCase, ImagingError> {
     opts.validate()?;
     if inputs.is_empty() || inputs.len() > 4 {
-        return Err(ImagingError::invalid(
-            "inputs",
-            format!("{} modalities", inputs.len()),
-            "1..=4 modalities",
-        ));
+        return Err(ImagingError::invalid("inputs", format!("{} modalities", inputs.len()), "1..=4 modalities"));
     }
     let mut present = [false; 4];
     for (m, _) in inputs {
         if present[m.index()] {
-            return Err(ImagingError::invalid(
-                "inputs",
-                format!("{m} given twice"),
-                "distinct modalities",
-            ));
+            return Err(ImagingError::invalid("inputs", format!("{m} given twice"), "distinct modalities"));
         }
         present[m.index()] = true;
     }
@@ -361,17 +290,16 @@ pub fn prepare(
     for (m, v) in inputs {
         if *m != m0 {
             same_grid(grid, &v.grid).map_err(|e| match e {
-                ImagingError::GridMismatch { what, detail } => ImagingError::GridMismatch {
-                    what: format!("modality {m} vs {m0}: {what}"),
-                    detail,
-                },
+                ImagingError::GridMismatch { what, detail } => {
+                    ImagingError::GridMismatch { what: format!("modality {m} vs {m0}: {what}"), detail }
+                }
                 other => other,
             })?;
         }
         check_len(grid, v.data.len()).map_err(|e| match e {
-            ImagingError::Invalid {
-                value, expected, ..
-            } => ImagingError::invalid(format!("{m} data length"), value, expected),
+            ImagingError::Invalid { value, expected, .. } => {
+                ImagingError::invalid(format!("{m} data length"), value, expected)
+            }
             other => other,
         })?;
     }
@@ -379,11 +307,7 @@ pub fn prepare(
     let orientation = Orientation::from_affine(&grid.affine);
     let cdims = orientation.canonical_dims(grid.dims);
     let norms = column_norms(&grid.affine);
-    let cspacing = [
-        norms[orientation.perm[0]],
-        norms[orientation.perm[1]],
-        norms[orientation.perm[2]],
-    ];
+    let cspacing = [norms[orientation.perm[0]], norms[orientation.perm[1]], norms[orientation.perm[2]]];
     let target = f64::from(opts.spacing_mm);
     let resampled = cspacing.iter().any(|s| (s - target).abs() > 1e-3);
     let mut geometry = Geometry {
@@ -406,10 +330,7 @@ pub fn prepare(
             let extent = (cdims[i] - 1) as f64 / ratio[i];
             geometry.resampled_dims[i] = (extent - 1e-6).ceil().max(0.0) as usize + 1;
         }
-        let n = geometry
-            .resampled_dims
-            .iter()
-            .fold(1u64, |a, &d| a.saturating_mul(d as u64));
+        let n = geometry.resampled_dims.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
         if n > Limits::default().max_voxels {
             return Err(ImagingError::TooLarge {
                 what: format!("resampled voxel count {:?}", geometry.resampled_dims),
@@ -424,21 +345,10 @@ pub fn prepare(
     let resampled_data: Vec<Vec<f32>>;
     let (srcs, src_dims, src_orient): (Vec<&[f32]>, [usize; 3], Orientation) = if resampled {
         let map = AxisMap::new(grid.dims, &orientation);
-        resampled_data = inputs
-            .iter()
-            .map(|(_, v)| resample_linear(&v.data, &map, cdims, ratio, rdims))
-            .collect();
-        (
-            resampled_data.iter().map(Vec::as_slice).collect(),
-            rdims,
-            Orientation::identity(),
-        )
+        resampled_data = inputs.iter().map(|(_, v)| resample_linear(&v.data, &map, cdims, ratio, rdims)).collect();
+        (resampled_data.iter().map(Vec::as_slice).collect(), rdims, Orientation::identity())
     } else {
-        (
-            inputs.iter().map(|(_, v)| v.data.as_slice()).collect(),
-            grid.dims,
-            orientation,
-        )
+        (inputs.iter().map(|(_, v)| v.data.as_slice()).collect(), grid.dims, orientation)
     };
 
     let bbox = nonzero_bbox(&srcs, src_dims).ok_or(ImagingError::EmptyMask)?;
@@ -448,11 +358,7 @@ pub fn prepare(
         let a = src_orient.perm[i];
         let n = src_dims[a];
         let (l, h) = bbox[a];
-        let (l, h) = if src_orient.flip[i] {
-            (n - 1 - h, n - 1 - l)
-        } else {
-            (l, h)
-        };
+        let (l, h) = if src_orient.flip[i] { (n - 1 - h, n - 1 - l) } else { (l, h) };
         lo[i] = l.saturating_sub(opts.margin);
         hi[i] = h.saturating_add(opts.margin).min(rdims[i] - 1) + 1;
     }
@@ -483,10 +389,7 @@ pub fn prepare(
             }
         }
     }
-    let pct = (
-        f64::from(opts.clip_percentiles.0),
-        f64::from(opts.clip_percentiles.1),
-    );
+    let pct = (f64::from(opts.clip_percentiles.0), f64::from(opts.clip_percentiles.1));
     let results: Vec<Result<(), ImagingError>> = std::thread::scope(|s| {
         let mask = &mask;
         let handles: Vec<_> = data
@@ -506,23 +409,12 @@ pub fn prepare(
     for r in results {
         r?;
     }
-    Ok(PreparedCase {
-        present,
-        dims: cd,
-        data,
-        geometry,
-    })
+    Ok(PreparedCase { present, dims: cd, data, geometry })
 }
 
 /// Trilinear resampling of a stored volume (walked canonically via `map`) onto `rdims`, where
 /// resampled voxel `j` sits at canonical coordinate `j * ratio`.
-fn resample_linear(
-    src: &[f32],
-    map: &AxisMap,
-    cdims: [usize; 3],
-    ratio: [f64; 3],
-    rdims: [usize; 3],
-) -> Vec<f32> {
+fn resample_linear(src: &[f32], map: &AxisMap, cdims: [usize; 3], ratio: [f64; 3], rdims: [usize; 3]) -> Vec<f32> {
     let tables: Vec<Vec<(isize, isize, f32)>> = (0..3)
         .map(|i| {
             (0..rdims[i])
@@ -591,11 +483,7 @@ fn nonzero_bbox(srcs: &[&[f32]], dims: [usize; 3]) -> Option<[(usize, usize); 3]
         if let Some((x0, x1, y0, y1)) = bb {
             out = Some(match out {
                 None => [(x0, x1), (y0, y1), (z, z)],
-                Some(o) => [
-                    (o[0].0.min(x0), o[0].1.max(x1)),
-                    (o[1].0.min(y0), o[1].1.max(y1)),
-                    (o[2].0, z),
-                ],
+                Some(o) => [(o[0].0.min(x0), o[0].1.max(x1)), (o[1].0.min(y0), o[1].1.max(y1)), (o[2].0, z)],
             });
         }
     }
@@ -607,10 +495,7 @@ fn gather(src: &[f32], map: &AxisMap, lo: [usize; 3], cd: [usize; 3], out: &mut 
     let [s0, s1, s2] = map.steps;
     for z in 0..cd[2] {
         for y in 0..cd[1] {
-            let start = map.base
-                + lo[0] as isize * s0
-                + (y + lo[1]) as isize * s1
-                + (z + lo[2]) as isize * s2;
+            let start = map.base + lo[0] as isize * s0 + (y + lo[1]) as isize * s1 + (z + lo[2]) as isize * s2;
             let row = &mut out[(z * cd[1] + y) * cd[0]..][..cd[0]];
             if s0 == 1 {
                 let b = start as usize;
@@ -662,12 +547,7 @@ pub(crate) fn percentiles(v: &mut [f32], p_lo: f64, p_hi: f64) -> (f32, f32) {
 
 /// Clips to the mask percentiles and z-scores over the mask; voxels outside the mask become 0.
 fn normalize(ch: &mut [f32], mask: &[bool], pct: (f64, f64)) -> Result<(), ImagingError> {
-    let mut vals: Vec<f32> = ch
-        .iter()
-        .zip(mask)
-        .filter(|(_, m)| **m)
-        .map(|(v, _)| *v)
-        .collect();
+    let mut vals: Vec<f32> = ch.iter().zip(mask).filter(|(_, m)| **m).map(|(v, _)| *v).collect();
     let bad = vals.iter().filter(|v| !v.is_finite()).count();
     if bad > 0 {
         return Err(ImagingError::NonFinite { count: bad });
@@ -696,10 +576,9 @@ fn normalize(ch: &mut [f32], mask: &[bool], pct: (f64, f64)) -> Result<(), Imagi
 pub fn prepare_labels(seg: &LabelVolume, g: &Geometry) -> Result<Vec<u8>, ImagingError> {
     g.validate()?;
     same_grid(&g.original, &seg.grid).map_err(|e| match e {
-        ImagingError::GridMismatch { what, detail } => ImagingError::GridMismatch {
-            what: format!("segmentation vs prepared case: {what}"),
-            detail,
-        },
+        ImagingError::GridMismatch { what, detail } => {
+            ImagingError::GridMismatch { what: format!("segmentation vs prepared case: {what}"), detail }
+        }
         other => other,
     })?;
     check_len(&seg.grid, seg.data.len())?;
@@ -781,22 +660,14 @@ fn inverse_strides(g: &Geometry) -> [usize; 3] {
 
 fn fallback_grid_len(g: &Geometry) -> usize {
     let n = g.original.nvox();
-    if n as u64 <= Limits::default().max_voxels {
-        n
-    } else {
-        0
-    }
+    if n as u64 <= Limits::default().max_voxels { n } else { 0 }
 }
 
 fn check_cropped_len(len: usize, g: &Geometry) -> Result<(), ImagingError> {
     let cd = g.cropped_dims();
     let n = cd[0] * cd[1] * cd[2];
     if len != n {
-        return Err(ImagingError::invalid(
-            "cropped length",
-            len,
-            format!("{n} (cropped dims {cd:?})"),
-        ));
+        return Err(ImagingError::invalid("cropped length", len, format!("{n} (cropped dims {cd:?})")));
     }
     Ok(())
 }
@@ -823,19 +694,14 @@ pub fn try_restore_labels(cropped: &[u8], g: &Geometry) -> Result<LabelVolume, I
             }
         }
     });
-    Ok(LabelVolume {
-        grid: g.original.clone(),
-        data,
-    })
+    Ok(LabelVolume { grid: g.original.clone(), data })
 }
 
 /// Infallible [`try_restore_labels`]: on an inconsistent geometry or input size it returns an
 /// all-zero label map on the original grid (empty data if that grid is absurdly large).
 pub fn restore_labels(cropped: &[u8], g: &Geometry) -> LabelVolume {
-    try_restore_labels(cropped, g).unwrap_or_else(|_| LabelVolume {
-        grid: g.original.clone(),
-        data: vec![0; fallback_grid_len(g)],
-    })
+    try_restore_labels(cropped, g)
+        .unwrap_or_else(|_| LabelVolume { grid: g.original.clone(), data: vec![0; fallback_grid_len(g)] })
 }
 
 /// Inverse transform for a float map (e.g. uncertainty): trilinear inside the crop box, 0 outside.
@@ -847,39 +713,16 @@ pub fn try_restore_map(cropped: &[f32], g: &Geometry) -> Result<Volume, ImagingE
     let [nx, ny, nz] = g.original.dims;
     let mut data = vec![0f32; nx * ny * nz];
     par::for_chunks(&mut data, nx * ny, |z, plane| {
-        let Some(Back {
-            k0: z0,
-            k1: z1,
-            w: wz,
-            ..
-        }) = t[2][z]
-        else {
+        let Some(Back { k0: z0, k1: z1, w: wz, .. }) = t[2][z] else {
             return;
         };
         for (y, row) in plane.chunks_mut(nx).enumerate() {
-            let Some(Back {
-                k0: y0,
-                k1: y1,
-                w: wy,
-                ..
-            }) = t[1][y]
-            else {
+            let Some(Back { k0: y0, k1: y1, w: wy, .. }) = t[1][y] else {
                 continue;
             };
-            let bases = [
-                z0 * s[2] + y0 * s[1],
-                z0 * s[2] + y1 * s[1],
-                z1 * s[2] + y0 * s[1],
-                z1 * s[2] + y1 * s[1],
-            ];
+            let bases = [z0 * s[2] + y0 * s[1], z0 * s[2] + y1 * s[1], z1 * s[2] + y0 * s[1], z1 * s[2] + y1 * s[1]];
             for (v, tx) in row.iter_mut().zip(&t[0]) {
-                if let Some(Back {
-                    k0: x0,
-                    k1: x1,
-                    w: wx,
-                    ..
-                }) = *tx
-                {
+                if let Some(Back { k0: x0, k1: x1, w: wx, .. }) = *tx {
                     let lerp = |b: usize| {
                         let a = cropped[b + x0 * s[0]];
                         a + wx * (cropped[b + x1 * s[0]] - a)
@@ -891,18 +734,13 @@ pub fn try_restore_map(cropped: &[f32], g: &Geometry) -> Result<Volume, ImagingE
             }
         }
     });
-    Ok(Volume {
-        grid: g.original.clone(),
-        data,
-    })
+    Ok(Volume { grid: g.original.clone(), data })
 }
 
 /// Infallible [`try_restore_map`] (all-zero map on an inconsistent geometry or input size).
 pub fn restore_map(cropped: &[f32], g: &Geometry) -> Volume {
-    try_restore_map(cropped, g).unwrap_or_else(|_| Volume {
-        grid: g.original.clone(),
-        data: vec![0.0; fallback_grid_len(g)],
-    })
+    try_restore_map(cropped, g)
+        .unwrap_or_else(|_| Volume { grid: g.original.clone(), data: vec![0.0; fallback_grid_len(g)] })
 }
 
 #[cfg(test)]
@@ -928,12 +766,7 @@ mod tests {
         Grid {
             dims: [9, 7, 8],
             pixdim: [1.0; 3],
-            affine: [
-                [0.0, 0.0, -1.0, 30.0],
-                [-1.0, 0.0, 0.0, 40.0],
-                [0.0, 1.0, 0.0, -5.0],
-                [0.0, 0.0, 0.0, 1.0],
-            ],
+            affine: [[0.0, 0.0, -1.0, 30.0], [-1.0, 0.0, 0.0, 40.0], [0.0, 1.0, 0.0, -5.0], [0.0, 0.0, 0.0, 1.0]],
         }
     }
 
@@ -952,39 +785,18 @@ mod tests {
     #[test]
     fn reorientation_and_exact_label_restore() {
         let g = permuted_grid();
-        let t1 = vol(&g, |x, y, z| {
-            if inside(x, y, z) && x < 6 && y != 3 {
-                (1 + x + 10 * y + 100 * z) as f32
-            } else {
-                0.0
-            }
-        });
-        let flair = vol(&g, |x, y, z| {
-            if inside(x, y, z) && (x + y + z) % 5 != 0 {
-                5.0 + z as f32
-            } else {
-                0.0
-            }
-        });
+        let t1 =
+            vol(&g, |x, y, z| if inside(x, y, z) && x < 6 && y != 3 { (1 + x + 10 * y + 100 * z) as f32 } else { 0.0 });
+        let flair = vol(&g, |x, y, z| if inside(x, y, z) && (x + y + z) % 5 != 0 { 5.0 + z as f32 } else { 0.0 });
         let seg_data: Vec<u8> = t1
             .data
             .iter()
             .zip(&flair.data)
             .enumerate()
-            .map(|(i, (a, b))| {
-                if *a != 0.0 || *b != 0.0 {
-                    (i % 4) as u8 + 1
-                } else {
-                    0
-                }
-            })
+            .map(|(i, (a, b))| if *a != 0.0 || *b != 0.0 { (i % 4) as u8 + 1 } else { 0 })
             .collect();
         let seg = LabelVolume::new(g.clone(), seg_data).unwrap();
-        let p = prepare(
-            &[(Modality::Flair, &flair), (Modality::T1, &t1)],
-            &PrepOptions::default(),
-        )
-        .unwrap();
+        let p = prepare(&[(Modality::Flair, &flair), (Modality::T1, &t1)], &PrepOptions::default()).unwrap();
         let geo = &p.geometry;
         assert_eq!(geo.orientation.perm, [2, 0, 1]);
         assert_eq!(geo.orientation.flip, [true, true, false]);
@@ -1020,11 +832,7 @@ mod tests {
             for k1 in 0..cd[1] {
                 for k0 in 0..cd[0] {
                     let w = apply(&pa, [k0 as f64, k1 as f64, k2 as f64]);
-                    assert_eq!(
-                        cropped[k0 + cd[0] * (k1 + cd[1] * k2)],
-                        world_label[&w],
-                        "voxel {k0},{k1},{k2}"
-                    );
+                    assert_eq!(cropped[k0 + cd[0] * (k1 + cd[1] * k2)], world_label[&w], "voxel {k0},{k1},{k2}");
                 }
             }
         }
@@ -1034,10 +842,7 @@ mod tests {
         assert_eq!(back.data, seg.data);
         let fmap: Vec<f32> = cropped.iter().map(|&v| f32::from(v)).collect();
         let back_map = restore_map(&fmap, geo);
-        assert_eq!(
-            back_map.data,
-            seg.data.iter().map(|&v| f32::from(v)).collect::<Vec<_>>()
-        );
+        assert_eq!(back_map.data, seg.data.iter().map(|&v| f32::from(v)).collect::<Vec<_>>());
         // Outside the mask everything is 0; the mask is the union of the present channels.
         let t1c = p.channel(Modality::T1);
         let fc = p.channel(Modality::Flair);
@@ -1053,18 +858,10 @@ mod tests {
         let g = Grid {
             dims: [10, 8, 6],
             pixdim: [1.0, 1.0, 2.5],
-            affine: [
-                [-1.0, 0.0, 0.0, 9.0],
-                [0.0, 1.0, 0.0, 0.0],
-                [0.0, 0.0, 2.5, 0.0],
-                [0.0, 0.0, 0.0, 1.0],
-            ],
+            affine: [[-1.0, 0.0, 0.0, 9.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 2.5, 0.0], [0.0, 0.0, 0.0, 1.0]],
         };
         let ramp = vol(&g, |_, _, z| 10.0 + 2.5 * z as f32);
-        let opts = PrepOptions {
-            clip_percentiles: (0.0, 100.0),
-            ..PrepOptions::default()
-        };
+        let opts = PrepOptions { clip_percentiles: (0.0, 100.0), ..PrepOptions::default() };
         let p = prepare(&[(Modality::T2, &ramp)], &opts).unwrap();
         let geo = &p.geometry;
         assert!(geo.resampled);
@@ -1099,13 +896,8 @@ mod tests {
             }
         }
         // Labels survive the 2.5 mm -> 1 mm -> 2.5 mm round trip exactly.
-        let seg = LabelVolume::new(
-            g.clone(),
-            (0..480)
-                .map(|i| ((i / 80) % 3 + (i % 10 > 4) as usize) as u8)
-                .collect(),
-        )
-        .unwrap();
+        let seg = LabelVolume::new(g.clone(), (0..480).map(|i| ((i / 80) % 3 + (i % 10 > 4) as usize) as u8).collect())
+            .unwrap();
         let cropped = prepare_labels(&seg, geo).unwrap();
         assert_eq!(cropped.len(), 10 * 8 * 14);
         assert_eq!(restore_labels(&cropped, geo), seg);
@@ -1119,15 +911,9 @@ mod tests {
     fn percentiles_match_numpy() {
         let mut v = vec![3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0, 3.0, 5.0];
         let (lo, hi) = percentiles(&mut v, 0.5, 99.5);
-        assert!(
-            (lo - 1.0).abs() < 1e-6 && (hi - 8.85).abs() < 1e-5,
-            "{lo} {hi}"
-        );
+        assert!((lo - 1.0).abs() < 1e-6 && (hi - 8.85).abs() < 1e-5, "{lo} {hi}");
         let (lo, hi) = percentiles(&mut v, 25.0, 50.0);
-        assert!(
-            (lo - 2.5).abs() < 1e-6 && (hi - 4.0).abs() < 1e-6,
-            "{lo} {hi}"
-        );
+        assert!((lo - 2.5).abs() < 1e-6 && (hi - 4.0).abs() < 1e-6, "{lo} {hi}");
         let (lo, hi) = percentiles(&mut v, 0.0, 100.0);
         assert_eq!((lo, hi), (1.0, 9.0));
         let mut one = vec![7.0];
@@ -1138,14 +924,8 @@ mod tests {
     fn clip_and_zscore_hand_case() {
         // Values 1..=10 inside, zeros on both ends (outside the mask).
         let g = Grid::axis_aligned([12, 1, 1], [1.0; 3], [0.0; 3]);
-        let v = vol(
-            &g,
-            |x, _, _| if (1..=10).contains(&x) { x as f32 } else { 0.0 },
-        );
-        let opts = PrepOptions {
-            clip_percentiles: (10.0, 90.0),
-            ..PrepOptions::default()
-        };
+        let v = vol(&g, |x, _, _| if (1..=10).contains(&x) { x as f32 } else { 0.0 });
+        let opts = PrepOptions { clip_percentiles: (10.0, 90.0), ..PrepOptions::default() };
         let p = prepare(&[(Modality::T1ce, &v)], &opts).unwrap();
         assert_eq!(p.dims, [10, 1, 1]);
         // numpy: percentiles 1.9 / 9.1, clipped mean 5.5, std 2.6061465806819077.
@@ -1166,14 +946,7 @@ mod tests {
         }
         // A margin keeps background voxels (as 0) and is clamped to the grid.
         for margin in [1, 5] {
-            let p = prepare(
-                &[(Modality::T1ce, &v)],
-                &PrepOptions {
-                    margin,
-                    ..opts.clone()
-                },
-            )
-            .unwrap();
+            let p = prepare(&[(Modality::T1ce, &v)], &PrepOptions { margin, ..opts.clone() }).unwrap();
             assert_eq!(p.dims, [12, 1, 1]);
             let c = p.channel(Modality::T1ce);
             assert_eq!((c[0], c[11]), (0.0, 0.0));
@@ -1184,10 +957,7 @@ mod tests {
     #[test]
     fn input_errors() {
         let g = permuted_grid();
-        let a = vol(
-            &g,
-            |x, y, z| if inside(x, y, z) { 1.0 + x as f32 } else { 0.0 },
-        );
+        let a = vol(&g, |x, y, z| if inside(x, y, z) { 1.0 + x as f32 } else { 0.0 });
         let opts = PrepOptions::default();
         // Grid mismatch names the modality.
         let mut g2 = g.clone();
@@ -1209,17 +979,11 @@ mod tests {
         assert!(prepare(&five, &opts).is_err());
         // Empty mask.
         let zero = vol(&g, |_, _, _| 0.0);
-        assert!(matches!(
-            prepare(&[(Modality::T1, &zero)], &opts),
-            Err(ImagingError::EmptyMask)
-        ));
+        assert!(matches!(prepare(&[(Modality::T1, &zero)], &opts), Err(ImagingError::EmptyMask)));
         // Non-finite voxels.
         let mut nan = a.clone();
         nan.data[5] = f32::NAN;
-        assert!(matches!(
-            prepare(&[(Modality::T1, &nan)], &opts),
-            Err(ImagingError::NonFinite { count: 1 })
-        ));
+        assert!(matches!(prepare(&[(Modality::T1, &nan)], &opts), Err(ImagingError::NonFinite { count: 1 })));
         // Wrong data length.
         let mut short = a.clone();
         short.data.pop();
@@ -1227,27 +991,15 @@ mod tests {
         assert!(err.to_string().contains("t1 data length"), "{err}");
         // Bad options.
         for bad in [
-            PrepOptions {
-                clip_percentiles: (60.0, 40.0),
-                ..PrepOptions::default()
-            },
-            PrepOptions {
-                spacing_mm: 0.0,
-                ..PrepOptions::default()
-            },
+            PrepOptions { clip_percentiles: (60.0, 40.0), ..PrepOptions::default() },
+            PrepOptions { spacing_mm: 0.0, ..PrepOptions::default() },
         ] {
-            assert!(matches!(
-                prepare(&[(Modality::T1, &a)], &bad),
-                Err(ImagingError::Invalid { .. })
-            ));
+            assert!(matches!(prepare(&[(Modality::T1, &a)], &bad), Err(ImagingError::Invalid { .. })));
         }
         // Labels on another grid.
         let p = prepare(&[(Modality::T1, &a)], &opts).unwrap();
         let seg = LabelVolume::new(g3, vec![0; 9 * 7 * 9]).unwrap();
-        assert!(matches!(
-            prepare_labels(&seg, &p.geometry),
-            Err(ImagingError::GridMismatch { .. })
-        ));
+        assert!(matches!(prepare_labels(&seg, &p.geometry), Err(ImagingError::GridMismatch { .. })));
         // Wrong-sized cropped input: try_ errors, infallible version gives zeros on the grid.
         assert!(try_restore_labels(&[1, 2, 3], &p.geometry).is_err());
         let z = restore_labels(&[1, 2, 3], &p.geometry);
@@ -1258,13 +1010,7 @@ mod tests {
     #[test]
     fn prepared_bytes_round_trip_and_validation() {
         let g = permuted_grid();
-        let a = vol(&g, |x, y, z| {
-            if inside(x, y, z) {
-                (x * y + z) as f32
-            } else {
-                0.0
-            }
-        });
+        let a = vol(&g, |x, y, z| if inside(x, y, z) { (x * y + z) as f32 } else { 0.0 });
         let p = prepare(&[(Modality::T2, &a)], &PrepOptions::default()).unwrap();
         let bytes = p.to_bytes();
         assert_eq!(&bytes[..8], b"GMMASPC\0");
@@ -1276,10 +1022,7 @@ mod tests {
         assert!(PreparedCase::from_bytes(b"nonsense").is_err());
         let mut bad = bytes.clone();
         bad[0] = b'X';
-        assert!(matches!(
-            PreparedCase::from_bytes(&bad),
-            Err(ImagingError::Format(_))
-        ));
+        assert!(matches!(PreparedCase::from_bytes(&bad), Err(ImagingError::Format(_))));
         let mut huge = bytes.clone();
         huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(PreparedCase::from_bytes(&huge).is_err());

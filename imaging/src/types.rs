@@ -75,18 +75,12 @@ impl Grid {
             affine[i][3] = origin[i];
         }
         affine[3][3] = 1.0;
-        Grid {
-            dims,
-            pixdim: spacing,
-            affine,
-        }
+        Grid { dims, pixdim: spacing, affine }
     }
 
     /// Number of voxels (saturating on absurd dims).
     pub fn nvox(&self) -> usize {
-        self.dims
-            .iter()
-            .fold(1usize, |acc, &d| acc.saturating_mul(d))
+        self.dims.iter().fold(1usize, |acc, &d| acc.saturating_mul(d))
     }
 
     /// Volume of one voxel in millilitres, from the affine (|det| of its 3x3 part / 1000).
@@ -113,24 +107,15 @@ impl Grid {
     pub fn validate(&self) -> Result<(), ImagingError> {
         for (i, &d) in self.dims.iter().enumerate() {
             if d == 0 {
-                return Err(ImagingError::invalid(
-                    format!("grid.dims[{i}]"),
-                    d,
-                    "at least 1",
-                ));
+                return Err(ImagingError::invalid(format!("grid.dims[{i}]"), d, "at least 1"));
             }
         }
         for (i, &p) in self.pixdim.iter().enumerate() {
             if !(p.is_finite() && p > 0.0) {
-                return Err(ImagingError::invalid(
-                    format!("grid.pixdim[{i}]"),
-                    p,
-                    "finite and > 0",
-                ));
+                return Err(ImagingError::invalid(format!("grid.pixdim[{i}]"), p, "finite and > 0"));
             }
         }
-        check_affine(&self.affine)
-            .map_err(|why| ImagingError::invalid("grid.affine", why, "finite and non-singular"))
+        check_affine(&self.affine).map_err(|why| ImagingError::invalid("grid.affine", why, "finite and non-singular"))
     }
 }
 
@@ -169,13 +154,7 @@ pub(crate) fn check_len(grid: &Grid, len: usize) -> Result<(), ImagingError> {
         return Err(ImagingError::invalid(
             "data length",
             len,
-            format!(
-                "{} (= {}x{}x{} voxels of the grid)",
-                grid.nvox(),
-                grid.dims[0],
-                grid.dims[1],
-                grid.dims[2]
-            ),
+            format!("{} (= {}x{}x{} voxels of the grid)", grid.nvox(), grid.dims[0], grid.dims[1], grid.dims[2]),
         ));
     }
     Ok(())
@@ -194,11 +173,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_file_bytes: 512 * 1024 * 1024,
-            max_voxels: 512 * 512 * 512,
-            max_dim: 1024,
-        }
+        Limits { max_file_bytes: 512 * 1024 * 1024, max_voxels: 512 * 512 * 512, max_dim: 1024 }
     }
 }
 
@@ -227,8 +202,7 @@ pub fn same_grid(a: &Grid, b: &Grid) -> Result<(), ImagingError> {
 
 /// Determinant of the 3x3 linear part of an affine.
 pub(crate) fn det3(a: &[[f64; 4]; 4]) -> f64 {
-    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
-        - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
         + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
 }
 

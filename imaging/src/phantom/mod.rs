@@ -28,10 +28,7 @@ pub struct PhantomConfig {
 
 impl Default for PhantomConfig {
     fn default() -> Self {
-        PhantomConfig {
-            dims: [240, 240, 155],
-            seed: 0,
-        }
+        PhantomConfig { dims: [240, 240, 155], seed: 0 }
     }
 }
 
@@ -71,11 +68,7 @@ fn render_with(cfg: &PhantomConfig, anat: &'static anatomy::Anatomy) -> render::
 pub fn try_generate(cfg: &PhantomConfig) -> Result<PhantomCase, ImagingError> {
     for (i, &d) in cfg.dims.iter().enumerate() {
         if !(MIN_DIM..=MAX_DIM).contains(&d) {
-            return Err(ImagingError::invalid(
-                format!("phantom dims[{i}]"),
-                d,
-                format!("{MIN_DIM}..={MAX_DIM}"),
-            ));
+            return Err(ImagingError::invalid(format!("phantom dims[{i}]"), d, format!("{MIN_DIM}..={MAX_DIM}")));
         }
     }
     Ok(render_with(cfg, anatomy::global()).case)
@@ -83,10 +76,7 @@ pub fn try_generate(cfg: &PhantomConfig) -> Result<PhantomCase, ImagingError> {
 
 /// Generates one case; dimensions are clamped to `MIN_DIM..=MAX_DIM`.
 pub fn generate(cfg: &PhantomConfig) -> PhantomCase {
-    let cfg = PhantomConfig {
-        dims: cfg.dims.map(|d| d.clamp(MIN_DIM, MAX_DIM)),
-        seed: cfg.seed,
-    };
+    let cfg = PhantomConfig { dims: cfg.dims.map(|d| d.clamp(MIN_DIM, MAX_DIM)), seed: cfg.seed };
     render_with(&cfg, anatomy::global()).case
 }
 
@@ -106,12 +96,7 @@ pub fn write_brats_case(c: &PhantomCase, dir: &Path, name: &str) -> Result<(), I
             .volumes
             .iter()
             .map(|(m, v)| {
-                s.spawn(move || {
-                    (
-                        format!("{name}_{}.nii.gz", m.as_str()),
-                        write_volume_as(v, Datatype::I16, true),
-                    )
-                })
+                s.spawn(move || (format!("{name}_{}.nii.gz", m.as_str()), write_volume_as(v, Datatype::I16, true)))
             })
             .collect();
         let mut out: Vec<_> = handles
@@ -141,21 +126,13 @@ pub fn case_seed(seed: u64, i: usize) -> u64 {
 
 /// Writes `n` cases named `Phantom_0000`, ... under `out` plus `out/labels.csv` (reported labels).
 /// Returns the case names.
-pub fn write_dataset(
-    n: usize,
-    seed: u64,
-    dims: [usize; 3],
-    out: &Path,
-) -> Result<Vec<String>, ImagingError> {
+pub fn write_dataset(n: usize, seed: u64, dims: [usize; 3], out: &Path) -> Result<Vec<String>, ImagingError> {
     std::fs::create_dir_all(out).map_err(|e| ImagingError::io(out, e))?;
     let mut names = Vec::with_capacity(n);
     let mut labels = BTreeMap::new();
     for i in 0..n {
         let name = format!("Phantom_{i:04}");
-        let case = try_generate(&PhantomConfig {
-            dims,
-            seed: case_seed(seed, i),
-        })?;
+        let case = try_generate(&PhantomConfig { dims, seed: case_seed(seed, i) })?;
         write_brats_case(&case, out, &name)?;
         labels.insert(name.clone(), case.labels);
         names.push(name);
@@ -206,55 +183,158 @@ mod tests {
         }
     }
 
+    /// Structure every phantom must have: four int16-range modalities on one grid, labels
+    /// 1, 2 and 4 present, skull-stripped (background exactly 0 in all modalities), the tumour
+    /// inside the brain, the brain clear of every grid face, codeletion only with IDH mutation.
+    fn check_well_formed(c: &PhantomCase, what: &str) {
+        assert_eq!(c.volumes.len(), 4);
+        let mut counts = [0usize; 256];
+        for &l in &c.seg.data {
+            counts[l as usize] += 1;
+        }
+        for l in [1, 2, 4] {
+            assert!(counts[l] > 0, "{what}: label {l} missing: {:?}", &counts[..5]);
+        }
+        assert_eq!(counts[0] + counts[1] + counts[2] + counts[4], c.seg.data.len());
+        for (k, (m, v)) in c.volumes.iter().enumerate() {
+            assert_eq!(*m, Modality::ALL[k]);
+            assert_eq!(v.grid, c.seg.grid);
+            assert!(v.data.iter().all(|x| x.fract() == 0.0 && (0.0..=32767.0).contains(x)));
+        }
+        let t1 = &c.volumes[0].1.data;
+        for (i, &x) in t1.iter().enumerate() {
+            let brain = x != 0.0;
+            assert!(c.volumes.iter().all(|(_, v)| (v.data[i] != 0.0) == brain));
+            assert!(brain || c.seg.data[i] == 0, "{what}: tumour outside the brain");
+        }
+        let [nx, ny, nz] = c.seg.grid.dims;
+        assert!((0..nx * ny).all(|i| t1[i] == 0.0), "{what}: bottom slice is background");
+        for z in 0..nz {
+            for y in 0..ny {
+                for x in 0..nx {
+                    if x == 0 || y == 0 || z == 0 || x == nx - 1 || y == ny - 1 || z == nz - 1 {
+                        assert_eq!(t1[x + nx * (y + ny * z)], 0.0, "{what}: brain on a face");
+                    }
+                }
+            }
+        }
+        if c.labels.codel_1p19q == Some(true) {
+            assert_eq!(c.labels.idh_mutant, Some(true));
+        }
+        if c.truth.codel_1p19q == Some(true) {
+            assert_eq!(c.truth.idh_mutant, Some(true));
+        }
+    }
+
     #[test]
     fn small_phantoms_are_well_formed() {
         for seed in 0..24 {
             let c = small(seed);
-            assert_eq!(c.volumes.len(), 4);
-            let mut counts = [0usize; 256];
-            for &l in &c.seg.data {
-                counts[l as usize] += 1;
+            assert_eq!(c.anatomy, anatomy());
+            check_well_formed(&c, &format!("seed {seed}"));
+        }
+    }
+
+    #[test]
+    fn procedural_fallback_is_well_formed() {
+        for seed in 0..12 {
+            let cfg = PhantomConfig { dims: SMALL, seed };
+            let c = render_with(&cfg, anatomy::procedural()).case;
+            assert_eq!(c.anatomy, AnatomySource::Procedural);
+            check_well_formed(&c, &format!("procedural seed {seed}"));
+        }
+        // Tiny grids still hold a whole brain.
+        for seed in 0..4 {
+            let c = render_with(&PhantomConfig { dims: [16; 3], seed }, anatomy::procedural()).case;
+            assert!(c.volumes[0].1.data.iter().any(|&v| v > 0.0));
+        }
+    }
+
+    /// Mean of `v` over voxels of normal tissue `t` (1 GM, 2 WM, 3 CSF).
+    fn tissue_mean(v: &Volume, tissue: &[u8], t: u8) -> f64 {
+        let (s, n) = v
+            .data
+            .iter()
+            .zip(tissue)
+            .filter(|(_, l)| **l == t)
+            .fold((0.0, 0usize), |(s, n), (x, _)| (s + f64::from(*x), n + 1));
+        assert!(n > 20, "tissue {t}: {n} voxels");
+        s / n as f64
+    }
+
+    fn check_contrasts(anat: &'static anatomy::Anatomy) {
+        for seed in 0..4 {
+            let r = render_with(&PhantomConfig { dims: [96, 96, 64], seed: 300 + seed }, anat);
+            let c = &r.case;
+            let m = |k: usize, t: u8| tissue_mean(&c.volumes[k].1, &r.tissue, t);
+            let (gm, wm, csf) = (1, 2, 3);
+            let what = format!("{:?} seed {seed}", anat.source);
+            println!("{what}: {:?}", (0..4).map(|k| [gm, wm, csf].map(|t| m(k, t).round())).collect::<Vec<_>>());
+            assert!(m(0, wm) > m(0, gm) && m(0, gm) > m(0, csf), "T1w: {what}");
+            assert!(m(1, wm) > m(1, gm) && m(1, gm) > m(1, csf), "T1ce: {what}");
+            assert!(m(2, csf) > m(2, gm) && m(2, gm) > m(2, wm), "T2w: {what}");
+            let fl = &c.volumes[3].1;
+            assert!(m(3, csf) < 0.5 * m(3, wm), "FLAIR CSF dark: {what}");
+            assert!(mean_in(fl, &c.seg, 2) > 1.2 * m(3, wm), "FLAIR edema bright: {what}");
+            let t2 = &c.volumes[2].1;
+            assert!(mean_in(t2, &c.seg, 2) > m(2, gm), "T2w edema bright: {what}");
+        }
+    }
+
+    #[test]
+    fn tissue_contrasts_follow_the_signal_equations() {
+        check_contrasts(anatomy::procedural());
+        if anatomy() == AnatomySource::Template {
+            check_contrasts(anatomy::global());
+        } else {
+            println!("notice: no {TEMPLATE_FILE}; template contrast checks skipped");
+        }
+    }
+
+    /// Case-level feature frequencies by class, from the sampled descriptions (no rendering).
+    #[test]
+    fn label_feature_table_frequencies() {
+        let anat = anatomy::global();
+        let n = 3000;
+        // [count, ring, mismatch, frontal, cortical, calcified, multifocal]
+        let mut by: BTreeMap<&str, [usize; 7]> = BTreeMap::new();
+        let mut flips = [0usize; 2];
+        for seed in 0..n {
+            let s = spec::sample(&PhantomConfig { dims: SMALL, seed }, anat);
+            let (t, f) = (s.truth, s.features);
+            assert!(!t.codel || t.idh, "codeletion only with IDH mutation");
+            assert!(!f.ring || t.gbm, "ring enhancement only in grade 4");
+            let class = if t.gbm {
+                "gbm"
+            } else if t.codel {
+                "lgg-idh-codel"
+            } else if t.idh {
+                "lgg-idh"
+            } else {
+                "lgg-wt"
+            };
+            let e = by.entry(class).or_default();
+            for (k, v) in
+                [true, f.ring, f.mismatch, f.frontal, f.cortical, f.calcified, f.multifocal].into_iter().enumerate()
+            {
+                e[k] += usize::from(v);
             }
-            for l in [1, 2, 4] {
-                assert!(
-                    counts[l] > 0,
-                    "seed {seed}: label {l} missing: {:?}",
-                    &counts[..5]
-                );
-            }
-            assert_eq!(
-                counts[0] + counts[1] + counts[2] + counts[4],
-                c.seg.data.len()
-            );
-            for (k, (m, v)) in c.volumes.iter().enumerate() {
-                assert_eq!(*m, Modality::ALL[k]);
-                assert_eq!(v.grid, c.seg.grid);
-                assert!(
-                    v.data
-                        .iter()
-                        .all(|x| x.fract() == 0.0 && (0.0..=32767.0).contains(x))
-                );
-            }
-            // Skull-stripped: a voxel is brain in all modalities or background (exactly 0) in all;
-            // the tumour lies inside the brain; the brain does not touch the grid border.
-            let t1 = &c.volumes[0].1.data;
-            for (i, &x) in t1.iter().enumerate() {
-                let brain = x != 0.0;
-                assert!(c.volumes.iter().all(|(_, v)| (v.data[i] != 0.0) == brain));
-                assert!(brain || c.seg.data[i] == 0);
-            }
-            let [nx, ny, _] = SMALL;
-            assert!(
-                (0..nx * ny).all(|i| t1[i] == 0.0),
-                "bottom slice is background"
-            );
-            // Reported codeletion only for reported IDH-mutant cases.
-            if c.labels.codel_1p19q == Some(true) {
-                assert_eq!(c.labels.idh_mutant, Some(true));
-            }
-            if c.truth.codel_1p19q == Some(true) {
-                assert_eq!(c.truth.idh_mutant, Some(true));
-            }
+            flips[0] += usize::from(s.reported.grade_gbm != Some(t.gbm));
+            flips[1] += usize::from(s.reported.idh_mutant != Some(t.idh));
+        }
+        let rate = |c: &str, k: usize| by[c][k] as f64 / by[c][0] as f64;
+        println!("{by:?}");
+        assert!(rate("gbm", 1) > 0.8, "GBM ring");
+        assert!(rate("lgg-idh", 2) > 0.65, "mismatch in IDH-mutant astrocytoma");
+        assert!(rate("lgg-wt", 2) < 0.15 && rate("lgg-idh-codel", 2) < 0.25);
+        assert!(rate("lgg-idh", 3) > 0.65 && rate("lgg-wt", 3) < 0.4, "frontal");
+        assert!(rate("lgg-idh-codel", 4) > 0.7 && rate("lgg-wt", 4) < 0.25, "cortical");
+        assert!(rate("lgg-idh-codel", 5) > 0.4 && rate("lgg-idh", 5) < 0.1, "calcified");
+        assert!(rate("gbm", 6) > 2.0 * rate("lgg-wt", 6).max(0.02), "multifocal");
+        // Label noise: a few percent of reported grades and IDH states are wrong.
+        for f in flips {
+            let r = f as f64 / n as f64;
+            assert!(r > 0.01 && r < 0.06, "label noise {r}");
         }
     }
 
@@ -308,8 +388,8 @@ mod tests {
             // T2-FLAIR mismatch inside the non-enhancing core (label 1), relative to normal brain.
             let t2 = &c.volumes[2].1;
             let fl = &c.volumes[3].1;
-            let ratio = (mean_in(fl, &c.seg, 1) / brain_mean(fl, &c.seg))
-                / (mean_in(t2, &c.seg, 1) / brain_mean(t2, &c.seg));
+            let ratio =
+                (mean_in(fl, &c.seg, 1) / brain_mean(fl, &c.seg)) / (mean_in(t2, &c.seg, 1) / brain_mean(t2, &c.seg));
             add(&mut mismatch[idh as usize], ratio);
             // Enhancement: ET brighter than ED on T1ce, edema bright on FLAIR.
             let t1ce = &c.volumes[1].1;
@@ -317,26 +397,30 @@ mod tests {
             assert!(mean_in(fl, &c.seg, 2) > brain_mean(fl, &c.seg));
         }
         let mean = |a: (f64, usize)| a.0 / a.1.max(1) as f64;
+        println!(
+            "ET ml [LGG, GBM] {:.2?}; centroid y [IDH-wt, IDH-mut] {:.2?}; mismatch {:.3?}",
+            et.map(mean),
+            y.map(mean),
+            mismatch.map(mean)
+        );
         for group in [et, y] {
-            assert!(
-                group[0].1 >= 5 && group[1].1 >= 5,
-                "both classes sampled: {group:?}"
-            );
+            assert!(group[0].1 >= 5 && group[1].1 >= 5, "both classes sampled: {group:?}");
         }
         assert!(mean(et[1]) > 2.0 * mean(et[0]), "ET GBM {et:?} vs LGG");
-        assert!(
-            mean(y[1]) > mean(y[0]) + 2.0,
-            "IDH-mutant more frontal: {y:?}"
-        );
-        assert!(
-            mean(mismatch[1]) < mean(mismatch[0]),
-            "T2-FLAIR mismatch: {mismatch:?}"
-        );
+        assert!(mean(y[1]) > mean(y[0]) + 2.0, "IDH-mutant more frontal: {y:?}");
+        assert!(mean(mismatch[1]) < mean(mismatch[0]), "T2-FLAIR mismatch: {mismatch:?}");
     }
 
     #[test]
     fn full_size_case() {
+        let t = std::time::Instant::now();
         let c = generate(&PhantomConfig::default());
+        println!(
+            "240x240x155 on {:?} anatomy: {:.2} s (including the one-time load)",
+            c.anatomy,
+            t.elapsed().as_secs_f64()
+        );
+        check_well_formed(&c, "full size");
         assert_eq!(c.seg.grid.dims, [240, 240, 155]);
         assert_eq!(c.seg.grid.affine[0][0], 1.0);
         let r = region_stats(&c.seg);
@@ -356,11 +440,7 @@ mod tests {
             assert_eq!(&files.name, name);
             assert_eq!(files.modalities.len(), 4);
             let loaded = load_case(&files, &Limits::default()).unwrap();
-            let direct = try_generate(&PhantomConfig {
-                dims: [32, 32, 24],
-                seed: case_seed(5, i),
-            })
-            .unwrap();
+            let direct = try_generate(&PhantomConfig { dims: [32, 32, 24], seed: case_seed(5, i) }).unwrap();
             for ((m, v), (dm, dv)) in loaded.volumes.iter().zip(&direct.volumes) {
                 assert_eq!(m, dm);
                 assert_eq!(v, dv);
@@ -368,17 +448,8 @@ mod tests {
             assert_eq!(loaded.seg.unwrap(), direct.seg);
             assert_eq!(labels[name], direct.labels);
         }
-        assert!(
-            try_generate(&PhantomConfig {
-                dims: [8, 48, 48],
-                seed: 0
-            })
-            .is_err()
-        );
-        let clamped = generate(&PhantomConfig {
-            dims: [0, 20, 20],
-            seed: 0,
-        });
+        assert!(try_generate(&PhantomConfig { dims: [8, 48, 48], seed: 0 }).is_err());
+        let clamped = generate(&PhantomConfig { dims: [0, 20, 20], seed: 0 });
         assert_eq!(clamped.seg.grid.dims, [MIN_DIM, 20, 20]);
         assert!(write_brats_case(&clamped, t.path(), "../x").is_err());
     }

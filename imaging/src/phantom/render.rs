@@ -46,19 +46,11 @@ fn tumor_distance(t: &Tumor, q: [f64; 3]) -> Option<f64> {
         return None;
     }
     let u = if r > 1e-9 {
-        [
-            (q[0] - t.center[0]) / r,
-            (q[1] - t.center[1]) / r,
-            (q[2] - t.center[2]) / r,
-        ]
+        [(q[0] - t.center[0]) / r, (q[1] - t.center[1]) / r, (q[2] - t.center[2]) / r]
     } else {
         [0.0, 0.0, 1.0]
     };
-    let d0 = t
-        .blobs
-        .iter()
-        .map(|b| dist(q, b.center) / b.radius)
-        .fold(f64::INFINITY, f64::min);
+    let d0 = t.blobs.iter().map(|b| dist(q, b.center) / b.radius).fold(f64::INFINITY, f64::min);
     Some(d0 * (1.0 + waves_at(&t.waves, u)))
 }
 
@@ -79,10 +71,7 @@ fn tumor_mix(t: &Tumor, d: f64, q: [f64; 3], edema_scale: f64) -> TumorMix {
     let o_ed = smoothstep(1.0 + edema - t.edema_margin, 1.0 + edema + t.edema_margin, d);
     let core = 1.0 - o_core;
     let (enh, is_et) = match t.enhancement {
-        Enhancement::Ring { inner } => (
-            smoothstep(inner - t.core_margin, inner + t.core_margin, d),
-            d >= inner,
-        ),
+        Enhancement::Ring { inner } => (smoothstep(inner - t.core_margin, inner + t.core_margin, d), d >= inner),
         Enhancement::Nodule(b) => {
             let nd = dist(q, b.center) / b.radius;
             (1.0 - smoothstep(0.7, 1.3, nd), nd < 1.0)
@@ -95,21 +84,11 @@ fn tumor_mix(t: &Tumor, d: f64, q: [f64; 3], edema_scale: f64) -> TumorMix {
     } else {
         0
     };
-    TumorMix {
-        tissue: o_core * o_ed,
-        ed: o_core * (1.0 - o_ed),
-        ncr: core * (1.0 - enh),
-        et: core * enh,
-        label,
-    }
+    TumorMix { tissue: o_core * o_ed, ed: o_core * (1.0 - o_ed), ncr: core * (1.0 - enh), et: core * enh, label }
 }
 
 fn lerp(a: Relax, b: Relax, w: f64) -> Relax {
-    Relax {
-        t1: a.t1 + (b.t1 - a.t1) * w,
-        t2: a.t2 + (b.t2 - a.t2) * w,
-        pd: a.pd + (b.pd - a.pd) * w,
-    }
+    Relax { t1: a.t1 + (b.t1 - a.t1) * w, t2: a.t2 + (b.t2 - a.t2) * w, pd: a.pd + (b.pd - a.pd) * w }
 }
 
 /// Texture `tex` (relative) and calcification fraction `calc` applied to a tumour tissue.
@@ -129,21 +108,28 @@ struct Plane {
 
 fn render_plane(s: &CaseSpec, sn: &[[f64; 3]; 4], z: usize) -> Plane {
     let [nx, ny, _] = s.dims;
-    let mut plane = Plane {
-        img: [0; 4].map(|_| vec![0f32; nx * ny]),
-        seg: vec![0u8; nx * ny],
-        tissue: vec![0u8; nx * ny],
-    };
+    let mut plane =
+        Plane { img: [0; 4].map(|_| vec![0f32; nx * ny]), seg: vec![0u8; nx * ny], tissue: vec![0u8; nx * ny] };
     let (anat, w, ts) = (s.anatomy, &s.warp, &s.tissues);
     let half = s.dims.map(|n| (n as f64 / 2.0).max(1.0));
+    let step = [w.m[0][0], w.m[1][0], w.m[2][0]];
     for y in 0..ny {
-        for x in 0..nx {
+        let base = w.affine([0.0, y as f64, z as f64]);
+        let Some((x0, x1)) = anat.span(base, step, w.reach, nx) else {
+            continue;
+        };
+        let mut row = w.row(base, step, x0);
+        for x in x0..x1 {
+            if x > x0 {
+                row.advance();
+            }
             let p = [x as f64, y as f64, z as f64];
-            let q0 = w.affine(p);
+            let q0 = [0, 1, 2].map(|i| base[i] + x as f64 * step[i]);
             if !anat.near_brain(q0, w.reach) {
                 continue;
             }
-            let q = w.deformed(q0);
+            let u = row.displacement();
+            let q = [q0[0] + u[0], q0[1] + u[1], q0[2] + u[2]];
             // Nearest tumour (smallest normalized distance).
             let mut best: Option<(f64, &Tumor)> = None;
             for t in &s.tumors {
@@ -193,18 +179,10 @@ fn render_plane(s: &CaseSpec, sn: &[[f64; 3]; 4], z: usize) -> Plane {
                 } else {
                     ts.core
                 };
-                [
-                    textured(ts.edema, 0.5 * tex, 0.0),
-                    textured(core, tex, calc),
-                    textured(ts.et, tex, calc),
-                ]
+                [textured(ts.edema, 0.5 * tex, 0.0), textured(core, tex, calc), textured(ts.et, tex, calc)]
             });
             let idx = (i + nx * ny * z) as u64;
-            let g = [
-                (p[0] - half[0]) / half[0],
-                (p[1] - half[1]) / half[1],
-                (p[2] - half[2]) / half[2],
-            ];
+            let g = [(p[0] - half[0]) / half[0], (p[1] - half[1]) / half[1], (p[2] - half[2]) / half[2]];
             for m in Modality::ALL {
                 let k = m.index();
                 let normal = f[0] * sn[k][0] + f[1] * sn[k][1] + f[2] * sn[k][2];
@@ -228,10 +206,7 @@ fn render_plane(s: &CaseSpec, sn: &[[f64; 3]; 4], z: usize) -> Plane {
             let label = mixv.as_ref().map_or(0, |(m, _, _)| m.label);
             plane.seg[i] = label;
             if label == 0 && tumor.is_none() {
-                plane.tissue[i] = f
-                    .iter()
-                    .position(|&v| v >= 0.9)
-                    .map_or(0, |t| t as u8 + 1);
+                plane.tissue[i] = f.iter().position(|&v| v >= 0.9).map_or(0, |t| t as u8 + 1);
             }
         }
     }
@@ -271,19 +246,8 @@ pub(crate) fn render(s: &CaseSpec) -> Rendered {
         tissue.extend_from_slice(&p.tissue);
     }
     let grid = Grid::axis_aligned(s.dims, [1.0; 3], s.origin);
-    let volumes = Modality::ALL
-        .into_iter()
-        .zip(img)
-        .map(|(m, data)| {
-            (
-                m,
-                Volume {
-                    grid: grid.clone(),
-                    data,
-                },
-            )
-        })
-        .collect();
+    let volumes =
+        Modality::ALL.into_iter().zip(img).map(|(m, data)| (m, Volume { grid: grid.clone(), data })).collect();
     Rendered {
         case: PhantomCase {
             volumes,

@@ -195,17 +195,57 @@ pub(crate) struct Warp {
 
 impl Warp {
     pub fn affine(&self, p: [f64; 3]) -> [f64; 3] {
-        let o = [
-            p[0] - self.center_out[0],
-            p[1] - self.center_out[1],
-            p[2] - self.center_out[2],
-        ];
+        let o = [p[0] - self.center_out[0], p[1] - self.center_out[1], p[2] - self.center_out[2]];
         let m = &self.m;
         [0, 1, 2].map(|i| self.center_tpl[i] + m[i][0] * o[0] + m[i][1] * o[1] + m[i][2] * o[2])
     }
 
-    pub fn deformed(&self, q0: [f64; 3]) -> [f64; 3] {
-        [0, 1, 2].map(|i| q0[i] + self.deform[i].iter().map(|w| w.eval(q0)).sum::<f64>())
+    /// The displacement along the output row `q0(x) = base + x step` from `x = x0` on.
+    pub fn row(&self, base: [f64; 3], step: [f64; 3], x0: usize) -> Row {
+        let mut osc = Vec::new();
+        for (axis, ws) in self.deform.iter().enumerate() {
+            for w in ws {
+                let dot = |v: [f64; 3]| w.k[0] * v[0] + w.k[1] * v[1] + w.k[2] * v[2];
+                let (s, c) = (dot(base) + w.phase + x0 as f64 * dot(step)).sin_cos();
+                let (sd, cd) = dot(step).sin_cos();
+                osc.push(Oscillator { axis, amp: w.amp, s, c, sd, cd });
+            }
+        }
+        Row { osc }
+    }
+}
+
+struct Oscillator {
+    axis: usize,
+    amp: f64,
+    /// sin and cos of the current phase, and of the phase step per voxel.
+    s: f64,
+    c: f64,
+    sd: f64,
+    cd: f64,
+}
+
+/// Deformation waves along a row, advanced voxel by voxel by rotating their phases (no sine per
+/// voxel; the rounding drift over a row is far below 1e-9 mm).
+pub(crate) struct Row {
+    osc: Vec<Oscillator>,
+}
+
+impl Row {
+    pub fn displacement(&self) -> [f64; 3] {
+        let mut d = [0.0; 3];
+        for o in &self.osc {
+            d[o.axis] += o.amp * o.s;
+        }
+        d
+    }
+
+    pub fn advance(&mut self) {
+        for o in &mut self.osc {
+            let s = o.s * o.cd + o.c * o.sd;
+            o.c = o.c * o.cd - o.s * o.sd;
+            o.s = s;
+        }
     }
 }
 
@@ -268,12 +308,7 @@ pub(crate) fn waves(rng: &mut ChaCha8Rng, n: usize, kmax: f64, amp: f64) -> Vec<
 }
 
 /// Plane waves with wavelengths (mm) in `lambda`, amplitudes summing to at most `amp`.
-pub(crate) fn plane_waves(
-    rng: &mut ChaCha8Rng,
-    n: usize,
-    lambda: (f64, f64),
-    amp: f64,
-) -> Vec<Wave> {
+pub(crate) fn plane_waves(rng: &mut ChaCha8Rng, n: usize, lambda: (f64, f64), amp: f64) -> Vec<Wave> {
     (0..n)
         .map(|_| {
             let d = dir(rng);
@@ -292,12 +327,7 @@ fn sample_truth(rng: &mut ChaCha8Rng) -> Truth {
     let idh = rng.random_bool(if gbm { 0.1 } else { 0.75 });
     let codel = idh && rng.random_bool(0.45);
     let mgmt = rng.random_bool(if idh { 0.85 } else { 0.45 });
-    Truth {
-        gbm,
-        idh,
-        codel,
-        mgmt,
-    }
+    Truth { gbm, idh, codel, mgmt }
 }
 
 /// Reported labels: the truth with some label noise and some unknowns.
@@ -311,12 +341,7 @@ fn sample_reported(rng: &mut ChaCha8Rng, t: &Truth) -> CaseLabels {
         rng.random_bool(0.5).then_some(false)
     };
     let mgmt = (!rng.random_bool(0.2)).then(|| t.mgmt ^ rng.random_bool(0.1));
-    CaseLabels {
-        grade_gbm: Some(grade),
-        idh_mutant: Some(idh),
-        codel_1p19q: codel,
-        mgmt_methylated: mgmt,
-    }
+    CaseLabels { grade_gbm: Some(grade), idh_mutant: Some(idh), codel_1p19q: codel, mgmt_methylated: mgmt }
 }
 
 /// Grid size the anatomy is shown at its natural size in (BraTS, 1 mm).
@@ -366,9 +391,7 @@ fn sample_warp(rng: &mut ChaCha8Rng, anat: &Anatomy, dims: [usize; 3]) -> Warp {
     let margin = 2.5 + amp;
     let d = dims.map(|n| n as f64);
     let base = (0..3).map(|i| REFERENCE_DIMS[i] / d[i]).fold(f64::INFINITY, f64::min) / size;
-    let fit = (0..3)
-        .map(|i| (hi[i] - lo[i] + 2.0 * margin) / (d[i] - 3.0).max(1.0))
-        .fold(0.0, f64::max);
+    let fit = (0..3).map(|i| (hi[i] - lo[i] + 2.0 * margin) / (d[i] - 3.0).max(1.0)).fold(0.0, f64::max);
     let zoom = base.max(fit);
     let center_out = [0, 1, 2].map(|i| {
         // Keep the brain within voxels 1 ..= n-2, centred up to a small random shift.
@@ -391,7 +414,7 @@ fn sample_warp(rng: &mut ChaCha8Rng, anat: &Anatomy, dims: [usize; 3]) -> Warp {
         deform,
         zoom,
         level,
-        reach: f64::from(1u32 << level) + amp + MASS_MAX + 1.0,
+        reach: 1.5 * f64::from(1u32 << level) + amp + MASS_MAX + 2.0,
     }
 }
 
@@ -477,20 +500,10 @@ fn sample_tumor(
 ) -> Tumor {
     let main = avoid.is_none();
     // GBM: large necrotic core; LGG: small core inside a wide T2/FLAIR-bright region.
-    let rc = (if t.gbm {
-        rng.random_range(14.0..24.0)
-    } else {
-        rng.random_range(10.0..17.0)
-    } * size)
-        .max(3.0 * zoom);
+    let rc = (if t.gbm { rng.random_range(14.0..24.0) } else { rng.random_range(10.0..17.0) } * size).max(3.0 * zoom);
     // Location: IDH-mutant tumours are frontal, oligodendrogliomas (codeleted) cortical; a
     // second focus lies anywhere away from the first.
-    let lobes = [
-        Region::Frontal,
-        Region::Temporal,
-        Region::Parietal,
-        Region::Occipital,
-    ];
+    let lobes = [Region::Frontal, Region::Temporal, Region::Parietal, Region::Occipital];
     let region = if !main && rng.random_bool(0.8) {
         lobes[rng.random_range(0..4)]
     } else if rng.random_bool(if t.idh { 0.8 } else { 0.25 }) {
@@ -498,11 +511,7 @@ fn sample_tumor(
     } else {
         let u: f64 = rng.random();
         if t.idh {
-            if u < 0.6 {
-                Region::Temporal
-            } else {
-                Region::Parietal
-            }
+            if u < 0.6 { Region::Temporal } else { Region::Parietal }
         } else if u < 0.35 {
             Region::Temporal
         } else if u < 0.7 {
@@ -520,11 +529,7 @@ fn sample_tumor(
     } else {
         0.1
     });
-    let band = if cortical {
-        (3.0, 10.0)
-    } else {
-        ((0.7 * rc).max(10.0), 200.0)
-    };
+    let band = if cortical { (3.0, 10.0) } else { ((0.7 * rc).max(10.0), 200.0) };
     let avoid_at = avoid.map(|a| (a.center, 1.8 * (a.blobs[0].radius + rc) + 10.0));
     let center = place(rng, anat, region, band, avoid_at);
     if main {
@@ -552,17 +557,12 @@ fn sample_tumor(
     let ring = t.gbm && rng.random_bool(if t.idh { 0.75 } else { 0.92 });
     let enhancement = if ring {
         // Thick ring; IDH-mutant GBMs are less necrotic, MGMT-methylated ones slightly.
-        let mut inner: f64 = if t.idh {
-            rng.random_range(0.35..0.55)
-        } else {
-            rng.random_range(0.55..0.75)
-        };
+        let mut inner: f64 = if t.idh { rng.random_range(0.35..0.55) } else { rng.random_range(0.55..0.75) };
         if t.mgmt {
             inner *= 0.95;
         }
-        Enhancement::Ring {
-            inner: inner.min(1.0 - 1.3 * zoom / min_r).max(1.2 * zoom / rc),
-        }
+        // At least ~1.3 output voxels of ring around all but the smallest blobs.
+        Enhancement::Ring { inner: inner.min(1.0 - 1.3 * zoom / min_r.max(0.7 * rc)).max(1.2 * zoom / rc) }
     } else {
         // Patchy enhancement of a grade-4 tumour without necrosis, or a faint nodule.
         let (off, r) = if t.gbm {
@@ -571,49 +571,35 @@ fn sample_tumor(
             (rng.random_range(0.35..0.6), rng.random_range(0.18..0.3))
         };
         let d = inward(rng);
-        Enhancement::Nodule(Blob {
-            center: offset(center, d, off * rc),
-            radius: (r * rc).max(1.6 * zoom),
-        })
+        Enhancement::Nodule(Blob { center: offset(center, d, off * rc), radius: (r * rc).max(1.6 * zoom) })
     };
     if main {
         f.ring = ring;
     }
-    let cavity = if ring && rng.random_bool(0.5) {
+    let cavity = if ring && rng.random_bool(0.35) {
         match enhancement {
-            Enhancement::Ring { inner } => inner * rng.random_range(0.5..0.75),
+            Enhancement::Ring { inner } => inner * rng.random_range(0.4..0.7),
             Enhancement::Nodule(_) => 0.0,
         }
     } else {
         0.0
     };
-    let mut edema: f64 = if t.gbm {
-        rng.random_range(0.5..1.0)
-    } else {
-        rng.random_range(0.8..1.4)
-    };
+    let mut edema: f64 = if t.gbm { rng.random_range(0.5..1.0) } else { rng.random_range(0.8..1.4) };
     if t.idh {
         edema *= 0.85;
     }
     if t.mgmt {
         edema *= 0.9; // weak signal
     }
-    // At least ~2 output voxels of edema where it is thinnest (grey matter, factor 0.6).
-    let edema = edema.max(2.2 * zoom / min_r / 0.6);
+    // At least ~2 output voxels of edema around the main blob, even in grey matter (where the
+    // edema reaches 0.6 as far as in white matter).
+    let edema = edema.max(2.2 * zoom / rc / 0.6);
     let (core_margin, edema_margin, wobble) = if t.codel {
-        (
-            rng.random_range(0.05..0.09),
-            rng.random_range(0.1..0.18),
-            0.05,
-        )
+        (rng.random_range(0.05..0.09), rng.random_range(0.1..0.18), 0.05)
     } else if t.idh {
         (0.03, 0.05, 0.035)
     } else {
-        (
-            rng.random_range(0.08..0.15),
-            rng.random_range(0.18..0.3),
-            0.07,
-        )
+        (rng.random_range(0.08..0.15), rng.random_range(0.18..0.3), 0.07)
     };
     let calcified = t.codel && rng.random_bool(0.6) || !t.codel && rng.random_bool(0.03);
     if main {
@@ -623,10 +609,7 @@ fn sample_tumor(
         (0..rng.random_range(2..6))
             .map(|_| {
                 let d = dir(rng);
-                Blob {
-                    center: offset(center, d, rng.random_range(0.0..0.7) * rc),
-                    radius: rng.random_range(1.5..3.0),
-                }
+                Blob { center: offset(center, d, rng.random_range(0.0..0.7) * rc), radius: rng.random_range(1.5..3.0) }
             })
             .collect()
     } else {
@@ -664,11 +647,7 @@ fn jitter(rng: &mut ChaCha8Rng, v: f64, sd: f64) -> f64 {
 }
 
 fn relax(rng: &mut ChaCha8Rng, t1: (f64, f64), t2: (f64, f64), pd: (f64, f64)) -> Relax {
-    Relax {
-        t1: rng.random_range(t1.0..t1.1),
-        t2: rng.random_range(t2.0..t2.1),
-        pd: rng.random_range(pd.0..pd.1),
-    }
+    Relax { t1: rng.random_range(t1.0..t1.1), t2: rng.random_range(t2.0..t2.1), pd: rng.random_range(pd.0..pd.1) }
 }
 
 /// T1 (s) of CSF at 3 T (the template's 3.0 s is below in-vivo measurements).
@@ -697,9 +676,9 @@ fn sample_tissues(rng: &mut ChaCha8Rng, t: &Truth, f: &mut Features, anat: &Anat
         });
     f.mismatch = mismatch;
     let core = if t.gbm {
-        relax(rng, (1.9, 2.4), (0.16, 0.26), (0.86, 0.94))
+        relax(rng, (1.7, 2.1), (0.14, 0.2), (0.86, 0.94))
     } else if mismatch {
-        relax(rng, (2.4, 3.0), (0.3, 0.5), (0.9, 0.96))
+        relax(rng, (2.7, 3.3), (0.4, 0.6), (0.92, 0.97))
     } else {
         relax(rng, (1.6, 1.9), (0.11, 0.15), (0.85, 0.9))
     };
@@ -727,22 +706,12 @@ fn sample_tissues(rng: &mut ChaCha8Rng, t: &Truth, f: &mut Features, anat: &Anat
 /// Sequence parameters: T1w spin echo (also used after contrast), T2w spin echo, FLAIR with the
 /// inversion time set to null the CSF (up to a small error).
 fn sample_sequences(rng: &mut ChaCha8Rng, tissues: &Tissues) -> [Sequence; 4] {
-    let t1w = Sequence::SpinEcho {
-        tr: rng.random_range(0.45..0.65),
-        te: rng.random_range(0.008..0.015),
-    };
-    let t2w = Sequence::SpinEcho {
-        tr: rng.random_range(3.5..5.5),
-        te: rng.random_range(0.085..0.11),
-    };
+    let t1w = Sequence::SpinEcho { tr: rng.random_range(0.45..0.65), te: rng.random_range(0.008..0.015) };
+    let t2w = Sequence::SpinEcho { tr: rng.random_range(3.5..5.5), te: rng.random_range(0.085..0.11) };
     let tr = rng.random_range(8.0..10.0);
     let t1csf = tissues.normal[CSF].t1;
     let ti = t1csf * (2.0 / (1.0 + (-tr / t1csf).exp())).ln() * rng.random_range(0.97..1.03);
-    let flair = Sequence::InversionRecovery {
-        tr,
-        te: rng.random_range(0.1..0.14),
-        ti,
-    };
+    let flair = Sequence::InversionRecovery { tr, te: rng.random_range(0.1..0.14), ti };
     [t1w, t1w, t2w, flair]
 }
 
@@ -758,24 +727,12 @@ pub(crate) fn sample(cfg: &PhantomConfig, anat: &'static Anatomy) -> CaseSpec {
     let mut tumors = vec![main];
     if rng.random_bool(if truth.gbm { 0.2 } else { 0.05 }) {
         let size = rng.random_range(0.45..0.7);
-        let second = sample_tumor(
-            &mut rng,
-            &truth,
-            &mut features,
-            anat,
-            warp.zoom,
-            size,
-            Some(&tumors[0]),
-        );
+        let second = sample_tumor(&mut rng, &truth, &mut features, anat, warp.zoom, size, Some(&tumors[0]));
         tumors.push(second);
         features.multifocal = true;
     }
     let rho = tumors[0].blobs[0].radius * (1.2 + 0.5 * tumors[0].edema.min(1.5));
-    let alpha: f64 = if truth.gbm {
-        rng.random_range(0.12..0.25)
-    } else {
-        rng.random_range(0.04..0.1)
-    };
+    let alpha: f64 = if truth.gbm { rng.random_range(0.12..0.25) } else { rng.random_range(0.04..0.1) };
     let mass = Mass {
         center: tumors[0].center,
         rho,
@@ -797,9 +754,7 @@ pub(crate) fn sample(cfg: &PhantomConfig, anat: &'static Anatomy) -> CaseSpec {
         targets[k] / seq[k].signal(1.0 / wm.t1 + gd, wm.t2, wm.pd)
     });
     let coef = Normal::new(0.0, 0.07).expect("constant distribution parameters");
-    let bias = [0; 4].map(|_| Bias {
-        coef: [0; 9].map(|_| coef.sample(&mut rng)),
-    });
+    let bias = [0; 4].map(|_| Bias { coef: [0; 9].map(|_| coef.sample(&mut rng)) });
     // Heterogeneity: oligodendrogliomas most, IDH-mutant astrocytomas least.
     let het = if truth.codel {
         0.3

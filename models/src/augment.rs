@@ -55,9 +55,9 @@ pub struct AugmentConfig {
     /// Flip probability per axis (x = left-right, y = anterior-posterior, z = inferior-superior).
     pub flip_p: [f64; 3],
     /// Per-channel additive shift drawn from `U(-s, s)` (z-score units), brain voxels only.
-    pub intensity_shift: f32,
+    pub intensity_shift: f64,
     /// Per-channel scale drawn from `U(1 - s, 1 + s)`, brain voxels only.
-    pub intensity_scale: f32,
+    pub intensity_scale: f64,
     /// Probability of dropping a random non-empty proper subset of the present modalities.
     pub modality_drop_p: f64,
     /// Probability of permuting the data among the present channels (literal channel shuffle).
@@ -107,12 +107,10 @@ impl AugmentConfig {
         ];
         for (name, p) in probs {
             if !(0.0..=1.0).contains(&p) {
-                return Err(ModelError::Config(format!(
-                    "augment.{name} = {p}: expected a probability in [0, 1]"
-                )));
+                return Err(ModelError::Config(format!("augment.{name} = {p}: expected a probability in [0, 1]")));
             }
         }
-        if !(0.0..1.0).contains(&self.intensity_scale) || !(self.intensity_shift >= 0.0) {
+        if !(0.0..1.0).contains(&self.intensity_scale) || self.intensity_shift.is_nan() || self.intensity_shift < 0.0 {
             return Err(ModelError::Config(format!(
                 "augment.intensity_scale = {} / intensity_shift = {}: expected scale in [0, 1) and shift >= 0",
                 self.intensity_scale, self.intensity_shift
@@ -138,12 +136,7 @@ pub struct Volume4 {
 impl Volume4 {
     /// A copy of a cached case.
     pub fn of(c: &CaseData) -> Self {
-        Self {
-            dims: c.dims,
-            image: c.image.clone(),
-            seg: c.seg.clone(),
-            present: c.present,
-        }
+        Self { dims: c.dims, image: c.image.clone(), seg: c.seg.clone(), present: c.present }
     }
 
     fn voxels(&self) -> usize {
@@ -210,11 +203,7 @@ pub fn tumor_cutmix(host: &mut Volume4, donor: &CaseData) -> Option<CutMixInfo> 
     Some(CutMixInfo {
         donor_voxels: pasted,
         host_voxels,
-        share: if total > 0 {
-            pasted as f64 / total as f64
-        } else {
-            0.0
-        },
+        share: if total > 0 { pasted as f64 / total as f64 } else { 0.0 },
         offset,
     })
 }
@@ -230,9 +219,7 @@ pub fn mix_targets(
     let mut soft = [None; TASKS];
     for t in 0..TASKS {
         let s = match (host[t], donor[t]) {
-            (Some(h), Some(d)) => {
-                Some(share * f64::from(u8::from(d)) + (1.0 - share) * f64::from(u8::from(h)))
-            }
+            (Some(h), Some(d)) => Some(share * f64::from(u8::from(d)) + (1.0 - share) * f64::from(u8::from(h))),
             (Some(h), None) if share <= 0.0 => Some(f64::from(u8::from(h))),
             (None, Some(d)) if share >= 1.0 => Some(f64::from(u8::from(d))),
             _ => None,
@@ -293,9 +280,7 @@ pub fn crop_start(n: usize, p: usize, bbox: Option<(usize, usize)>, rng: &mut im
 /// `[x, y, z]`), with libtorch's bin edges `floor(i n / g) .. ceil((i + 1) n / g)`.
 pub fn adaptive_avg_pool(data: &[f32], dims: [usize; 3], out: [usize; 3]) -> Vec<f32> {
     let bins = |n: usize, g: usize| -> Vec<(usize, usize)> {
-        (0..g)
-            .map(|i| ((i * n) / g, ((i + 1) * n).div_ceil(g)))
-            .collect()
+        (0..g).map(|i| ((i * n) / g, ((i + 1) * n).div_ceil(g))).collect()
     };
     // Pool along x, then y, then z.
     let mut cur = data.to_vec();
@@ -331,9 +316,7 @@ pub fn adaptive_avg_pool(data: &[f32], dims: [usize; 3], out: [usize; 3]) -> Vec
 pub fn nearest_labels(seg: &[u8], dims: [usize; 3], out: [usize; 3]) -> Vec<i64> {
     let map = |a: usize| -> Vec<usize> {
         let scale = dims[a] as f32 / out[a] as f32;
-        (0..out[a])
-            .map(|i| ((i as f32 * scale).floor() as usize).min(dims[a] - 1))
-            .collect()
+        (0..out[a]).map(|i| ((i as f32 * scale).floor() as usize).min(dims[a] - 1)).collect()
     };
     let (mx, my, mz) = (map(0), map(1), map(2));
     let mut v = Vec::with_capacity(out.iter().product());
@@ -483,14 +466,8 @@ impl Sampler {
         let spe = self.steps_per_epoch();
         let (epoch, pos) = (step / spe, step % spe);
         let mut perm = self.indices.clone();
-        perm.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(&[
-            self.seed,
-            0xE90C,
-            epoch as u64,
-        ])));
-        (0..self.batch)
-            .map(|j| perm[(pos * self.batch + j) % perm.len()])
-            .collect()
+        perm.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(&[self.seed, 0xE90C, epoch as u64])));
+        (0..self.batch).map(|j| perm[(pos * self.batch + j) % perm.len()]).collect()
     }
 
     /// One augmented sample of case `idx`, drawn from `rng`.
@@ -499,12 +476,7 @@ impl Sampler {
         &self,
         idx: usize,
         rng: &mut ChaCha8Rng,
-    ) -> (
-        Volume4,
-        [Option<bool>; TASKS],
-        [Option<f32>; TASKS],
-        String,
-    ) {
+    ) -> (Volume4, [Option<bool>; TASKS], [Option<f32>; TASKS], String) {
         let a = &self.aug;
         let case = &self.data.cases[idx];
         let mut v = Volume4::of(case);
@@ -520,9 +492,7 @@ impl Sampler {
                 .iter()
                 .copied()
                 .filter(|&j| {
-                    j != idx
-                        && self.data.cases[j].tumor_bbox.is_some()
-                        && self.data.cases[j].present == case.present
+                    j != idx && self.data.cases[j].tumor_bbox.is_some() && self.data.cases[j].present == case.present
                 })
                 .collect();
             if !donors.is_empty() {
@@ -545,8 +515,8 @@ impl Sampler {
         // Intensity shift / scale per present channel, brain (non-zero) voxels only.
         let n = v.voxels();
         for c in 0..MODALITIES {
-            let scale = 1.0 + a.intensity_scale * (2.0 * rng.random::<f32>() - 1.0);
-            let shift = a.intensity_shift * (2.0 * rng.random::<f32>() - 1.0);
+            let scale = (1.0 + a.intensity_scale * (2.0 * rng.random::<f64>() - 1.0)) as f32;
+            let shift = (a.intensity_shift * (2.0 * rng.random::<f64>() - 1.0)) as f32;
             if !v.present[c] || (scale == 1.0 && shift == 0.0) {
                 continue;
             }
@@ -603,26 +573,12 @@ impl Sampler {
             cases: Vec::with_capacity(b),
         };
         for (slot, &idx) in cases.iter().enumerate() {
-            let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[
-                self.seed,
-                0xA06,
-                step as u64,
-                slot as u64,
-            ]));
+            let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[self.seed, 0xA06, step as u64, slot as u64]));
             let (v, tasks, soft, name) = self.sample(idx, &mut rng);
             let protect = rng.random::<f64>() < self.aug.tumor_protect_p;
-            let (bbox, _) = if protect {
-                tumor_extent(&v.seg, v.dims)
-            } else {
-                (None, 0)
-            };
+            let (bbox, _) = if protect { tumor_extent(&v.seg, v.dims) } else { (None, 0) };
             let start: [usize; 3] = std::array::from_fn(|a| {
-                crop_start(
-                    v.dims[a],
-                    self.patch[a],
-                    bbox.map(|(lo, hi)| (lo[a], hi[a])),
-                    &mut rng,
-                )
+                crop_start(v.dims[a], self.patch[a], bbox.map(|(lo, hi)| (lo[a], hi[a])), &mut rng)
             });
             // Copy the patch (zero padding beyond the volume).
             let [nx, ny, nz] = v.dims;
@@ -634,8 +590,7 @@ impl Sampler {
                     let dst = px * (y + py * z);
                     for c in 0..MODALITIES {
                         let o = (slot * MODALITIES + c) * pn + dst;
-                        out.image[o..o + len[0]]
-                            .copy_from_slice(&v.image[c * n + src..c * n + src + len[0]]);
+                        out.image[o..o + len[0]].copy_from_slice(&v.image[c * n + src..c * n + src + len[0]]);
                     }
                     let o = slot * pn + dst;
                     for (k, s) in v.seg[src..src + len[0]].iter().enumerate() {
@@ -645,11 +600,7 @@ impl Sampler {
             }
             if let (Some(g), Some(gsize)) = (&mut out.global, self.global) {
                 for c in 0..MODALITIES {
-                    g.image.extend(adaptive_avg_pool(
-                        &v.image[c * n..(c + 1) * n],
-                        v.dims,
-                        gsize,
-                    ));
+                    g.image.extend(adaptive_avg_pool(&v.image[c * n..(c + 1) * n], v.dims, gsize));
                 }
                 g.seg.extend(nearest_labels(&v.seg, v.dims, gsize));
                 let frac = |a: usize, at: usize| at as f32 / [nx, ny, nz][a] as f32;
@@ -693,17 +644,15 @@ impl BatchStream {
                     if flag.load(Ordering::Relaxed) {
                         break;
                     }
-                    let b = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        sampler.batch(step)
-                    }))
-                    .map_err(|p| {
-                        let msg = p
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_else(|| "unknown panic".into());
-                        format!("augmentation failed at step {step}: {msg}")
-                    });
+                    let b =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sampler.batch(step))).map_err(|p| {
+                            let msg = p
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_else(|| "unknown panic".into());
+                            format!("augmentation failed at step {step}: {msg}")
+                        });
                     let failed = b.is_err();
                     if tx.send(b).is_err() || failed {
                         break;
@@ -711,11 +660,7 @@ impl BatchStream {
                 }
             })
             .ok();
-        Self {
-            rx: Some(rx),
-            stop,
-            handle,
-        }
+        Self { rx: Some(rx), stop, handle }
     }
 
     /// The next batch; None when the range is exhausted; Err when the producer failed.
@@ -783,12 +728,7 @@ mod tests {
 
     fn dataset(cases: Vec<CaseData>) -> Arc<Dataset> {
         let n = cases.len();
-        Arc::new(Dataset {
-            cases,
-            subsets: vec![Subset::Train; n],
-            warnings: Vec::new(),
-            skipped: Vec::new(),
-        })
+        Arc::new(Dataset { cases, subsets: vec![Subset::Train; n], warnings: Vec::new(), skipped: Vec::new() })
     }
 
     #[test]
@@ -796,10 +736,7 @@ mod tests {
         let c = case("a", [60, 50, 40], [40, 5, 28], [52, 20, 38], 5.0);
         let tumour = c.tumor_voxels;
         let data = dataset(vec![c]);
-        let aug = AugmentConfig {
-            tumor_protect_p: 1.0,
-            ..AugmentConfig::none()
-        };
+        let aug = AugmentConfig { tumor_protect_p: 1.0, ..AugmentConfig::none() };
         let s = Sampler::new(data.clone(), vec![0], aug, &ModelConfig::tiny(), 1, 3).unwrap();
         for step in 0..20 {
             let b = s.batch(step);
@@ -807,8 +744,7 @@ mod tests {
             assert_eq!(inside, tumour, "step {step}");
         }
         // Uniform crops miss some of it.
-        let s = Sampler::new(data, vec![0], AugmentConfig::none(), &ModelConfig::tiny(), 1, 3)
-            .unwrap();
+        let s = Sampler::new(data, vec![0], AugmentConfig::none(), &ModelConfig::tiny(), 1, 3).unwrap();
         let missed = (0..20).any(|step| s.batch(step).seg.iter().filter(|&&v| v != 0).count() < tumour);
         assert!(missed);
         // A tumour longer than the patch: the crop lies inside its extent on that axis.
@@ -855,9 +791,8 @@ mod tests {
         assert_eq!(soft[2], None);
         assert_eq!(soft[3], None);
         let draws = 4000;
-        let positives = (0..draws)
-            .filter(|_| mix_targets(host.tasks, d.tasks, info.share, &mut rng).0[0] == Some(true))
-            .count();
+        let positives =
+            (0..draws).filter(|_| mix_targets(host.tasks, d.tasks, info.share, &mut rng).0[0] == Some(true)).count();
         assert!((positives as f64 / draws as f64 - (1.0 - info.share)).abs() < 0.03);
     }
 
@@ -885,8 +820,7 @@ mod tests {
         }
         assert!((0..6).any(|s| a.batch(s) != c.batch(s)));
         // Each epoch visits every case once (3 cases, batch 2: the last slot wraps).
-        let seen: std::collections::BTreeSet<usize> =
-            (0..2).flat_map(|s| a.cases_of(s)).collect();
+        let seen: std::collections::BTreeSet<usize> = (0..2).flat_map(|s| a.cases_of(s)).collect();
         assert_eq!(seen.len(), 3);
         // The background stream yields the same batches, from any start step.
         let mut st = BatchStream::spawn(mk(7), 3, 6, 2);
@@ -915,17 +849,14 @@ mod tests {
         let n: usize = dims.iter().product();
         let data: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32).collect();
         let ours = adaptive_avg_pool(&data, dims, [4, 4, 4]);
-        let t = Tensor::from_slice(&data)
-            .view([1, 1, 6, 5, 7])
-            .adaptive_avg_pool3d([4, 4, 4]);
+        let t = Tensor::from_slice(&data).view([1, 1, 6, 5, 7]).adaptive_avg_pool3d([4, 4, 4]);
         let theirs = Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap();
         for (a, b) in ours.iter().zip(&theirs) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
         let seg: Vec<u8> = (0..n).map(|i| (i % 4) as u8).collect();
         let ours = nearest_labels(&seg, dims, [4, 4, 4]);
-        let st = Tensor::from_slice(&seg.iter().map(|&v| i64::from(v)).collect::<Vec<_>>())
-            .view([1, 6, 5, 7]);
+        let st = Tensor::from_slice(&seg.iter().map(|&v| i64::from(v)).collect::<Vec<_>>()).view([1, 6, 5, 7]);
         let theirs = crate::loss::resample_labels(&st, [4, 4, 4]);
         assert_eq!(ours, Vec::<i64>::try_from(&theirs.flatten(0, -1)).unwrap());
         // Flipping twice is the identity.

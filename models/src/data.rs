@@ -147,17 +147,30 @@ impl Default for DataConfig {
 impl DataConfig {
     /// Resolves relative paths against `base` (the config file's folder).
     pub fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
+        let fix = |p: &mut PathBuf| *p = join_clean(base, p);
         self.dirs.iter_mut().for_each(fix);
         self.labels.iter_mut().for_each(fix);
         if let SplitConfig::File { path } = &mut self.split {
             fix(path);
         }
     }
+}
+
+/// `base.join(p)` for a relative `p` (else `p`), with `a/..` pairs removed lexically.
+pub fn join_clean(base: &Path, p: &Path) -> PathBuf {
+    use std::path::Component;
+    let joined = if p.is_relative() { base.join(p) } else { p.to_path_buf() };
+    let mut out: Vec<Component<'_>> = Vec::new();
+    for c in joined.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() { PathBuf::from(".") } else { out.iter().collect() }
 }
 
 /// One problem found while validating the data.
@@ -173,13 +186,7 @@ pub struct CaseProblem {
 
 impl std::fmt::Display for CaseProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "case {} ({}): {}",
-            self.case,
-            self.path.display(),
-            self.message
-        )
+        write!(f, "case {} ({}): {}", self.case, self.path.display(), self.message)
     }
 }
 
@@ -207,6 +214,9 @@ impl std::fmt::Display for DataError {
 
 impl std::error::Error for DataError {}
 
+/// A voxel box `(lo, hi)`, `hi` exclusive, per axis x / y / z.
+pub type BBox = ([usize; 3], [usize; 3]);
+
 /// A validated, preprocessed case held in memory.
 #[derive(Debug, Clone)]
 pub struct CaseData {
@@ -230,7 +240,7 @@ pub struct CaseData {
     /// Labels of the four tasks (grade GBM, IDH mutant, 1p/19q codeleted, MGMT methylated).
     pub tasks: [Option<bool>; TASKS],
     /// Tumour bounding box `(lo, hi)` in voxels (`hi` exclusive), x/y/z; None without tumour.
-    pub tumor_bbox: Option<([usize; 3], [usize; 3])>,
+    pub tumor_bbox: Option<BBox>,
     /// Number of tumour voxels.
     pub tumor_voxels: usize,
     /// `(role, sha256)` of each file read (`t1`, ..., `seg`).
@@ -293,11 +303,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn problem(case: &str, path: &Path, message: impl Into<String>) -> CaseProblem {
-    CaseProblem {
-        case: case.to_string(),
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
+    CaseProblem { case: case.to_string(), path: path.to_path_buf(), message: message.into() }
 }
 
 /// Finds case folders: a folder with BraTS files is a case; otherwise each non-hidden
@@ -305,10 +311,8 @@ fn problem(case: &str, path: &Path, message: impl Into<String>) -> CaseProblem {
 fn discover(dirs: &[PathBuf], problems: &mut Vec<CaseProblem>) -> Vec<(PathBuf, CaseFiles)> {
     let mut out = Vec::new();
     for dir in dirs {
-        let label = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| dir.display().to_string());
+        let label =
+            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
         if !dir.is_dir() {
             problems.push(problem(&label, dir, "data folder not found"));
             continue;
@@ -321,12 +325,7 @@ fn discover(dirs: &[PathBuf], problems: &mut Vec<CaseProblem>) -> Vec<(PathBuf, 
             Ok(rd) => rd
                 .filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| {
-                    p.is_dir()
-                        && !p
-                            .file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-                })
+                .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
                 .collect(),
             Err(e) => {
                 problems.push(problem(&label, dir, format!("cannot list folder: {e}")));
@@ -335,17 +334,10 @@ fn discover(dirs: &[PathBuf], problems: &mut Vec<CaseProblem>) -> Vec<(PathBuf, 
         };
         subs.sort();
         if subs.is_empty() {
-            problems.push(problem(
-                &label,
-                dir,
-                "no BraTS case here: expected case files or case sub-folders",
-            ));
+            problems.push(problem(&label, dir, "no BraTS case here: expected case files or case sub-folders"));
         }
         for sub in subs {
-            let name = sub
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = sub.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             match gmmas_imaging::brats::discover_case(&sub) {
                 Ok(files) => out.push((sub, files)),
                 Err(e) => problems.push(problem(&name, &sub, e.to_string())),
@@ -366,33 +358,20 @@ pub fn read_split_file(path: &Path) -> Result<BTreeMap<String, Subset>, CaseProb
         if line.is_empty() {
             continue;
         }
-        let fields: Vec<&str> = line
-            .split(|c: char| c == ',' || c == ';' || c.is_whitespace())
-            .filter(|f| !f.is_empty())
-            .collect();
+        let fields: Vec<&str> =
+            line.split(|c: char| c == ',' || c == ';' || c.is_whitespace()).filter(|f| !f.is_empty()).collect();
         let header = std::mem::replace(&mut first, false);
         if fields.len() != 2 {
-            return Err(bad(format!(
-                "line {}: expected `case,subset`, got {line:?}",
-                i + 1
-            )));
+            return Err(bad(format!("line {}: expected `case,subset`, got {line:?}", i + 1)));
         }
         let Some(subset) = Subset::parse(fields[1]) else {
             if header {
                 continue;
             }
-            return Err(bad(format!(
-                "line {}: subset {:?}: expected train, val or test",
-                i + 1,
-                fields[1]
-            )));
+            return Err(bad(format!("line {}: subset {:?}: expected train, val or test", i + 1, fields[1])));
         };
         if out.insert(fields[0].to_string(), subset).is_some() {
-            return Err(bad(format!(
-                "line {}: case {} listed twice",
-                i + 1,
-                fields[0]
-            )));
+            return Err(bad(format!("line {}: case {} listed twice", i + 1, fields[0])));
         }
     }
     Ok(out)
@@ -418,10 +397,7 @@ fn tasks_of(l: &CaseLabels) -> [Option<bool>; TASKS] {
 }
 
 /// Tumour bounding box and voxel count of network classes `seg` on `dims`.
-pub fn tumor_extent(
-    seg: &[u8],
-    dims: [usize; 3],
-) -> (Option<([usize; 3], [usize; 3])>, usize) {
+pub fn tumor_extent(seg: &[u8], dims: [usize; 3]) -> (Option<BBox>, usize) {
     let [nx, ny, _] = dims;
     let mut lo = [usize::MAX; 3];
     let mut hi = [0usize; 3];
@@ -459,11 +435,7 @@ fn load_case(
     let mut hashes = Vec::new();
     for m in opts.required {
         if !files.modalities.iter().any(|(fm, _)| fm == m) {
-            problems.push(problem(
-                name,
-                dir,
-                format!("missing {} image (required_modalities)", m.as_str()),
-            ));
+            problems.push(problem(name, dir, format!("missing {} image (required_modalities)", m.as_str())));
         }
     }
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read: {e}"));
@@ -471,9 +443,7 @@ fn load_case(
     for (m, path) in &files.modalities {
         match read(path).and_then(|bytes| {
             let sha = sha256_hex(&bytes);
-            gmmas_imaging::read_volume(&bytes, &opts.limits)
-                .map(|v| (v, sha))
-                .map_err(|e| e.to_string())
+            gmmas_imaging::read_volume(&bytes, &opts.limits).map(|v| (v, sha)).map_err(|e| e.to_string())
         }) {
             Ok((v, sha)) => {
                 hashes.push((m.as_str().to_string(), sha));
@@ -484,19 +454,13 @@ fn load_case(
     }
     let seg = match &files.seg {
         None if opts.require_seg => {
-            problems.push(problem(
-                name,
-                dir,
-                "no segmentation (<case>_seg.nii.gz or <case>-seg.nii.gz)",
-            ));
+            problems.push(problem(name, dir, "no segmentation (<case>_seg.nii.gz or <case>-seg.nii.gz)"));
             None
         }
         None => None,
         Some(path) => match read(path).and_then(|bytes| {
             let sha = sha256_hex(&bytes);
-            gmmas_imaging::brats::read_seg_brats(&bytes, &opts.limits)
-                .map(|v| (v, sha))
-                .map_err(|e| e.to_string())
+            gmmas_imaging::brats::read_seg_brats(&bytes, &opts.limits).map(|v| (v, sha)).map_err(|e| e.to_string())
         }) {
             Ok((v, sha)) => {
                 hashes.push(("seg".to_string(), sha));
@@ -520,58 +484,37 @@ fn load_case(
             problems.push(problem(
                 name,
                 path,
-                format!(
-                    "{} is not on the grid of {}: {e}",
-                    m.as_str(),
-                    first_path.display()
-                ),
+                format!("{} is not on the grid of {}: {e}", m.as_str(), first_path.display()),
             ));
         }
     }
     if let Some((s, path)) = &seg
         && let Err(e) = gmmas_imaging::same_grid(grid, &s.grid)
     {
-        problems.push(problem(
-            name,
-            path,
-            format!(
-                "segmentation is not on the grid of {}: {e}",
-                first_path.display()
-            ),
-        ));
+        problems.push(problem(name, path, format!("segmentation is not on the grid of {}: {e}", first_path.display())));
     }
     if !problems.is_empty() {
         return Err(problems);
     }
-    let refs: Vec<(Modality, &gmmas_imaging::Volume)> =
-        volumes.iter().map(|(m, v, _)| (*m, v)).collect();
+    let refs: Vec<(Modality, &gmmas_imaging::Volume)> = volumes.iter().map(|(m, v, _)| (*m, v)).collect();
     let mut popts = PrepOptions::default();
-    let mut prepared =
-        gmmas_imaging::prepare(&refs, &popts).map_err(|e| vec![problem(name, dir, e.to_string())])?;
+    let mut prepared = gmmas_imaging::prepare(&refs, &popts).map_err(|e| vec![problem(name, dir, e.to_string())])?;
     if let Some(max) = opts.max_voxels {
         let n: usize = prepared.dims.iter().product();
         if n > max && max > 0 {
             let factor = (n as f64 / max as f64).cbrt();
             popts.spacing_mm = ((popts.spacing_mm as f64 * factor * 10.0).ceil() / 10.0) as f32;
-            prepared = gmmas_imaging::prepare(&refs, &popts)
-                .map_err(|e| vec![problem(name, dir, e.to_string())])?;
-            warnings.push(format!(
-                "case {name}: {n} voxels > max_case_voxels {max}: prepared at {} mm",
-                popts.spacing_mm
-            ));
+            prepared = gmmas_imaging::prepare(&refs, &popts).map_err(|e| vec![problem(name, dir, e.to_string())])?;
+            warnings
+                .push(format!("case {name}: {n} voxels > max_case_voxels {max}: prepared at {} mm", popts.spacing_mm));
         }
     }
     let g = &prepared.geometry;
-    let spacing = if g.resampled {
-        [g.spacing_mm; 3]
-    } else {
-        g.canonical_spacing
-    };
+    let spacing = if g.resampled { [g.spacing_mm; 3] } else { g.canonical_spacing };
     let voxels: usize = prepared.dims.iter().product();
     let seg_classes = match &seg {
         Some((s, path)) => {
-            let l = gmmas_imaging::prepare_labels(s, g)
-                .map_err(|e| vec![problem(name, path, e.to_string())])?;
+            let l = gmmas_imaging::prepare_labels(s, g).map_err(|e| vec![problem(name, path, e.to_string())])?;
             if !g.resampled {
                 let before = s.data.iter().filter(|&&v| v != 0).count();
                 let after = l.iter().filter(|&&v| v != 0).count();
@@ -664,9 +607,7 @@ impl Dataset {
                     for (k, v) in map {
                         if let Some(prev) = labels.get(&k) {
                             if *prev != v {
-                                warnings.push(format!(
-                                    "case {k}: labels differ between CSVs; keeping the first"
-                                ));
+                                warnings.push(format!("case {k}: labels differ between CSVs; keeping the first"));
                             }
                         } else {
                             labels.insert(k, v);
@@ -700,11 +641,7 @@ impl Dataset {
         let mut seen = BTreeMap::new();
         found.retain(|(dir, f)| {
             if let Some(prev) = seen.insert(f.name.clone(), dir.clone()) {
-                problems.push(problem(
-                    &f.name,
-                    dir,
-                    format!("duplicate case name (also in {})", prev.display()),
-                ));
+                problems.push(problem(&f.name, dir, format!("duplicate case name (also in {})", prev.display())));
                 false
             } else {
                 true
@@ -714,10 +651,7 @@ impl Dataset {
             let before = found.len();
             found.retain(|(_, f)| map.contains_key(&f.name));
             if found.len() < before {
-                warnings.push(format!(
-                    "{} case(s) not named in the split file are left out",
-                    before - found.len()
-                ));
+                warnings.push(format!("{} case(s) not named in the split file are left out", before - found.len()));
             }
             let names: BTreeSet<&String> = seen.keys().collect();
             let unknown: Vec<&String> = map.keys().filter(|k| !names.contains(k)).collect();
@@ -725,12 +659,7 @@ impl Dataset {
                 warnings.push(format!(
                     "split file names {} case(s) not found in the data folders: {}",
                     unknown.len(),
-                    unknown
-                        .iter()
-                        .take(10)
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    unknown.iter().take(10).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
                 ));
             }
         }
@@ -745,15 +674,11 @@ impl Dataset {
             max_voxels: cfg.max_case_voxels,
             limits: Limits::default(),
         };
-        let threads = if cfg.threads > 0 {
-            cfg.threads
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        }
-        .min(found.len().max(1));
+        let threads =
+            if cfg.threads > 0 { cfg.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) }
+                .min(found.len().max(1));
         let next = AtomicUsize::new(0);
-        let results: Vec<std::sync::Mutex<Option<_>>> =
-            found.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        let results: Vec<std::sync::Mutex<Option<_>>> = found.iter().map(|_| std::sync::Mutex::new(None)).collect();
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| {
@@ -762,16 +687,14 @@ impl Dataset {
                         let Some((dir, files)) = found.get(i) else {
                             break;
                         };
-                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            load_case(dir, files, &opts)
-                        }))
-                        .unwrap_or_else(|p| {
-                            Err(vec![problem(
-                                &files.name,
-                                dir,
-                                format!("internal error while loading: {}", panic_message(&*p)),
-                            )])
-                        });
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load_case(dir, files, &opts)))
+                            .unwrap_or_else(|p| {
+                                Err(vec![problem(
+                                    &files.name,
+                                    dir,
+                                    format!("internal error while loading: {}", panic_message(&*p)),
+                                )])
+                            });
                         *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                     }
                 });
@@ -802,9 +725,7 @@ impl Dataset {
             return Err(DataError { problems });
         }
         if cases.is_empty() {
-            return Err(DataError {
-                problems: vec![problem("dataset", Path::new(""), "no usable case")],
-            });
+            return Err(DataError { problems: vec![problem("dataset", Path::new(""), "no usable case")] });
         }
 
         // Labels and subsets.
@@ -816,34 +737,25 @@ impl Dataset {
             }
         }
         if !cfg.labels.is_empty() && unlabelled > 0 {
-            warnings.push(format!(
-                "{unlabelled} case(s) have no row in the labels CSV(s): their task labels are unknown"
-            ));
+            warnings
+                .push(format!("{unlabelled} case(s) have no row in the labels CSV(s): their task labels are unknown"));
         }
         let subsets = match (&cfg.split, &split_map) {
-            (SplitConfig::File { .. }, Some(map)) => cases
-                .iter()
-                .map(|c| map.get(&c.name).copied().unwrap_or(Subset::Test))
-                .collect(),
+            (SplitConfig::File { .. }, Some(map)) => {
+                cases.iter().map(|c| map.get(&c.name).copied().unwrap_or(Subset::Test)).collect()
+            }
             (SplitConfig::KFold { k, fold, seed }, _) => {
                 let names: Vec<String> = cases.iter().map(|c| c.name.clone()).collect();
                 kfold_assign(&names, *k, *fold, *seed)
             }
             _ => vec![Subset::Train; cases.len()],
         };
-        Ok(Self {
-            cases,
-            subsets,
-            warnings,
-            skipped,
-        })
+        Ok(Self { cases, subsets, warnings, skipped })
     }
 
     /// Indices of the cases in `subset`.
     pub fn indices(&self, subset: Subset) -> Vec<usize> {
-        (0..self.cases.len())
-            .filter(|&i| self.subsets[i] == subset)
-            .collect()
+        (0..self.cases.len()).filter(|&i| self.subsets[i] == subset).collect()
     }
 
     /// Label counts and eq. (5) weights of the cases `indices`.
@@ -856,21 +768,14 @@ impl Dataset {
                 }
             }
         }
-        ClassBalance {
-            counts,
-            weights: counts.map(class_weights),
-        }
+        ClassBalance { counts, weights: counts.map(class_weights) }
     }
 
     /// sha256 over every case's name, file hashes and task labels (cases in name order).
     pub fn sha256(&self) -> String {
         let mut h = Sha256::new();
         for c in &self.cases {
-            let t: Vec<String> = c
-                .tasks
-                .iter()
-                .map(|v| v.map_or("-".into(), |b| u8::from(b).to_string()))
-                .collect();
+            let t: Vec<String> = c.tasks.iter().map(|v| v.map_or("-".into(), |b| u8::from(b).to_string())).collect();
             h.update(format!("{}={};labels={}\n", c.name, c.sha256, t.join("")).as_bytes());
         }
         hex::encode(h.finalize())
@@ -928,11 +833,7 @@ mod tests {
     }
 
     fn cfg(dir: &Path) -> DataConfig {
-        DataConfig {
-            dirs: vec![dir.to_path_buf()],
-            labels: vec![dir.join("labels.csv")],
-            ..DataConfig::default()
-        }
+        DataConfig { dirs: vec![dir.to_path_buf()], labels: vec![dir.join("labels.csv")], ..DataConfig::default() }
     }
 
     #[test]
@@ -953,33 +854,31 @@ mod tests {
         let again = Dataset::load(&cfg(d.path())).unwrap();
         assert_eq!(ds.sha256(), again.sha256());
         assert_eq!(ds.indices(Subset::Train), vec![0, 1, 2]);
+        // Very large cases are prepared at a coarser spacing.
+        let mut c = cfg(d.path());
+        c.max_case_voxels = Some(4000);
+        c.max_cases = Some(1);
+        let small = Dataset::load(&c).unwrap();
+        let case = &small.cases[0];
+        assert!(case.spacing[0] > 1.0 && case.voxels() < ds.cases[0].voxels(), "{:?}", case.spacing);
+        assert_eq!(case.seg.len(), case.voxels());
+        assert!(small.warnings.iter().any(|w| w.contains("max_case_voxels")));
     }
 
     #[test]
     fn reports_every_bad_case_by_name() {
         let d = phantoms(5, [32, 32, 24]);
         let root = d.path();
-        let case = |i: usize, suffix: &str| {
-            root.join(format!("Phantom_000{i}/Phantom_000{i}_{suffix}.nii.gz"))
-        };
+        let case = |i: usize, suffix: &str| root.join(format!("Phantom_000{i}/Phantom_000{i}_{suffix}.nii.gz"));
         // 0: segmentation deleted; 1: t2 corrupt; 2: flair on another grid;
         // 3: label value 7 in the segmentation; 4: good.
         std::fs::remove_file(case(0, "seg")).unwrap();
         std::fs::write(case(1, "t2"), b"not a nifti file at all").unwrap();
-        let other = gmmas_imaging::phantom::generate(&gmmas_imaging::phantom::PhantomConfig {
-            dims: [30, 32, 24],
-            seed: 1,
-        });
-        std::fs::write(
-            case(2, "flair"),
-            gmmas_imaging::write_volume(&other.volumes[3].1, true),
-        )
-        .unwrap();
-        let mut seg = gmmas_imaging::brats::read_seg_brats(
-            &std::fs::read(case(3, "seg")).unwrap(),
-            &Limits::default(),
-        )
-        .unwrap();
+        let other =
+            gmmas_imaging::phantom::generate(&gmmas_imaging::phantom::PhantomConfig { dims: [30, 32, 24], seed: 1 });
+        std::fs::write(case(2, "flair"), gmmas_imaging::write_volume(&other.volumes[3].1, true)).unwrap();
+        let mut seg =
+            gmmas_imaging::brats::read_seg_brats(&std::fs::read(case(3, "seg")).unwrap(), &Limits::default()).unwrap();
         seg.data[5] = 7;
         std::fs::write(case(3, "seg"), gmmas_imaging::write_labels(&seg, true)).unwrap();
 
@@ -987,20 +886,11 @@ mod tests {
         let text = err.to_string();
         assert_eq!(err.problems.len(), 4, "{text}");
         let names: Vec<&str> = err.problems.iter().map(|p| p.case.as_str()).collect();
-        assert_eq!(
-            names,
-            ["Phantom_0000", "Phantom_0001", "Phantom_0002", "Phantom_0003"]
-        );
+        assert_eq!(names, ["Phantom_0000", "Phantom_0001", "Phantom_0002", "Phantom_0003"]);
         assert!(text.contains("no segmentation"), "{text}");
         assert!(text.contains("Phantom_0001_t2.nii.gz"), "{text}");
-        assert!(
-            text.contains("Phantom_0002_flair.nii.gz") && text.contains("grid"),
-            "{text}"
-        );
-        assert!(
-            text.contains("Phantom_0003_seg.nii.gz") && text.contains("label value 7"),
-            "{text}"
-        );
+        assert!(text.contains("Phantom_0002_flair.nii.gz") && text.contains("grid"), "{text}");
+        assert!(text.contains("Phantom_0003_seg.nii.gz") && text.contains("label value 7"), "{text}");
 
         // Skipping keeps the good case and explains the rest.
         let mut c = cfg(root);
@@ -1026,15 +916,10 @@ mod tests {
     fn split_file_and_kfold() {
         let d = phantoms(4, [24, 24, 20]);
         let split = d.path().join("split.csv");
-        std::fs::write(
-            &split,
-            "case,subset\nPhantom_0000,train\nPhantom_0001 val # comment\nPhantom_0002;test\n",
-        )
-        .unwrap();
+        std::fs::write(&split, "case,subset\nPhantom_0000,train\nPhantom_0001 val # comment\nPhantom_0002;test\n")
+            .unwrap();
         let mut c = cfg(d.path());
-        c.split = SplitConfig::File {
-            path: split.clone(),
-        };
+        c.split = SplitConfig::File { path: split.clone() };
         let ds = Dataset::load(&c).unwrap();
         assert_eq!(ds.cases.len(), 3);
         assert_eq!(ds.subsets, vec![Subset::Train, Subset::Val, Subset::Test]);
@@ -1048,7 +933,7 @@ mod tests {
         assert_eq!(a, kfold_assign(&names, 5, 1, 3));
         assert_eq!(a.iter().filter(|s| **s == Subset::Val).count(), 2);
         // Folds partition the cases.
-        let mut count = vec![0; 10];
+        let mut count = [0; 10];
         for f in 0..5 {
             for (i, s) in kfold_assign(&names, 5, f, 3).iter().enumerate() {
                 count[i] += usize::from(*s == Subset::Val);

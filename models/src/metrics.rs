@@ -47,7 +47,7 @@ impl Region {
     /// Whether a BraTS label value belongs to the region (3 counts as ET).
     pub fn contains(self, label: u8) -> bool {
         match self {
-            Region::WT => matches!(label, 1 | 2 | 3 | 4),
+            Region::WT => matches!(label, 1..=4),
             Region::TC => matches!(label, 1 | 3 | 4),
             Region::ET => matches!(label, 3 | 4),
             Region::ED => label == 2,
@@ -73,11 +73,7 @@ pub fn dice(pred: &[u8], truth: &[u8], region: Region) -> f64 {
         p += u64::from(x);
         t += u64::from(y);
     }
-    if p + t == 0 {
-        1.0
-    } else {
-        2.0 * inter as f64 / (p + t) as f64
-    }
+    if p + t == 0 { 1.0 } else { 2.0 * inter as f64 / (p + t) as f64 }
 }
 
 /// Voxels of `mask` (x fastest, `dims = [nx, ny, nz]`) with a 6-neighbour outside the mask
@@ -164,10 +160,7 @@ fn edt_1d(f: &mut [f64], step: f64, v: &mut [usize], z: &mut [f64], out: &mut [f
 /// `features`; `INFINITY` everywhere when there is none.
 pub fn squared_distance_map(features: &[bool], dims: [usize; 3], spacing: [f64; 3]) -> Vec<f64> {
     let [nx, ny, nz] = dims;
-    let mut d: Vec<f64> = features
-        .iter()
-        .map(|&f| if f { 0.0 } else { f64::INFINITY })
-        .collect();
+    let mut d: Vec<f64> = features.iter().map(|&f| if f { 0.0 } else { f64::INFINITY }).collect();
     if !features.iter().any(|&f| f) {
         return d;
     }
@@ -220,18 +213,9 @@ pub fn percentile(values: &mut [f64], q: f64) -> Option<f64> {
 /// 95th-percentile Hausdorff distance (mm) of `region` between two label volumes on the grid
 /// `dims = [nx, ny, nz]` with voxel `spacing` (mm per axis). See the module docs for the
 /// empty-mask conventions.
-pub fn hd95(
-    pred: &[u8],
-    truth: &[u8],
-    dims: [usize; 3],
-    spacing: [f64; 3],
-    region: Region,
-) -> Option<f64> {
+pub fn hd95(pred: &[u8], truth: &[u8], dims: [usize; 3], spacing: [f64; 3], region: Region) -> Option<f64> {
     let n = dims.iter().product::<usize>();
-    assert!(
-        pred.len() == n && truth.len() == n,
-        "hd95: volumes do not match dims {dims:?}"
-    );
+    assert!(pred.len() == n && truth.len() == n, "hd95: volumes do not match dims {dims:?}");
     let (pm, tm) = (region.mask(pred), region.mask(truth));
     let (pe, te) = (!pm.contains(&true), !tm.contains(&true));
     if pe && te {
@@ -248,12 +232,7 @@ pub fn hd95(
         .zip(&to_truth)
         .filter(|(s, _)| **s)
         .map(|(_, d)| d.sqrt())
-        .chain(
-            ts.iter()
-                .zip(&to_pred)
-                .filter(|(s, _)| **s)
-                .map(|(_, d)| d.sqrt()),
-        )
+        .chain(ts.iter().zip(&to_pred).filter(|(s, _)| **s).map(|(_, d)| d.sqrt()))
         .collect();
     percentile(&mut d, 95.0)
 }
@@ -268,12 +247,7 @@ pub struct RegionScores {
 }
 
 /// Dice and HD95 for all four regions.
-pub fn region_scores(
-    pred: &[u8],
-    truth: &[u8],
-    dims: [usize; 3],
-    spacing: [f64; 3],
-) -> RegionScores {
+pub fn region_scores(pred: &[u8], truth: &[u8], dims: [usize; 3], spacing: [f64; 3]) -> RegionScores {
     RegionScores {
         dice: Region::ALL.map(|r| dice(pred, truth, r)),
         hd95: Region::ALL.map(|r| hd95(pred, truth, dims, spacing, r)),
@@ -306,21 +280,11 @@ impl Summary {
         }
         let n = v.len();
         if n == 0 {
-            return Self {
-                mean: 0.0,
-                std: 0.0,
-                n,
-                undefined,
-            };
+            return Self { mean: 0.0, std: 0.0, n, undefined };
         }
         let mean = v.iter().sum::<f64>() / n as f64;
         let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
-        Self {
-            mean,
-            std: var.sqrt(),
-            n,
-            undefined,
-        }
+        Self { mean, std: var.sqrt(), n, undefined }
     }
 }
 
@@ -468,23 +432,12 @@ pub fn calibration(probs: &[f64], labels: &[bool], bins: usize) -> Option<Calibr
         return None;
     }
     let conf: Vec<f64> = probs.iter().map(|&p| p.max(1.0 - p)).collect();
-    let correct: Vec<f64> = probs
-        .iter()
-        .zip(labels)
-        .map(|(&p, &l)| f64::from(u8::from((p >= 0.5) == l)))
-        .collect();
+    let correct: Vec<f64> = probs.iter().zip(labels).map(|(&p, &l)| f64::from(u8::from((p >= 0.5) == l))).collect();
     let ece_bins = binned(&conf, &correct, bins);
     let n = probs.len() as f64;
-    let ece = ece_bins
-        .iter()
-        .map(|b| b.count as f64 / n * (b.observed - b.mean_predicted).abs())
-        .sum();
+    let ece = ece_bins.iter().map(|b| b.count as f64 / n * (b.observed - b.mean_predicted).abs()).sum();
     let positive: Vec<f64> = labels.iter().map(|&l| f64::from(u8::from(l))).collect();
-    Some(Calibration {
-        ece,
-        ece_bins,
-        curve: binned(probs, &positive, bins),
-    })
+    Some(Calibration { ece, ece_bins, curve: binned(probs, &positive, bins) })
 }
 
 /// All classification metrics of one task over the cases that carry its label.
@@ -620,10 +573,7 @@ mod tests {
         let l = [false, false, true, true];
         assert!(close(auc(&s, &l).unwrap(), 3.5 / 4.0));
         assert!(auc(&s, &[true; 4]).is_none());
-        assert!(close(
-            auc(&[0.9, 0.1], &[false, true]).unwrap(),
-            0.0
-        ));
+        assert!(close(auc(&[0.9, 0.1], &[false, true]).unwrap(), 0.0));
     }
 
     #[test]

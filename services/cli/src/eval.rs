@@ -73,7 +73,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         None => (0..data.cases.len()).collect(),
     };
     anyhow::ensure!(!indices.is_empty(), "no case to evaluate");
-    let opts = EvalOptions { infer: InferOptions { mc_passes: args.mc_passes, ..InferOptions::default() }, hd95: !args.no_hd95 };
+    let opts = EvalOptions {
+        infer: InferOptions { mc_passes: args.mc_passes, ..InferOptions::default() },
+        hd95: !args.no_hd95,
+    };
     eprintln!("evaluating {} on {} case(s)", model.version(), indices.len());
     let report = evaluate(&model, &data, &indices, &opts, |c| {
         eprintln!(
@@ -87,12 +90,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     json["subset"] = serde_json::json!(subset);
     json["skipped"] = serde_json::json!(data.skipped);
     let json_path = args.out.join("eval.json");
-    std::fs::write(&json_path, serde_json::to_vec_pretty(&json)?).with_context(|| format!("writing {}", json_path.display()))?;
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&json)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
     let title = format!("Evaluation of {}", model.version());
     let md_path = args.out.join("eval.md");
     std::fs::write(&md_path, report.markdown(&title)).with_context(|| format!("writing {}", md_path.display()))?;
     for r in &report.regions {
-        println!("{}: Dice {:.3} ± {:.3}  HD95 {:.2} ± {:.2} mm (n={})", r.region, r.dice.mean, r.dice.std, r.hd95.mean, r.hd95.std, r.dice.n);
+        println!(
+            "{}: Dice {:.3} ± {:.3}  HD95 {:.2} ± {:.2} mm (n={})",
+            r.region, r.dice.mean, r.dice.std, r.hd95.mean, r.hd95.std, r.dice.n
+        );
     }
     eprintln!("wrote {} and {}", json_path.display(), md_path.display());
     Ok(())

@@ -33,8 +33,8 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let mut cfg = TrainRunConfig::load(&args.config)
-        .with_context(|| format!("reading run config {}", args.config.display()))?;
+    let mut cfg =
+        TrainRunConfig::load(&args.config).with_context(|| format!("reading run config {}", args.config.display()))?;
     if let Some(out) = args.out {
         cfg.out = out;
     }

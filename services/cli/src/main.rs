@@ -45,6 +45,22 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a model on case folders: Dice / HD95 per region, AUC / accuracy / F1 / ECE per task.
     Eval(eval::EvalArgs),
+    /// Draw a PNG: axial, coronal and sagittal slices through the tumor, the image, the
+    /// prediction and (when the case folder has one) the expert segmentation side by side.
+    Overlay {
+        /// Case folder (BraTS naming); its `_seg` file, if any, is the expert mask.
+        #[arg(long)]
+        case: PathBuf,
+        /// Predicted segmentation NIfTI (e.g. from `gmmas analyze`).
+        #[arg(long)]
+        pred: PathBuf,
+        /// Sequence drawn underneath.
+        #[arg(long, default_value = "flair")]
+        modality: String,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a model with freshly initialized weights (for development and training starts).
     InitModel {
         /// Profile name (tiny, small, paper).
@@ -80,6 +96,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Overlay { case, pred, modality, out } => overlay(&case, &pred, &modality, &out),
         Command::InitModel { profile, seed, out } => {
             let cfg = gmmas_models::ModelConfig::profile(&profile)?;
             let model = gmmas_models::Analyzer::new_seeded(cfg, seed, gmmas_models::Device::Cpu)?;
@@ -91,4 +108,28 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn overlay(case: &std::path::Path, pred: &std::path::Path, modality: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let limits = gmmas_imaging::Limits::default();
+    let files = gmmas_imaging::brats::discover_case(case)?;
+    let wanted = gmmas_imaging::Modality::parse(modality).context("--modality: expected t1, t1ce, t2 or flair")?;
+    let (_, path) = files
+        .modalities
+        .iter()
+        .find(|(m, _)| *m == wanted)
+        .with_context(|| format!("{} has no {modality} volume", case.display()))?;
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let image = gmmas_imaging::read_volume(&read(path)?, &limits)?;
+    let predicted = gmmas_imaging::read_labels(&read(pred)?, &limits)?;
+    gmmas_imaging::same_grid(&image.grid, &predicted.grid).context("prediction and image grids differ")?;
+    let truth = match &files.seg {
+        Some(p) => Some(gmmas_imaging::brats::read_seg_brats(&read(p)?, &limits)?),
+        None => None,
+    };
+    let (w, h, rgb) = gmmas_imaging::overlay::render(&image, &predicted, truth.as_ref());
+    std::fs::write(out, gmmas_imaging::png::encode_rgb(w, h, &rgb)).with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {} ({w}x{h}; columns: {modality}, prediction{})", out.display(), if truth.is_some() { ", expert" } else { "" });
+    Ok(())
 }

@@ -53,6 +53,22 @@ fn analyze_writes_a_segmentation_on_the_input_grid() {
     assert_eq!(report["segmentation_sha256"], gmmas_runtime::bus::sha256_hex(&seg_bytes));
     assert_eq!(report["missing_modalities"].as_array().unwrap().len(), 0);
     assert_eq!(report["regions"]["wt_ml"].as_f64().unwrap(), gmmas_imaging::region_stats(&seg).wt_ml);
+
+    // The overlay picture of prediction and expert mask is a PNG of three columns.
+    let png = dir.path().join("overlay.png");
+    let out = gmmas()
+        .args(["overlay", "--case"])
+        .arg(&case_dir)
+        .arg("--pred")
+        .arg(results.join(format!("{name}_seg.nii.gz")))
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), 3 * 60);
 }
 
 #[test]

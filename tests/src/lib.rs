@@ -174,6 +174,26 @@ impl System {
         }
     }
 
+    /// Waits until `stage` of a case has been taken (a `stage_runs` row exists) and returns its status.
+    pub async fn wait_stage_taken(&self, case_id: &str, stage: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT status FROM stage_runs WHERE case_id = $1::uuid AND stage = $2")
+                    .bind(case_id)
+                    .bind(stage)
+                    .fetch_optional(&self.db)
+                    .await?;
+            if let Some((status,)) = row {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(self.with_logs(anyhow::anyhow!("{stage} never took case {case_id}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops every service (SIGTERM) and drops the test database.
     pub async fn shutdown(mut self) {
         for s in self.services.iter_mut() {

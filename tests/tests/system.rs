@@ -156,21 +156,8 @@ async fn a_case_held_by_a_killed_infer_process_completes_exactly_once() {
     let id = body["case_id"].as_str().unwrap().to_string();
 
     // Wait until infer has taken the case, then kill it without warning.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT status FROM stage_runs WHERE case_id = $1::uuid AND stage = 'infer'")
-                .bind(&id)
-                .fetch_optional(&sys.db)
-                .await
-                .unwrap();
-        if let Some((s,)) = row {
-            assert_eq!(s, "running", "infer finished before it could be interrupted");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "infer never started the case");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let status = sys.wait_stage_taken(&id, "infer", Duration::from_secs(120)).await.unwrap();
+    assert_eq!(status, "running", "infer finished before it could be interrupted");
     sys.service("infer").child.start_kill().unwrap();
     sys.service("infer").child.wait().await.unwrap();
     sys.start_service("infer").await.unwrap();
@@ -217,21 +204,8 @@ async fn sigterm_lets_infer_finish_the_case_it_holds_then_exit() {
     let (status, body) = sys.upload(TENANT, "sigterm-1", files).await.unwrap();
     assert_eq!(status, 201, "{body}");
     let id = body["case_id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT status FROM stage_runs WHERE case_id = $1::uuid AND stage = 'infer'")
-                .bind(&id)
-                .fetch_optional(&sys.db)
-                .await
-                .unwrap();
-        if let Some((s,)) = row {
-            assert_eq!(s, "running", "infer finished before the signal could be sent");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "infer never started the case");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let status = sys.wait_stage_taken(&id, "infer", Duration::from_secs(120)).await.unwrap();
+    assert_eq!(status, "running", "infer finished before the signal could be sent");
     let infer = sys.service("infer");
     let pid = infer.child.id().unwrap();
     assert!(std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap().success());

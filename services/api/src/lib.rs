@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use gmmas_contracts::TenantId;
+use gmmas_contracts::{Probabilities, RegionVolumes, TenantId};
 use gmmas_ingest::Ingestor;
 use gmmas_runtime::bus::Bus;
 use gmmas_runtime::http::{ApiError, Metrics};
@@ -59,28 +59,6 @@ pub struct StageView {
     pub error: Option<String>,
 }
 
-/// Sub-region volumes and proportions.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RegionsView {
-    pub ncr_ml: f64,
-    pub ed_ml: f64,
-    pub et_ml: f64,
-    pub wt_ml: f64,
-    pub tc_ml: f64,
-    pub ncr_fraction: f64,
-    pub ed_fraction: f64,
-    pub et_fraction: f64,
-}
-
-/// Probabilities of the four classification tasks.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ProbabilitiesView {
-    pub grade_gbm: f32,
-    pub idh_mutant: f32,
-    pub codel_1p19q: f32,
-    pub mgmt_methylated: f32,
-}
-
 /// The analysis of a case, with what produced it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AnalysisView {
@@ -90,8 +68,8 @@ pub struct AnalysisView {
     pub input_sha256: serde_json::Value,
     pub segmentation_sha256: String,
     pub segmentation_url: String,
-    pub regions: RegionsView,
-    pub probabilities: ProbabilitiesView,
+    pub regions: RegionVolumes,
+    pub probabilities: Probabilities,
     pub missing_modalities: Vec<String>,
     pub inference_ms: i64,
     pub created_at: DateTime<Utc>,
@@ -236,7 +214,7 @@ async fn load_analysis(db: &PgPool, t: &TenantId, case_id: Uuid) -> Result<Optio
         input_sha256: r.try_get("input_sha256")?,
         segmentation_sha256: r.try_get("seg_sha256")?,
         segmentation_url: format!("/api/v1/tenants/{t}/cases/{case_id}/segmentation"),
-        regions: RegionsView {
+        regions: RegionVolumes {
             ncr_ml: r.try_get("ncr_ml")?,
             ed_ml: r.try_get("ed_ml")?,
             et_ml: r.try_get("et_ml")?,
@@ -246,7 +224,7 @@ async fn load_analysis(db: &PgPool, t: &TenantId, case_id: Uuid) -> Result<Optio
             ed_fraction: r.try_get("ed_fraction")?,
             et_fraction: r.try_get("et_fraction")?,
         },
-        probabilities: ProbabilitiesView {
+        probabilities: Probabilities {
             grade_gbm: r.try_get("p_grade_gbm")?,
             idh_mutant: r.try_get("p_idh_mutant")?,
             codel_1p19q: r.try_get("p_codel_1p19q")?,

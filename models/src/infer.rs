@@ -45,11 +45,13 @@ pub struct InferOptions {
     pub mc_passes: usize,
     /// Windows per forward pass (0 is treated as 1).
     pub batch: usize,
+    /// Cleanup of the predicted labels (default: the tumor filter of Algorithm 1).
+    pub postprocess: crate::PostProcess,
 }
 
 impl Default for InferOptions {
     fn default() -> Self {
-        Self { overlap: 0.5, mc_passes: 0, batch: 1 }
+        Self { overlap: 0.5, mc_passes: 0, batch: 1, postprocess: crate::PostProcess::default() }
     }
 }
 
@@ -350,6 +352,7 @@ pub fn run(
             *l = 4;
         }
     }
+    crate::postprocess::apply(opts.postprocess, &mut labels, dims);
     Ok(Prediction {
         labels,
         probabilities: TaskProbabilities::from_array(tasks.map(|v| v as f32)),

@@ -15,12 +15,14 @@ pub mod infer;
 pub mod loss;
 pub mod metrics;
 pub mod net;
+pub mod postprocess;
 pub mod train;
 pub mod weights;
 
 pub use analyzer::{Analyzer, ModelMeta};
 pub use config::ModelConfig;
 pub use device::{Device, default_model_path, parse_device, set_threads};
+pub use postprocess::PostProcess;
 pub use infer::{InferOptions, Prediction, TaskProbabilities};
 pub use train::{Batch, StepLosses, TrainConfig, Trainer};
 

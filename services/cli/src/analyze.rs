@@ -26,6 +26,9 @@ pub struct AnalyzeArgs {
     /// MC-Dropout passes (0 = one deterministic pass).
     #[arg(long, default_value_t = 0)]
     pub mc_passes: usize,
+    /// Label cleanup: tumor-filter (Algorithm 1), largest-component or none.
+    #[arg(long, default_value = "tumor-filter")]
+    pub postprocess: String,
 }
 
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
@@ -53,7 +56,13 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
     let device = gmmas_models::parse_device(&args.device)?;
     let model_path = args.model.unwrap_or_else(gmmas_models::default_model_path);
     let model = Analyzer::load(&model_path, device)?;
-    let opts = InferOptions { mc_passes: args.mc_passes, ..InferOptions::default() };
+    let postprocess = match args.postprocess.as_str() {
+        "tumor-filter" => gmmas_models::PostProcess::TumorFilter,
+        "largest-component" => gmmas_models::PostProcess::LargestComponent,
+        "none" => gmmas_models::PostProcess::None,
+        other => anyhow::bail!("--postprocess {other:?}: expected tumor-filter, largest-component or none"),
+    };
+    let opts = InferOptions { mc_passes: args.mc_passes, postprocess, ..InferOptions::default() };
     let out = gmmas_infer::analyze_prepared(&model, &prepared, &opts).map_err(anyhow::Error::msg)?;
 
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;

@@ -37,6 +37,8 @@ pub struct InferConfig {
     pub mc_passes: usize,
     /// CPU threads for libtorch (0 = libtorch's default).
     pub threads: usize,
+    /// Label cleanup: `tumor_filter` (Algorithm 1), `largest_component` or `none`.
+    pub postprocess: gmmas_models::PostProcess,
 }
 
 impl Default for InferConfig {
@@ -48,6 +50,7 @@ impl Default for InferConfig {
             overlap: 0.5,
             mc_passes: 0,
             threads: 0,
+            postprocess: gmmas_models::PostProcess::default(),
         }
     }
 }
@@ -79,7 +82,12 @@ pub async fn run(config: InferConfig) -> anyhow::Result<()> {
         bus: bus.clone(),
         db: pool,
         model: Arc::new(model),
-        opts: InferOptions { overlap: config.overlap, mc_passes: config.mc_passes, ..InferOptions::default() },
+        opts: InferOptions {
+            overlap: config.overlap,
+            mc_passes: config.mc_passes,
+            postprocess: config.postprocess,
+            ..InferOptions::default()
+        },
     });
     let spec = ConsumerSpec {
         durable: contracts::consumers::INFER,

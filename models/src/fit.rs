@@ -214,6 +214,13 @@ pub struct TrainSection {
     /// Checkpoint every N epochs (and at the end).
     #[serde(default = "default_one")]
     pub checkpoint_every: usize,
+    /// Train the segmentation loss (default true; false for a classification-only ablation).
+    #[serde(default)]
+    pub segmentation: Option<bool>,
+    /// Classification tasks trained, `[grade, idh, codel, mgmt]` (default all; one true =
+    /// single-task ablation).
+    #[serde(default)]
+    pub tasks: Option<[bool; TASKS]>,
 }
 
 impl Default for TrainSection {
@@ -240,6 +247,8 @@ impl Default for TrainSection {
             batch_size: 2,
             prefetch: 2,
             checkpoint_every: 1,
+            segmentation: None,
+            tasks: None,
         }
     }
 }
@@ -267,6 +276,8 @@ impl TrainSection {
         t.global_seg_weight = self.global_seg_weight.unwrap_or(t.global_seg_weight);
         t.dice_eps = self.dice_eps.unwrap_or(t.dice_eps);
         t.uncertainty_weighting = self.uncertainty_weighting.unwrap_or(t.uncertainty_weighting);
+        t.segmentation = self.segmentation.unwrap_or(t.segmentation);
+        t.tasks = self.tasks.unwrap_or(t.tasks);
         t
     }
 

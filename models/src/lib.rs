@@ -22,8 +22,8 @@ pub mod weights;
 pub use analyzer::{Analyzer, ModelMeta};
 pub use config::ModelConfig;
 pub use device::{Device, default_model_path, parse_device, set_threads};
-pub use postprocess::PostProcess;
 pub use infer::{InferOptions, Prediction, TaskProbabilities};
+pub use postprocess::PostProcess;
 pub use train::{Batch, StepLosses, TrainConfig, Trainer};
 
 use std::path::PathBuf;

@@ -50,6 +50,22 @@ pub struct TrainConfig {
     pub dice_eps: f64,
     /// Use eq. (7) (learnable sigmas); when false tasks are summed with weight 1.
     pub uncertainty_weighting: bool,
+    /// Whether the segmentation loss is trained (false with one task on = a single-task
+    /// classification ablation).
+    #[serde(default = "enabled")]
+    pub segmentation: bool,
+    /// Which classification tasks are trained (grade, IDH, 1p/19q, MGMT); a disabled task
+    /// contributes nothing, like a missing label (single-task ablations).
+    #[serde(default = "all_enabled")]
+    pub tasks: [bool; TASKS],
+}
+
+fn enabled() -> bool {
+    true
+}
+
+fn all_enabled() -> [bool; TASKS] {
+    [true; TASKS]
 }
 
 impl Default for TrainConfig {
@@ -66,6 +82,8 @@ impl Default for TrainConfig {
             global_seg_weight: 0.5,
             dice_eps: 1e-5,
             uncertainty_weighting: true,
+            segmentation: true,
+            tasks: [true; TASKS],
         }
     }
 }
@@ -280,7 +298,7 @@ impl Trainer {
         }
         let seg_loss = Tensor::stack(&seg_terms, 0).sum(Kind::Float);
 
-        let mut losses: Vec<Option<Tensor>> = vec![Some(seg_loss.shallow_clone())];
+        let mut losses: Vec<Option<Tensor>> = vec![t.segmentation.then(|| seg_loss.shallow_clone())];
         let mut task_values = [None; TASKS];
         for (task, value) in task_values.iter_mut().enumerate() {
             let (idx, labels): (Vec<i64>, Vec<i64>) = batch
@@ -289,7 +307,7 @@ impl Trainer {
                 .enumerate()
                 .filter_map(|(i, row)| row[task].map(|y| (i as i64, i64::from(y))))
                 .unzip();
-            if idx.is_empty() {
+            if idx.is_empty() || !t.tasks[task] {
                 losses.push(None);
                 continue;
             }
@@ -305,7 +323,9 @@ impl Trainer {
         } else {
             losses.iter().flatten().map(Tensor::shallow_clone).reduce(|a, b| a + b)
         }
-        .ok_or_else(|| ModelError::Internal("no loss term".into()))?;
+        // Nothing to learn from this batch (e.g. a single-task run and no sample has that label):
+        // a zero that still reaches the graph, so the step is a no-op rather than an error.
+        .unwrap_or_else(|| out.tasks.sum(Kind::Float) * 0.0);
         let sigma = Vec::<f64>::try_from(&self.log_sigma.detach().exp().to_kind(Kind::Double).to_device(Device::Cpu))?;
         let mut sig = [1.0; TASKS + 1];
         sig.copy_from_slice(&sigma[..TASKS + 1]);
@@ -509,6 +529,35 @@ mod tests {
         let (_, rb) = tch::no_grad(|| trainer.objective(&batch, false)).unwrap();
         assert!((r0.tasks[0].unwrap() - want.double_value(&[])).abs() < 1e-5);
         assert!((rb.tasks[0].unwrap() - want.double_value(&[])).abs() < 1e-5);
+    }
+
+    #[test]
+    fn single_task_ablation_trains_only_that_head() {
+        let tcfg = TrainConfig { segmentation: false, tasks: [false, true, false, false], ..TrainConfig::default() };
+        let trainer = Trainer::new(ModelConfig::tiny(), tcfg, 4, Device::Cpu).unwrap();
+        let batch = random_batch(vec![
+            [Some(true), Some(false), Some(true), Some(true)],
+            [Some(false), Some(true), None, None],
+        ]);
+        let (total, report) = trainer.objective(&batch, true).unwrap();
+        assert!(report.tasks[1].is_some() && report.tasks[0].is_none() && report.tasks[3].is_none());
+        total.backward();
+        for (name, var) in trainer.var_store().variables() {
+            let g = grad_norm(&var).unwrap_or(0.0);
+            if name.starts_with("classifier.idh_mutant.") {
+                assert!(g > 0.0, "{name} got no gradient");
+            }
+            if name.starts_with("classifier.grade_gbm.") || name.starts_with("classifier.mgmt_methylated.") {
+                assert_eq!(g, 0.0, "{name} got gradient");
+            }
+        }
+        let g = Vec::<f32>::try_from(&trainer.log_sigma().grad()).unwrap();
+        assert_eq!((g[0], g[1], g[3], g[4]), (0.0, 0.0, 0.0, 0.0));
+        assert!(g[2] != 0.0);
+        // A batch without an IDH label has nothing to learn: zero loss, no error.
+        let none = random_batch(vec![[Some(true), None, None, None]]);
+        let (total, _) = trainer.objective(&none, true).unwrap();
+        assert_eq!(total.double_value(&[]), 0.0);
     }
 
     #[test]

@@ -110,7 +110,12 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn overlay(case: &std::path::Path, pred: &std::path::Path, modality: &str, out: &std::path::Path) -> anyhow::Result<()> {
+fn overlay(
+    case: &std::path::Path,
+    pred: &std::path::Path,
+    modality: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let limits = gmmas_imaging::Limits::default();
     let files = gmmas_imaging::brats::discover_case(case)?;
@@ -129,7 +134,12 @@ fn overlay(case: &std::path::Path, pred: &std::path::Path, modality: &str, out: 
         None => None,
     };
     let (w, h, rgb) = gmmas_imaging::overlay::render(&image, &predicted, truth.as_ref());
-    std::fs::write(out, gmmas_imaging::png::encode_rgb(w, h, &rgb)).with_context(|| format!("writing {}", out.display()))?;
-    println!("wrote {} ({w}x{h}; columns: {modality}, prediction{})", out.display(), if truth.is_some() { ", expert" } else { "" });
+    std::fs::write(out, gmmas_imaging::png::encode_rgb(w, h, &rgb))
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {} ({w}x{h}; columns: {modality}, prediction{})",
+        out.display(),
+        if truth.is_some() { ", expert" } else { "" }
+    );
     Ok(())
 }

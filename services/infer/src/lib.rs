@@ -136,7 +136,9 @@ async fn process(ctx: &Ctx, msg: &ScanPreprocessed) -> anyhow::Result<Outcome> {
     let seg_key = format!("{}/{}/segmentation.nii.gz", msg.tenant, case_id);
     let seg = ctx.bus.put_object(&seg_key, &out.seg_nifti).await?;
     let uncertainty = match &out.uncertainty_nifti {
-        Some(bytes) => Some(ctx.bus.put_object(&format!("{}/{}/uncertainty.nii.gz", msg.tenant, case_id), bytes).await?),
+        Some(bytes) => {
+            Some(ctx.bus.put_object(&format!("{}/{}/uncertainty.nii.gz", msg.tenant, case_id), bytes).await?)
+        }
         None => None,
     };
     let missing: Vec<String> = Modality::ALL

@@ -6,4 +6,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 "$GMMAS_ROOT/scripts/setup.sh"
 cd "$GMMAS_ROOT"
 export GMMAS_TEST_DATABASE_URL="${GMMAS_TEST_DATABASE_URL:-${GMMAS_DATABASE_URL%/*}/postgres}"
-exec cargo test --release --workspace "$@"
+# Unit, integration and end-to-end tests (the crates have no doc tests).
+exec cargo test --release --workspace --lib --bins --tests "$@"

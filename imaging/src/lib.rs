@@ -8,6 +8,7 @@ pub mod orient;
 pub mod overlay;
 mod par;
 pub mod phantom;
+pub mod plot;
 pub mod png;
 pub mod prep;
 pub mod regions;

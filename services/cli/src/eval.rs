@@ -95,6 +95,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let title = format!("Evaluation of {}", model.version());
     let md_path = args.out.join("eval.md");
     std::fs::write(&md_path, report.markdown(&title)).with_context(|| format!("writing {}", md_path.display()))?;
+    // Reliability curves: observed positive rate against mean predicted probability per bin
+    // (blue), the diagonal of perfect calibration (grey); dot size does not encode counts.
+    for t in &report.tasks {
+        let Some(cal) = &t.metrics.calibration else { continue };
+        let mut chart = gmmas_imaging::plot::Chart::new(360, 300, (0.0, 1.0), (0.0, 1.0));
+        chart.line(&[(0.0, 0.0), (1.0, 1.0)], [150, 150, 150]);
+        let pts: Vec<(f64, f64)> = cal.curve.iter().map(|b| (b.mean_predicted, b.observed)).collect();
+        chart.line(&pts, [30, 90, 200]);
+        chart.dots(&pts, 3, [30, 90, 200]);
+        let png = args.out.join(format!("reliability_{}.png", t.task));
+        std::fs::write(&png, chart.to_png()).with_context(|| format!("writing {}", png.display()))?;
+    }
     for r in &report.regions {
         println!(
             "{}: Dice {:.3} ± {:.3}  HD95 {:.2} ± {:.2} mm (n={})",

@@ -49,6 +49,33 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         cfg.threads = t;
     }
     let report = fit(&cfg, &FitOptions { resume: args.resume, quiet: args.quiet })?;
+    let out_dir = report.model_path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    if let Err(e) = training_curves(&out_dir) {
+        eprintln!("training curves not drawn: {e:#}");
+    }
     println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// `training_curves.png` from `train_log.jsonl`: total loss (red), segmentation Dice loss
+/// (orange) and validation WT Dice (blue dots) per epoch.
+fn training_curves(dir: &std::path::Path) -> anyhow::Result<()> {
+    let log = std::fs::read_to_string(dir.join("train_log.jsonl")).context("reading train_log.jsonl")?;
+    let rows: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let series = |f: &dyn Fn(&serde_json::Value) -> Option<f64>| -> Vec<(f64, f64)> {
+        rows.iter().filter_map(|r| Some((r["epoch"].as_f64()?, f(r)?))).collect()
+    };
+    let total = series(&|r| r["loss"]["total"].as_f64());
+    let dice_loss = series(&|r| r["loss"]["seg_dice"].as_f64());
+    let val_wt = series(&|r| r["val"]["dice"][0].as_f64());
+    let ys = total.iter().chain(&dice_loss).chain(&val_wt).map(|p| p.1);
+    let (lo, hi) = ys.fold((0.0f64, 1.0f64), |(a, b), y| (a.min(y), b.max(y)));
+    let epochs = rows.len().max(2) as f64;
+    let mut chart = gmmas_imaging::plot::Chart::new(480, 320, (1.0, epochs), (lo.floor(), hi.ceil()));
+    chart.line(&total, [200, 40, 40]);
+    chart.line(&dice_loss, [240, 150, 30]);
+    chart.dots(&val_wt, 3, [30, 90, 200]);
+    let path = dir.join("training_curves.png");
+    std::fs::write(&path, chart.to_png()).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -69,6 +69,26 @@ fn analyze_writes_a_segmentation_on_the_input_grid() {
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
     assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), 3 * 60);
+
+    // `gmmas eval` on the same folder: JSON, Markdown and reliability plots.
+    let eval_dir = dir.path().join("eval");
+    let out = gmmas()
+        .args(["eval", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg("--labels")
+        .arg(data.join("labels.csv"))
+        .arg("--out")
+        .arg(&eval_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(eval_dir.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(eval["cases_evaluated"], 1);
+    assert!(std::fs::read_to_string(eval_dir.join("eval.md")).unwrap().contains("| WT |"));
+    let plot = std::fs::read(eval_dir.join("reliability_grade_gbm.png")).unwrap();
+    assert_eq!(&plot[1..4], b"PNG");
 }
 
 #[test]

@@ -141,7 +141,7 @@ mod tests {
         assert!(red >= 9, "{red}");
         // The dot sits where (0.5, 0.25) maps: x midway, y three quarters down the plot area.
         let (px, py) = c.to_px(0.5, 0.25);
-        assert_eq!((px, py), (100, 150 - 28 - ((150 - 56) as f64 * 0.25).round() as usize));
+        assert_eq!((px, py), (100, (150.0 - 28.0 - (150.0 - 56.0) * 0.25_f64).round() as usize));
         assert_eq!(&c.rgb[(py * 200 + px) * 3..(py * 200 + px) * 3 + 3], &[255, 0, 0]);
         assert_eq!(&c.to_png()[1..4], b"PNG");
         assert_eq!(tick(0.25), "0.25");

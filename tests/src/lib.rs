@@ -112,6 +112,12 @@ impl System {
         Ok(())
     }
 
+    /// Sets an environment variable for services started from now on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     pub fn service(&mut self, name: &str) -> &mut Service {
         self.services.iter_mut().find(|s| s.name == name).expect("service started")
     }

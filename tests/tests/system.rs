@@ -248,3 +248,49 @@ async fn flair_only_case_with_mc_dropout_reports_missing_sequences_and_uncertain
     assert!(map.data.iter().any(|v| *v > 0.0), "MC passes all identical");
     sys.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_bundled_model_supersedes_the_older_bundled_one() {
+    let mut sys = System::start(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let newer = dir.path().join("tiny2.safetensors");
+    let cfg = gmmas_models::ModelConfig::profile("tiny").unwrap();
+    let model = gmmas_models::Analyzer::new_seeded(cfg, 2, gmmas_models::Device::Cpu).unwrap();
+    model.save(&newer).unwrap();
+    let newer_version = model.version().to_string();
+
+    // Restart infer with a new bundled release: it becomes current, the old one is retired.
+    supervise_stop(&mut sys, "infer").await;
+    sys.set_env("GMMAS_MODEL_PATH", &newer.display().to_string());
+    sys.start_service("infer").await.unwrap();
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT version, status FROM model_registry ORDER BY created_at")
+        .fetch_all(&sys.db)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[0].0.contains("tiny-seed1@") && rows[0].1 == "retired", "{rows:?}");
+    assert_eq!((rows[1].0.as_str(), rows[1].1.as_str()), (newer_version.as_str(), "current"));
+
+    let (_, files) = phantom_files(4, DIMS);
+    let (status, body) = sys.upload(TENANT, "after-upgrade", files).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let view = sys.wait_case(TENANT, body["case_id"].as_str().unwrap(), Duration::from_secs(120)).await.unwrap();
+    assert_eq!(view["analysis"]["model_version"], newer_version.as_str());
+
+    // A hospital-trained current model is never replaced by a bundle.
+    sqlx::query("UPDATE model_registry SET origin = 'trained' WHERE status = 'current'")
+        .execute(&sys.db)
+        .await
+        .unwrap();
+    supervise_stop(&mut sys, "infer").await;
+    sys.set_env("GMMAS_MODEL_PATH", &gmmas_e2e::tiny_model(dir.path()).unwrap().display().to_string());
+    sys.start_service("infer").await.unwrap();
+    let (current,): (String,) =
+        sqlx::query_as("SELECT version FROM model_registry WHERE status = 'current'").fetch_one(&sys.db).await.unwrap();
+    assert_eq!(current, newer_version);
+    sys.shutdown().await;
+}
+
+async fn supervise_stop(sys: &mut System, name: &str) {
+    gmmas_runtime::supervise::stop(sys.service(name), Duration::from_secs(10)).await;
+}

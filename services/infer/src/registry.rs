@@ -1,5 +1,6 @@
 //! The model registry as infer sees it: the `current` row of `model_registry` names the weights,
-//! kept in the models object-store bucket; an empty registry is seeded with the bundled model.
+//! kept in the models object-store bucket. The bundled model becomes current when nothing is, or
+//! when the current model is an older bundled release; a hospital-trained model is never replaced.
 
 use std::path::Path;
 
@@ -19,12 +20,20 @@ pub async fn load_current(
     default_weights: &Path,
     device: gmmas_models::Device,
 ) -> anyhow::Result<Analyzer> {
-    let current: Option<(String, String)> =
-        sqlx::query_as("SELECT version, weights_uri FROM model_registry WHERE status = 'current'")
+    let current: Option<(String, String, String)> =
+        sqlx::query_as("SELECT version, weights_uri, origin FROM model_registry WHERE status = 'current'")
             .fetch_optional(db)
             .await?;
     let (version, uri) = match current {
-        Some(row) => row,
+        Some((version, uri, origin)) if origin == "trained" => (version, uri),
+        Some((version, uri, _)) => {
+            let bundled = bundled_version(default_weights, device).await?;
+            if bundled.as_deref() == Some(version.as_str()) || bundled.is_none() {
+                (version, uri)
+            } else {
+                register_default(bus, db, default_weights, device).await?
+            }
+        }
         None => register_default(bus, db, default_weights, device).await?,
     };
     let prefix = uri
@@ -42,7 +51,20 @@ pub async fn load_current(
     Ok(analyzer)
 }
 
-/// Uploads the bundled weights and records them as the current model (first one wins).
+/// The version of the bundled weights, or None (with a warning) when they cannot be read.
+async fn bundled_version(weights: &Path, device: gmmas_models::Device) -> anyhow::Result<Option<String>> {
+    let path = weights.to_path_buf();
+    match tokio::task::spawn_blocking(move || Analyzer::load(&path, device)).await? {
+        Ok(a) => Ok(Some(a.version().to_string())),
+        Err(e) => {
+            tracing::warn!(error = %e, "bundled model unreadable; keeping the registered one");
+            Ok(None)
+        }
+    }
+}
+
+/// Uploads the bundled weights and makes them the current model, retiring an older bundled
+/// release in the same transaction (first replica wins; the others read its result).
 async fn register_default(
     bus: &Bus,
     db: &PgPool,
@@ -62,18 +84,44 @@ async fn register_default(
     bus.put_object_in(contracts::MODELS_BUCKET, &format!("{prefix}/{CARD}"), &card_bytes).await?;
     let config: serde_json::Value = serde_json::from_slice(&card_bytes).unwrap_or(serde_json::Value::Null);
     let name = config.get("name").and_then(|v| v.as_str()).unwrap_or("gmmas").to_string();
-    sqlx::query(
-        "INSERT INTO model_registry (version, name, weights_uri, sha256, config, status, promoted_at)
-         VALUES ($1, $2, $3, $4, $5, 'current', now()) ON CONFLICT DO NOTHING",
-    )
-    .bind(&version)
-    .bind(&name)
-    .bind(format!("object:{prefix}"))
-    .bind(&stored.sha256)
-    .bind(config)
-    .execute(db)
-    .await?;
-    tracing::info!(model_version = %version, "registered the bundled model as current");
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('gmmas.model_registry'))").execute(&mut *tx).await?;
+    let current: Option<(String, String)> =
+        sqlx::query_as("SELECT version, origin FROM model_registry WHERE status = 'current'")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let replace = match &current {
+        None => true,
+        Some((v, origin)) => origin == "bundled" && *v != version,
+    };
+    if replace {
+        sqlx::query("UPDATE model_registry SET status = 'retired' WHERE status = 'current'").execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO model_registry (version, name, weights_uri, sha256, config, status, promoted_at, origin)
+             VALUES ($1, $2, $3, $4, $5, 'current', now(), 'bundled')
+             ON CONFLICT (version) DO UPDATE SET status = 'current', promoted_at = now()",
+        )
+        .bind(&version)
+        .bind(&name)
+        .bind(format!("object:{prefix}"))
+        .bind(&stored.sha256)
+        .bind(config)
+        .execute(&mut *tx)
+        .await?;
+        gmmas_runtime::db::audit(
+            &mut tx,
+            "infer",
+            "model.promoted",
+            None,
+            None,
+            serde_json::json!({ "version": version, "replaced": current.map(|c| c.0), "origin": "bundled" }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    if replace {
+        tracing::info!(model_version = %version, "the bundled model is now current");
+    }
     // Another replica may have won the race; whatever is current now is what we use.
     let row: (String, String) =
         sqlx::query_as("SELECT version, weights_uri FROM model_registry WHERE status = 'current'")

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use gmmas_imaging::LabelVolume;
 use gmmas_imaging::phantom::{PhantomConfig, generate};
 use gmmas_runtime::supervise;
 
@@ -44,10 +45,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             services.push(svc);
         }
         let api = format!("http://{}", args.api_addr);
-        let case = submit_example(&args, &api).await?;
+        let (case, truth) = submit_example(&args, &api).await?;
         println!("\nExample case {case} submitted; waiting for the analysis...");
         let view = wait_done(&api, &args.tenant, &case, Duration::from_secs(900)).await?;
         print_result(&view, &api, &args.tenant);
+        if let Some(truth) = truth {
+            compare_with_truth(&view, &api, &truth).await?;
+        }
         if !args.once {
             println!("\nServing. API: {api}/api/v1/tenants/{}/cases   Ctrl-C stops everything.", args.tenant);
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -66,9 +70,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn submit_example(args: &UpArgs, api: &str) -> anyhow::Result<String> {
+/// Uploads the example; returns its case id and, for the phantom, its true segmentation.
+async fn submit_example(args: &UpArgs, api: &str) -> anyhow::Result<(String, Option<LabelVolume>)> {
     let mut form = reqwest::multipart::Form::new();
     let case_ref;
+    let mut truth = None;
     if let Some(dir) = &args.case_dir {
         let files = gmmas_imaging::brats::discover_case(dir)?;
         case_ref = format!("{}-{}", files.name, chrono::Utc::now().format("%Y%m%dT%H%M%S"));
@@ -85,6 +91,7 @@ async fn submit_example(args: &UpArgs, api: &str) -> anyhow::Result<String> {
             let bytes = gmmas_imaging::write_volume(v, true);
             form = form.part(m.as_str(), reqwest::multipart::Part::bytes(bytes).file_name("volume.nii.gz"));
         }
+        truth = Some(case.seg);
     }
     form = form.text("case_ref", case_ref);
     let resp = reqwest::Client::new()
@@ -98,7 +105,34 @@ async fn submit_example(args: &UpArgs, api: &str) -> anyhow::Result<String> {
     if !status.is_success() {
         bail!("upload refused ({status}): {body}");
     }
-    body["case_id"].as_str().map(str::to_string).context("upload answer without case_id")
+    let id = body["case_id"].as_str().map(str::to_string).context("upload answer without case_id")?;
+    Ok((id, truth))
+}
+
+/// Downloads the segmentation and scores it against the phantom's known tumor.
+async fn compare_with_truth(view: &serde_json::Value, api: &str, truth: &LabelVolume) -> anyhow::Result<()> {
+    let url = format!("{api}{}", view["analysis"]["segmentation_url"].as_str().unwrap_or_default());
+    let bytes = reqwest::get(&url).await?.error_for_status()?.bytes().await?;
+    let pred = gmmas_imaging::read_labels(&bytes, &gmmas_imaging::Limits::default())?;
+    gmmas_imaging::same_grid(&pred.grid, &truth.grid).context("segmentation grid")?;
+    let dice = |set: &dyn Fn(u8) -> bool| {
+        let (mut both, mut sum) = (0usize, 0usize);
+        for (p, t) in pred.data.iter().zip(&truth.data) {
+            let (p, t) = (set(*p), set(*t));
+            both += usize::from(p && t);
+            sum += usize::from(p) + usize::from(t);
+        }
+        if sum == 0 { 1.0 } else { 2.0 * both as f64 / sum as f64 }
+    };
+    let truth_stats = gmmas_imaging::region_stats(truth);
+    println!(
+        "vs the phantom's true tumor ({:.1} mL): Dice WT {:.3}  TC {:.3}  ET {:.3}",
+        truth_stats.wt_ml,
+        dice(&|l| l != 0),
+        dice(&|l| l == 1 || l == 4),
+        dice(&|l| l == 4)
+    );
+    Ok(())
 }
 
 async fn wait_done(api: &str, tenant: &str, case: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {

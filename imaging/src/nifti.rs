@@ -475,13 +475,7 @@ fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(NiftiHeader, Body<'a>),
     } else {
         (parse_header(bytes, limits)?, None)
     };
-    if !hdr.single_file {
-        return Err(ImagingError::header(
-            "magic",
-            "ni1",
-            "n+1 (header and image in one file; .hdr/.img pairs are not supported)",
-        ));
-    }
+    require_single_file(&hdr)?;
     let nvox = hdr.nvox();
     if nvox > limits.max_voxels {
         return Err(ImagingError::TooLarge {
@@ -612,6 +606,19 @@ fn decode_f32(hdr: &NiftiHeader, body: Body<'_>) -> Result<Vec<f32>, ImagingErro
     Ok(out)
 }
 
+/// Only single-file NIfTI (`n+1`) is read; `.hdr/.img` pairs (`ni1`) are refused by name.
+fn require_single_file(hdr: &NiftiHeader) -> Result<(), ImagingError> {
+    if hdr.single_file {
+        Ok(())
+    } else {
+        Err(ImagingError::header(
+            "magic",
+            "ni1",
+            "n+1 (header and image in one file; .hdr/.img pairs are not supported)",
+        ))
+    }
+}
+
 /// Reads a NIfTI-1 image (`.nii` or `.nii.gz`) into an f32 volume with scl_slope/scl_inter applied.
 /// The header and all limits are validated before the body is decompressed, and no more than the
 /// expected number of bytes is ever inflated.
@@ -697,13 +704,7 @@ pub(crate) fn read_components(
         h[40..42].copy_from_slice(&three);
     }
     let hdr = parse_header(&h, limits)?;
-    if !hdr.single_file {
-        return Err(ImagingError::header(
-            "magic",
-            "ni1",
-            "n+1 (header and image in one file; .hdr/.img pairs are not supported)",
-        ));
-    }
+    require_single_file(&hdr)?;
     let nvox = hdr.nvox();
     let values = nvox * n as u64;
     if values > limits.max_voxels {

@@ -162,28 +162,25 @@ impl ModalityStem {
         if train {
             return bn.forward_t(&self.forward_linear(x, present), true);
         }
-        let apply = |x: &Tensor, mask: [bool; MODALITIES]| conv_bn(x, &self.fused_kernel(mask), 1, bn, false);
-        if present.iter().all(|m| *m == present[0]) {
-            apply(x, present[0])
-        } else {
-            let outs: Vec<Tensor> =
-                present.iter().enumerate().map(|(i, m)| apply(&x.narrow(0, i as i64, 1), *m)).collect();
-            Tensor::cat(&outs, 0)
-        }
+        per_mask(x, present, |x, mask| conv_bn(x, &self.fused_kernel(mask), 1, bn, false))
     }
 
     /// The fused eq. (1) feature map, before normalisation.
     fn forward_linear(&self, x: &Tensor, present: &[[bool; MODALITIES]]) -> Tensor {
-        let apply = |x: &Tensor, mask: [bool; MODALITIES]| {
+        per_mask(x, present, |x, mask| {
             x.conv3d::<Tensor>(&self.fused_kernel(mask), None, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1)
-        };
-        if present.iter().all(|m| *m == present[0]) {
-            apply(x, present[0])
-        } else {
-            let outs: Vec<Tensor> =
-                present.iter().enumerate().map(|(i, m)| apply(&x.narrow(0, i as i64, 1), *m)).collect();
-            Tensor::cat(&outs, 0)
-        }
+        })
+    }
+}
+
+/// Applies `f` with each sample's modality mask: the whole batch at once when every sample has
+/// the same mask, else sample by sample.
+fn per_mask(x: &Tensor, present: &[[bool; MODALITIES]], f: impl Fn(&Tensor, [bool; MODALITIES]) -> Tensor) -> Tensor {
+    if present.iter().all(|m| *m == present[0]) {
+        f(x, present[0])
+    } else {
+        let outs: Vec<Tensor> = present.iter().enumerate().map(|(i, m)| f(&x.narrow(0, i as i64, 1), *m)).collect();
+        Tensor::cat(&outs, 0)
     }
 }
 

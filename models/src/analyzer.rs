@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, nn};
 
 use crate::ModelError;
-use crate::config::{MODALITIES, ModelConfig};
+use crate::config::{MODALITIES, ModelConfig, TASKS};
 use crate::infer::{self, InferOptions, Prediction};
 use crate::net::{self, Net};
 use crate::weights;
@@ -40,6 +40,11 @@ pub struct ModelMeta {
     /// Free-form training notes (data, steps, losses, ...).
     #[serde(default)]
     pub training: serde_json::Value,
+    /// Per-task temperature of the task logits (paper III-F; None = uncalibrated). The
+    /// weights file carries the same values in its `temperature` metadata, which is what
+    /// loading uses (and what the version hashes); the two must agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<[f64; TASKS]>,
 }
 
 struct Inner {
@@ -56,6 +61,7 @@ pub struct Analyzer {
     device: Device,
     training: serde_json::Value,
     parameters: usize,
+    temperature: [f64; TASKS],
     inner: Mutex<Inner>,
 }
 
@@ -65,12 +71,45 @@ impl std::fmt::Debug for Analyzer {
             .field("version", &self.version)
             .field("device", &self.device)
             .field("parameters", &self.parameters)
+            .field("temperature", &self.temperature)
             .finish_non_exhaustive()
     }
 }
 
-fn safetensors_metadata() -> BTreeMap<String, String> {
-    BTreeMap::from([("format".to_string(), FORMAT.to_string())])
+/// Metadata key of the per-task temperature in the weights file.
+pub const TEMPERATURE_KEY: &str = "temperature";
+
+/// Whether `t` is the uncalibrated temperature (all 1).
+fn is_unit(t: &[f64; TASKS]) -> bool {
+    t.iter().all(|&v| v == 1.0)
+}
+
+/// Metadata of the weights file: the format tag, plus the temperature (a JSON array) when it
+/// is not all 1 — so uncalibrated weights keep their bytes and version, calibrated ones get
+/// a version of their own.
+fn safetensors_metadata(temperature: &[f64; TASKS]) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::from([("format".to_string(), FORMAT.to_string())]);
+    if !is_unit(temperature) {
+        m.insert(TEMPERATURE_KEY.to_string(), serde_json::json!(temperature).to_string());
+    }
+    m
+}
+
+fn check_temperature(t: &[f64; TASKS]) -> Result<(), String> {
+    match t.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+        Some(v) => Err(format!("temperature {v} must be a positive number")),
+        None => Ok(()),
+    }
+}
+
+/// The temperature stored in safetensors `bytes` (all 1 when absent).
+fn temperature_from_weights(bytes: &[u8]) -> Result<[f64; TASKS], String> {
+    let meta = weights::read_metadata(bytes)?;
+    let Some(text) = meta.get(TEMPERATURE_KEY) else { return Ok([1.0; TASKS]) };
+    let t: [f64; TASKS] = serde_json::from_str(text)
+        .map_err(|e| format!("metadata {TEMPERATURE_KEY} {text:?}: expected {TASKS} numbers ({e})"))?;
+    check_temperature(&t)?;
+    Ok(t)
 }
 
 /// Sidecar path for a weights path: `<name>.safetensors` -> `<name>.json`.
@@ -97,12 +136,13 @@ impl Analyzer {
         if name.is_empty() || name.contains('@') {
             return Err(ModelError::Config(format!("model name {name:?} must be non-empty without '@'")));
         }
-        let bytes = weights::to_safetensors(&vs, &safetensors_metadata())?;
+        let temperature = [1.0; TASKS];
+        let bytes = weights::to_safetensors(&vs, &safetensors_metadata(&temperature))?;
         let version = format!("{name}@{}", weights::short_sha(&bytes));
         let cfg = net.config().clone();
         let parameters = net::parameter_count(&vs);
         let device = vs.device();
-        Ok(Self { name, version, cfg, device, training, parameters, inner: Mutex::new(Inner { vs, net }) })
+        Ok(Self { name, version, cfg, device, training, parameters, temperature, inner: Mutex::new(Inner { vs, net }) })
     }
 
     /// Loads `<name>.safetensors` and its `<name>.json` sidecar. Errors name the file and
@@ -120,6 +160,18 @@ impl Analyzer {
         let (vs, net) = net::build(&meta.config, device, None)?;
         weights::load_safetensors(&vs, &bytes)
             .map_err(|reason| ModelError::Weights { path: weights_path.to_path_buf(), reason })?;
+        let temperature = temperature_from_weights(&bytes)
+            .map_err(|reason| ModelError::Weights { path: weights_path.to_path_buf(), reason })?;
+        if meta.temperature.unwrap_or([1.0; TASKS]) != temperature {
+            return Err(ModelError::Weights {
+                path: meta_path.clone(),
+                reason: format!(
+                    "temperature {:?} differs from {temperature:?} stored in {}",
+                    meta.temperature,
+                    weights_path.display()
+                ),
+            });
+        }
         let sha = weights::sha256_hex(&bytes);
         if !meta.weights_sha256.is_empty() && meta.weights_sha256 != sha {
             return Err(ModelError::Weights {
@@ -139,6 +191,7 @@ impl Analyzer {
             device,
             training: meta.training,
             parameters,
+            temperature,
             inner: Mutex::new(Inner { vs, net }),
         })
     }
@@ -148,7 +201,7 @@ impl Analyzer {
     pub fn save(&self, weights_path: &Path) -> Result<(), ModelError> {
         let bytes = {
             let inner = self.lock();
-            weights::to_safetensors(&inner.vs, &safetensors_metadata())?
+            weights::to_safetensors(&inner.vs, &safetensors_metadata(&self.temperature))?
         };
         let meta = ModelMeta {
             format: FORMAT.into(),
@@ -158,6 +211,7 @@ impl Analyzer {
             weights_sha256: weights::sha256_hex(&bytes),
             parameters: self.parameters,
             training: self.training.clone(),
+            temperature: (!is_unit(&self.temperature)).then_some(self.temperature),
         };
         let meta_bytes = serde_json::to_vec_pretty(&meta).map_err(|e| ModelError::Internal(e.to_string()))?;
         write_atomic(weights_path, &bytes)?;
@@ -197,6 +251,23 @@ impl Analyzer {
     /// Replaces the training notes written by [`Analyzer::save`].
     pub fn set_training_notes(&mut self, notes: serde_json::Value) {
         self.training = notes;
+    }
+
+    /// Per-task temperature dividing the task logits (grade, IDH, 1p/19q, MGMT); all 1 for an
+    /// uncalibrated model.
+    pub fn temperature(&self) -> [f64; TASKS] {
+        self.temperature
+    }
+
+    /// The same weights with per-task temperature `t` (see [`crate::calibrate`]); the version
+    /// is recomputed, so a calibrated copy has a version of its own (and all-1 gives back
+    /// the uncalibrated one).
+    pub fn with_temperature(mut self, t: [f64; TASKS]) -> Result<Self, ModelError> {
+        check_temperature(&t).map_err(ModelError::Config)?;
+        let bytes = weights::to_safetensors(&self.lock().vs, &safetensors_metadata(&t))?;
+        self.version = format!("{}@{}", self.name, weights::short_sha(&bytes));
+        self.temperature = t;
+        Ok(self)
     }
 
     /// Renames the model (the version keeps the weights hash).
@@ -244,7 +315,7 @@ impl Analyzer {
         let inner = self.lock();
         let device = self.device;
         let result = catch_unwind(AssertUnwindSafe(|| {
-            tch::no_grad(|| infer::run(&inner.net, device, input, dims, present, opts))
+            tch::no_grad(|| infer::run(&inner.net, device, input, dims, present, self.temperature, opts))
         }));
         match result {
             Ok(r) => r,
@@ -381,6 +452,75 @@ mod tests {
         let path2 = dir.path().join("again.safetensors");
         b.save(&path2).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&path2).unwrap());
+    }
+
+    #[test]
+    fn temperature_is_persisted_and_versioned() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Analyzer::new_seeded(ModelConfig::tiny(), 4, Device::Cpu).unwrap();
+        assert_eq!(a.temperature(), [1.0; TASKS]);
+        let plain = a.version().to_string();
+        let t = [2.0, 0.5, 1.0, 3.25];
+        let c = a.with_temperature(t).unwrap();
+        assert_eq!(c.temperature(), t);
+        assert_ne!(c.version(), plain);
+        assert!(c.version().starts_with("gmmas-tiny-seed4@"));
+        let path = dir.path().join("cal.safetensors");
+        c.save(&path).unwrap();
+        let meta: ModelMeta = serde_json::from_slice(&std::fs::read(dir.path().join("cal.json")).unwrap()).unwrap();
+        assert_eq!(meta.temperature, Some(t));
+        let md = weights::read_metadata(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(serde_json::from_str::<[f64; TASKS]>(&md[TEMPERATURE_KEY]).unwrap(), t);
+        let b = Analyzer::load(&path, Device::Cpu).unwrap();
+        assert_eq!((b.temperature(), b.version()), (t, c.version()));
+        // Back to T = 1: the uncalibrated version again, and no temperature in the files.
+        let u = b.with_temperature([1.0; TASKS]).unwrap();
+        assert_eq!(u.version(), plain);
+        let upath = dir.path().join("plain.safetensors");
+        u.save(&upath).unwrap();
+        let meta: ModelMeta = serde_json::from_slice(&std::fs::read(dir.path().join("plain.json")).unwrap()).unwrap();
+        assert_eq!(meta.temperature, None);
+        assert!(!weights::read_metadata(&std::fs::read(&upath).unwrap()).unwrap().contains_key(TEMPERATURE_KEY));
+        // Invalid temperatures are refused; a sidecar disagreeing with the weights fails to load.
+        assert!(Analyzer::load(&upath, Device::Cpu).unwrap().with_temperature([1.0, 0.0, 1.0, 1.0]).is_err());
+        let mut meta: ModelMeta = serde_json::from_slice(&std::fs::read(dir.path().join("cal.json")).unwrap()).unwrap();
+        meta.temperature = Some([1.0; TASKS]);
+        std::fs::write(dir.path().join("cal.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+        let e = Analyzer::load(&path, Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("cal.json") && e.contains("temperature"), "{e}");
+    }
+
+    #[test]
+    fn temperature_softens_task_probabilities() {
+        use rand::{Rng, SeedableRng};
+        let dims = [32, 32, 32];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let input: Vec<f32> = (0..4 * 32 * 32 * 32).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let opts = InferOptions::default();
+        let a = Analyzer::new_seeded(ModelConfig::tiny(), 5, Device::Cpu).unwrap();
+        let p1 = a.analyze(&input, dims, [true; 4], &opts).unwrap();
+        let a2 = a.with_temperature([2.0; TASKS]).unwrap();
+        let p2 = a2.analyze(&input, dims, [true; 4], &opts).unwrap();
+        assert_eq!(p1.labels, p2.labels, "temperature must not touch the segmentation");
+        for (x, y) in p1.probabilities.to_array().iter().zip(p2.probabilities.to_array()) {
+            assert!((y - 0.5).abs() < (x - 0.5).abs(), "T=1 {x} vs T=2 {y}");
+            // One window: exactly sigmoid(logit / 2).
+            let want = crate::calibrate::apply_temperature(f64::from(*x), 2.0);
+            assert!((f64::from(y) - want).abs() < 1e-4, "{y} vs {want}");
+        }
+        // Applied inside MC-dropout passes too: with the same dropout masks (same torch seed),
+        // a stochastic pass at T = 2 is the T = 1 pass rescaled.
+        let mc = InferOptions { mc_passes: 1, ..opts };
+        let d1 = Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.3), 5, Device::Cpu).unwrap();
+        tch::manual_seed(1);
+        let m1 = d1.analyze(&input, dims, [true; 4], &mc).unwrap();
+        let d2 = d1.with_temperature([2.0; TASKS]).unwrap();
+        tch::manual_seed(1);
+        let m2 = d2.analyze(&input, dims, [true; 4], &mc).unwrap();
+        for (x, y) in m1.probabilities.to_array().iter().zip(m2.probabilities.to_array()) {
+            let want = crate::calibrate::apply_temperature(f64::from(*x), 2.0);
+            assert!((f64::from(y) - want).abs() < 1e-4, "MC pass: {y} vs {want}");
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::ModelError;
+use crate::adapt::{AdaptConfig, TrainMode};
 use crate::analyzer::{Analyzer, ModelMeta, sidecar_path};
 use crate::augment::{AugmentConfig, BatchStream, Sampler};
 use crate::config::{ModelConfig, TASK_NAMES, TASKS};
@@ -164,6 +165,10 @@ fn default_poly() -> f64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
+    /// What is optimised: `supervised` (default), or an adaptation stage: `distill`,
+    /// `contrastive`, `finetune` (see [`crate::adapt`]).
+    #[serde(default)]
+    pub mode: TrainMode,
     /// `sgd` or `adamw`.
     pub optimizer: Option<OptimizerKind>,
     /// Peak learning rate.
@@ -226,6 +231,7 @@ pub struct TrainSection {
 impl Default for TrainSection {
     fn default() -> Self {
         Self {
+            mode: TrainMode::Supervised,
             optimizer: None,
             lr: None,
             momentum: None,
@@ -342,6 +348,9 @@ pub struct TrainRunConfig {
     /// Augmentation.
     #[serde(default)]
     pub augment: AugmentConfig,
+    /// Settings of the adaptation stages (`train.mode` other than `supervised`).
+    #[serde(default)]
+    pub adapt: AdaptConfig,
 }
 
 impl TrainRunConfig {
@@ -394,6 +403,13 @@ impl TrainRunConfig {
             return bad(format!("name {n:?} must be non-empty without '@', '/', '\\'"));
         }
         self.augment.validate()?;
+        self.adapt.validate()?;
+        if matches!(t.mode, TrainMode::Contrastive | TrainMode::Finetune) && self.model.init.is_none() {
+            return bad(format!(
+                "train.mode = \"{}\" continues an earlier stage: set model.init to that stage's model",
+                t.mode.as_str()
+            ));
+        }
         Ok(())
     }
 }
@@ -405,11 +421,14 @@ pub struct EvalOptions {
     pub infer: InferOptions,
     /// Compute HD95 (costs a few distance transforms per case).
     pub hd95: bool,
+    /// Modalities (t1, t1ce, t2, flair) removed before inference: channel zeroed, `present`
+    /// cleared (see [`crate::missing`]). A case left with no modality is skipped.
+    pub drop: [bool; crate::config::MODALITIES],
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self { infer: InferOptions::default(), hd95: true }
+        Self { infer: InferOptions::default(), hd95: true, drop: [false; crate::config::MODALITIES] }
     }
 }
 
@@ -552,9 +571,13 @@ pub fn evaluate(
     let mut cases = Vec::with_capacity(indices.len());
     for &i in indices {
         let c = &data.cases[i];
+        // Cases left without any modality by `opts.drop` are skipped (not in `cases`).
+        let Some((image, present)) = crate::missing::apply_drop(&c.image, c.voxels(), c.present, &opts.drop) else {
+            continue;
+        };
         let t = Instant::now();
         let p = model
-            .analyze(&c.image, c.dims, c.present, &opts.infer)
+            .analyze(&image, c.dims, present, &opts.infer)
             .map_err(|e| FitError::Model(ModelError::Input(format!("case {}: {e}", c.name))))?;
         let seconds = t.elapsed().as_secs_f64();
         let (dice, hd95) = if c.has_seg {
@@ -711,6 +734,9 @@ struct LossAccumulator {
     global: (f64, usize),
     tasks: [(f64, usize); TASKS],
     sigma: Vec<f64>,
+    distill: (f64, usize),
+    partial_seg: (f64, usize),
+    contrastive: (f64, usize),
 }
 
 impl LossAccumulator {
@@ -730,6 +756,16 @@ impl LossAccumulator {
             }
         }
         self.sigma = l.sigma.to_vec();
+        for (acc, v) in [
+            (&mut self.distill, l.distill),
+            (&mut self.partial_seg, l.partial_seg),
+            (&mut self.contrastive, l.contrastive),
+        ] {
+            if let Some(v) = v {
+                acc.0 += v;
+                acc.1 += 1;
+            }
+        }
     }
 
     fn mean(v: (f64, usize)) -> Option<f64> {
@@ -749,6 +785,9 @@ impl LossAccumulator {
             "seg_dice": self.seg_dice / n,
             "global_dice": Self::mean(self.global),
             "tasks": tasks,
+            "distill": Self::mean(self.distill),
+            "partial_seg": Self::mean(self.partial_seg),
+            "contrastive": Self::mean(self.contrastive),
         })
     }
 
@@ -761,9 +800,17 @@ impl LossAccumulator {
             .map(|(name, v)| format!("{} {}", name.split('_').next().unwrap_or(name), f(Self::mean(v))))
             .collect();
         let s: Vec<String> = self.sigma.iter().map(|v| format!("{v:.2}")).collect();
+        if let Some(c) = Self::mean(self.contrastive) {
+            return format!("loss {:.4} (contrastive eq. 11)", c);
+        }
+        let adapt = match (Self::mean(self.distill), Self::mean(self.partial_seg)) {
+            (Some(d), Some(p)) => format!(" distill mse {d:.4} partial seg {p:.3} |"),
+            _ => String::new(),
+        };
         format!(
-            "loss {:.4} (seg {:.3} dice {:.3} global {} | {}) sigma [{}]",
+            "loss {:.4} ({} seg {:.3} dice {:.3} global {} | {}) sigma [{}]",
             self.total / n,
+            adapt,
             self.seg / n,
             self.seg_dice / n,
             f(Self::mean(self.global)),
@@ -859,6 +906,7 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
     }
     let balance = data.class_balance(&train_idx);
     let tcfg = cfg.train.train_config(&balance);
+    say(&format!("mode: {}", cfg.train.mode.as_str()));
     say(&format!(
         "data: {} case(s) ({} train, {} {} for validation) loaded in {:.1} s; sha256 {}",
         data.cases.len(),
@@ -901,7 +949,8 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
                 st.step
             )));
         }
-        let t = Trainer::from_weights(&paths.ckpt, tcfg.clone(), device)?;
+        let t =
+            Trainer::from_weights(&paths.ckpt, tcfg.clone(), device)?.with_mode(cfg.train.mode, cfg.adapt.clone())?;
         restore_log_sigma(&t, &st.log_sigma)?;
         tch::manual_seed(cfg.seed.wrapping_add(st.step as u64) as i64);
         say(&format!("resuming from step {} (epoch {})", st.step, st.epoch));
@@ -918,6 +967,7 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
             }
             None => Trainer::new(model_cfg.clone(), tcfg.clone(), cfg.seed as i64, device)?,
         };
+        let t = t.with_mode(cfg.train.mode, cfg.adapt.clone())?;
         let st = CheckpointState {
             step: 0,
             epoch: 0,
@@ -944,7 +994,7 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
 
     let name = cfg.name.clone().unwrap_or_else(|| model_cfg.name.clone());
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&paths.log).map_err(io_err(&paths.log))?;
-    let eval_opts = EvalOptions { infer: InferOptions::default(), hd95: false };
+    let eval_opts = EvalOptions { infer: InferOptions::default(), hd95: false, ..EvalOptions::default() };
     let notes = |st: &CheckpointState, extra: serde_json::Value| {
         serde_json::json!({
             "step": st.step,
@@ -958,6 +1008,8 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
             "augment": cfg.augment,
             "schedule": {"kind": cfg.train.schedule, "total_steps": total_steps, "batch_size": cfg.train.batch_size},
             "seed": cfg.seed,
+            "mode": cfg.train.mode,
+            "init": cfg.model.init.as_ref().map(|p| p.display().to_string()),
             "train_seconds": st.train_seconds,
             "extra": extra,
         })

@@ -176,6 +176,8 @@ struct Engine<'a> {
     present: [bool; MODALITIES],
     global: Option<crate::net::GlobalFeatures>,
     batch: usize,
+    /// Per-task temperature `[1, TASKS, 1]` dividing the task logits (None = all 1).
+    temperature: Option<Tensor>,
 }
 
 impl Engine<'_> {
@@ -240,7 +242,12 @@ impl Engine<'_> {
                 let out = self.net.head(&enc, ctx, false, mc)?;
                 let p_all = out.seg.softmax(1, Kind::Float);
                 drop(out.seg);
-                let task_p = out.tasks.softmax(-1, Kind::Float).select(2, 1).to_device(Device::Cpu);
+                // Task logits [B, TASKS, 2], divided by each task's temperature (every pass).
+                let logits = match &self.temperature {
+                    Some(t) => &out.tasks / t,
+                    None => out.tasks,
+                };
+                let task_p = logits.softmax(-1, Kind::Float).select(2, 1).to_device(Device::Cpu);
                 let task_p = Vec::<f32>::try_from(&task_p.flatten(0, -1))?;
                 for (i, s) in chunk.iter().enumerate() {
                     let v = self.valid(*s);
@@ -276,17 +283,22 @@ impl Engine<'_> {
     }
 }
 
-/// Runs the whole inference for one case (`input` channel-major, x fastest). Must be called
-/// with gradients disabled.
+/// Runs the whole inference for one case (`input` channel-major, x fastest); the task logits
+/// of every pass are divided by `temperature` (per task, see [`crate::calibrate`]). Must be
+/// called with gradients disabled.
 pub fn run(
     net: &Net,
     device: Device,
     input: &[f32],
     dims: [usize; 3],
     present: [bool; MODALITIES],
+    temperature: [f64; TASKS],
     opts: &InferOptions,
 ) -> Result<Prediction, ModelError> {
     validate_input(input, dims, present, opts)?;
+    if let Some(t) = temperature.iter().find(|t| !(t.is_finite() && **t > 0.0)) {
+        return Err(ModelError::Input(format!("temperature {t} must be a positive number")));
+    }
     let cfg = net.config();
     let [nx, ny, nz] = dims;
     let shape = [nz, ny, nx];
@@ -299,7 +311,13 @@ pub fn run(
     let padded =
         if pad.iter().any(|&p| p > 0) { volume.constant_pad_nd([0, pad[2], 0, pad[1], 0, pad[0]]) } else { volume };
     let gauss = gaussian(plan.window, device);
-    let engine = Engine { net, padded, shape, plan, gauss, present, global, batch: opts.batch.max(1) };
+    let temperature = if temperature.iter().all(|&t| t == 1.0) {
+        None
+    } else {
+        let t: Vec<f32> = temperature.iter().map(|&t| t as f32).collect();
+        Some(Tensor::from_slice(&t).view([1, TASKS as i64, 1]).to_device(device))
+    };
+    let engine = Engine { net, padded, shape, plan, gauss, present, global, batch: opts.batch.max(1), temperature };
     let mut weight_sum = Tensor::zeros([nz as i64, ny as i64, nx as i64], (Kind::Float, device));
     for s in engine.windows() {
         let v = engine.valid(s);

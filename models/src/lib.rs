@@ -5,8 +5,10 @@
 //! safetensors I/O), [`infer`] (sliding-window inference), [`analyzer`] (the seam other
 //! crates use), [`device`] (device and thread settings), [`loss`] and [`train`].
 
+pub mod adapt;
 pub mod analyzer;
 pub mod augment;
+pub mod calibrate;
 pub mod config;
 pub mod data;
 pub mod device;
@@ -14,6 +16,7 @@ pub mod fit;
 pub mod infer;
 pub mod loss;
 pub mod metrics;
+pub mod missing;
 pub mod net;
 pub mod postprocess;
 pub mod train;

@@ -319,6 +319,43 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
     Some(u / (pos * neg) as f64)
 }
 
+/// ROC curve as `(false positive rate, true positive rate)` points: thresholds sweep the
+/// distinct scores from high to low, tied scores enter together (one diagonal step), so the
+/// curve starts at `(0, 0)`, ends at `(1, 1)` and its trapezoid area equals [`auc`]. None when
+/// either class is absent.
+pub fn roc_curve(scores: &[f64], labels: &[bool]) -> Option<Vec<(f64, f64)>> {
+    assert_eq!(scores.len(), labels.len(), "roc_curve: length mismatch");
+    let pos = labels.iter().filter(|&&l| l).count();
+    let neg = labels.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut points = vec![(0.0, 0.0)];
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j < idx.len() && scores[idx[j]] == scores[idx[i]] {
+            if labels[idx[j]] {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            j += 1;
+        }
+        points.push((fp as f64 / neg as f64, tp as f64 / pos as f64));
+        i = j;
+    }
+    Some(points)
+}
+
+/// Trapezoid area under a polyline of `(x, y)` points (e.g. a [`roc_curve`]).
+pub fn trapezoid_area(points: &[(f64, f64)]) -> f64 {
+    points.windows(2).map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0).sum()
+}
+
 /// Confusion counts at threshold 0.5 (`p >= 0.5` predicts positive).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confusion {
@@ -574,6 +611,41 @@ mod tests {
         assert!(close(auc(&s, &l).unwrap(), 3.5 / 4.0));
         assert!(auc(&s, &[true; 4]).is_none());
         assert!(close(auc(&[0.9, 0.1], &[false, true]).unwrap(), 0.0));
+    }
+
+    #[test]
+    fn roc_curve_by_hand() {
+        // Scores high to low: 0.9 (pos), 0.8 (neg), 0.6 (pos, neg tied), 0.3 (pos), 0.1 (neg).
+        // 3 positives, 3 negatives: thresholds give (0,1/3), (1/3,1/3), (2/3,2/3), (2/3,1),
+        // (1,1) after the start (0,0).
+        let s = [0.6, 0.1, 0.9, 0.3, 0.8, 0.6];
+        let l = [true, false, true, true, false, false];
+        let r = roc_curve(&s, &l).unwrap();
+        let want = [
+            (0.0, 0.0),
+            (0.0, 1.0 / 3.0),
+            (1.0 / 3.0, 1.0 / 3.0),
+            (2.0 / 3.0, 2.0 / 3.0),
+            (2.0 / 3.0, 1.0),
+            (1.0, 1.0),
+        ];
+        assert_eq!(r.len(), want.len());
+        for (a, b) in r.iter().zip(want) {
+            assert!(close(a.0, b.0) && close(a.1, b.1), "{r:?}");
+        }
+        // Area: 1/3 * 1/3 + 1/3 * (1/3 + 2/3) / 2 + 1/3 * 1 = 1/9 + 1/6 + 1/3 = 11/18.
+        assert!(close(trapezoid_area(&r), 11.0 / 18.0));
+        assert!(close(trapezoid_area(&r), auc(&s, &l).unwrap()));
+        // The tie example of `auc_with_a_tie` and a pseudo-random one with many ties agree too.
+        let (s2, l2) = ([0.1, 0.4, 0.4, 0.8], [false, false, true, true]);
+        assert!(close(trapezoid_area(&roc_curve(&s2, &l2).unwrap()), auc(&s2, &l2).unwrap()));
+        let s3: Vec<f64> = (0..200).map(|i| ((i * 37 % 101) / 10) as f64).collect();
+        let l3: Vec<bool> = (0..200).map(|i| (i * 53 % 7) < 3).collect();
+        let r3 = roc_curve(&s3, &l3).unwrap();
+        assert!(close(trapezoid_area(&r3), auc(&s3, &l3).unwrap()));
+        assert_eq!((r3[0], *r3.last().unwrap()), ((0.0, 0.0), (1.0, 1.0)));
+        assert!(r3.windows(2).all(|w| w[1].0 >= w[0].0 && w[1].1 >= w[0].1));
+        assert!(roc_curve(&s, &[true; 6]).is_none());
     }
 
     #[test]

@@ -211,10 +211,12 @@ impl Encoder {
         Self { stem, stem_bn, downs, blocks }
     }
 
-    /// Features of every level, finest first.
-    fn forward(&self, x: &Tensor, present: &[[bool; MODALITIES]], train: bool) -> Vec<Tensor> {
+    /// Output of the fused stem (the encoder's first convolution) and the features of every
+    /// level, finest first.
+    fn forward(&self, x: &Tensor, present: &[[bool; MODALITIES]], train: bool) -> (Tensor, Vec<Tensor>) {
         let mut feats = Vec::with_capacity(self.blocks.len());
-        let mut h = self.stem.forward(x, present, &self.stem_bn, train);
+        let stem = self.stem.forward(x, present, &self.stem_bn, train);
+        let mut h = stem.shallow_clone();
         for (l, blocks) in self.blocks.iter().enumerate() {
             if l > 0 {
                 h = self.downs[l - 1].forward(&feats[l - 1]);
@@ -224,7 +226,7 @@ impl Encoder {
             }
             feats.push(h.shallow_clone());
         }
-        feats
+        (stem, feats)
     }
 }
 
@@ -637,8 +639,8 @@ impl Net {
         check_present(present, b)?;
         let present: Vec<[bool; MODALITIES]> =
             if present.len() == 1 { vec![present[0]; b as usize] } else { present.to_vec() };
-        let feats = self.encoder.forward(x, &present, train);
-        Ok(Encoded { feats, present, batch: b })
+        let (stem, feats) = self.encoder.forward(x, &present, train);
+        Ok(Encoded { stem, feats, present, batch: b })
     }
 
     /// Bottleneck, global fusion, classifier and decoder on encoder features. `global` is
@@ -649,6 +651,45 @@ impl Net {
         global: Option<GlobalContext<'_>>,
         train: bool,
         mc: bool,
+    ) -> Result<NetOutput, ModelError> {
+        self.head_tapped(enc, global, train, mc, &mut None)
+    }
+
+    /// [`Net::forward`] that also returns the feature maps the adaptation module's
+    /// self-distillation compares (see [`FeatureTaps`]).
+    pub fn forward_tapped(
+        &self,
+        x: &Tensor,
+        present: &[[bool; MODALITIES]],
+        global: Option<GlobalContext<'_>>,
+        train: bool,
+    ) -> Result<(NetOutput, FeatureTaps), ModelError> {
+        let enc = self.encode(x, present, train)?;
+        let mut decoder_first = None;
+        let out = self.head_tapped(&enc, global, train, false, &mut decoder_first)?;
+        let decoder_first =
+            decoder_first.ok_or_else(|| ModelError::Internal("decoder produced no first-level features".into()))?;
+        let taps = FeatureTaps {
+            encoder_first: enc.stem.shallow_clone(),
+            encoder_last: enc.feats[enc.feats.len() - 1].shallow_clone(),
+            decoder_first,
+        };
+        Ok((out, taps))
+    }
+
+    /// Pooled features of the deepest encoder level, `[B, channels[3]]` (global average):
+    /// what the contrastive stage of the adaptation module projects.
+    pub fn encoder_embedding(&self, enc: &Encoded) -> Tensor {
+        enc.feats[enc.feats.len() - 1].mean_dim(&[2i64, 3, 4][..], false, Kind::Float)
+    }
+
+    fn head_tapped(
+        &self,
+        enc: &Encoded,
+        global: Option<GlobalContext<'_>>,
+        train: bool,
+        mc: bool,
+        decoder_first: &mut Option<Tensor>,
     ) -> Result<NetOutput, ModelError> {
         let b = enc.batch;
         let ctx = match (&self.global, global) {
@@ -682,6 +723,9 @@ impl Net {
             h = h.upsample_trilinear3d(spatial(skip), false, None, None, None);
             h = add(h, skip);
             h = dec.convs[l].forward(&h, train);
+            if l == 2 {
+                *decoder_first = Some(h.shallow_clone());
+            }
             if let (1, Some(fuse), Some(ctx)) = (l, &self.fuse_decoder, ctx) {
                 let g = crop_resample(&ctx.features.decoder, ctx.boxes, spatial(&h));
                 h = fuse.forward(&h, &g);
@@ -693,9 +737,29 @@ impl Net {
     }
 }
 
+/// Feature maps compared by the self-distillation stage (deep supervision at the encoder's
+/// first and last convolutions and the decoder's first convolution).
+#[derive(Debug)]
+pub struct FeatureTaps {
+    /// Output of the fused modality stem, full resolution.
+    pub encoder_first: Tensor,
+    /// Deepest encoder level (stride 8), before the bottleneck.
+    pub encoder_last: Tensor,
+    /// First decoder convolution (stride 4).
+    pub decoder_first: Tensor,
+}
+
+impl FeatureTaps {
+    /// The three maps, shallow copies, in the order above.
+    pub fn all(&self) -> [Tensor; 3] {
+        [self.encoder_first.shallow_clone(), self.encoder_last.shallow_clone(), self.decoder_first.shallow_clone()]
+    }
+}
+
 /// Encoder features of a batch (finest level first), from [`Net::encode`].
 #[derive(Debug)]
 pub struct Encoded {
+    stem: Tensor,
     feats: Vec<Tensor>,
     present: Vec<[bool; MODALITIES]>,
     batch: i64,

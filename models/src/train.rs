@@ -3,16 +3,25 @@
 //!
 //! Objective: segmentation task loss = Dice (eq. 4) [+ optional voxel CE] [+ global-branch
 //! Dice on down-sampled labels]; each classification task = weighted CE (eq. 5) over the
-//! samples that carry its label; all combined by eq. (7) with learnable `log sigma`.
+//! samples that carry its label; all combined by eq. (7) with learnable `log sigma`. The
+//! adaptation stages of [`crate::adapt`] (distill, contrastive, finetune) are other modes of
+//! the same trainer.
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig};
 
 use crate::ModelError;
+use crate::adapt::{self, AdaptConfig, SimSiamHeads, TrainMode};
 use crate::analyzer::Analyzer;
 use crate::config::{MODALITIES, ModelConfig, SEG_CLASSES, TASKS};
 use crate::loss;
-use crate::net::{self, GlobalContext, Net};
+use crate::net::{self, FeatureTaps, GlobalContext, Net, NetOutput};
+
+/// Prefix of the convolutional encoder's variables (stems and residual levels), the part the
+/// `finetune` stage freezes.
+pub const ENCODER_PREFIX: &str = "encoder.";
 
 /// Optimiser choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +173,30 @@ pub struct StepLosses {
     pub tasks: [Option<f64>; TASKS],
     /// Current sigma per task (segmentation first).
     pub sigma: [f64; TASKS + 1],
+    /// `distill`: eq. (10) feature MSE summed over the tapped maps.
+    #[serde(default)]
+    pub distill: Option<f64>,
+    /// `distill`: segmentation loss of the dropped-modality pathway.
+    #[serde(default)]
+    pub partial_seg: Option<f64>,
+    /// `contrastive`: eq. (11) loss (negative cosine, -1 at best).
+    #[serde(default)]
+    pub contrastive: Option<f64>,
+}
+
+/// One forward pass of a batch with the targets it is scored against.
+struct Pass {
+    out: NetOutput,
+    taps: Option<FeatureTaps>,
+    seg: Tensor,
+    global_target: Option<Tensor>,
+}
+
+/// SimSiam heads of the contrastive stage with their own variables and optimiser.
+struct Ssl {
+    _vs: nn::VarStore,
+    heads: SimSiamHeads,
+    opt: nn::Optimizer,
 }
 
 /// Trains a GMMAS network.
@@ -178,6 +211,10 @@ pub struct Trainer {
     mtl_opt: nn::Optimizer,
     steps: usize,
     seed: i64,
+    mode: TrainMode,
+    adapt: AdaptConfig,
+    ssl: Option<Ssl>,
+    frozen: Vec<String>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -227,7 +264,66 @@ impl Trainer {
         let log_sigma = mtl_vs.root().var("log_sigma", &[TASKS as i64 + 1], nn::Init::Const(0.0));
         let opt = optimizer(&vs, tcfg.optimizer, tcfg.lr, tcfg.momentum, tcfg.weight_decay)?;
         let mtl_opt = optimizer(&mtl_vs, tcfg.optimizer, tcfg.sigma_lr, tcfg.momentum, 0.0)?;
-        Ok(Self { cfg, tcfg, vs, net, mtl_vs, log_sigma, opt, mtl_opt, steps: 0, seed })
+        Ok(Self {
+            cfg,
+            tcfg,
+            vs,
+            net,
+            mtl_vs,
+            log_sigma,
+            opt,
+            mtl_opt,
+            steps: 0,
+            seed,
+            mode: TrainMode::Supervised,
+            adapt: AdaptConfig::default(),
+            ssl: None,
+            frozen: Vec::new(),
+        })
+    }
+
+    /// Switches the trainer to `mode` (an adaptation stage, or plain supervised training).
+    /// `finetune` freezes the convolutional encoder (no gradient, eval-mode BatchNorm);
+    /// `contrastive` adds the SimSiam projector and predictor.
+    pub fn with_mode(mut self, mode: TrainMode, adapt: AdaptConfig) -> Result<Self, ModelError> {
+        adapt.validate()?;
+        // Unfreeze what an earlier `finetune` froze, then freeze the trainable encoder
+        // tensors (BatchNorm running statistics are buffers and stay as they are).
+        let vars = self.vs.variables();
+        for name in self.frozen.drain(..) {
+            if let Some(v) = vars.get(&name) {
+                let _ = v.set_requires_grad(true);
+            }
+        }
+        if mode == TrainMode::Finetune {
+            for (name, var) in &vars {
+                if name.starts_with(ENCODER_PREFIX) && var.requires_grad() {
+                    let _ = var.set_requires_grad(false);
+                    self.frozen.push(name.clone());
+                }
+            }
+        }
+        self.ssl = if mode == TrainMode::Contrastive {
+            let vs = nn::VarStore::new(self.vs.device());
+            let heads = SimSiamHeads::new(&vs.root(), self.cfg.channels[3], &adapt);
+            let opt = optimizer(&vs, self.tcfg.optimizer, self.tcfg.lr, self.tcfg.momentum, self.tcfg.weight_decay)?;
+            Some(Ssl { _vs: vs, heads, opt })
+        } else {
+            None
+        };
+        self.mode = mode;
+        self.adapt = adapt;
+        Ok(self)
+    }
+
+    /// The training mode.
+    pub fn mode(&self) -> TrainMode {
+        self.mode
+    }
+
+    /// Seeded per step, so dropped-modality draws are the same after a resume.
+    fn step_rng(&self) -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64((self.seed as u64) ^ (self.steps as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 
     /// The network.
@@ -254,50 +350,85 @@ impl Trainer {
     pub fn set_lr(&mut self, lr: f64) {
         self.tcfg.lr = lr;
         self.opt.set_lr(lr);
+        if let Some(ssl) = &mut self.ssl {
+            ssl.opt.set_lr(lr);
+        }
     }
 
-    /// Forward pass and objective with gradients tracked (nothing is updated).
-    /// `train` selects BatchNorm batch statistics and dropout.
-    pub fn objective(&self, batch: &Batch, train: bool) -> Result<(Tensor, StepLosses), ModelError> {
-        batch.validate()?;
+    /// One forward pass of `batch`, with the sequences of `masks` only when given (their
+    /// channels zeroed in the patch and the whole volume). `taps` keeps the distillation maps.
+    fn pass(
+        &self,
+        batch: &Batch,
+        masks: Option<&[[bool; MODALITIES]]>,
+        train: bool,
+        taps: bool,
+    ) -> Result<Pass, ModelError> {
         let device = self.vs.device();
-        let image = batch.image.to_device(device).to_kind(Kind::Float);
+        let present = masks.unwrap_or(&batch.present);
+        let mut image = batch.image.to_device(device).to_kind(Kind::Float);
+        if let Some(m) = masks {
+            image = adapt::mask_channels(&image, m);
+        }
         let seg = batch.seg.to_device(device).to_kind(Kind::Int64);
         let b = seg.size()[0];
-        let t = &self.tcfg;
 
         // Global branch inputs (explicit, or the patch itself as the whole volume).
-        let (global_feats, global_seg_target, boxes) = match (&batch.global, self.cfg.global_branch) {
+        let (global_feats, global_target, boxes) = match (&batch.global, self.cfg.global_branch) {
             (_, false) => (None, None, Vec::new()),
             (Some(g), true) => {
-                let f =
-                    self.net.global_features(&g.image.to_device(device).to_kind(Kind::Float), &batch.present, train)?;
+                let mut low = g.image.to_device(device).to_kind(Kind::Float);
+                if let Some(m) = masks {
+                    low = adapt::mask_channels(&low, m);
+                }
+                let f = self.net.global_features(&low, present, train)?;
                 (f, Some(g.seg.to_device(device).to_kind(Kind::Int64)), g.boxes.clone())
             }
             (None, true) => {
-                let f = self.net.global_features(&self.net.global_input(&image), &batch.present, train)?;
+                let f = self.net.global_features(&self.net.global_input(&image), present, train)?;
                 let size = self.cfg.global_size.map(|v| v as i64);
                 (f, Some(loss::resample_labels(&seg, size)), vec![[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]; b as usize])
             }
         };
         let ctx = global_feats.as_ref().map(|features| GlobalContext { features, boxes: &boxes });
-        let out = self.net.forward(&image, &batch.present, ctx, train, false)?;
+        let (out, taps) = if taps {
+            let (out, t) = self.net.forward_tapped(&image, present, ctx, train)?;
+            (out, Some(t))
+        } else if self.mode == TrainMode::Finetune {
+            // Frozen encoder: running statistics are used and left untouched.
+            let enc = tch::no_grad(|| self.net.encode(&image, present, false))?;
+            (self.net.head(&enc, ctx, train, false)?, None)
+        } else {
+            (self.net.forward(&image, present, ctx, train, false)?, None)
+        };
+        Ok(Pass { out, taps, seg, global_target })
+    }
 
-        let dice = loss::dice_loss(&out.seg, &seg, t.dice_eps);
+    /// Segmentation task loss of a pass: (total, backbone Dice loss, global Dice loss).
+    fn seg_loss(&self, pass: &Pass) -> (Tensor, Tensor, Option<f64>) {
+        let t = &self.tcfg;
+        let dice = loss::dice_loss(&pass.out.seg, &pass.seg, t.dice_eps);
         let mut seg_terms = vec![dice.shallow_clone()];
         if t.seg_ce_weight > 0.0 {
-            seg_terms.push(loss::seg_cross_entropy(&out.seg, &seg) * t.seg_ce_weight);
+            seg_terms.push(loss::seg_cross_entropy(&pass.out.seg, &pass.seg) * t.seg_ce_weight);
         }
         let mut global_dice = None;
-        if let (Some(gl), Some(gt)) = (&out.global_seg, &global_seg_target) {
+        if let (Some(gl), Some(gt)) = (&pass.out.global_seg, &pass.global_target) {
             let d = loss::dice_loss(gl, gt, t.dice_eps);
             global_dice = Some(d.double_value(&[]));
             if t.global_seg_weight > 0.0 {
                 seg_terms.push(d * t.global_seg_weight);
             }
         }
-        let seg_loss = Tensor::stack(&seg_terms, 0).sum(Kind::Float);
+        (Tensor::stack(&seg_terms, 0).sum(Kind::Float), dice, global_dice)
+    }
 
+    /// The multi-task objective (eq. 7) of a pass.
+    fn supervised(&self, pass: &Pass, batch: &Batch) -> Result<(Tensor, StepLosses), ModelError> {
+        let device = self.vs.device();
+        let t = &self.tcfg;
+        let out = &pass.out;
+        let (seg_loss, dice, global_dice) = self.seg_loss(pass);
         let mut losses: Vec<Option<Tensor>> = vec![t.segmentation.then(|| seg_loss.shallow_clone())];
         let mut task_values = [None; TASKS];
         for (task, value) in task_values.iter_mut().enumerate() {
@@ -336,6 +467,77 @@ impl Trainer {
             global_dice,
             tasks: task_values,
             sigma: sig,
+            distill: None,
+            partial_seg: None,
+            contrastive: None,
+        };
+        Ok((total, report))
+    }
+
+    /// Forward pass and objective with gradients tracked (nothing is updated).
+    /// `train` selects BatchNorm batch statistics and dropout. Supervised and `finetune`
+    /// runs use eq. (7); the adaptation stages add their own terms (see [`crate::adapt`]).
+    pub fn objective(&self, batch: &Batch, train: bool) -> Result<(Tensor, StepLosses), ModelError> {
+        batch.validate()?;
+        match self.mode {
+            TrainMode::Supervised | TrainMode::Finetune => {
+                let pass = self.pass(batch, None, train, false)?;
+                self.supervised(&pass, batch)
+            }
+            TrainMode::Distill => self.distill_objective(batch, train),
+            TrainMode::Contrastive => self.contrastive_objective(batch, train),
+        }
+    }
+
+    fn distill_objective(&self, batch: &Batch, train: bool) -> Result<(Tensor, StepLosses), ModelError> {
+        let full = self.pass(batch, None, train, true)?;
+        let (sup, mut report) = self.supervised(&full, batch)?;
+        let mut rng = self.step_rng();
+        let masks: Vec<[bool; MODALITIES]> =
+            batch.present.iter().map(|&p| adapt::random_partial(p, &mut rng)).collect();
+        let partial = self.pass(batch, Some(&masks), train, true)?;
+        let (pseg, _, _) = self.seg_loss(&partial);
+        let (teacher, student) = match (&full.taps, &partial.taps) {
+            (Some(t), Some(s)) => (t.all(), s.all()),
+            _ => return Err(ModelError::Internal("distillation pass without feature taps".into())),
+        };
+        let mse = adapt::distill_mse(&teacher, &student);
+        report.distill = Some(mse.double_value(&[]));
+        report.partial_seg = Some(pseg.double_value(&[]));
+        let total = sup + pseg * self.adapt.partial_seg_weight + mse * self.adapt.distill_weight;
+        report.total = total.double_value(&[]);
+        Ok((total, report))
+    }
+
+    fn contrastive_objective(&self, batch: &Batch, train: bool) -> Result<(Tensor, StepLosses), ModelError> {
+        let ssl = self.ssl.as_ref().ok_or_else(|| ModelError::Internal("contrastive mode without heads".into()))?;
+        let device = self.vs.device();
+        let image = batch.image.to_device(device).to_kind(Kind::Float);
+        let mut rng = self.step_rng();
+        let (a, b): (Vec<_>, Vec<_>) = batch.present.iter().map(|&p| adapt::random_split(p, &mut rng)).unzip();
+        let view = |masks: &[[bool; MODALITIES]]| -> Result<(Tensor, Tensor), ModelError> {
+            let enc = self.net.encode(&adapt::mask_channels(&image, masks), masks, train)?;
+            let z = ssl.heads.project(&self.net.encoder_embedding(&enc));
+            let p = ssl.heads.predict(&z);
+            Ok((z, p))
+        };
+        let (z1, p1) = view(&a)?;
+        let (z2, p2) = view(&b)?;
+        let total = adapt::simsiam_loss(&p1, &z1, &p2, &z2);
+        let value = total.double_value(&[]);
+        let sigma = Vec::<f64>::try_from(&self.log_sigma.detach().exp().to_kind(Kind::Double).to_device(Device::Cpu))?;
+        let mut sig = [1.0; TASKS + 1];
+        sig.copy_from_slice(&sigma[..TASKS + 1]);
+        let report = StepLosses {
+            total: value,
+            seg: 0.0,
+            seg_dice: 0.0,
+            global_dice: None,
+            tasks: [None; TASKS],
+            sigma: sig,
+            distill: None,
+            partial_seg: None,
+            contrastive: Some(value),
         };
         Ok((total, report))
     }
@@ -344,6 +546,9 @@ impl Trainer {
     pub fn step(&mut self, batch: &Batch) -> Result<StepLosses, ModelError> {
         self.opt.zero_grad();
         self.mtl_opt.zero_grad();
+        if let Some(ssl) = &mut self.ssl {
+            ssl.opt.zero_grad();
+        }
         let (total, report) = self.objective(batch, true)?;
         if !report.total.is_finite() {
             return Err(ModelError::Internal(format!("non-finite loss at step {}", self.steps)));
@@ -353,7 +558,10 @@ impl Trainer {
             self.opt.clip_grad_norm(c);
         }
         self.opt.step();
-        if self.tcfg.uncertainty_weighting {
+        if let Some(ssl) = &mut self.ssl {
+            ssl.opt.step();
+        }
+        if self.tcfg.uncertainty_weighting && self.mode != TrainMode::Contrastive {
             self.mtl_opt.step();
         }
         self.steps += 1;
@@ -370,6 +578,7 @@ impl Trainer {
             "steps": self.steps,
             "seed": self.seed,
             "train_config": self.tcfg,
+            "mode": self.mode,
             "sigma": Vec::<f64>::try_from(&self.log_sigma.detach().exp().to_kind(Kind::Double).to_device(Device::Cpu)).unwrap_or_default(),
             "notes": notes,
         });
@@ -603,5 +812,107 @@ mod tests {
             }
         }
         panic!("foreground Dice only reached {best:.3} in 150 steps");
+    }
+
+    fn snapshot(vs: &nn::VarStore, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(n, t)| {
+                let flat = t.detach().to_kind(Kind::Float).flatten(0, -1);
+                let v = Vec::<f32>::try_from(&flat).unwrap();
+                (n, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn adaptation_batch() -> Batch {
+        let n = 32usize;
+        let vols = [synthetic(n, [12.0, 14.0, 16.0], 9.0, 1), synthetic(n, [19.0, 17.0, 13.0], 7.0, 2)];
+        batch_of(&vols, n as i64, vec![[Some(true), Some(false), None, None], [Some(false), Some(true), None, None]])
+    }
+
+    fn mean(v: &[f64]) -> f64 {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+
+    /// Each adaptation stage's own loss goes down over a short run on a fixed batch.
+    #[test]
+    fn adaptation_stage_losses_decrease() {
+        let batch = adaptation_batch();
+        let tcfg = TrainConfig { lr: 2e-3, ..TrainConfig::default() };
+        // Stage 1: feature MSE between pathways and the partial pathway's segmentation loss.
+        let mut t = Trainer::new(ModelConfig::tiny(), tcfg.clone(), 3, Device::Cpu)
+            .unwrap()
+            .with_mode(TrainMode::Distill, AdaptConfig::default())
+            .unwrap();
+        let (mut mse, mut pseg, mut total) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..30 {
+            let l = t.step(&batch).unwrap();
+            mse.push(l.distill.unwrap());
+            pseg.push(l.partial_seg.unwrap());
+            total.push(l.total);
+        }
+        eprintln!("distill mse {mse:.3?}\npartial seg {pseg:.3?}\ntotal {total:.3?}");
+        let (head, tail) = (..5, 25..);
+        assert!(mean(&total[tail.clone()]) < mean(&total[head]));
+        assert!(mean(&pseg[tail.clone()]) < mean(&pseg[head]));
+        assert!(mean(&mse[tail]) < mean(&mse[head]));
+
+        // Stage 2: SimSiam loss of the two modality views (starts near 0, best is -1).
+        let w = tempfile::tempdir().unwrap();
+        let path = w.path().join("stage1.safetensors");
+        t.save(&path, "stage1", serde_json::Value::Null).unwrap();
+        let mut c = Trainer::from_weights(&path, tcfg.clone(), Device::Cpu)
+            .unwrap()
+            .with_mode(TrainMode::Contrastive, AdaptConfig::default())
+            .unwrap();
+        let head_before = snapshot(c.var_store(), "decoder.");
+        let enc_before = snapshot(c.var_store(), ENCODER_PREFIX);
+        let cl: Vec<f64> = (0..20).map(|_| c.step(&batch).unwrap().contrastive.unwrap()).collect();
+        eprintln!("contrastive {cl:.3?}");
+        assert!(mean(&cl[15..]) < mean(&cl[..5]) - 0.05, "{cl:?}");
+        assert!(cl.iter().all(|v| (-1.0..=1.0).contains(v)));
+        // Only the encoder (and the heads, outside the model) learn in stage 2.
+        assert_eq!(snapshot(c.var_store(), "decoder."), head_before);
+        assert_ne!(snapshot(c.var_store(), ENCODER_PREFIX), enc_before);
+
+        // Stage 3: supervised objective with the encoder frozen.
+        c.save(&path, "stage2", serde_json::Value::Null).unwrap();
+        let mut f = Trainer::from_weights(&path, tcfg, Device::Cpu)
+            .unwrap()
+            .with_mode(TrainMode::Finetune, AdaptConfig::default())
+            .unwrap();
+        let sup: Vec<f64> = (0..20).map(|_| f.step(&batch).unwrap().seg).collect();
+        eprintln!("finetune seg {sup:.3?}");
+        assert!(mean(&sup[15..]) < mean(&sup[..5]));
+    }
+
+    /// Stage 3 leaves every encoder tensor (weights, BatchNorm running statistics, the eq. (1)
+    /// fusion logits) bit-identical while the rest of the network changes.
+    #[test]
+    fn finetune_leaves_encoder_bit_identical() {
+        let batch = adaptation_batch();
+        let mut t = Trainer::new(ModelConfig::tiny(), TrainConfig::default(), 9, Device::Cpu)
+            .unwrap()
+            .with_mode(TrainMode::Finetune, AdaptConfig::default())
+            .unwrap();
+        let enc = snapshot(t.var_store(), ENCODER_PREFIX);
+        assert!(enc.iter().any(|(n, _)| n.contains("running_mean")) && enc.iter().any(|(n, _)| n.contains("stem")));
+        let rest = snapshot(t.var_store(), "decoder.");
+        let cls = snapshot(t.var_store(), "classifier.");
+        for _ in 0..3 {
+            t.step(&batch).unwrap();
+        }
+        assert_eq!(snapshot(t.var_store(), ENCODER_PREFIX), enc, "an encoder tensor changed");
+        assert_ne!(snapshot(t.var_store(), "decoder."), rest);
+        assert_ne!(snapshot(t.var_store(), "classifier."), cls);
+        // Switching back to supervised training unfreezes it.
+        let mut t = t.with_mode(TrainMode::Supervised, AdaptConfig::default()).unwrap();
+        t.step(&batch).unwrap();
+        assert_ne!(snapshot(t.var_store(), ENCODER_PREFIX), enc);
     }
 }

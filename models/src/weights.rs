@@ -93,18 +93,18 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// One tensor entry of a parsed safetensors file.
-#[derive(Debug)]
-struct Entry {
-    shape: Vec<i64>,
-    start: usize,
-    end: usize,
+/// The `__metadata__` map of safetensors `bytes` (empty when absent). The error text does not
+/// include the file name (the caller adds it).
+pub fn read_metadata(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let header = read_header(bytes)?.0;
+    match header.get("__metadata__") {
+        None => Ok(BTreeMap::new()),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("corrupt safetensors metadata: {e}")),
+    }
 }
 
-/// Copies the tensors of safetensors `bytes` into the variables of `vs`. Every variable must
-/// be present with the same shape and no extra tensors may exist; errors name the offender.
-/// The returned error text does not include the file name (the caller adds it).
-pub fn load_safetensors(vs: &nn::VarStore, bytes: &[u8]) -> Result<(), String> {
+/// The parsed JSON header of safetensors `bytes` and the offset where the data starts.
+fn read_header(bytes: &[u8]) -> Result<(Map<String, Value>, usize), String> {
     if bytes.len() < 8 {
         return Err(format!("not a safetensors file: {} bytes", bytes.len()));
     }
@@ -117,7 +117,23 @@ pub fn load_safetensors(vs: &nn::VarStore, bytes: &[u8]) -> Result<(), String> {
     let n = n as usize;
     let header: Map<String, Value> =
         serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| format!("corrupt safetensors header: {e}"))?;
-    let data = &bytes[8 + n..];
+    Ok((header, 8 + n))
+}
+
+/// One tensor entry of a parsed safetensors file.
+#[derive(Debug)]
+struct Entry {
+    shape: Vec<i64>,
+    start: usize,
+    end: usize,
+}
+
+/// Copies the tensors of safetensors `bytes` into the variables of `vs`. Every variable must
+/// be present with the same shape and no extra tensors may exist; errors name the offender.
+/// The returned error text does not include the file name (the caller adds it).
+pub fn load_safetensors(vs: &nn::VarStore, bytes: &[u8]) -> Result<(), String> {
+    let (header, start) = read_header(bytes)?;
+    let data = &bytes[start..];
     let mut entries = BTreeMap::new();
     for (name, v) in &header {
         if name == "__metadata__" {

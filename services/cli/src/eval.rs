@@ -76,6 +76,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let opts = EvalOptions {
         infer: InferOptions { mc_passes: args.mc_passes, ..InferOptions::default() },
         hd95: !args.no_hd95,
+        ..EvalOptions::default()
     };
     eprintln!("evaluating {} on {} case(s)", model.version(), indices.len());
     let report = evaluate(&model, &data, &indices, &opts, |c| {

@@ -3,7 +3,9 @@
 
 mod analyze;
 mod bench;
+mod calibrate;
 mod eval;
+mod missing;
 mod train;
 mod up;
 
@@ -45,6 +47,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a model on case folders: Dice / HD95 per region, AUC / accuracy / F1 / ECE per task.
     Eval(eval::EvalArgs),
+    /// Fit one temperature per task on validation cases and write the calibrated model.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Evaluate training runs with sequences removed: Dice and AUC per combination, ROC figures.
+    EvalMissing(missing::EvalMissingArgs),
     /// Draw a PNG: axial, coronal and sagittal slices through the tumor, the image, the
     /// prediction and (when the case folder has one) the expert segmentation side by side.
     Overlay {
@@ -96,6 +102,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
+        Command::EvalMissing(args) => missing::run(args),
         Command::Overlay { case, pred, modality, out } => overlay(&case, &pred, &modality, &out),
         Command::InitModel { profile, seed, out } => {
             let cfg = gmmas_models::ModelConfig::profile(&profile)?;

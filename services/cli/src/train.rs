@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use gmmas_models::data::SplitConfig;
 use gmmas_models::fit::{FitOptions, TrainRunConfig, fit};
 
 #[derive(Args)]
@@ -27,6 +28,12 @@ pub struct TrainArgs {
     /// Override the config's libtorch thread count.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Override the fold of a `kfold` split (cross-validation runs share one config).
+    #[arg(long)]
+    pub fold: Option<usize>,
+    /// Override `model.init`: start from these weights (the previous adaptation stage).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     /// No per-epoch lines on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -47,6 +54,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(t) = args.threads {
         cfg.threads = t;
+    }
+    if let Some(init) = args.init {
+        cfg.model.init = Some(init);
+    }
+    if let Some(f) = args.fold {
+        match &mut cfg.data.split {
+            SplitConfig::KFold { k, fold, .. } => {
+                anyhow::ensure!(f < *k, "--fold {f}: the config's split has k = {k} folds (0..{})", *k - 1);
+                *fold = f;
+            }
+            _ => anyhow::bail!("--fold needs a config whose data.split is kind = \"kfold\""),
+        }
     }
     let report = fit(&cfg, &FitOptions { resume: args.resume, quiet: args.quiet })?;
     let out_dir = report.model_path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();

@@ -1,0 +1,132 @@
+//! `gmmas calibrate`: fits one temperature per classification task on validation cases
+//! (paper III-F) and writes the calibrated model (new version) with the fit in its notes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use gmmas_models::calibrate::fit_temperatures;
+use gmmas_models::config::TASKS;
+use gmmas_models::data::{DataConfig, Dataset, SplitConfig, Subset};
+use gmmas_models::fit::{EvalOptions, evaluate};
+use gmmas_models::{Analyzer, InferOptions};
+
+#[derive(Args)]
+pub struct CalibrateArgs {
+    /// Model weights to calibrate (`.safetensors` with its `.json` card beside it).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Case folder, or a folder of case folders (repeatable).
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+    /// Labels CSV (repeatable); blank cells are unknown.
+    #[arg(long, required = true)]
+    pub labels: Vec<PathBuf>,
+    /// Split file (`case,subset` rows, e.g. a run's split.csv); with --subset, only those
+    /// cases are used.
+    #[arg(long)]
+    pub split: Option<PathBuf>,
+    /// Subset of the split file to fit on (normally `val`: never the training cases).
+    #[arg(long, requires = "split")]
+    pub subset: Option<String>,
+    /// Output `.safetensors` path of the calibrated model (a `.json` card is written beside it).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// `auto`, `cpu` or `cuda`.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Leave out unreadable cases with a warning instead of failing.
+    #[arg(long)]
+    pub skip_bad_cases: bool,
+    /// libtorch threads (0 = default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
+    gmmas_models::set_threads(args.threads);
+    let device = gmmas_models::parse_device(&args.device)?;
+    let loaded = Analyzer::load(&args.model, device).with_context(|| format!("loading {}", args.model.display()))?;
+    let version_in = loaded.version().to_string();
+    let previous = loaded.temperature();
+    // Fit on the uncalibrated outputs: a model calibrated before is reset to T = 1 first, so
+    // the new temperatures replace the old ones instead of compounding them.
+    let model = loaded.with_temperature([1.0; TASKS])?;
+    let subset = match &args.subset {
+        Some(s) => Some(Subset::parse(s).with_context(|| format!("--subset {s:?}: expected train, val or test"))?),
+        None => None,
+    };
+    let cfg = DataConfig {
+        dirs: args.data.clone(),
+        labels: args.labels.clone(),
+        split: args.split.clone().map_or(SplitConfig::All, |path| SplitConfig::File { path }),
+        skip_bad_cases: args.skip_bad_cases,
+        require_seg: false,
+        required_modalities: Vec::new(),
+        threads: args.threads,
+        ..DataConfig::default()
+    };
+    let data = Dataset::load(&cfg)?;
+    for w in &data.warnings {
+        eprintln!("warning: {w}");
+    }
+    let indices: Vec<usize> = match subset {
+        Some(s) => data.indices(s),
+        None => (0..data.cases.len()).collect(),
+    };
+    anyhow::ensure!(!indices.is_empty(), "no case to calibrate on");
+    let opts = EvalOptions { infer: InferOptions::default(), hd95: false, ..EvalOptions::default() };
+    eprintln!("running {} on {} case(s) (deterministic pass)", model.version(), indices.len());
+    let report = evaluate(&model, &data, &indices, &opts, |c| {
+        eprintln!("  {}: P {:?} ({:.1} s)", c.name, c.probabilities, c.seconds);
+    })?;
+    let pairs: [Vec<(f64, bool)>; TASKS] = std::array::from_fn(|t| {
+        report.cases.iter().filter_map(|c| c.labels[t].map(|y| (f64::from(c.probabilities[t]), y))).collect()
+    });
+    let fits = fit_temperatures(&pairs);
+    let temperature = fits.clone().map(|f| f.temperature);
+    for f in &fits {
+        eprintln!("  {}: T = {:.4} ({})", f.task, f.temperature, f.note);
+    }
+    if temperature.iter().all(|&t| t == 1.0) {
+        eprintln!("note: every temperature is 1: the output has the uncalibrated weights and version");
+    }
+    let mut calibrated = model.with_temperature(temperature)?;
+    let cases: Vec<&str> = report.cases.iter().map(|c| c.name.as_str()).collect();
+    let calibration = serde_json::json!({
+        "method": "temperature scaling (binary NLL of sigmoid(logit / T) per task, golden-section on ln T in [-4, 4])",
+        "from_model": version_in,
+        "previous_temperature": previous,
+        "data_sha256": data.sha256(),
+        "subset": subset,
+        "split": args.split,
+        "cases": cases,
+        "temperature": temperature,
+        "tasks": fits,
+    });
+    let notes = match calibrated.training_notes().clone() {
+        serde_json::Value::Object(mut m) => {
+            m.insert("calibration".into(), calibration.clone());
+            serde_json::Value::Object(m)
+        }
+        serde_json::Value::Null => serde_json::json!({ "calibration": calibration }),
+        other => serde_json::json!({ "notes": other, "calibration": calibration }),
+    };
+    calibrated.set_training_notes(notes);
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    calibrated.save(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    let summary = serde_json::json!({
+        "model_in": args.model,
+        "version_in": version_in,
+        "model_out": args.out,
+        "card_out": gmmas_models::analyzer::sidecar_path(Path::new(&args.out)),
+        "version_out": calibrated.version(),
+        "cases": cases.len(),
+        "temperature": temperature,
+        "tasks": fits,
+    });
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}

@@ -9,6 +9,9 @@ use crate::ModelError;
 
 /// File name of the model the product ships, under `models/weights/`.
 pub const DEFAULT_MODEL_FILE: &str = "gmmas-small.safetensors";
+/// File name of the shipped model trained with the missing-modality adaptation module, used for
+/// cases that lack a sequence.
+pub const ADAPTED_MODEL_FILE: &str = "gmmas-small-adapted.safetensors";
 
 /// `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(s: &str) -> Result<Device, ModelError> {
@@ -46,9 +49,32 @@ pub fn default_model_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights").join(DEFAULT_MODEL_FILE)
 }
 
+/// The bundled model for incomplete inputs: `GMMAS_INCOMPLETE_MODEL_PATH` when set (empty = none),
+/// else `models/weights/gmmas-small-adapted.safetensors` of this source tree when it exists.
+pub fn default_adapted_model_path() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("GMMAS_INCOMPLETE_MODEL_PATH") {
+        return (!p.is_empty()).then(|| PathBuf::from(p));
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights").join(ADAPTED_MODEL_FILE);
+    p.exists().then_some(p)
+}
+
+/// Whether a case with these sequences present should go to the adapted model: any of the four
+/// is missing.
+pub fn needs_adapted_model(present: [bool; crate::config::MODALITIES]) -> bool {
+    present.iter().any(|p| !p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn incomplete_inputs_go_to_the_adapted_model() {
+        assert!(!needs_adapted_model([true; 4]));
+        assert!(needs_adapted_model([false, false, false, true]));
+        assert!(needs_adapted_model([true, false, true, true]));
+    }
 
     #[test]
     fn device_names() {

@@ -24,7 +24,9 @@ pub mod weights;
 
 pub use analyzer::{Analyzer, ModelMeta};
 pub use config::ModelConfig;
-pub use device::{Device, default_model_path, parse_device, set_threads};
+pub use device::{
+    Device, default_adapted_model_path, default_model_path, needs_adapted_model, parse_device, set_threads,
+};
 pub use infer::{InferOptions, Prediction, TaskProbabilities};
 pub use postprocess::PostProcess;
 pub use train::{Batch, StepLosses, TrainConfig, Trainer};

@@ -42,6 +42,16 @@ pub fn tiny_model(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Writes a second tiny seeded model, registered for cases missing a sequence, and returns its path.
+pub fn tiny_incomplete_model(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join("tiny-incomplete.safetensors");
+    if !path.exists() {
+        let cfg = gmmas_models::ModelConfig::profile("tiny")?;
+        gmmas_models::Analyzer::new_seeded(cfg, 7, gmmas_models::Device::Cpu)?.save(&path)?;
+    }
+    Ok(path)
+}
+
 impl System {
     /// Starts NATS, a fresh database and all four services; `extra` env applies to every service.
     pub async fn start(extra: &[(&str, &str)]) -> anyhow::Result<System> {
@@ -77,6 +87,7 @@ impl System {
             ("GMMAS_NATS_URL".into(), nats_url.clone()),
             ("GMMAS_DATABASE_URL".into(), db_url.clone()),
             ("GMMAS_MODEL_PATH".into(), model.display().to_string()),
+            ("GMMAS_INCOMPLETE_MODEL_PATH".into(), tiny_incomplete_model(dir.path())?.display().to_string()),
             ("GMMAS_THREADS".into(), "1".into()),
             ("RUST_LOG".into(), "info".into()),
         ];

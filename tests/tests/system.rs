@@ -234,6 +234,8 @@ async fn flair_only_case_with_mc_dropout_reports_missing_sequences_and_uncertain
     assert_eq!(view["modalities"], serde_json::json!(["flair"]));
     let a = &view["analysis"];
     assert_eq!(a["missing_modalities"], serde_json::json!(["t1", "t1ce", "t2"]));
+    // A case missing sequences goes to the model registered for incomplete inputs.
+    assert!(a["model_version"].as_str().unwrap().contains("tiny-seed7@"), "{a}");
     assert_eq!(a["mc_passes"], 3);
     let std = &a["probabilities_std"];
     for p in ["grade_gbm", "idh_mutant", "codel_1p19q", "mgmt_methylated"] {
@@ -263,14 +265,22 @@ async fn a_newer_bundled_model_supersedes_the_older_bundled_one() {
     supervise_stop(&mut sys, "infer").await;
     sys.set_env("GMMAS_MODEL_PATH", &newer.display().to_string());
     sys.start_service("infer").await.unwrap();
-    let rows: Vec<(String, String)> = sqlx::query_as("SELECT version, status FROM model_registry ORDER BY created_at")
-        .fetch_all(&sys.db)
-        .await
-        .unwrap();
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT version, status FROM model_registry WHERE role = 'complete' ORDER BY created_at")
+            .fetch_all(&sys.db)
+            .await
+            .unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows[0].0.contains("tiny-seed1@") && rows[0].1 == "retired", "{rows:?}");
     assert_eq!((rows[1].0.as_str(), rows[1].1.as_str()), (newer_version.as_str(), "current"));
-
+    // The model for incomplete inputs is its own role and stayed current.
+    let incomplete: Vec<(String, String)> =
+        sqlx::query_as("SELECT version, status FROM model_registry WHERE role = 'incomplete'")
+            .fetch_all(&sys.db)
+            .await
+            .unwrap();
+    assert_eq!(incomplete.len(), 1, "{incomplete:?}");
+    assert!(incomplete[0].0.contains("tiny-seed7@") && incomplete[0].1 == "current", "{incomplete:?}");
     let (_, files) = phantom_files(4, DIMS);
     let (status, body) = sys.upload(TENANT, "after-upgrade", files).await.unwrap();
     assert_eq!(status, 201, "{body}");
@@ -286,7 +296,10 @@ async fn a_newer_bundled_model_supersedes_the_older_bundled_one() {
     sys.set_env("GMMAS_MODEL_PATH", &gmmas_e2e::tiny_model(dir.path()).unwrap().display().to_string());
     sys.start_service("infer").await.unwrap();
     let (current,): (String,) =
-        sqlx::query_as("SELECT version FROM model_registry WHERE status = 'current'").fetch_one(&sys.db).await.unwrap();
+        sqlx::query_as("SELECT version FROM model_registry WHERE status = 'current' AND role = 'complete'")
+            .fetch_one(&sys.db)
+            .await
+            .unwrap();
     assert_eq!(current, newer_version);
     sys.shutdown().await;
 }

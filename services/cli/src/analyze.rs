@@ -17,7 +17,8 @@ pub struct AnalyzeArgs {
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
-    /// Model weights (`.safetensors` with its `.json` card beside it).
+    /// Model weights (`.safetensors` with its `.json` card beside it). Default: the bundled model,
+    /// or the bundled adaptation-module model when a sequence is missing.
     #[arg(long, env = "GMMAS_MODEL_PATH")]
     pub model: Option<PathBuf>,
     /// `auto`, `cpu` or `cuda`.
@@ -54,7 +55,14 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
     let t_prep = t0.elapsed() - t_load;
 
     let device = gmmas_models::parse_device(&args.device)?;
-    let model_path = args.model.unwrap_or_else(gmmas_models::default_model_path);
+    // Without --model: the bundled model, or the adaptation-module model when a sequence is missing.
+    let model_path = args.model.unwrap_or_else(|| {
+        let present = gmmas_imaging::Modality::ALL.map(|m| files.modalities.iter().any(|(x, _)| *x == m));
+        match gmmas_models::default_adapted_model_path() {
+            Some(p) if gmmas_models::needs_adapted_model(present) => p,
+            _ => gmmas_models::default_model_path(),
+        }
+    });
     let model = Analyzer::load(&model_path, device)?;
     let postprocess = match args.postprocess.as_str() {
         "tumor-filter" => gmmas_models::PostProcess::TumorFilter,

@@ -1,8 +1,12 @@
-//! Infer: consumes `scan.preprocessed`, runs the current registered model, maps the segmentation
-//! back to the input grid, records the analysis with model version and input hashes, publishes `scan.analyzed`.
+//! Infer: consumes `scan.preprocessed`, runs the current registered model (the `incomplete` one
+//! for cases missing a sequence, when registered), maps the segmentation back to the input grid,
+//! records the analysis with model version and input hashes, publishes `scan.analyzed`.
 
 pub mod registry;
 
+use registry::Role;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,8 +31,11 @@ use uuid::Uuid;
 pub struct InferConfig {
     #[serde(flatten)]
     pub common: CommonConfig,
-    /// Weights registered as the current model when the registry has none.
+    /// Weights registered as the current `complete` model when the registry has none.
     pub model_path: String,
+    /// Weights registered as the current `incomplete` model (cases missing a sequence) when the
+    /// registry has none; empty = none, every case goes to the `complete` model.
+    pub incomplete_model_path: String,
     /// `auto` (CUDA when present), `cpu` or `cuda`.
     pub device: String,
     /// Sliding-window overlap (0-0.9).
@@ -46,6 +53,9 @@ impl Default for InferConfig {
         InferConfig {
             common: CommonConfig { http_addr: "127.0.0.1:8083".into(), ack_wait_s: 120, ..Default::default() },
             model_path: gmmas_models::default_model_path().display().to_string(),
+            incomplete_model_path: gmmas_models::default_adapted_model_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             device: "auto".into(),
             overlap: 0.5,
             mc_passes: 0,
@@ -60,7 +70,20 @@ pub struct Ctx {
     pub bus: Bus,
     pub db: PgPool,
     pub model: Arc<Analyzer>,
+    /// Model for cases missing a sequence (None: `model` serves them too).
+    pub incomplete_model: Option<Arc<Analyzer>>,
     pub opts: InferOptions,
+}
+
+impl Ctx {
+    /// The model for a case with these sequences present.
+    pub fn model_for(&self, modalities: &[String]) -> &Arc<Analyzer> {
+        let present = Modality::ALL.map(|m| modalities.iter().any(|x| x == m.as_str()));
+        match &self.incomplete_model {
+            Some(m) if gmmas_models::needs_adapted_model(present) => m,
+            _ => &self.model,
+        }
+    }
 }
 
 /// Runs the infer service until SIGTERM.
@@ -73,8 +96,16 @@ pub async fn run(config: InferConfig) -> anyhow::Result<()> {
         gmmas_models::set_threads(config.threads);
     }
     let device = gmmas_models::parse_device(&config.device).context("setting `device`")?;
-    let model = registry::load_current(&bus, &pool, std::path::Path::new(&config.model_path), device).await?;
-    tracing::info!(model_version = model.version(), device = ?model.device(), "model loaded");
+    let model = registry::load_current(&bus, &pool, Some(Path::new(&config.model_path)), device, Role::Complete)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no current model"))?;
+    tracing::info!(model_version = model.version(), device = ?model.device(), role = "complete", "model loaded");
+    let incomplete_path = (!config.incomplete_model_path.is_empty()).then(|| Path::new(&config.incomplete_model_path));
+    let incomplete = registry::load_current(&bus, &pool, incomplete_path, device, Role::Incomplete).await?;
+    match &incomplete {
+        Some(m) => tracing::info!(model_version = m.version(), role = "incomplete", "model loaded"),
+        None => tracing::info!("no model for incomplete inputs: the complete model serves every case"),
+    }
     let metrics = Metrics::new("infer");
     let router = gmmas_runtime::http::health_routes(Some(bus.clone()), Some(pool.clone()), metrics.clone());
     gmmas_runtime::http::serve(&config.common.http_addr, router, shutdown.clone()).await?;
@@ -82,6 +113,7 @@ pub async fn run(config: InferConfig) -> anyhow::Result<()> {
         bus: bus.clone(),
         db: pool,
         model: Arc::new(model),
+        incomplete_model: incomplete.map(Arc::new),
         opts: InferOptions {
             overlap: config.overlap,
             mc_passes: config.mc_passes,
@@ -126,7 +158,9 @@ async fn process(ctx: &Ctx, msg: &ScanPreprocessed) -> anyhow::Result<Outcome> {
     }
     db::stage_started(&ctx.db, case_id, stage, "analyzing").await?;
     let bytes = ctx.bus.get_object(&msg.prepared).await?;
-    let model = ctx.model.clone();
+    let model = ctx.model_for(&msg.modalities).clone();
+    let model_version = model.version().to_string();
+    let device = format!("{:?}", model.device());
     let opts = ctx.opts;
     let result = tokio::task::spawn_blocking(move || analyze(&model, &bytes, &opts)).await.context("inference task")?;
     let out = match result {
@@ -151,7 +185,7 @@ async fn process(ctx: &Ctx, msg: &ScanPreprocessed) -> anyhow::Result<Outcome> {
         tenant: msg.tenant.clone(),
         case_id,
         analysis_id: Uuid::new_v4(),
-        model_version: ctx.model.version().to_string(),
+        model_version: model_version.clone(),
         segmentation: seg.clone(),
         regions: out.regions,
         probabilities: out.probabilities,
@@ -183,7 +217,7 @@ async fn process(ctx: &Ctx, msg: &ScanPreprocessed) -> anyhow::Result<Outcome> {
     .bind(case_id)
     .bind(&analyzed.model_version)
     .bind(serde_json::Value::Object(inputs))
-    .bind(format!("{:?}", ctx.model.device()))
+    .bind(&device)
     .bind(&seg.key)
     .bind(&seg.sha256)
     .bind(r.ncr_ml)

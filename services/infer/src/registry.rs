@@ -1,6 +1,8 @@
-//! The model registry as infer sees it: the `current` row of `model_registry` names the weights,
-//! kept in the models object-store bucket. The bundled model becomes current when nothing is, or
-//! when the current model is an older bundled release; a hospital-trained model is never replaced.
+//! The model registry as infer sees it: per role, the `current` row of `model_registry` names the
+//! weights, kept in the models object-store bucket. The bundled model of a role becomes current
+//! when nothing is, or when the current model is an older bundled release; a hospital-trained
+//! model is never replaced. Roles: `complete` (all four sequences; every case when alone) and
+//! `incomplete` (cases missing a sequence; the adaptation-module model).
 
 use std::path::Path;
 
@@ -13,28 +15,53 @@ use sqlx::PgPool;
 const WEIGHTS: &str = "model.safetensors";
 const CARD: &str = "model.json";
 
-/// Loads the current model; registers `default_weights` first when no model is current.
+/// Which cases a registered model serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Cases with all four sequences (and every case when no `Incomplete` model is current).
+    Complete,
+    /// Cases missing at least one sequence.
+    Incomplete,
+}
+
+impl Role {
+    /// The `model_registry.role` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Complete => "complete",
+            Role::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// Loads the current model of `role`; registers `default_weights` first when none is current.
+/// None when the role has no current model and no bundled weights.
 pub async fn load_current(
     bus: &Bus,
     db: &PgPool,
-    default_weights: &Path,
+    default_weights: Option<&Path>,
     device: gmmas_models::Device,
-) -> anyhow::Result<Analyzer> {
-    let current: Option<(String, String, String)> =
-        sqlx::query_as("SELECT version, weights_uri, origin FROM model_registry WHERE status = 'current'")
-            .fetch_optional(db)
-            .await?;
-    let (version, uri) = match current {
-        Some((version, uri, origin)) if origin == "trained" => (version, uri),
-        Some((version, uri, _)) => {
-            let bundled = bundled_version(default_weights, device).await?;
+    role: Role,
+) -> anyhow::Result<Option<Analyzer>> {
+    let current: Option<(String, String, String)> = sqlx::query_as(
+        "SELECT version, weights_uri, origin FROM model_registry WHERE status = 'current' AND role = $1",
+    )
+    .bind(role.as_str())
+    .fetch_optional(db)
+    .await?;
+    let (version, uri) = match (current, default_weights) {
+        (Some((version, uri, origin)), _) if origin == "trained" => (version, uri),
+        (Some((version, uri, _)), None) => (version, uri),
+        (Some((version, uri, _)), Some(weights)) => {
+            let bundled = bundled_version(weights, device).await?;
             if bundled.as_deref() == Some(version.as_str()) || bundled.is_none() {
                 (version, uri)
             } else {
-                register_default(bus, db, default_weights, device).await?
+                register_default(bus, db, weights, device, role).await?
             }
         }
-        None => register_default(bus, db, default_weights, device).await?,
+        (None, Some(weights)) => register_default(bus, db, weights, device, role).await?,
+        (None, None) => return Ok(None),
     };
     let prefix = uri
         .strip_prefix("object:")
@@ -48,7 +75,7 @@ pub async fn load_current(
     let analyzer = tokio::task::spawn_blocking(move || Analyzer::load(&path, device))
         .await?
         .with_context(|| format!("loading registered model {version}"))?;
-    Ok(analyzer)
+    Ok(Some(analyzer))
 }
 
 /// The version of the bundled weights, or None (with a warning) when they cannot be read.
@@ -70,6 +97,7 @@ async fn register_default(
     db: &PgPool,
     weights: &Path,
     device: gmmas_models::Device,
+    role: Role,
 ) -> anyhow::Result<(String, String)> {
     let path = weights.to_path_buf();
     let analyzer = tokio::task::spawn_blocking(move || Analyzer::load(&path, device))
@@ -87,7 +115,8 @@ async fn register_default(
     let mut tx = db.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('gmmas.model_registry'))").execute(&mut *tx).await?;
     let current: Option<(String, String)> =
-        sqlx::query_as("SELECT version, origin FROM model_registry WHERE status = 'current'")
+        sqlx::query_as("SELECT version, origin FROM model_registry WHERE status = 'current' AND role = $1")
+            .bind(role.as_str())
             .fetch_optional(&mut *tx)
             .await?;
     let replace = match &current {
@@ -95,17 +124,21 @@ async fn register_default(
         Some((v, origin)) => origin == "bundled" && *v != version,
     };
     if replace {
-        sqlx::query("UPDATE model_registry SET status = 'retired' WHERE status = 'current'").execute(&mut *tx).await?;
+        sqlx::query("UPDATE model_registry SET status = 'retired' WHERE status = 'current' AND role = $1")
+            .bind(role.as_str())
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
-            "INSERT INTO model_registry (version, name, weights_uri, sha256, config, status, promoted_at, origin)
-             VALUES ($1, $2, $3, $4, $5, 'current', now(), 'bundled')
-             ON CONFLICT (version) DO UPDATE SET status = 'current', promoted_at = now()",
+            "INSERT INTO model_registry (version, name, weights_uri, sha256, config, status, promoted_at, origin, role)
+             VALUES ($1, $2, $3, $4, $5, 'current', now(), 'bundled', $6)
+             ON CONFLICT (version) DO UPDATE SET status = 'current', promoted_at = now(), role = $6",
         )
         .bind(&version)
         .bind(&name)
         .bind(format!("object:{prefix}"))
         .bind(&stored.sha256)
         .bind(config)
+        .bind(role.as_str())
         .execute(&mut *tx)
         .await?;
         gmmas_runtime::db::audit(
@@ -114,17 +147,23 @@ async fn register_default(
             "model.promoted",
             None,
             None,
-            serde_json::json!({ "version": version, "replaced": current.map(|c| c.0), "origin": "bundled" }),
+            serde_json::json!({
+                "version": version,
+                "replaced": current.map(|c| c.0),
+                "origin": "bundled",
+                "role": role.as_str(),
+            }),
         )
         .await?;
     }
     tx.commit().await?;
     if replace {
-        tracing::info!(model_version = %version, "the bundled model is now current");
+        tracing::info!(model_version = %version, role = role.as_str(), "the bundled model is now current");
     }
     // Another replica may have won the race; whatever is current now is what we use.
     let row: (String, String) =
-        sqlx::query_as("SELECT version, weights_uri FROM model_registry WHERE status = 'current'")
+        sqlx::query_as("SELECT version, weights_uri FROM model_registry WHERE status = 'current' AND role = $1")
+            .bind(role.as_str())
             .fetch_one(db)
             .await?;
     Ok(row)

@@ -355,6 +355,14 @@ impl Trainer {
         }
     }
 
+    /// Current eq. (7) sigma per task (segmentation first).
+    fn sigmas(&self) -> Result<[f64; TASKS + 1], ModelError> {
+        let v = Vec::<f64>::try_from(&self.log_sigma.detach().exp().to_kind(Kind::Double).to_device(Device::Cpu))?;
+        let mut sig = [1.0; TASKS + 1];
+        sig.copy_from_slice(&v[..TASKS + 1]);
+        Ok(sig)
+    }
+
     /// One forward pass of `batch`, with the sequences of `masks` only when given (their
     /// channels zeroed in the patch and the whole volume). `taps` keeps the distillation maps.
     fn pass(
@@ -457,9 +465,7 @@ impl Trainer {
         // Nothing to learn from this batch (e.g. a single-task run and no sample has that label):
         // a zero that still reaches the graph, so the step is a no-op rather than an error.
         .unwrap_or_else(|| out.tasks.sum(Kind::Float) * 0.0);
-        let sigma = Vec::<f64>::try_from(&self.log_sigma.detach().exp().to_kind(Kind::Double).to_device(Device::Cpu))?;
-        let mut sig = [1.0; TASKS + 1];
-        sig.copy_from_slice(&sigma[..TASKS + 1]);
+        let sig = self.sigmas()?;
         let report = StepLosses {
             total: total.double_value(&[]),
             seg: seg_loss.double_value(&[]),
@@ -525,9 +531,7 @@ impl Trainer {
         let (z2, p2) = view(&b)?;
         let total = adapt::simsiam_loss(&p1, &z1, &p2, &z2);
         let value = total.double_value(&[]);
-        let sigma = Vec::<f64>::try_from(&self.log_sigma.detach().exp().to_kind(Kind::Double).to_device(Device::Cpu))?;
-        let mut sig = [1.0; TASKS + 1];
-        sig.copy_from_slice(&sigma[..TASKS + 1]);
+        let sig = self.sigmas()?;
         let report = StepLosses {
             total: value,
             seg: 0.0,

@@ -7,7 +7,6 @@ use anyhow::Context;
 use clap::Args;
 use gmmas_models::calibrate::fit_temperatures;
 use gmmas_models::config::TASKS;
-use gmmas_models::data::{DataConfig, Dataset, SplitConfig, Subset};
 use gmmas_models::fit::{EvalOptions, evaluate};
 use gmmas_models::{Analyzer, InferOptions};
 
@@ -52,29 +51,14 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     // Fit on the uncalibrated outputs: a model calibrated before is reset to T = 1 first, so
     // the new temperatures replace the old ones instead of compounding them.
     let model = loaded.with_temperature([1.0; TASKS])?;
-    let subset = match &args.subset {
-        Some(s) => Some(Subset::parse(s).with_context(|| format!("--subset {s:?}: expected train, val or test"))?),
-        None => None,
-    };
-    let cfg = DataConfig {
-        dirs: args.data.clone(),
-        labels: args.labels.clone(),
-        split: args.split.clone().map_or(SplitConfig::All, |path| SplitConfig::File { path }),
-        skip_bad_cases: args.skip_bad_cases,
-        require_seg: false,
-        required_modalities: Vec::new(),
-        threads: args.threads,
-        ..DataConfig::default()
-    };
-    let data = Dataset::load(&cfg)?;
-    for w in &data.warnings {
-        eprintln!("warning: {w}");
-    }
-    let indices: Vec<usize> = match subset {
-        Some(s) => data.indices(s),
-        None => (0..data.cases.len()).collect(),
-    };
-    anyhow::ensure!(!indices.is_empty(), "no case to calibrate on");
+    let data = crate::cases::load(
+        &args.data,
+        &args.labels,
+        crate::cases::split_of(&args.split),
+        args.skip_bad_cases,
+        args.threads,
+    )?;
+    let indices = crate::cases::chosen(&data, args.subset.as_deref(), "calibrate on")?;
     let opts = EvalOptions { infer: InferOptions::default(), hd95: false, ..EvalOptions::default() };
     eprintln!("running {} on {} case(s) (deterministic pass)", model.version(), indices.len());
     let report = evaluate(&model, &data, &indices, &opts, |c| {
@@ -98,7 +82,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         "from_model": version_in,
         "previous_temperature": previous,
         "data_sha256": data.sha256(),
-        "subset": subset,
+        "subset": args.subset,
         "split": args.split,
         "cases": cases,
         "temperature": temperature,

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use gmmas_models::data::{DataConfig, Dataset, SplitConfig, Subset};
 use gmmas_models::fit::{EvalOptions, evaluate};
 use gmmas_models::{Analyzer, InferOptions};
 
@@ -50,29 +49,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     gmmas_models::set_threads(args.threads);
     let device = gmmas_models::parse_device(&args.device)?;
     let model = Analyzer::load(&args.model, device)?;
-    let subset = match &args.subset {
-        Some(s) => Some(Subset::parse(s).with_context(|| format!("--subset {s:?}: expected train, val or test"))?),
-        None => None,
-    };
-    let cfg = DataConfig {
-        dirs: args.data.clone(),
-        labels: args.labels.clone(),
-        split: args.split.clone().map_or(SplitConfig::All, |path| SplitConfig::File { path }),
-        skip_bad_cases: args.skip_bad_cases,
-        require_seg: false,
-        required_modalities: Vec::new(),
-        threads: args.threads,
-        ..DataConfig::default()
-    };
-    let data = Dataset::load(&cfg)?;
-    for w in &data.warnings {
-        eprintln!("warning: {w}");
-    }
-    let indices: Vec<usize> = match subset {
-        Some(s) => data.indices(s),
-        None => (0..data.cases.len()).collect(),
-    };
-    anyhow::ensure!(!indices.is_empty(), "no case to evaluate");
+    let data = crate::cases::load(
+        &args.data,
+        &args.labels,
+        crate::cases::split_of(&args.split),
+        args.skip_bad_cases,
+        args.threads,
+    )?;
+    let indices = crate::cases::chosen(&data, args.subset.as_deref(), "evaluate")?;
     let opts = EvalOptions {
         infer: InferOptions { mc_passes: args.mc_passes, ..InferOptions::default() },
         hd95: !args.no_hd95,
@@ -88,7 +72,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let mut json = serde_json::to_value(&report)?;
     json["data_sha256"] = serde_json::json!(data.sha256());
-    json["subset"] = serde_json::json!(subset);
+    json["subset"] = serde_json::json!(args.subset);
     json["skipped"] = serde_json::json!(data.skipped);
     let json_path = args.out.join("eval.json");
     std::fs::write(&json_path, serde_json::to_vec_pretty(&json)?)

@@ -4,6 +4,7 @@
 mod analyze;
 mod bench;
 mod calibrate;
+mod cases;
 mod eval;
 mod missing;
 mod train;

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use gmmas_models::config::{MODALITIES, TASK_NAMES, TASKS};
-use gmmas_models::data::{DataConfig, Dataset, SplitConfig, Subset, read_split_file};
+use gmmas_models::data::{SplitConfig, Subset, read_split_file};
 use gmmas_models::fit::{EvalOptions, evaluate};
 use gmmas_models::metrics::{Region, Summary, TaskMetrics, roc_curve};
 use gmmas_models::missing::{self, DropMask};
@@ -226,20 +226,7 @@ pub fn run(args: EvalMissingArgs) -> anyhow::Result<()> {
             SplitConfig::File { path }
         }
     };
-    let cfg = DataConfig {
-        dirs: args.data.clone(),
-        labels: args.labels.clone(),
-        split,
-        skip_bad_cases: args.skip_bad_cases,
-        require_seg: false,
-        required_modalities: Vec::new(),
-        threads: args.threads,
-        ..DataConfig::default()
-    };
-    let data = Dataset::load(&cfg)?;
-    for w in &data.warnings {
-        eprintln!("warning: {w}");
-    }
+    let data = crate::cases::load(&args.data, &args.labels, split, args.skip_bad_cases, args.threads)?;
     let by_name: BTreeMap<&str, usize> = data.cases.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
 
     let mut arms = Vec::new();
@@ -470,48 +457,34 @@ fn markdown(args: &EvalMissingArgs, command: &[String], combos: &[DropMask], arm
     let row_head = |cols: &[String]| {
         format!("| combination | {} |\n|---|{}\n", cols.join(" | "), cols.iter().map(|_| "---|").collect::<String>())
     };
-    // (a) Segmentation.
+    // (a) Segmentation: one table of Dice, one of HD95 when computed.
     let regions = [(0usize, "WT"), (1, "TC"), (3, "ED"), (2, "ET")];
     let cols: Vec<String> =
         arms.iter().flat_map(|a| regions.iter().map(move |(_, r)| format!("{} {r}", a.name))).collect();
+    let region_table = |cell: &dyn Fn(&RegionRow) -> String| -> String {
+        let mut t = row_head(&cols);
+        for (k, drop) in combos.iter().enumerate() {
+            let cells: Vec<String> =
+                arms.iter().flat_map(|a| regions.iter().map(|&(r, _)| cell(&a.combinations[k].regions[r]))).collect();
+            t.push_str(&format!("| {} | {} |\n", missing::label(drop), cells.join(" | ")));
+        }
+        t
+    };
     s.push_str("\n## Segmentation: Dice mean ± std (cf. Tables VII and VIII)\n\n");
-    s.push_str(&row_head(&cols));
-    for (k, drop) in combos.iter().enumerate() {
-        let cells: Vec<String> = arms
-            .iter()
-            .flat_map(|a| {
-                let c = &a.combinations[k];
-                regions.iter().map(move |&(r, _)| {
-                    let d = c.regions[r].dice;
-                    if d.n == 0 { "–".to_string() } else { format!("{:.3} ± {:.3}", d.mean, d.std) }
-                })
-            })
-            .collect();
-        s.push_str(&format!("| {} | {} |\n", missing::label(drop), cells.join(" | ")));
-    }
+    s.push_str(&region_table(&|r| {
+        if r.dice.n == 0 { "–".to_string() } else { format!("{:.3} ± {:.3}", r.dice.mean, r.dice.std) }
+    }));
     s.push_str(
         "\nWT whole tumour, TC tumour core, ED edema, ET enhancing tumour; population std over the \
          pooled cases with a reference segmentation. Dice of a region empty in both prediction and \
          reference counts as 1.\n",
     );
     if hd95 {
-        let cols: Vec<String> =
-            arms.iter().flat_map(|a| regions.iter().map(move |(_, r)| format!("{} {r}", a.name))).collect();
         s.push_str("\n## Segmentation: HD95 mm mean ± std\n\n");
-        s.push_str(&row_head(&cols));
-        for (k, drop) in combos.iter().enumerate() {
-            let cells: Vec<String> = arms
-                .iter()
-                .flat_map(|a| {
-                    let c = &a.combinations[k];
-                    regions.iter().map(move |&(r, _)| match c.regions[r].hd95 {
-                        Some(h) if h.n > 0 => format!("{:.2} ± {:.2}", h.mean, h.std),
-                        _ => "–".to_string(),
-                    })
-                })
-                .collect();
-            s.push_str(&format!("| {} | {} |\n", missing::label(drop), cells.join(" | ")));
-        }
+        s.push_str(&region_table(&|r| match r.hd95 {
+            Some(h) if h.n > 0 => format!("{:.2} ± {:.2}", h.mean, h.std),
+            _ => "–".to_string(),
+        }));
     }
     // (b) Classification.
     let tasks: Vec<usize> = (0..TASKS)

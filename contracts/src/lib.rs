@@ -45,6 +45,64 @@ impl Stage {
     }
 }
 
+/// Where a case stands. Stored as lower-case text in `cases.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaseStatus {
+    Received,
+    Preprocessing,
+    Analyzing,
+    Done,
+    Failed,
+}
+
+impl CaseStatus {
+    pub const ALL: [CaseStatus; 5] =
+        [CaseStatus::Received, CaseStatus::Preprocessing, CaseStatus::Analyzing, CaseStatus::Done, CaseStatus::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseStatus::Received => "received",
+            CaseStatus::Preprocessing => "preprocessing",
+            CaseStatus::Analyzing => "analyzing",
+            CaseStatus::Done => "done",
+            CaseStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CaseStatus> {
+        CaseStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// True for `done` and `failed`: nothing more will happen to the case by itself.
+    pub fn is_final(self) -> bool {
+        matches!(self, CaseStatus::Done | CaseStatus::Failed)
+    }
+}
+
+/// Where one stage of a case stands. Stored as lower-case text in `stage_runs.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageStatus {
+    Running,
+    Done,
+    Failed,
+}
+
+impl StageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Running => "running",
+            StageStatus::Done => "done",
+            StageStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StageStatus> {
+        [StageStatus::Running, StageStatus::Done, StageStatus::Failed].into_iter().find(|st| st.as_str() == s)
+    }
+}
+
 /// Event kinds; each maps to the last tokens of a subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -235,6 +293,18 @@ pub struct ScanAnalyzed {
     /// Per-voxel uncertainty map (NIfTI, the input's grid), when `mc_passes > 1`.
     #[serde(default)]
     pub uncertainty: Option<ObjectRef>,
+    /// Mean per-voxel uncertainty inside the predicted whole tumour, when `mc_passes > 1`.
+    #[serde(default)]
+    pub mean_uncertainty_wt: Option<f32>,
+    /// Where the model ran (`Cpu`, `Cuda(0)`).
+    #[serde(default)]
+    pub device: String,
+    /// Wall time of the model, in ms.
+    #[serde(default)]
+    pub inference_ms: u64,
+    /// sha256 of every input (the modalities and the preprocessed tensor) behind this result.
+    #[serde(default)]
+    pub input_sha256: Vec<(String, String)>,
 }
 
 /// `gmmas.<tenant>.case.failed`: a stage gave up on a case; `reason` is readable by a person.
@@ -246,6 +316,33 @@ pub struct CaseFailed {
     pub stage: Stage,
     pub reason: String,
     pub failed_at: DateTime<Utc>,
+}
+
+/// What every per-case message tells: which tenant and case it is about. Stage workers use it
+/// to check a message against the database row of its case before acting on it.
+pub trait CaseMessage {
+    fn tenant(&self) -> &TenantId;
+    fn case_id(&self) -> Uuid;
+}
+
+macro_rules! case_message {
+    ($($t:ty),*) => {$(
+        impl CaseMessage for $t {
+            fn tenant(&self) -> &TenantId {
+                &self.tenant
+            }
+            fn case_id(&self) -> Uuid {
+                self.case_id
+            }
+        }
+    )*};
+}
+case_message!(ScanIngested, ScanPreprocessed, ScanAnalyzed, CaseFailed);
+
+/// The tenant token of a GMMAS subject (`gmmas.<tenant>.…`), if it has one.
+pub fn subject_tenant(subject: &str) -> Option<&str> {
+    let mut parts = subject.split('.');
+    (parts.next() == Some("gmmas")).then(|| parts.next()).flatten()
 }
 
 /// Encodes a message as MessagePack with named fields.
@@ -273,6 +370,18 @@ mod tests {
         assert_eq!(Event::CaseFailed.all_tenants(), "gmmas.*.case.failed");
         let id = Uuid::nil();
         assert_ne!(Event::ScanIngested.msg_id(id), Event::ScanAnalyzed.msg_id(id));
+    }
+
+    #[test]
+    fn statuses_round_trip_and_subject_tenant() {
+        for st in CaseStatus::ALL {
+            assert_eq!(CaseStatus::parse(st.as_str()), Some(st));
+        }
+        assert!(CaseStatus::Failed.is_final() && !CaseStatus::Analyzing.is_final());
+        assert_eq!(StageStatus::parse("running"), Some(StageStatus::Running));
+        assert_eq!(StageStatus::parse("x"), None);
+        assert_eq!(subject_tenant("gmmas.hospital-a.scan.ingested"), Some("hospital-a"));
+        assert_eq!(subject_tenant("other.a.b"), None);
     }
 
     #[test]

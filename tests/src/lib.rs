@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use gmmas_imaging::phantom::{PhantomCase, PhantomConfig, generate};
 use gmmas_runtime::supervise::{self, Service};
+use gmmas_runtime::worker::StageRuntime;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
@@ -209,6 +210,94 @@ impl System {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Stops one service (SIGTERM, then kill) and forgets it.
+    pub async fn stop_service(&mut self, name: &str) {
+        if let Some(svc) = self.services.iter_mut().find(|s| s.name == name) {
+            supervise::stop(svc, Duration::from_secs(20)).await;
+        }
+        self.services.retain(|s| s.name != name);
+    }
+
+    /// A stage runtime in this test process, on the system's bus and database, with no relay
+    /// listening: what it commits is published only by the services' own relays. `overrides`
+    /// adjusts its settings.
+    pub async fn runtime(
+        &self,
+        overrides: impl FnOnce(&mut gmmas_runtime::CommonConfig),
+    ) -> anyhow::Result<StageRuntime> {
+        let mut config = gmmas_runtime::CommonConfig {
+            nats_url: self.nats_url.clone(),
+            database_url: self.db_url.clone(),
+            ..Default::default()
+        };
+        overrides(&mut config);
+        Ok(StageRuntime {
+            bus: gmmas_runtime::bus::Bus::connect_with(&config).await?,
+            db: self.db.clone(),
+            metrics: gmmas_runtime::metrics::Metrics::new("test"),
+            relay: gmmas_runtime::outbox::RelayHandle::default(),
+            config,
+        })
+    }
+
+    /// Payloads of every message in the stream on `subject`, oldest first.
+    pub async fn stream_messages(&self, subject: &str) -> anyhow::Result<Vec<bytes::Bytes>> {
+        use futures::StreamExt;
+        let client = async_nats::connect(&self.nats_url).await?;
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream(gmmas_contracts::STREAM).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                filter_subject: subject.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut out = Vec::new();
+        loop {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(100)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let before = out.len();
+            while let Some(Ok(m)) = batch.next().await {
+                out.push(m.payload.clone());
+            }
+            if out.len() == before {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// A service's Prometheus text.
+    pub async fn metrics(&mut self, name: &str) -> anyhow::Result<String> {
+        let addr = self.service(name).http_addr.clone();
+        Ok(reqwest::get(format!("http://{addr}/metrics")).await?.text().await?)
+    }
+
+    /// Objects the ledger and the store disagree on for a case's prefix: (in the store but not
+    /// live in the ledger, live in the ledger but not in the store).
+    pub async fn object_mismatch(&self, tenant: &str, case_id: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let bus = gmmas_runtime::bus::Bus::connect(&self.nats_url).await?;
+        let prefix = format!("{tenant}/{case_id}/");
+        let stored: std::collections::BTreeSet<String> = bus
+            .list_keys(gmmas_contracts::VOLUMES_BUCKET)
+            .await?
+            .into_iter()
+            .filter(|k| k.starts_with(&prefix))
+            .collect();
+        let live: Vec<(String,)> =
+            sqlx::query_as("SELECT key FROM objects WHERE state = 'live' AND key LIKE $1 || '%'")
+                .bind(&prefix)
+                .fetch_all(&self.db)
+                .await?;
+        let live: std::collections::BTreeSet<String> = live.into_iter().map(|(k,)| k).collect();
+        Ok((stored.difference(&live).cloned().collect(), live.difference(&stored).cloned().collect()))
     }
 
     /// Stops every service (SIGTERM) and drops the test database.

@@ -2,7 +2,6 @@
 //! list a tenant's cases, download the segmentation. JSON over HTTP (axum) on PostgreSQL.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::header;
@@ -13,8 +12,9 @@ use chrono::{DateTime, Utc};
 use gmmas_contracts::{Probabilities, RegionVolumes, TenantId};
 use gmmas_ingest::Ingestor;
 use gmmas_runtime::bus::Bus;
-use gmmas_runtime::http::{ApiError, Metrics};
-use gmmas_runtime::{CommonConfig, Shutdown, db};
+use gmmas_runtime::http::ApiError;
+use gmmas_runtime::worker::StageRuntime;
+use gmmas_runtime::{CommonConfig, Shutdown};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -274,7 +274,7 @@ async fn download(
         sha256: sha.clone(),
         size: 0,
     };
-    let bytes = s.bus.get_object(&obj).await?;
+    let bytes = s.bus.get_object(&obj).await.map_err(|e| ApiError::Internal(e.into()))?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/gzip".to_string()),
@@ -301,15 +301,11 @@ pub fn routes(db: PgPool, bus: Bus, ingestor: Arc<Ingestor>) -> Router {
 pub async fn run(config: ApiConfig) -> anyhow::Result<()> {
     gmmas_runtime::telemetry::init("api", &config.common.log_format);
     let shutdown = Shutdown::on_signals();
-    let bus = Bus::connect(&config.common.nats_url).await?;
-    let pool = db::connect(&config.common.database_url, Duration::from_secs(30)).await?;
-    let metrics = Metrics::new("api");
-    let ingestor = Arc::new(Ingestor::new(bus.clone(), pool.clone(), config.max_upload_mib, config.max_voxels));
-    let router = routes(pool.clone(), bus.clone(), ingestor).merge(gmmas_runtime::http::health_routes(
-        Some(bus),
-        Some(pool),
-        metrics,
-    ));
+    let rt = StageRuntime::start(&config.common, "api", &shutdown).await?;
+    let health = rt.health_routes();
+    let (pool, bus) = (rt.db.clone(), rt.bus.clone());
+    let ingestor = Arc::new(Ingestor::new(rt, config.max_upload_mib, config.max_voxels));
+    let router = routes(pool, bus, ingestor).merge(health);
     gmmas_runtime::http::serve(&config.common.http_addr, router, shutdown.clone()).await?;
     shutdown.wait().await;
     Ok(())

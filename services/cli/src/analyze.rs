@@ -71,7 +71,7 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         other => anyhow::bail!("--postprocess {other:?}: expected tumor-filter, largest-component or none"),
     };
     let opts = InferOptions { mc_passes: args.mc_passes, postprocess, ..InferOptions::default() };
-    let out = gmmas_infer::analyze_prepared(&model, &prepared, &opts).map_err(anyhow::Error::msg)?;
+    let out = gmmas_infer::analyze_prepared(&model, &prepared, &opts)?;
 
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let seg_path = args.out.join(format!("{}_seg.nii.gz", files.name));

@@ -13,16 +13,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::Utc;
 use gmmas_contracts::{
-    self as contracts, CaseFailed, Event, Probabilities, RegionVolumes, ScanAnalyzed, ScanPreprocessed, Stage,
+    self as contracts, CaseStatus, Event, Probabilities, RegionVolumes, ScanAnalyzed, ScanPreprocessed, Stage,
 };
 use gmmas_imaging::{Modality, PreparedCase};
 use gmmas_models::{Analyzer, InferOptions};
-use gmmas_runtime::bus::{Bus, ConsumerSpec, Delivery, Outcome, run_consumer};
-use gmmas_runtime::db::{self, StageState};
-use gmmas_runtime::http::Metrics;
+use gmmas_runtime::db;
+use gmmas_runtime::worker::{self, Attempt, StageError, StageRuntime, StageSpec, StageWorker};
 use gmmas_runtime::{CommonConfig, Shutdown};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// Configuration of the infer service.
@@ -46,6 +45,8 @@ pub struct InferConfig {
     pub threads: usize,
     /// Label cleanup: `tumor_filter` (Algorithm 1), `largest_component` or `none`.
     pub postprocess: gmmas_models::PostProcess,
+    /// Seconds one inference may take before the attempt is abandoned and retried (0 = no limit).
+    pub inference_deadline_s: f64,
 }
 
 impl Default for InferConfig {
@@ -61,21 +62,28 @@ impl Default for InferConfig {
             mc_passes: 0,
             threads: 0,
             postprocess: gmmas_models::PostProcess::default(),
+            inference_deadline_s: 900.0,
         }
     }
 }
 
-/// What the infer handler works with.
-pub struct Ctx {
-    pub bus: Bus,
-    pub db: PgPool,
+/// The infer stage: the model or models it serves and how it runs them.
+pub struct Inferrer {
     pub model: Arc<Analyzer>,
     /// Model for cases missing a sequence (None: `model` serves them too).
     pub incomplete_model: Option<Arc<Analyzer>>,
     pub opts: InferOptions,
+    /// Longest one inference may take before the attempt is abandoned and retried.
+    pub deadline: Option<Duration>,
 }
 
-impl Ctx {
+impl std::fmt::Debug for Inferrer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inferrer").field("model", &self.model.version()).finish_non_exhaustive()
+    }
+}
+
+impl Inferrer {
     /// The model for a case with these sequences present.
     pub fn model_for(&self, modalities: &[String]) -> &Arc<Analyzer> {
         let present = Modality::ALL.map(|m| modalities.iter().any(|x| x == m.as_str()));
@@ -86,32 +94,152 @@ impl Ctx {
     }
 }
 
+impl StageWorker for Inferrer {
+    type Input = ScanPreprocessed;
+    type Output = ScanAnalyzed;
+
+    fn spec(&self) -> StageSpec {
+        StageSpec {
+            stage: Stage::Infer,
+            upstream: Stage::Preprocess,
+            durable: contracts::consumers::INFER,
+            input: Event::ScanPreprocessed,
+            output: Event::ScanAnalyzed,
+            working: CaseStatus::Analyzing,
+            after: Some(CaseStatus::Done),
+        }
+    }
+
+    async fn work(&self, attempt: &Attempt, msg: &ScanPreprocessed) -> Result<ScanAnalyzed, StageError> {
+        let bytes = attempt.get_object(&msg.prepared).await?;
+        let model = self.model_for(&msg.modalities).clone();
+        let model_version = model.version().to_string();
+        let device = format!("{:?}", model.device());
+        let opts = self.opts;
+        let task = tokio::task::spawn_blocking(move || analyze(&model, &bytes, &opts));
+        let joined = match self.deadline {
+            Some(limit) => tokio::time::timeout(limit, task).await.map_err(|_| {
+                StageError::transient(anyhow::anyhow!(
+                    "inference did not finish within the deadline of {:.1} s",
+                    limit.as_secs_f64()
+                ))
+            })?,
+            None => task.await,
+        };
+        let out =
+            joined.map_err(|e| StageError::transient(anyhow::anyhow!("inference task: {e}")))?.map_err(
+                |e| match e {
+                    AnalyzeError::Resources(m) => StageError::transient(anyhow::anyhow!(m)),
+                    AnalyzeError::Input(m) => StageError::Permanent(m),
+                },
+            )?;
+        let seg = attempt.put_object("segmentation.nii.gz", &out.seg_nifti).await?;
+        let uncertainty = match &out.uncertainty_nifti {
+            Some(bytes) => Some(attempt.put_object("uncertainty.nii.gz", bytes).await?),
+            None => None,
+        };
+        let missing: Vec<String> = Modality::ALL
+            .iter()
+            .filter(|m| !msg.modalities.iter().any(|x| x == m.as_str()))
+            .map(|m| m.as_str().to_string())
+            .collect();
+        let mut inputs = msg.input_sha256.clone();
+        inputs.push(("preprocessed".into(), msg.prepared.sha256.clone()));
+        tracing::info!(model_version = %model_version, inference_ms = out.inference_ms as u64, "analyzed");
+        Ok(ScanAnalyzed {
+            schema_version: contracts::SCHEMA_VERSION,
+            tenant: msg.tenant.clone(),
+            case_id: msg.case_id,
+            analysis_id: Uuid::new_v4(),
+            model_version,
+            segmentation: seg,
+            regions: out.regions,
+            probabilities: out.probabilities,
+            missing_modalities: missing,
+            analyzed_at: Utc::now(),
+            mc_passes: self.opts.mc_passes as u32,
+            probabilities_std: out.probabilities_std,
+            uncertainty,
+            mean_uncertainty_wt: out.mean_uncertainty_wt,
+            device,
+            inference_ms: out.inference_ms as u64,
+            input_sha256: inputs,
+        })
+    }
+
+    async fn commit(&self, tx: &mut PgConnection, _msg: &ScanPreprocessed, a: &ScanAnalyzed) -> sqlx::Result<()> {
+        let inputs: serde_json::Map<String, serde_json::Value> =
+            a.input_sha256.iter().map(|(m, h)| (m.clone(), serde_json::Value::String(h.clone()))).collect();
+        let r = &a.regions;
+        let p = &a.probabilities;
+        sqlx::query(
+            "INSERT INTO analyses (id, case_id, model_version, input_sha256, device, seg_object_key, seg_sha256,
+                ncr_ml, ed_ml, et_ml, wt_ml, tc_ml, ncr_fraction, ed_fraction, et_fraction,
+                p_grade_gbm, p_idh_mutant, p_codel_1p19q, p_mgmt_methylated, missing_modalities, inference_ms,
+                mc_passes, probabilities_std, uncertainty_key, uncertainty_sha256, mean_uncertainty_wt)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26)",
+        )
+        .bind(a.analysis_id)
+        .bind(a.case_id)
+        .bind(&a.model_version)
+        .bind(serde_json::Value::Object(inputs))
+        .bind(&a.device)
+        .bind(&a.segmentation.key)
+        .bind(&a.segmentation.sha256)
+        .bind(r.ncr_ml)
+        .bind(r.ed_ml)
+        .bind(r.et_ml)
+        .bind(r.wt_ml)
+        .bind(r.tc_ml)
+        .bind(r.ncr_fraction)
+        .bind(r.ed_fraction)
+        .bind(r.et_fraction)
+        .bind(p.grade_gbm)
+        .bind(p.idh_mutant)
+        .bind(p.codel_1p19q)
+        .bind(p.mgmt_methylated)
+        .bind(&a.missing_modalities)
+        .bind(a.inference_ms as i64)
+        .bind(a.mc_passes as i32)
+        .bind(a.probabilities_std.map(|p| serde_json::json!(p)))
+        .bind(a.uncertainty.as_ref().map(|u| u.key.clone()))
+        .bind(a.uncertainty.as_ref().map(|u| u.sha256.clone()))
+        .bind(a.mean_uncertainty_wt)
+        .execute(&mut *tx)
+        .await?;
+        db::audit(
+            tx,
+            "infer",
+            "case.analyzed",
+            Some(a.tenant.as_str()),
+            Some(a.case_id),
+            serde_json::json!({ "model_version": a.model_version }),
+        )
+        .await
+    }
+}
+
 /// Runs the infer service until SIGTERM.
 pub async fn run(config: InferConfig) -> anyhow::Result<()> {
     gmmas_runtime::telemetry::init("infer", &config.common.log_format);
     let shutdown = Shutdown::on_signals();
-    let bus = Bus::connect(&config.common.nats_url).await?;
-    let pool = db::connect(&config.common.database_url, Duration::from_secs(30)).await?;
+    let rt = StageRuntime::start(&config.common, "infer", &shutdown).await?;
     if config.threads > 0 {
         gmmas_models::set_threads(config.threads);
     }
     let device = gmmas_models::parse_device(&config.device).context("setting `device`")?;
-    let model = registry::load_current(&bus, &pool, Some(Path::new(&config.model_path)), device, Role::Complete)
+    let model = registry::load_current(&rt.bus, &rt.db, Some(Path::new(&config.model_path)), device, Role::Complete)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no current model"))?;
     tracing::info!(model_version = model.version(), device = ?model.device(), role = "complete", "model loaded");
     let incomplete_path = (!config.incomplete_model_path.is_empty()).then(|| Path::new(&config.incomplete_model_path));
-    let incomplete = registry::load_current(&bus, &pool, incomplete_path, device, Role::Incomplete).await?;
+    let incomplete = registry::load_current(&rt.bus, &rt.db, incomplete_path, device, Role::Incomplete).await?;
     match &incomplete {
         Some(m) => tracing::info!(model_version = m.version(), role = "incomplete", "model loaded"),
         None => tracing::info!("no model for incomplete inputs: the complete model serves every case"),
     }
-    let metrics = Metrics::new("infer");
-    let router = gmmas_runtime::http::health_routes(Some(bus.clone()), Some(pool.clone()), metrics.clone());
-    gmmas_runtime::http::serve(&config.common.http_addr, router, shutdown.clone()).await?;
-    let ctx = Arc::new(Ctx {
-        bus: bus.clone(),
-        db: pool,
+    gmmas_runtime::http::serve(&config.common.http_addr, rt.health_routes(), shutdown.clone()).await?;
+    let worker = Inferrer {
         model: Arc::new(model),
         incomplete_model: incomplete.map(Arc::new),
         opts: InferOptions {
@@ -120,145 +248,31 @@ pub async fn run(config: InferConfig) -> anyhow::Result<()> {
             postprocess: config.postprocess,
             ..InferOptions::default()
         },
-    });
-    let spec = ConsumerSpec {
-        durable: contracts::consumers::INFER,
-        filter_subject: Event::ScanPreprocessed.all_tenants(),
-        stage: Stage::Infer.as_str(),
+        deadline: (config.inference_deadline_s > 0.0).then(|| Duration::from_secs_f64(config.inference_deadline_s)),
     };
-    run_consumer(&bus, &config.common, spec, metrics, shutdown, move |d| handle(ctx.clone(), d)).await
+    worker::run(rt, Arc::new(worker), shutdown).await
 }
 
-async fn handle(ctx: Arc<Ctx>, delivery: Delivery) -> Outcome {
-    let msg: ScanPreprocessed = match contracts::decode(&delivery.payload) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(subject = %delivery.subject, error = %e, "undecodable message dropped");
-            return Outcome::Rejected;
-        }
-    };
-    match process(&ctx, &msg).await {
-        Ok(o) => o,
-        Err(e) => Outcome::Retry(e),
-    }
+/// Why an analysis failed: the input (permanent) or the machine (memory; worth retrying).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AnalyzeError {
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Resources(String),
 }
 
-async fn process(ctx: &Ctx, msg: &ScanPreprocessed) -> anyhow::Result<Outcome> {
-    let stage = Stage::Infer.as_str();
-    let case_id = msg.case_id;
-    match db::stage_state(&ctx.db, case_id, stage).await? {
-        StageState::Done { output } => {
-            ctx.bus
-                .publish(Event::ScanAnalyzed.subject(&msg.tenant), &Event::ScanAnalyzed.msg_id(case_id), output)
-                .await?;
-            return Ok(Outcome::Done);
+impl AnalyzeError {
+    /// Sorts a model error by its cause: running out of (GPU or host) memory is transient.
+    fn classify(context: &str, e: impl std::fmt::Display) -> Self {
+        let text = format!("{context}: {e}");
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("out of memory") || lower.contains("cuda error") || lower.contains("cublas") {
+            AnalyzeError::Resources(text)
+        } else {
+            AnalyzeError::Input(text)
         }
-        StageState::Failed => return Ok(Outcome::Rejected),
-        StageState::New | StageState::Running { .. } => {}
     }
-    db::stage_started(&ctx.db, case_id, stage, "analyzing").await?;
-    let bytes = ctx.bus.get_object(&msg.prepared).await?;
-    let model = ctx.model_for(&msg.modalities).clone();
-    let model_version = model.version().to_string();
-    let device = format!("{:?}", model.device());
-    let opts = ctx.opts;
-    let result = tokio::task::spawn_blocking(move || analyze(&model, &bytes, &opts)).await.context("inference task")?;
-    let out = match result {
-        Ok(o) => o,
-        Err(reason) => return reject(ctx, msg, reason).await,
-    };
-    let seg_key = format!("{}/{}/segmentation.nii.gz", msg.tenant, case_id);
-    let seg = ctx.bus.put_object(&seg_key, &out.seg_nifti).await?;
-    let uncertainty = match &out.uncertainty_nifti {
-        Some(bytes) => {
-            Some(ctx.bus.put_object(&format!("{}/{}/uncertainty.nii.gz", msg.tenant, case_id), bytes).await?)
-        }
-        None => None,
-    };
-    let missing: Vec<String> = Modality::ALL
-        .iter()
-        .filter(|m| !msg.modalities.iter().any(|x| x == m.as_str()))
-        .map(|m| m.as_str().to_string())
-        .collect();
-    let analyzed = ScanAnalyzed {
-        schema_version: contracts::SCHEMA_VERSION,
-        tenant: msg.tenant.clone(),
-        case_id,
-        analysis_id: Uuid::new_v4(),
-        model_version: model_version.clone(),
-        segmentation: seg.clone(),
-        regions: out.regions,
-        probabilities: out.probabilities,
-        missing_modalities: missing.clone(),
-        analyzed_at: Utc::now(),
-        mc_passes: ctx.opts.mc_passes as u32,
-        probabilities_std: out.probabilities_std,
-        uncertainty: uncertainty.clone(),
-    };
-    let encoded = contracts::encode(&analyzed)?;
-    let inputs: serde_json::Map<String, serde_json::Value> = msg
-        .input_sha256
-        .iter()
-        .map(|(m, h)| (m.clone(), serde_json::Value::String(h.clone())))
-        .chain(std::iter::once(("preprocessed".to_string(), serde_json::Value::String(msg.prepared.sha256.clone()))))
-        .collect();
-    let r = &analyzed.regions;
-    let p = &analyzed.probabilities;
-    let mut tx = ctx.db.begin().await?;
-    sqlx::query(
-        "INSERT INTO analyses (id, case_id, model_version, input_sha256, device, seg_object_key, seg_sha256,
-            ncr_ml, ed_ml, et_ml, wt_ml, tc_ml, ncr_fraction, ed_fraction, et_fraction,
-            p_grade_gbm, p_idh_mutant, p_codel_1p19q, p_mgmt_methylated, missing_modalities, inference_ms,
-            mc_passes, probabilities_std, uncertainty_key, uncertainty_sha256, mean_uncertainty_wt)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26)
-         ON CONFLICT (case_id) DO NOTHING",
-    )
-    .bind(analyzed.analysis_id)
-    .bind(case_id)
-    .bind(&analyzed.model_version)
-    .bind(serde_json::Value::Object(inputs))
-    .bind(&device)
-    .bind(&seg.key)
-    .bind(&seg.sha256)
-    .bind(r.ncr_ml)
-    .bind(r.ed_ml)
-    .bind(r.et_ml)
-    .bind(r.wt_ml)
-    .bind(r.tc_ml)
-    .bind(r.ncr_fraction)
-    .bind(r.ed_fraction)
-    .bind(r.et_fraction)
-    .bind(p.grade_gbm)
-    .bind(p.idh_mutant)
-    .bind(p.codel_1p19q)
-    .bind(p.mgmt_methylated)
-    .bind(&missing)
-    .bind(out.inference_ms as i64)
-    .bind(analyzed.mc_passes as i32)
-    .bind(analyzed.probabilities_std.map(|p| serde_json::json!(p)))
-    .bind(uncertainty.as_ref().map(|u| u.key.clone()))
-    .bind(uncertainty.as_ref().map(|u| u.sha256.clone()))
-    .bind(out.mean_uncertainty_wt)
-    .execute(&mut *tx)
-    .await?;
-    db::stage_done(&mut tx, case_id, stage, &encoded).await?;
-    sqlx::query("UPDATE cases SET status = 'done', updated_at = now() WHERE id = $1")
-        .bind(case_id)
-        .execute(&mut *tx)
-        .await?;
-    db::audit(
-        &mut tx,
-        "infer",
-        "case.analyzed",
-        Some(msg.tenant.as_str()),
-        Some(case_id),
-        serde_json::json!({ "model_version": analyzed.model_version }),
-    )
-    .await?;
-    tx.commit().await?;
-    ctx.bus.publish(Event::ScanAnalyzed.subject(&msg.tenant), &Event::ScanAnalyzed.msg_id(case_id), encoded).await?;
-    tracing::info!(case_id = %case_id, model_version = %analyzed.model_version, inference_ms = out.inference_ms, "analyzed");
-    Ok(Outcome::Done)
 }
 
 /// The product of one analysis, before it is stored.
@@ -278,16 +292,22 @@ pub struct AnalysisOutput {
 
 /// Runs the model on a prepared case and maps the result back to the input grid.
 /// Errors are reasons a person can read (the case is then marked failed).
-pub fn analyze(model: &Analyzer, prepared: &[u8], opts: &InferOptions) -> Result<AnalysisOutput, String> {
-    let case = PreparedCase::from_bytes(prepared).map_err(|e| format!("preprocessed tensor: {e}"))?;
+pub fn analyze(model: &Analyzer, prepared: &[u8], opts: &InferOptions) -> Result<AnalysisOutput, AnalyzeError> {
+    let case =
+        PreparedCase::from_bytes(prepared).map_err(|e| AnalyzeError::Input(format!("preprocessed tensor: {e}")))?;
     analyze_prepared(model, &case, opts)
 }
 
 /// Runs the model on a prepared case (shared by the service and `gmmas analyze`).
-pub fn analyze_prepared(model: &Analyzer, case: &PreparedCase, opts: &InferOptions) -> Result<AnalysisOutput, String> {
+pub fn analyze_prepared(
+    model: &Analyzer,
+    case: &PreparedCase,
+    opts: &InferOptions,
+) -> Result<AnalysisOutput, AnalyzeError> {
     let started = Instant::now();
-    let pred =
-        model.analyze(&case.data, case.dims, case.present, opts).map_err(|e| format!("inference failed: {e}"))?;
+    let pred = model
+        .analyze(&case.data, case.dims, case.present, opts)
+        .map_err(|e| AnalyzeError::classify("inference failed", e))?;
     let inference_ms = started.elapsed().as_millis();
     let seg = gmmas_imaging::restore_labels(&pred.labels, &case.geometry);
     let stats = gmmas_imaging::region_stats(&seg);
@@ -327,20 +347,4 @@ pub fn analyze_prepared(model: &Analyzer, case: &PreparedCase, opts: &InferOptio
         probabilities: to_probs(pred.probabilities),
         inference_ms,
     })
-}
-
-async fn reject(ctx: &Ctx, msg: &ScanPreprocessed, reason: String) -> anyhow::Result<Outcome> {
-    tracing::warn!(case_id = %msg.case_id, reason = %reason, "case rejected");
-    let failed = CaseFailed {
-        schema_version: contracts::SCHEMA_VERSION,
-        tenant: msg.tenant.clone(),
-        case_id: msg.case_id,
-        stage: Stage::Infer,
-        reason: reason.clone(),
-        failed_at: Utc::now(),
-    };
-    let encoded = contracts::encode(&failed)?;
-    db::case_failed(&ctx.db, msg.case_id, Stage::Infer.as_str(), &reason, &encoded).await?;
-    ctx.bus.publish(Event::CaseFailed.subject(&msg.tenant), &Event::CaseFailed.msg_id(msg.case_id), encoded).await?;
-    Ok(Outcome::Rejected)
 }

@@ -2,20 +2,18 @@
 //! stores the volumes in the object store, records the case, and publishes `scan.ingested`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
-use gmmas_contracts::{self as contracts, Event, ScanIngested, TenantId, VolumeRef};
+use gmmas_contracts::{self as contracts, CaseStatus, Event, ScanIngested, Stage, TenantId, VolumeRef};
 use gmmas_imaging::{Limits, Modality, Volume};
-use gmmas_runtime::bus::Bus;
-use gmmas_runtime::http::{ApiError, Metrics};
-use gmmas_runtime::{CommonConfig, Shutdown, db};
+use gmmas_runtime::http::ApiError;
+use gmmas_runtime::worker::StageRuntime;
+use gmmas_runtime::{CommonConfig, Shutdown, db, objects, outbox};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Configuration of the ingest service.
@@ -60,31 +58,27 @@ pub struct CaseCreated {
 /// Validates and stores cases; shared by the ingest service and the API.
 #[derive(Clone, Debug)]
 pub struct Ingestor {
-    pub bus: Bus,
-    pub db: PgPool,
+    pub rt: StageRuntime,
     pub limits: Limits,
 }
 
 impl Ingestor {
-    pub fn new(bus: Bus, db: PgPool, max_upload_mib: u64, max_voxels: u64) -> Self {
+    pub fn new(rt: StageRuntime, max_upload_mib: u64, max_voxels: u64) -> Self {
         let limits = Limits { max_file_bytes: max_upload_mib * 1024 * 1024, max_voxels, ..Limits::default() };
-        Ingestor { bus, db, limits }
+        Ingestor { rt, limits }
     }
 
-    /// Validates, stores, records and announces one case.
+    /// Validates, stores, records and announces one case. The case, its volumes and the
+    /// `scan.ingested` event are committed together (the event through the outbox), so a crash
+    /// at any point leaves either nothing or a case that will be processed.
     pub async fn ingest(&self, upload: Upload) -> Result<CaseCreated, ApiError> {
         contracts::validate_case_ref(&upload.case_ref).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         if upload.files.is_empty() {
             return Err(ApiError::BadRequest("no image files: expected 1-4 parts named t1, t1ce, t2, flair".into()));
         }
-        let exists: Option<(Uuid,)> = sqlx::query_as("SELECT id FROM cases WHERE tenant_id = $1 AND case_ref = $2")
-            .bind(upload.tenant.as_str())
-            .bind(&upload.case_ref)
-            .fetch_optional(&self.db)
-            .await?;
-        if let Some((id,)) = exists {
-            return Err(ApiError::Conflict(format!("this tenant already has a case with that reference (case {id})")));
-        }
+        let db = &self.rt.db;
+        let tenant = upload.tenant;
+        let replaced = self.existing_case(&tenant, &upload.case_ref).await?;
 
         // Decode and check every file off the async threads (decompression is CPU work).
         let limits = self.limits;
@@ -93,12 +87,71 @@ impl Ingestor {
             tokio::task::spawn_blocking(move || validate(files, &limits)).await.context("validation task")??;
 
         let case_id = Uuid::new_v4();
-        let tenant = upload.tenant;
+        // The upload owns its objects until the commit; a refused or crashed upload leaves none.
+        let owner = Uuid::new_v4();
+        let stored = self.store_and_commit(&tenant, &upload.case_ref, case_id, owner, replaced, &files, &grids).await;
+        let refs = match stored {
+            Ok(refs) => refs,
+            Err(e) => {
+                objects::discard(&self.rt.bus, db, &self.rt.metrics, owner).await;
+                return Err(e);
+            }
+        };
+        self.rt.relay.kick();
+        if let Some(old) = replaced {
+            objects::discard_case(&self.rt.bus, db, &self.rt.metrics, old).await;
+        }
+        tracing::info!(case_id = %case_id, tenant = %tenant, modalities = refs.len(), "case ingested");
+        Ok(CaseCreated {
+            case_id,
+            tenant: tenant.to_string(),
+            status: CaseStatus::Received.as_str().into(),
+            modalities: refs.into_iter().map(|r| r.modality).collect(),
+        })
+    }
+
+    /// A case with this reference: 409, unless it failed at ingest (then the upload replaces it).
+    async fn existing_case(&self, tenant: &TenantId, case_ref: &str) -> Result<Option<Uuid>, ApiError> {
+        let row: Option<(Uuid, String, Option<String>)> =
+            sqlx::query_as("SELECT id, status, error_stage FROM cases WHERE tenant_id = $1 AND case_ref = $2")
+                .bind(tenant.as_str())
+                .bind(case_ref)
+                .fetch_optional(&self.rt.db)
+                .await?;
+        match row {
+            None => Ok(None),
+            Some((id, status, stage))
+                if CaseStatus::parse(&status) == Some(CaseStatus::Failed)
+                    && stage.as_deref() == Some(Stage::Ingest.as_str()) =>
+            {
+                Ok(Some(id))
+            }
+            Some(_) => Err(ApiError::Conflict("this tenant already has a case with that reference".into())),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store_and_commit(
+        &self,
+        tenant: &TenantId,
+        case_ref: &str,
+        case_id: Uuid,
+        owner: Uuid,
+        replaced: Option<Uuid>,
+        files: &[(Modality, Vec<u8>)],
+        grids: &[gmmas_imaging::Grid],
+    ) -> Result<Vec<VolumeRef>, ApiError> {
+        let db = &self.rt.db;
         let mut refs = Vec::with_capacity(files.len());
-        for ((modality, bytes), grid) in files.iter().zip(&grids) {
+        for ((modality, bytes), grid) in files.iter().zip(grids) {
             let ext = if is_gzip(bytes) { "nii.gz" } else { "nii" };
             let key = format!("{tenant}/{case_id}/input/{}.{ext}", modality.as_str());
-            let object = self.bus.put_object(&key, bytes).await.map_err(ApiError::Internal)?;
+            let object =
+                objects::put_owned(&self.rt.bus, db, contracts::VOLUMES_BUCKET, &key, Some(case_id), owner, bytes)
+                    .await
+                    .map_err(|e| {
+                        ApiError::Unavailable(format!("the object store is unavailable ({e:#}); try again later"))
+                    })?;
             refs.push(VolumeRef {
                 modality: modality.as_str().into(),
                 object,
@@ -115,7 +168,17 @@ impl Ingestor {
         };
         let encoded = contracts::encode(&msg).context("encoding scan.ingested")?;
 
-        let mut tx = self.db.begin().await?;
+        let mut tx = db.begin().await?;
+        if let Some(old) = replaced {
+            // The failed case's rows go; its objects are deleted after the commit.
+            sqlx::query(
+                "UPDATE objects SET state = 'pending', created_at = now() - interval '1 day' WHERE case_id = $1",
+            )
+            .bind(old)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM cases WHERE id = $1 AND status = 'failed'").bind(old).execute(&mut *tx).await?;
+        }
         sqlx::query("INSERT INTO tenants (id) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(tenant.as_str())
             .execute(&mut *tx)
@@ -126,7 +189,7 @@ impl Ingestor {
         )
         .bind(case_id)
         .bind(tenant.as_str())
-        .bind(&upload.case_ref)
+        .bind(case_ref)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -147,33 +210,21 @@ impl Ingestor {
             .execute(&mut *tx)
             .await?;
         }
-        db::stage_done(&mut tx, case_id, contracts::Stage::Ingest.as_str(), &encoded).await?;
+        db::stage_done(&mut tx, case_id, Stage::Ingest, &encoded).await?;
+        objects::mark_live(&mut tx, owner).await?;
+        outbox::enqueue(&mut tx, &Event::ScanIngested.subject(tenant), &Event::ScanIngested.msg_id(case_id), &encoded)
+            .await?;
         db::audit(
             &mut tx,
             "ingest",
             "case.created",
             Some(tenant.as_str()),
             Some(case_id),
-            serde_json::json!({ "modalities": refs.iter().map(|r| &r.modality).collect::<Vec<_>>() }),
+            serde_json::json!({ "modalities": refs.iter().map(|r| &r.modality).collect::<Vec<_>>(), "replaced": replaced }),
         )
         .await?;
         tx.commit().await?;
-
-        let published =
-            self.bus.publish(Event::ScanIngested.subject(&tenant), &Event::ScanIngested.msg_id(case_id), encoded).await;
-        if let Err(e) = published {
-            let reason = "the case was stored but could not be queued (message bus unavailable); upload it again later";
-            tracing::error!(case_id = %case_id, error = format!("{e:#}"), "publish failed");
-            db::case_failed(&self.db, case_id, contracts::Stage::Ingest.as_str(), reason, &[]).await?;
-            return Err(ApiError::Unavailable(reason.into()));
-        }
-        tracing::info!(case_id = %case_id, tenant = %tenant, modalities = refs.len(), "case ingested");
-        Ok(CaseCreated {
-            case_id,
-            tenant: tenant.to_string(),
-            status: "received".into(),
-            modalities: refs.into_iter().map(|r| r.modality).collect(),
-        })
+        Ok(refs)
     }
 }
 
@@ -256,11 +307,10 @@ pub fn routes(ingestor: Arc<Ingestor>) -> Router {
 pub async fn run(config: IngestConfig) -> anyhow::Result<()> {
     gmmas_runtime::telemetry::init("ingest", &config.common.log_format);
     let shutdown = Shutdown::on_signals();
-    let bus = Bus::connect(&config.common.nats_url).await?;
-    let pool = db::connect(&config.common.database_url, Duration::from_secs(30)).await?;
-    let metrics = Metrics::new("ingest");
-    let ingestor = Arc::new(Ingestor::new(bus.clone(), pool.clone(), config.max_upload_mib, config.max_voxels));
-    let router = routes(ingestor).merge(gmmas_runtime::http::health_routes(Some(bus), Some(pool), metrics));
+    let rt = StageRuntime::start(&config.common, "ingest", &shutdown).await?;
+    let health = rt.health_routes();
+    let ingestor = Arc::new(Ingestor::new(rt, config.max_upload_mib, config.max_voxels));
+    let router = routes(ingestor).merge(health);
     gmmas_runtime::http::serve(&config.common.http_addr, router, shutdown.clone()).await?;
     shutdown.wait().await;
     Ok(())

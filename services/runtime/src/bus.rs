@@ -1,20 +1,27 @@
-//! The NATS side of a service: JetStream stream and object-store buckets, publishing with a
-//! `Nats-Msg-Id`, content-addressed objects, and the durable pull-consumer loop.
+//! The NATS side of a service: the JetStream stream (with its retention), object-store buckets,
+//! publishing with a `Nats-Msg-Id`, hash-checked objects with typed errors, durable consumers.
 
-use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use async_nats::jetstream::{self, AckKind, consumer::pull, object_store, stream};
-use futures::StreamExt;
+use async_nats::jetstream::{self, consumer::pull, object_store, stream};
 use gmmas_contracts as contracts;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::CommonConfig;
-use crate::http::Metrics;
-use crate::shutdown::Shutdown;
+
+/// Why an object could not be read. `Missing` and `Corrupt` are facts about the data (retrying
+/// will not help); `Bus` is a problem reaching NATS (retrying may).
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("object {key} is missing from bucket {bucket}")]
+    Missing { bucket: String, key: String },
+    #[error("object {key} is corrupt: sha256 {got}, expected {expected}")]
+    Corrupt { key: String, got: String, expected: String },
+    #[error(transparent)]
+    Bus(#[from] anyhow::Error),
+}
 
 /// A connection to NATS with its JetStream context and the volumes bucket.
 #[derive(Clone)]
@@ -31,8 +38,14 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// Connects and makes sure the stream and buckets exist (idempotent).
+    /// Connects with default retention settings (tools and tests).
     pub async fn connect(url: &str) -> anyhow::Result<Bus> {
+        Self::connect_with(&CommonConfig { nats_url: url.into(), ..CommonConfig::default() }).await
+    }
+
+    /// Connects and makes sure the stream (with the configured retention) and buckets exist.
+    pub async fn connect_with(cfg: &CommonConfig) -> anyhow::Result<Bus> {
+        let url = cfg.nats_url.as_str();
         let client = async_nats::ConnectOptions::new()
             .name("gmmas")
             .retry_on_initial_connect()
@@ -41,15 +54,23 @@ impl Bus {
             .await
             .with_context(|| format!("connecting to NATS at {url}"))?;
         let js = jetstream::new(client.clone());
-        js.get_or_create_stream(stream::Config {
+        let want = stream::Config {
             name: contracts::STREAM.into(),
             subjects: vec![contracts::STREAM_SUBJECTS.into()],
             duplicate_window: Duration::from_secs(600),
+            max_age: Duration::from_secs(cfg.stream_max_age_days * 86_400),
             ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("creating JetStream stream {}", contracts::STREAM))?;
+        };
+        let mut existing = js
+            .get_or_create_stream(want.clone())
+            .await
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("creating JetStream stream {}", contracts::STREAM))?;
+        let info = existing.info().await.map_err(|e| anyhow!("{e}"))?;
+        if info.config.max_age != want.max_age {
+            tracing::info!(max_age_days = cfg.stream_max_age_days, "updating the stream's retention");
+            js.update_stream(want).await.map_err(|e| anyhow!("{e}")).context("updating the stream's retention")?;
+        }
         let volumes = ensure_bucket(&js, contracts::VOLUMES_BUCKET).await?;
         Ok(Bus { client, js, volumes })
     }
@@ -87,13 +108,86 @@ impl Bus {
     }
 
     /// Reads an object back and checks it against the hash it was stored with.
-    pub async fn get_object(&self, obj: &contracts::ObjectRef) -> anyhow::Result<Vec<u8>> {
-        let bytes = self.get_key_in(&obj.bucket, &obj.key).await?;
+    pub async fn get_object(&self, obj: &contracts::ObjectRef) -> Result<Vec<u8>, ObjectError> {
+        let store = self.store(&obj.bucket).await?;
+        let mut object = match store.get(&obj.key).await {
+            Ok(o) => o,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
+                return Err(ObjectError::Missing { bucket: obj.bucket.clone(), key: obj.key.clone() });
+            }
+            Err(e) => return Err(ObjectError::Bus(anyhow!("{e}").context(format!("fetching object {}", obj.key)))),
+        };
+        let mut bytes = Vec::new();
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| ObjectError::Bus(anyhow!("{e}").context(format!("reading object {}", obj.key))))?;
         let got = sha256_hex(&bytes);
         if got != obj.sha256 {
-            anyhow::bail!("object {} is corrupt: sha256 {got}, expected {}", obj.key, obj.sha256);
+            return Err(ObjectError::Corrupt { key: obj.key.clone(), got, expected: obj.sha256.clone() });
         }
         Ok(bytes)
+    }
+
+    /// Deletes an object; a missing one counts as deleted.
+    pub async fn delete_object(&self, bucket: &str, key: &str) -> anyhow::Result<()> {
+        let store = self.store(bucket).await?;
+        match store.delete(key).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
+            Err(e) => Err(anyhow!("{e}").context(format!("deleting object {key}"))),
+        }
+    }
+
+    /// Names of every object in a bucket (for audits of what the store holds).
+    pub async fn list_keys(&self, bucket: &str) -> anyhow::Result<Vec<String>> {
+        use futures::StreamExt;
+        let store = self.store(bucket).await?;
+        let mut list = store.list().await.map_err(|e| anyhow!("{e}"))?;
+        let mut keys = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| anyhow!("{e}"))?;
+            if !info.deleted {
+                keys.push(info.name);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The durable pull consumer `durable` on the stream, created when missing and brought to
+    /// the configured settings when it exists with others. Redelivery is unlimited: the stage
+    /// worker, not the bus, decides when a case has had enough attempts.
+    pub async fn consumer(
+        &self,
+        durable: &str,
+        filter_subject: &str,
+        ack_wait: Duration,
+        max_ack_pending: i64,
+    ) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+        let stream = self.js.get_stream(contracts::STREAM).await.map_err(|e| anyhow!("{e}"))?;
+        let config = pull::Config {
+            durable_name: Some(durable.into()),
+            filter_subject: filter_subject.into(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_deliver: -1,
+            max_ack_pending,
+            ..Default::default()
+        };
+        match stream.create_consumer(config.clone()).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                // A server that cannot change a setting in place: start the durable afresh (its
+                // unacknowledged messages are redelivered from the stream).
+                tracing::warn!(consumer = durable, error = %e, "consumer settings could not be updated; recreating it");
+                stream.delete_consumer(durable).await.map_err(|e| anyhow!("{e}"))?;
+                stream
+                    .create_consumer(config)
+                    .await
+                    .map_err(|e| anyhow!("{e}"))
+                    .with_context(|| format!("creating consumer {durable}"))
+            }
+        }
     }
 
     /// Reads an object of the volumes bucket by key, without a hash check.
@@ -137,139 +231,4 @@ async fn ensure_bucket(js: &jetstream::Context, name: &str) -> anyhow::Result<ob
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-/// What a handler decided about one message.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Done (or already done before): ack.
-    Done,
-    /// The input is bad; the case was marked failed. Ack and never redeliver.
-    Rejected,
-    /// A transient problem (database, bus): nack so that it is redelivered later.
-    Retry(anyhow::Error),
-}
-
-/// One delivery handed to a handler.
-#[derive(Debug)]
-pub struct Delivery {
-    pub subject: String,
-    pub payload: bytes::Bytes,
-    /// 1 for the first delivery, 2 after one redelivery, ...
-    pub attempt: i64,
-}
-
-/// A durable pull consumer on the GMMAS stream.
-#[derive(Debug, Clone)]
-pub struct ConsumerSpec {
-    pub durable: &'static str,
-    pub filter_subject: String,
-    pub stage: &'static str,
-}
-
-/// Runs `handler` on every message of the consumer until shutdown. At most `workers` messages
-/// are held at once; while one is being handled its ack deadline is extended; on shutdown no
-/// new message is taken and those in hand are finished.
-pub async fn run_consumer<H, F>(
-    bus: &Bus,
-    cfg: &CommonConfig,
-    spec: ConsumerSpec,
-    metrics: Metrics,
-    shutdown: Shutdown,
-    handler: H,
-) -> anyhow::Result<()>
-where
-    H: Fn(Delivery) -> F + Send + Sync + 'static,
-    F: Future<Output = Outcome> + Send + 'static,
-{
-    let stream = bus.js.get_stream(contracts::STREAM).await.map_err(|e| anyhow!("{e}"))?;
-    let ack_wait = Duration::from_secs(cfg.ack_wait_s.max(1));
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            spec.durable,
-            pull::Config {
-                durable_name: Some(spec.durable.into()),
-                filter_subject: spec.filter_subject.clone(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait,
-                max_deliver: cfg.max_deliver,
-                max_ack_pending: (cfg.workers as i64).max(1) * 4,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("creating consumer {}", spec.durable))?;
-    tracing::info!(consumer = spec.durable, filter = %spec.filter_subject, "consuming");
-
-    let handler = Arc::new(handler);
-    let permits = Arc::new(tokio::sync::Semaphore::new(cfg.workers.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.wait() => break,
-            p = permits.clone().acquire_owned() => p?,
-        };
-        let mut batch = match consumer.fetch().max_messages(1).expires(Duration::from_secs(2)).messages().await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "fetch failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let next = tokio::select! {
-            _ = shutdown.wait() => break,
-            m = batch.next() => m,
-        };
-        let msg = match next {
-            None => continue,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "receive failed");
-                continue;
-            }
-            Some(Ok(m)) => m,
-        };
-        let handler = handler.clone();
-        let metrics = metrics.clone();
-        let stage = spec.stage;
-        tasks.spawn(async move {
-            let _permit = permit;
-            let attempt = msg.info().map(|i| i.delivered).unwrap_or(1);
-            let delivery = Delivery { subject: msg.subject.to_string(), payload: msg.payload.clone(), attempt };
-            let started = Instant::now();
-            let work = handler(delivery);
-            tokio::pin!(work);
-            // Keep the message ours while we work: JetStream redelivers after ack_wait otherwise.
-            let mut tick = tokio::time::interval(ack_wait / 3);
-            tick.tick().await;
-            let outcome = loop {
-                tokio::select! {
-                    o = &mut work => break o,
-                    _ = tick.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
-                }
-            };
-            let elapsed = started.elapsed().as_secs_f64();
-            let (label, ack) = match &outcome {
-                Outcome::Done => ("done", AckKind::Ack),
-                Outcome::Rejected => ("rejected", AckKind::Term),
-                Outcome::Retry(e) => {
-                    tracing::warn!(stage, attempt, error = format!("{e:#}"), "will retry");
-                    ("retry", AckKind::Nak(Some(Duration::from_secs(2))))
-                }
-            };
-            metrics.observe_message(stage, label, elapsed);
-            if let Err(e) = msg.ack_with(ack).await {
-                tracing::warn!(stage, error = %e, "ack failed; the message will be redelivered");
-            }
-        });
-        while let Some(done) = tasks.try_join_next() {
-            if let Err(e) = done {
-                tracing::error!(error = %e, "handler task panicked");
-            }
-        }
-    }
-    tracing::info!(consumer = spec.durable, in_flight = tasks.len(), "draining in-flight messages");
-    while tasks.join_next().await.is_some() {}
-    Ok(())
 }

@@ -19,10 +19,29 @@ pub struct CommonConfig {
     pub log_format: String,
     /// Seconds JetStream waits for an ack before redelivering a message.
     pub ack_wait_s: u64,
-    /// Deliveries of one message before it is given up on.
+    /// Attempts at one stage of a case before the case is marked failed (the bus itself
+    /// redelivers without limit, so a message is never dropped silently).
     pub max_deliver: i64,
     /// Messages handled at the same time by this process.
     pub workers: usize,
+    /// First retry delay after a transient failure, in seconds; doubles per attempt.
+    pub retry_backoff_s: f64,
+    /// Longest retry delay, in seconds.
+    pub retry_backoff_max_s: f64,
+    /// Seconds between sweeps for stale cases, orphan objects and old outbox rows.
+    pub sweep_interval_s: u64,
+    /// A case with no progress (and no live attempt) for this long is re-driven.
+    pub stale_after_s: u64,
+    /// Re-drives of a stale case before it is marked failed.
+    pub max_redrives: i32,
+    /// Objects written by an attempt that never committed are deleted after this many seconds.
+    pub orphan_grace_s: u64,
+    /// Objects of failed cases are deleted after this many days (0 = kept).
+    pub failed_retention_days: u64,
+    /// Published outbox rows are deleted after this many days.
+    pub outbox_retention_days: u64,
+    /// Events older than this many days are removed from the stream (0 = kept).
+    pub stream_max_age_days: u64,
 }
 
 impl Default for CommonConfig {
@@ -33,8 +52,17 @@ impl Default for CommonConfig {
             http_addr: "127.0.0.1:0".into(),
             log_format: "json".into(),
             ack_wait_s: 60,
-            max_deliver: 5,
+            max_deliver: 6,
             workers: 1,
+            retry_backoff_s: 2.0,
+            retry_backoff_max_s: 60.0,
+            sweep_interval_s: 30,
+            stale_after_s: 600,
+            max_redrives: 2,
+            orphan_grace_s: 3600,
+            failed_retention_days: 30,
+            outbox_retention_days: 7,
+            stream_max_age_days: 30,
         }
     }
 }
@@ -87,6 +115,16 @@ pub fn load_from<T: Serialize + DeserializeOwned + Default>(
     serde_json::from_value(merged).context("invalid configuration value")
 }
 
+impl CommonConfig {
+    /// Delay before the retry that follows failed attempt `attempt` (1-based): exponential,
+    /// capped at `retry_backoff_max_s`.
+    pub fn backoff(&self, attempt: i32) -> std::time::Duration {
+        let exp = (attempt.max(1) - 1).min(30);
+        let s = (self.retry_backoff_s.max(0.01) * 2f64.powi(exp)).min(self.retry_backoff_max_s.max(0.01));
+        std::time::Duration::from_secs_f64(s)
+    }
+}
+
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Bool(_) => "boolean (true/false)",
@@ -123,6 +161,14 @@ mod tests {
         assert_eq!(c.mc_passes, 8);
         assert_eq!(c.common.database_url, "postgres://x/y");
         assert_eq!(c.models_dir, "");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let c = CommonConfig { retry_backoff_s: 2.0, retry_backoff_max_s: 20.0, ..Default::default() };
+        let secs: Vec<f64> = (1..=6).map(|a| c.backoff(a).as_secs_f64()).collect();
+        assert_eq!(secs, vec![2.0, 4.0, 8.0, 16.0, 20.0, 20.0]);
+        assert_eq!(c.backoff(0).as_secs_f64(), 2.0);
     }
 
     #[test]

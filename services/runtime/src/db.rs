@@ -4,6 +4,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use chrono::Utc;
+use gmmas_contracts::{self as contracts, CaseFailed, CaseStatus, Event, Stage, StageStatus, TenantId};
+use sqlx::PgConnection;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;
 
@@ -41,82 +44,179 @@ pub enum StageState {
 }
 
 /// Reads a stage's state.
-pub async fn stage_state(pool: &PgPool, case_id: Uuid, stage: &str) -> sqlx::Result<StageState> {
+pub async fn stage_state(pool: &PgPool, case_id: Uuid, stage: Stage) -> sqlx::Result<StageState> {
     let row: Option<(String, i32, Option<Vec<u8>>)> =
         sqlx::query_as("SELECT status, attempts, output FROM stage_runs WHERE case_id = $1 AND stage = $2")
             .bind(case_id)
-            .bind(stage)
+            .bind(stage.as_str())
             .fetch_optional(pool)
             .await?;
     Ok(match row {
         None => StageState::New,
-        Some((s, _, Some(output))) if s == "done" => StageState::Done { output },
-        Some((s, _, _)) if s == "failed" => StageState::Failed,
-        Some((_, attempts, _)) => StageState::Running { attempts },
+        Some((s, attempts, output)) => match (StageStatus::parse(&s), output) {
+            (Some(StageStatus::Done), Some(output)) => StageState::Done { output },
+            (Some(StageStatus::Failed), _) => StageState::Failed,
+            _ => StageState::Running { attempts },
+        },
     })
 }
 
-/// Records that a stage started (again) and moves the case to `case_status`.
-pub async fn stage_started(pool: &PgPool, case_id: Uuid, stage: &str, case_status: &str) -> sqlx::Result<()> {
+/// Records that `attempt_id` starts (another) attempt at a stage and moves the case to
+/// `case_status`. Returns the attempt number, or `None` when the stage is already finished.
+pub async fn stage_started(
+    pool: &PgPool,
+    case_id: Uuid,
+    stage: Stage,
+    attempt_id: Uuid,
+    case_status: CaseStatus,
+) -> sqlx::Result<Option<i32>> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO stage_runs (case_id, stage, status, attempts, started_at) VALUES ($1, $2, 'running', 1, now())
+    let attempts: Option<(i32,)> = sqlx::query_as(
+        "INSERT INTO stage_runs (case_id, stage, status, attempts, started_at, attempt_id, heartbeat_at)
+         VALUES ($1, $2, 'running', 1, now(), $3, now())
          ON CONFLICT (case_id, stage) DO UPDATE
-           SET status = 'running', attempts = stage_runs.attempts + 1, started_at = now(), error = NULL
-         WHERE stage_runs.status <> 'done'",
+           SET status = 'running', attempts = stage_runs.attempts + 1, started_at = now(),
+               attempt_id = $3, heartbeat_at = now()
+         WHERE stage_runs.status = 'running'
+         RETURNING attempts",
     )
     .bind(case_id)
-    .bind(stage)
-    .execute(&mut *tx)
+    .bind(stage.as_str())
+    .bind(attempt_id)
+    .fetch_optional(&mut *tx)
     .await?;
-    sqlx::query("UPDATE cases SET status = $2, updated_at = now() WHERE id = $1 AND status NOT IN ('done', 'failed')")
+    if attempts.is_some() {
+        sqlx::query(
+            "UPDATE cases SET status = $2, updated_at = now() WHERE id = $1 AND status NOT IN ('done', 'failed')",
+        )
         .bind(case_id)
-        .bind(case_status)
+        .bind(case_status.as_str())
         .execute(&mut *tx)
         .await?;
-    tx.commit().await
+    }
+    tx.commit().await?;
+    Ok(attempts.map(|(n,)| n))
 }
 
-/// Marks a stage done inside the caller's transaction, keeping the message it will publish.
-pub async fn stage_done(tx: &mut sqlx::PgConnection, case_id: Uuid, stage: &str, output: &[u8]) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO stage_runs (case_id, stage, status, attempts, finished_at, output) VALUES ($1, $2, 'done', 1, now(), $3)
-         ON CONFLICT (case_id, stage) DO UPDATE SET status = 'done', finished_at = now(), output = $3, error = NULL",
-    )
-    .bind(case_id)
-    .bind(stage)
-    .bind(output)
-    .execute(tx)
-    .await?;
+/// Shows that an attempt is alive (the sweeper leaves such cases alone).
+pub async fn heartbeat(pool: &PgPool, case_id: Uuid, stage: Stage) -> sqlx::Result<()> {
+    sqlx::query("UPDATE stage_runs SET heartbeat_at = now() WHERE case_id = $1 AND stage = $2 AND status = 'running'")
+        .bind(case_id)
+        .bind(stage.as_str())
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
-/// Marks a stage and its case failed with a reason a person can read.
-pub async fn case_failed(pool: &PgPool, case_id: Uuid, stage: &str, reason: &str, output: &[u8]) -> sqlx::Result<()> {
+/// Keeps the error of a failed attempt (the reason given when the attempts run out).
+pub async fn stage_error(pool: &PgPool, case_id: Uuid, stage: Stage, error: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE stage_runs SET error = $3 WHERE case_id = $1 AND stage = $2 AND status = 'running'")
+        .bind(case_id)
+        .bind(stage.as_str())
+        .bind(error)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The error kept by [`stage_error`], if any.
+pub async fn last_error(pool: &PgPool, case_id: Uuid, stage: Stage) -> sqlx::Result<Option<String>> {
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT error FROM stage_runs WHERE case_id = $1 AND stage = $2")
+            .bind(case_id)
+            .bind(stage.as_str())
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.and_then(|(e,)| e))
+}
+
+/// Marks a stage done inside the caller's transaction, keeping the message it publishes —
+/// only if no other attempt finished it first. Returns false when one did (the caller then
+/// rolls back and discards what it wrote).
+pub async fn stage_done(tx: &mut PgConnection, case_id: Uuid, stage: Stage, output: &[u8]) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "INSERT INTO stage_runs (case_id, stage, status, attempts, finished_at, output, heartbeat_at)
+         VALUES ($1, $2, 'done', 1, now(), $3, now())
+         ON CONFLICT (case_id, stage) DO UPDATE SET status = 'done', finished_at = now(), output = $3, error = NULL
+         WHERE stage_runs.status = 'running'",
+    )
+    .bind(case_id)
+    .bind(stage.as_str())
+    .bind(output)
+    .execute(tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Moves a case to `status` inside the caller's transaction (never out of `done` or `failed`).
+pub async fn set_case_status(tx: &mut PgConnection, case_id: Uuid, status: CaseStatus) -> sqlx::Result<()> {
+    sqlx::query("UPDATE cases SET status = $2, updated_at = now() WHERE id = $1 AND status NOT IN ('done', 'failed')")
+        .bind(case_id)
+        .bind(status.as_str())
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Marks a stage and its case failed with a reason a person can read and queues the
+/// `case.failed` event, in one transaction. Does nothing to a case already done or failed.
+pub async fn fail_case(
+    pool: &PgPool,
+    tenant: &TenantId,
+    case_id: Uuid,
+    stage: Stage,
+    reason: &str,
+) -> sqlx::Result<bool> {
+    let failed = CaseFailed {
+        schema_version: contracts::SCHEMA_VERSION,
+        tenant: tenant.clone(),
+        case_id,
+        stage,
+        reason: reason.to_string(),
+        failed_at: Utc::now(),
+    };
+    let encoded = contracts::encode(&failed).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let mut tx = pool.begin().await?;
+    let moved = sqlx::query(
+        "UPDATE cases SET status = 'failed', error_stage = $2, error = $3, updated_at = now()
+         WHERE id = $1 AND status NOT IN ('done', 'failed')",
+    )
+    .bind(case_id)
+    .bind(stage.as_str())
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    if moved.rows_affected() == 0 {
+        return Ok(false);
+    }
     sqlx::query(
         "INSERT INTO stage_runs (case_id, stage, status, attempts, finished_at, error, output) VALUES ($1, $2, 'failed', 1, now(), $3, $4)
          ON CONFLICT (case_id, stage) DO UPDATE SET status = 'failed', finished_at = now(), error = $3, output = $4",
     )
     .bind(case_id)
-    .bind(stage)
+    .bind(stage.as_str())
     .bind(reason)
-    .bind(output)
+    .bind(&encoded)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE cases SET status = 'failed', error_stage = $2, error = $3, updated_at = now() WHERE id = $1")
-        .bind(case_id)
-        .bind(stage)
-        .bind(reason)
-        .execute(&mut *tx)
+    audit(
+        &mut tx,
+        "system",
+        "case.failed",
+        Some(tenant.as_str()),
+        Some(case_id),
+        serde_json::json!({ "stage": stage.as_str() }),
+    )
+    .await?;
+    crate::outbox::enqueue(&mut tx, &Event::CaseFailed.subject(tenant), &Event::CaseFailed.msg_id(case_id), &encoded)
         .await?;
-    audit(&mut tx, "system", "case.failed", None, Some(case_id), serde_json::json!({ "stage": stage })).await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Appends to the audit log.
 pub async fn audit(
-    conn: &mut sqlx::PgConnection,
+    conn: &mut PgConnection,
     actor: &str,
     action: &str,
     tenant: Option<&str>,

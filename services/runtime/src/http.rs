@@ -4,51 +4,10 @@
 use std::sync::Arc;
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use sqlx::PgPool;
 
 use crate::bus::Bus;
-
-/// Metrics of one service process.
-#[derive(Clone, Debug)]
-pub struct Metrics {
-    pub registry: Registry,
-    messages: IntCounterVec,
-    duration: HistogramVec,
-}
-
-impl Metrics {
-    pub fn new(service: &str) -> Metrics {
-        let registry =
-            Registry::new_custom(Some("gmmas".into()), Some([("service".to_string(), service.to_string())].into()))
-                .expect("valid registry");
-        let messages = IntCounterVec::new(
-            Opts::new("messages_total", "Messages handled, by stage and outcome"),
-            &["stage", "outcome"],
-        )
-        .expect("valid metric");
-        let duration = HistogramVec::new(
-            HistogramOpts::new("stage_duration_seconds", "Time to handle one message, by stage")
-                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
-            &["stage"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(messages.clone())).expect("register");
-        registry.register(Box::new(duration.clone())).expect("register");
-        Metrics { registry, messages, duration }
-    }
-
-    pub fn observe_message(&self, stage: &str, outcome: &str, seconds: f64) {
-        self.messages.with_label_values(&[stage, outcome]).inc();
-        self.duration.with_label_values(&[stage]).observe(seconds);
-    }
-
-    pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
-    }
-}
+pub use crate::metrics::Metrics;
 
 #[derive(Clone)]
 struct HealthState {

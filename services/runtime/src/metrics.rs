@@ -1,0 +1,141 @@
+//! Prometheus metrics of one service process: messages by stage and outcome, stage time, the
+//! outbox, the sweeper and object cleanup. Rendered by `/metrics` (see [`crate::http`]).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Metrics of one service process (cheap to clone; clones share the counters).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    messages: IntCounterVec,
+    duration: HistogramVec,
+    outbox_published: IntCounter,
+    outbox_failed: IntCounter,
+    outbox_pending: IntGauge,
+    sweeper: IntCounterVec,
+    objects_deleted: IntCounter,
+    http_rejected: IntCounterVec,
+    in_flight: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("register metric");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("register metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("register metric");
+    g
+}
+
+impl Metrics {
+    pub fn new(service: &str) -> Metrics {
+        let registry =
+            Registry::new_custom(Some("gmmas".into()), Some([("service".to_string(), service.to_string())].into()))
+                .expect("valid registry");
+        let messages = counter_vec(
+            &registry,
+            "messages_total",
+            "Messages handled, by stage and outcome (done, failed, retry, gave_up, duplicate, refused)",
+            &["stage", "outcome"],
+        );
+        let duration = HistogramVec::new(
+            HistogramOpts::new("stage_duration_seconds", "Time to handle one message, by stage")
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+            &["stage"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(duration.clone())).expect("register metric");
+        Metrics {
+            messages,
+            duration,
+            outbox_published: counter(&registry, "outbox_published_total", "Outbox events published to the stream"),
+            outbox_failed: counter(
+                &registry,
+                "outbox_publish_failures_total",
+                "Failed attempts to publish an outbox event",
+            ),
+            outbox_pending: gauge(
+                &registry,
+                "outbox_pending",
+                "Outbox events not yet published, as last seen by this relay",
+            ),
+            sweeper: counter_vec(
+                &registry,
+                "sweeper_actions_total",
+                "Stale cases re-driven or failed by the sweeper, and orphan objects removed",
+                &["action"],
+            ),
+            objects_deleted: counter(&registry, "objects_deleted_total", "Objects deleted from the object store"),
+            http_rejected: counter_vec(
+                &registry,
+                "http_rejected_total",
+                "Requests turned away before any work (reason: backlog, busy, timeout)",
+                &["reason"],
+            ),
+            in_flight: gauge(&registry, "in_flight", "Messages or uploads being handled right now"),
+            registry,
+        }
+    }
+
+    pub fn observe_message(&self, stage: &str, outcome: &str, seconds: f64) {
+        self.messages.with_label_values(&[stage, outcome]).inc();
+        self.duration.with_label_values(&[stage]).observe(seconds);
+    }
+
+    pub fn outbox_published(&self, n: u64) {
+        self.outbox_published.inc_by(n);
+    }
+
+    pub fn outbox_failed(&self) {
+        self.outbox_failed.inc();
+    }
+
+    pub fn set_outbox_pending(&self, n: i64) {
+        self.outbox_pending.set(n);
+    }
+
+    pub fn sweeper_action(&self, action: &str, n: u64) {
+        self.sweeper.with_label_values(&[action]).inc_by(n);
+    }
+
+    pub fn objects_deleted(&self, n: u64) {
+        self.objects_deleted.inc_by(n);
+    }
+
+    pub fn http_rejected(&self, reason: &str) {
+        self.http_rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts one unit of work in flight until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+#[derive(Debug)]
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -36,6 +36,18 @@ pub enum TrainMode {
     Contrastive,
     /// Adaptation stage 3: supervised fine-tuning with the convolutional encoder frozen.
     Finetune,
+    /// Semi-supervised Stage I ([`crate::ssl::pseudo`]): the unlabeled set is pseudo-labelled
+    /// once by the labeller model, then eq. (7) trains on labelled + accepted pseudo-labels.
+    #[serde(rename = "ssl-pseudo")]
+    SslPseudo,
+    /// Semi-supervised Stage II ([`crate::ssl::consistency`]): eq. (7) on labelled batches +
+    /// weak-to-strong consistency with an EMA teacher and complementary feature dropout.
+    #[serde(rename = "ssl-consistency")]
+    SslConsistency,
+    /// The FixMatch baseline: one confidence threshold, teacher = current student, one
+    /// strong view, no feature dropout, no uncertainty, no distribution alignment.
+    #[serde(rename = "fixmatch")]
+    FixMatch,
 }
 
 impl TrainMode {
@@ -46,7 +58,15 @@ impl TrainMode {
             Self::Distill => "distill",
             Self::Contrastive => "contrastive",
             Self::Finetune => "finetune",
+            Self::SslPseudo => "ssl-pseudo",
+            Self::SslConsistency => "ssl-consistency",
+            Self::FixMatch => "fixmatch",
         }
+    }
+
+    /// Whether the mode learns from an unlabeled batch every step (Stage II, FixMatch).
+    pub fn uses_unlabeled_batches(self) -> bool {
+        matches!(self, Self::SslConsistency | Self::FixMatch)
     }
 }
 

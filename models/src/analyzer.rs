@@ -13,6 +13,7 @@ use crate::ModelError;
 use crate::config::{MODALITIES, ModelConfig, TASKS};
 use crate::infer::{self, InferOptions, Prediction};
 use crate::net::{self, Net};
+use crate::ssl::pseudo::{DistributionAligner, PseudoLabelOptions, PseudoLabels};
 use crate::weights;
 
 /// File format tag written into the sidecar.
@@ -314,19 +315,65 @@ impl Analyzer {
         infer::validate_input(input, dims, present, opts)?;
         let inner = self.lock();
         let device = self.device;
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            tch::no_grad(|| infer::run(&inner.net, device, input, dims, present, self.temperature, opts))
-        }));
-        match result {
-            Ok(r) => r,
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(ModelError::Internal(format!("forward pass failed: {msg}")))
-            }
+        guarded(|| tch::no_grad(|| infer::run(&inner.net, device, input, dims, present, self.temperature, opts)))
+    }
+
+    /// Stage I of the semi-supervised method (paper III-F, [`crate::ssl::pseudo`]): runs
+    /// `opts.mc_passes` MC-Dropout passes on one prepared case (the same `input`, `dims`,
+    /// `present` as [`Analyzer::analyze`]) and returns the pseudo-labels that pass the dual
+    /// threshold: per task (uncertainty < `u_max` and confidence > `c_min`, after
+    /// distribution alignment through `aligner` when given, which also records this case's
+    /// prediction) and per voxel (a voxel accept mask; the rest is ignored in training).
+    ///
+    /// Deterministic for `opts.seed`: the dropout masks come from a hash of the seed
+    /// ([`crate::net::with_seeded_dropout`]), not from libtorch's shared generator. Voxel uncertainty is only informative for a model with
+    /// `decoder_dropout > 0`.
+    pub fn pseudo_label(
+        &self,
+        input: &[f32],
+        dims: [usize; 3],
+        present: [bool; MODALITIES],
+        opts: &PseudoLabelOptions,
+        aligner: Option<&mut DistributionAligner>,
+    ) -> Result<PseudoLabels, ModelError> {
+        opts.validate()?;
+        let iopts = InferOptions { overlap: opts.overlap, ..InferOptions::default() };
+        infer::validate_input(input, dims, present, &iopts)?;
+        let stats = {
+            let inner = self.lock();
+            let device = self.device;
+            guarded(|| {
+                let run = || {
+                    infer::run_stats(
+                        &inner.net,
+                        device,
+                        input,
+                        dims,
+                        present,
+                        self.temperature,
+                        opts.overlap,
+                        opts.mc_passes,
+                        true,
+                    )
+                };
+                tch::no_grad(|| net::with_seeded_dropout(opts.seed, run))
+            })?
+        };
+        crate::ssl::pseudo::select(&stats, dims, opts, aligner, &self.version)
+    }
+}
+
+/// Runs `f`, turning a libtorch panic into [`ModelError::Internal`].
+fn guarded<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(ModelError::Internal(format!("forward pass failed: {msg}")))
         }
     }
 }

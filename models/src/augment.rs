@@ -186,7 +186,8 @@ pub fn tumor_cutmix(host: &mut Volume4, donor: &CaseData) -> Option<CutMixInfo> 
             for x in 0..size[0] {
                 let di = (lo[0] + x) + dx * ((lo[1] + y) + dy * (lo[2] + z));
                 let label = donor.seg[di];
-                if label == 0 {
+                // Tumour voxels only (classes 1..3 or whole tumour; not ignored ones).
+                if !(1..=crate::partial::SEG_TUMOUR).contains(&label) {
                     continue;
                 }
                 let hi_ = (offset[0] + x) + hx * ((offset[1] + y) + hy * (offset[2] + z));
@@ -198,7 +199,7 @@ pub fn tumor_cutmix(host: &mut Volume4, donor: &CaseData) -> Option<CutMixInfo> 
             }
         }
     }
-    let total = host.seg.iter().filter(|&&v| v != 0).count();
+    let total = host.seg.iter().filter(|&&v| (1..=crate::partial::SEG_TUMOUR).contains(&v)).count();
     let host_voxels = total - pasted;
     Some(CutMixInfo {
         donor_voxels: pasted,
@@ -718,6 +719,7 @@ mod tests {
             image,
             seg,
             has_seg: true,
+            supervision: crate::partial::SegSupervision::Full,
             tasks: [Some(true), Some(false), None, Some(false)],
             tumor_bbox,
             tumor_voxels,

@@ -55,6 +55,16 @@ pub struct ModelConfig {
     pub cls_hidden: usize,
     /// Dropout probability (transformer MLP, bottleneck, classifier); MC-Dropout uses it.
     pub dropout: f64,
+    /// Element-wise dropout on the three decoder levels' features (0 = off, the default, so
+    /// configs and bundled weights written before this setting keep their meaning and
+    /// bytes). It has no variables; it makes MC-Dropout voxel uncertainty informative, which
+    /// the pseudo-label voxel selection of [`crate::ssl`] needs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub decoder_dropout: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl ModelConfig {
@@ -76,6 +86,7 @@ impl ModelConfig {
             global_channels: [4, 8, 16],
             cls_hidden: 32,
             dropout: 0.1,
+            decoder_dropout: 0.0,
         }
     }
 
@@ -98,6 +109,7 @@ impl ModelConfig {
             global_channels: [8, 16, 32],
             cls_hidden: 64,
             dropout: 0.1,
+            decoder_dropout: 0.0,
         }
     }
 
@@ -120,6 +132,7 @@ impl ModelConfig {
             global_channels: [16, 32, 64],
             cls_hidden: 256,
             dropout: 0.1,
+            decoder_dropout: 0.0,
         }
     }
 
@@ -148,6 +161,12 @@ impl ModelConfig {
     /// Same config with another dropout probability.
     pub fn with_dropout(mut self, p: f64) -> Self {
         self.dropout = p;
+        self
+    }
+
+    /// Same config with another decoder dropout probability.
+    pub fn with_decoder_dropout(mut self, p: f64) -> Self {
+        self.decoder_dropout = p;
         self
     }
 
@@ -201,6 +220,9 @@ impl ModelConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));
         }
+        if !(0.0..1.0).contains(&self.decoder_dropout) {
+            return bad(format!("decoder_dropout {} must be in [0, 1)", self.decoder_dropout));
+        }
         Ok(())
     }
 }
@@ -225,6 +247,11 @@ mod tests {
             assert_eq!(back, c);
         }
         assert!(ModelConfig::profile("huge").is_err());
+        // Off by default and not serialised when off: older configs read back unchanged.
+        assert!(!serde_json::to_string(&ModelConfig::small()).unwrap().contains("decoder_dropout"));
+        let on = ModelConfig::tiny().with_decoder_dropout(0.2);
+        let back: ModelConfig = serde_json::from_str(&serde_json::to_string(&on).unwrap()).unwrap();
+        assert_eq!(back.decoder_dropout, 0.2);
         let mut c = ModelConfig::tiny();
         c.patch = [30, 32, 32];
         assert!(c.validate().is_err());

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{MODALITIES, TASK_NAMES, TASKS};
+use crate::partial::{SEG_IGNORE, SEG_TUMOUR, SegSupervision};
 
 /// Which part of the data a case belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -232,11 +233,15 @@ pub struct CaseData {
     pub present: [bool; MODALITIES],
     /// Four channels, channel-major, each x fastest; absent channels are zeros.
     pub image: Vec<f32>,
-    /// Network classes 0..3 (0 bg, 1 NCR, 2 ED, 3 ET) per voxel; all 0 without a
-    /// segmentation file.
+    /// Network classes 0..3 (0 bg, 1 NCR, 2 ED, 3 ET) per voxel, or partial targets
+    /// ([`SEG_TUMOUR`] inside a whole-tumour mask, [`SEG_IGNORE`] where nothing is known);
+    /// all [`SEG_IGNORE`] without any segmentation file.
     pub seg: Vec<u8>,
-    /// Whether a segmentation file was given.
+    /// Whether a full (sub-region) segmentation file was given: the cases whose Dice per
+    /// region can be scored.
     pub has_seg: bool,
+    /// What segmentation supervision `seg` carries (full, whole tumour, partial, none).
+    pub supervision: SegSupervision,
     /// Labels of the four tasks (grade GBM, IDH mutant, 1p/19q codeleted, MGMT methylated).
     pub tasks: [Option<bool>; TASKS],
     /// Tumour bounding box `(lo, hi)` in voxels (`hi` exclusive), x/y/z; None without tumour.
@@ -396,14 +401,15 @@ fn tasks_of(l: &CaseLabels) -> [Option<bool>; TASKS] {
     [l.grade_gbm, l.idh_mutant, l.codel_1p19q, l.mgmt_methylated]
 }
 
-/// Tumour bounding box and voxel count of network classes `seg` on `dims`.
+/// Tumour bounding box and voxel count of network classes `seg` on `dims` (classes 1..3
+/// and whole-tumour voxels; ignored voxels are not tumour).
 pub fn tumor_extent(seg: &[u8], dims: [usize; 3]) -> (Option<BBox>, usize) {
     let [nx, ny, _] = dims;
     let mut lo = [usize::MAX; 3];
     let mut hi = [0usize; 3];
     let mut count = 0;
     for (i, &c) in seg.iter().enumerate() {
-        if c == 0 {
+        if !(1..=SEG_TUMOUR).contains(&c) {
             continue;
         }
         count += 1;
@@ -452,9 +458,35 @@ fn load_case(
             Err(e) => problems.push(problem(name, path, e)),
         }
     }
+    // A whole-tumour mask (`<case>_wt.nii.gz`) stands in for a missing segmentation: its
+    // tumour voxels become SEG_TUMOUR targets (sub-region unknown).
+    let wt_path = if files.seg.is_none() { whole_tumour_file(dir, name) } else { None };
     let seg = match &files.seg {
+        None if wt_path.is_some() => {
+            let path = wt_path.clone().unwrap_or_default();
+            match read(&path).and_then(|bytes| {
+                let sha = sha256_hex(&bytes);
+                gmmas_imaging::read_labels(&bytes, &opts.limits).map(|v| (v, sha)).map_err(|e| e.to_string())
+            }) {
+                Ok((mut v, sha)) => {
+                    hashes.push(("wt".to_string(), sha));
+                    for x in &mut v.data {
+                        *x = if *x != 0 { SEG_TUMOUR } else { 0 };
+                    }
+                    Some((v, path))
+                }
+                Err(e) => {
+                    problems.push(problem(name, &path, e));
+                    None
+                }
+            }
+        }
         None if opts.require_seg => {
-            problems.push(problem(name, dir, "no segmentation (<case>_seg.nii.gz or <case>-seg.nii.gz)"));
+            problems.push(problem(
+                name,
+                dir,
+                "no segmentation (<case>_seg.nii.gz or <case>-seg.nii.gz, or a whole-tumour <case>_wt.nii.gz)",
+            ));
             None
         }
         None => None,
@@ -526,10 +558,12 @@ fn load_case(
                     ));
                 }
             }
+            let whole_tumour = wt_path.is_some();
             let mut out = Vec::with_capacity(l.len());
             for (i, v) in l.iter().enumerate() {
                 out.push(match v {
                     0 => 0u8,
+                    4 if whole_tumour => SEG_TUMOUR,
                     1 => 1,
                     2 => 2,
                     3 | 4 => 3,
@@ -544,8 +578,9 @@ fn load_case(
             }
             out
         }
-        None => vec![0u8; voxels],
+        None => vec![SEG_IGNORE; voxels],
     };
+    let supervision = SegSupervision::of(&seg_classes);
     let (tumor_bbox, tumor_voxels) = tumor_extent(&seg_classes, prepared.dims);
     let mut h = Sha256::new();
     for (role, sha) in &hashes {
@@ -560,7 +595,8 @@ fn load_case(
             present: prepared.present,
             image: prepared.data,
             seg: seg_classes,
-            has_seg: seg.is_some(),
+            has_seg: seg.is_some() && wt_path.is_none(),
+            supervision,
             tasks: [None; TASKS],
             tumor_bbox,
             tumor_voxels,
@@ -569,6 +605,14 @@ fn load_case(
         },
         warnings,
     ))
+}
+
+/// `<dir>/<name>_wt.nii.gz` (or `.nii`, or `-wt`) when it exists: a whole-tumour mask.
+fn whole_tumour_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    ["_wt.nii.gz", "_wt.nii", "-wt.nii.gz", "-wt.nii"]
+        .iter()
+        .map(|suffix| dir.join(format!("{name}{suffix}")))
+        .find(|p| p.is_file())
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -834,6 +878,47 @@ mod tests {
 
     fn cfg(dir: &Path) -> DataConfig {
         DataConfig { dirs: vec![dir.to_path_buf()], labels: vec![dir.join("labels.csv")], ..DataConfig::default() }
+    }
+
+    /// A case with only FLAIR + T1 and a whole-tumour mask (like `../shared/data/weak/`)
+    /// loads as whole-tumour supervision: tumour voxels SEG_TUMOUR, no sub-region classes,
+    /// not scored as a full segmentation; a case without any mask is all ignored.
+    #[test]
+    fn whole_tumour_mask_and_missing_segmentation_are_partial_targets() {
+        let d = phantoms(2, [40, 40, 32]);
+        let case_dir = d.path().join("Phantom_0000");
+        let seg_path = case_dir.join("Phantom_0000_seg.nii.gz");
+        let seg = gmmas_imaging::read_labels(&std::fs::read(&seg_path).unwrap(), &Limits::default()).unwrap();
+        let tumour = seg.data.iter().filter(|&&v| v != 0).count();
+        let wt = gmmas_imaging::LabelVolume {
+            grid: seg.grid.clone(),
+            data: seg.data.iter().map(|&v| u8::from(v != 0)).collect(),
+        };
+        std::fs::write(case_dir.join("Phantom_0000_wt.nii.gz"), gmmas_imaging::write_labels(&wt, true)).unwrap();
+        for f in ["seg", "t1ce", "t2"] {
+            std::fs::remove_file(case_dir.join(format!("Phantom_0000_{f}.nii.gz"))).unwrap();
+        }
+        std::fs::remove_file(d.path().join("Phantom_0001/Phantom_0001_seg.nii.gz")).unwrap();
+        let mut c = cfg(d.path());
+        c.required_modalities = Vec::new();
+        // Without require_seg the case without any mask loads too.
+        c.require_seg = false;
+        let ds = Dataset::load(&c).unwrap();
+        let weak = &ds.cases[0];
+        assert_eq!(weak.supervision, SegSupervision::WholeTumour);
+        assert!(!weak.has_seg);
+        assert_eq!(weak.present, [true, false, false, true]);
+        assert!(weak.seg.iter().all(|&v| v == 0 || v == SEG_TUMOUR));
+        assert_eq!(weak.tumor_voxels, weak.seg.iter().filter(|&&v| v == SEG_TUMOUR).count());
+        assert!(weak.tumor_voxels > 0 && weak.tumor_voxels <= tumour);
+        let none = &ds.cases[1];
+        assert_eq!(none.supervision, SegSupervision::None);
+        assert!(none.seg.iter().all(|&v| v == SEG_IGNORE) && none.tumor_bbox.is_none());
+        // With require_seg the whole-tumour case still counts as segmented; the other does not.
+        c.require_seg = true;
+        let err = Dataset::load(&c).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert_eq!(err.problems[0].case, "Phantom_0001");
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub struct ModelSection {
     pub global_branch: Option<bool>,
     /// Dropout probability.
     pub dropout: Option<f64>,
+    /// Decoder dropout probability (0 = off; see [`ModelConfig::decoder_dropout`]).
+    #[serde(default)]
+    pub decoder_dropout: Option<f64>,
     /// Start from these weights (fine-tuning) instead of a seeded initialisation.
     pub init: Option<PathBuf>,
 }
@@ -141,6 +144,9 @@ impl ModelSection {
         }
         if let Some(d) = self.dropout {
             cfg.dropout = d;
+        }
+        if let Some(d) = self.decoder_dropout {
+            cfg.decoder_dropout = d;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -351,6 +357,9 @@ pub struct TrainRunConfig {
     /// Settings of the adaptation stages (`train.mode` other than `supervised`).
     #[serde(default)]
     pub adapt: AdaptConfig,
+    /// Settings of the semi-supervised modes (`ssl-pseudo`, `ssl-consistency`, `fixmatch`).
+    #[serde(default)]
+    pub ssl: crate::ssl::SslConfig,
 }
 
 impl TrainRunConfig {
@@ -360,6 +369,12 @@ impl TrainRunConfig {
         cfg.data.resolve_paths(base);
         cfg.out = join_clean(base, &cfg.out);
         if let Some(p) = &mut cfg.model.init {
+            *p = join_clean(base, p);
+        }
+        if let Some(u) = &mut cfg.ssl.unlabeled {
+            u.resolve_paths(base);
+        }
+        if let Some(p) = &mut cfg.ssl.labeller {
             *p = join_clean(base, p);
         }
         Ok(cfg)
@@ -404,6 +419,15 @@ impl TrainRunConfig {
         }
         self.augment.validate()?;
         self.adapt.validate()?;
+        self.ssl.validate()?;
+        if matches!(t.mode, TrainMode::SslPseudo | TrainMode::SslConsistency | TrainMode::FixMatch)
+            && self.ssl.unlabeled.is_none()
+        {
+            return bad(format!("train.mode = \"{}\" needs [ssl.unlabeled] (dirs of unlabeled cases)", t.mode.as_str()));
+        }
+        if t.mode == TrainMode::SslPseudo && self.ssl.labeller.is_none() && self.model.init.is_none() {
+            return bad("train.mode = \"ssl-pseudo\" needs the labelling model: ssl.labeller or model.init".into());
+        }
         if matches!(t.mode, TrainMode::Contrastive | TrainMode::Finetune) && self.model.init.is_none() {
             return bad(format!(
                 "train.mode = \"{}\" continues an earlier stage: set model.init to that stage's model",
@@ -737,6 +761,8 @@ struct LossAccumulator {
     distill: (f64, usize),
     partial_seg: (f64, usize),
     contrastive: (f64, usize),
+    consistency: (f64, usize),
+    confident_voxels: (f64, usize),
 }
 
 impl LossAccumulator {
@@ -760,6 +786,8 @@ impl LossAccumulator {
             (&mut self.distill, l.distill),
             (&mut self.partial_seg, l.partial_seg),
             (&mut self.contrastive, l.contrastive),
+            (&mut self.consistency, l.consistency.map(|c| c.loss)),
+            (&mut self.confident_voxels, l.consistency.map(|c| c.confident_voxels)),
         ] {
             if let Some(v) = v {
                 acc.0 += v;
@@ -788,6 +816,8 @@ impl LossAccumulator {
             "distill": Self::mean(self.distill),
             "partial_seg": Self::mean(self.partial_seg),
             "contrastive": Self::mean(self.contrastive),
+            "consistency": Self::mean(self.consistency),
+            "teacher_confident_voxels": Self::mean(self.confident_voxels),
         })
     }
 
@@ -803,10 +833,13 @@ impl LossAccumulator {
         if let Some(c) = Self::mean(self.contrastive) {
             return format!("loss {:.4} (contrastive eq. 11)", c);
         }
-        let adapt = match (Self::mean(self.distill), Self::mean(self.partial_seg)) {
+        let mut adapt = match (Self::mean(self.distill), Self::mean(self.partial_seg)) {
             (Some(d), Some(p)) => format!(" distill mse {d:.4} partial seg {p:.3} |"),
             _ => String::new(),
         };
+        if let (Some(c), Some(v)) = (Self::mean(self.consistency), Self::mean(self.confident_voxels)) {
+            adapt.push_str(&format!(" unlabeled {c:.4} (teacher-confident voxels {:.1}%) |", 100.0 * v));
+        }
         format!(
             "loss {:.4} ({} seg {:.3} dice {:.3} global {} | {}) sigma [{}]",
             self.total / n,
@@ -838,6 +871,15 @@ impl Paths {
             log: out.join("train_log.jsonl"),
         }
     }
+}
+
+/// Adds the Stage II teacher for the modes that learn from unlabeled batches.
+fn with_ssl(t: Trainer, cfg: &TrainRunConfig) -> Result<Trainer, FitError> {
+    Ok(match cfg.train.mode {
+        TrainMode::SslConsistency => t.with_consistency(cfg.ssl.consistency.clone())?,
+        TrainMode::FixMatch => t.with_consistency(cfg.ssl.consistency.clone().fixmatch())?,
+        _ => t,
+    })
 }
 
 fn restore_log_sigma(trainer: &Trainer, values: &[f64]) -> Result<(), FitError> {
@@ -888,10 +930,13 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
     if data_cfg.threads == 0 {
         data_cfg.threads = cfg.threads;
     }
-    let data = Arc::new(Dataset::load(&data_cfg)?);
+    let mut data = Dataset::load(&data_cfg)?;
     for w in &data.warnings {
         say(&format!("warning: {w}"));
     }
+    // Semi-supervised modes: Stage I adds pseudo-labelled cases; Stage II gets a sampler.
+    let ssl = crate::ssl::run::prepare(cfg, &mut data, &model_cfg, device, out, &|m| say(m))?;
+    let data = Arc::new(data);
     let data_sha = data.sha256();
     let train_idx = data.indices(Subset::Train);
     if train_idx.is_empty() {
@@ -949,8 +994,10 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
                 st.step
             )));
         }
-        let t =
-            Trainer::from_weights(&paths.ckpt, tcfg.clone(), device)?.with_mode(cfg.train.mode, cfg.adapt.clone())?;
+        let t = with_ssl(
+            Trainer::from_weights(&paths.ckpt, tcfg.clone(), device)?.with_mode(cfg.train.mode, cfg.adapt.clone())?,
+            cfg,
+        )?;
         restore_log_sigma(&t, &st.log_sigma)?;
         tch::manual_seed(cfg.seed.wrapping_add(st.step as u64) as i64);
         say(&format!("resuming from step {} (epoch {})", st.step, st.epoch));
@@ -967,7 +1014,7 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
             }
             None => Trainer::new(model_cfg.clone(), tcfg.clone(), cfg.seed as i64, device)?,
         };
-        let t = t.with_mode(cfg.train.mode, cfg.adapt.clone())?;
+        let t = with_ssl(t.with_mode(cfg.train.mode, cfg.adapt.clone())?, cfg)?;
         let st = CheckpointState {
             step: 0,
             epoch: 0,
@@ -1018,6 +1065,7 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
     let start_step = state.step;
     let t_run = Instant::now();
     let mut stream = BatchStream::spawn(sampler, start_step, total_steps, cfg.train.prefetch);
+    let mut unl_stream = ssl.unlabeled.map(|s| BatchStream::spawn(s, start_step, total_steps, cfg.train.prefetch));
     let mut acc = LossAccumulator::default();
     let mut epoch_start = Instant::now();
     let mut wait = 0.0;
@@ -1034,10 +1082,16 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
                 return Err(FitError::Training(format!("batch stream ended early at step {step}")));
             }
         };
+        let unl = match unl_stream.as_mut().map(BatchStream::next_batch) {
+            None => None,
+            Some(Some(Ok(b))) => Some(b.to_batch()),
+            Some(Some(Err(e))) => return Err(FitError::Training(e)),
+            Some(None) => return Err(FitError::Training(format!("unlabeled stream ended early at step {step}"))),
+        };
         wait += tw.elapsed().as_secs_f64();
         let lr = cfg.train.lr_at(peak_lr, step, total_steps);
         trainer.set_lr(lr);
-        let losses = trainer.step(&hb.to_batch()).map_err(|e| {
+        let losses = trainer.step_with(&hb.to_batch(), unl.as_ref()).map_err(|e| {
             FitError::Training(format!(
                 "step {step} (cases {}): {e}; the last checkpoint is in {}",
                 hb.cases.join(", "),
@@ -1137,6 +1191,7 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
         }
     }
     drop(stream);
+    drop(unl_stream);
     let seconds = t_run.elapsed().as_secs_f64();
     let steps_this_run = state.step - start_step;
     let sps = step_seconds / steps_this_run.max(1) as f64;

@@ -295,6 +295,84 @@ pub fn run(
     temperature: [f64; TASKS],
     opts: &InferOptions,
 ) -> Result<Prediction, ModelError> {
+    let (engine, weight_sum) = setup(net, device, input, dims, present, temperature, opts)?;
+    let passes = opts.mc_passes.max(1);
+    let acc = engine.run(passes, opts.mc_passes > 0)?;
+    drop(engine);
+    let mut probs = acc.probs;
+    let _ = probs.g_div_(&(&weight_sum * passes as f64));
+    finish(probs, acc.fg, acc.tasks, weight_sum, dims, opts)
+}
+
+/// Per-voxel and per-task statistics over MC-Dropout passes (for Stage I pseudo-labels,
+/// [`crate::ssl::pseudo`]).
+#[derive(Debug, Clone)]
+pub struct PassStats {
+    /// Mean over passes of the class probabilities, class-major `[4][voxels]`, each x fastest.
+    pub mean: Vec<f32>,
+    /// Standard deviation over passes (eq. 6) of each class probability, same layout.
+    pub std: Vec<f32>,
+    /// P(positive) of every task in every pass (temperature applied).
+    pub tasks: Vec<[f64; TASKS]>,
+}
+
+/// Runs `passes` MC-Dropout passes (dropout on when `mc`) and returns the per-class mean and
+/// standard deviation of every voxel plus each pass's task probabilities. Passes run one
+/// after the other over all windows (the encoder is recomputed per pass) so only three
+/// whole-volume class buffers are held. Must be called with gradients disabled.
+#[allow(clippy::too_many_arguments)]
+pub fn run_stats(
+    net: &Net,
+    device: Device,
+    input: &[f32],
+    dims: [usize; 3],
+    present: [bool; MODALITIES],
+    temperature: [f64; TASKS],
+    overlap: f32,
+    passes: usize,
+    mc: bool,
+) -> Result<PassStats, ModelError> {
+    let opts = InferOptions { overlap, mc_passes: 0, ..InferOptions::default() };
+    let (engine, weight_sum) = setup(net, device, input, dims, present, temperature, &opts)?;
+    let passes = passes.max(1);
+    let mut mean: Option<Tensor> = None;
+    let mut m2: Option<Tensor> = None;
+    let mut tasks = Vec::with_capacity(passes);
+    for k in 0..passes {
+        let acc = engine.run(1, mc)?;
+        let x = acc.probs / &weight_sum;
+        tasks.push(acc.tasks.first().copied().unwrap_or([0.0; TASKS]));
+        // Welford: exactly zero spread when every pass agrees.
+        match (&mut mean, &mut m2) {
+            (Some(mu), Some(m2)) => {
+                let delta = &x - &*mu;
+                let _ = mu.g_add_(&(&delta / (k + 1) as f64));
+                let _ = m2.g_add_(&(&delta * (&x - &*mu)));
+            }
+            _ => {
+                m2 = Some(x.zeros_like());
+                mean = Some(x);
+            }
+        }
+    }
+    let (Some(mean), Some(m2)) = (mean, m2) else {
+        return Err(ModelError::Internal("no MC pass ran".into()));
+    };
+    let std = (m2 / passes as f64).sqrt();
+    let flat = |t: Tensor| Vec::<f32>::try_from(&t.to_device(Device::Cpu).flatten(0, -1));
+    Ok(PassStats { mean: flat(mean)?, std: flat(std)?, tasks })
+}
+
+/// The engine and the whole-volume sum of window weights for one case.
+fn setup<'a>(
+    net: &'a Net,
+    device: Device,
+    input: &[f32],
+    dims: [usize; 3],
+    present: [bool; MODALITIES],
+    temperature: [f64; TASKS],
+    opts: &InferOptions,
+) -> Result<(Engine<'a>, Tensor), ModelError> {
     validate_input(input, dims, present, opts)?;
     if let Some(t) = temperature.iter().find(|t| !(t.is_finite() && **t > 0.0)) {
         return Err(ModelError::Input(format!("temperature {t} must be a positive number")));
@@ -325,17 +403,24 @@ pub fn run(
         let _ = Engine::region(&weight_sum, 0, s, v).g_add_(&g);
     }
     let _ = weight_sum.clamp_min_(1e-6);
+    Ok((engine, weight_sum))
+}
 
-    let passes = opts.mc_passes.max(1);
-    let acc = engine.run(passes, opts.mc_passes > 0)?;
-    drop(engine);
-    let mut probs = acc.probs;
-    let _ = probs.g_div_(&(&weight_sum * passes as f64));
+/// Labels, uncertainty and task probabilities from the accumulated passes.
+fn finish(
+    probs: Tensor,
+    fg: Vec<Tensor>,
+    pass_tasks: Vec<[f64; TASKS]>,
+    weight_sum: Tensor,
+    dims: [usize; 3],
+    opts: &InferOptions,
+) -> Result<Prediction, ModelError> {
+    let passes = pass_tasks.len().max(1);
     let (uncertainty, task_std) = if passes > 1 {
         // Welford over passes: exactly zero when every pass agrees.
         let mut mean = weight_sum.zeros_like();
         let mut m2 = weight_sum.zeros_like();
-        for (k, fg) in acc.fg.iter().enumerate() {
+        for (k, fg) in fg.iter().enumerate() {
             let x = fg / &weight_sum;
             let delta = &x - &mean;
             let _ = mean.g_add_(&(&delta / (k + 1) as f64));
@@ -345,7 +430,7 @@ pub fn run(
         let std = Vec::<f32>::try_from(&std.flatten(0, -1))?;
         let mut t_mean = [0f64; TASKS];
         let mut t_m2 = [0f64; TASKS];
-        for (k, p) in acc.tasks.iter().enumerate() {
+        for (k, p) in pass_tasks.iter().enumerate() {
             for t in 0..TASKS {
                 let delta = p[t] - t_mean[t];
                 t_mean[t] += delta / (k + 1) as f64;
@@ -358,7 +443,7 @@ pub fn run(
         (None, None)
     };
     let mut tasks = [0f64; TASKS];
-    for p in &acc.tasks {
+    for p in &pass_tasks {
         for t in 0..TASKS {
             tasks[t] += p[t] / passes as f64;
         }

@@ -3,7 +3,9 @@
 //!
 //! Modules: [`config`] (sizes and profiles), [`net`] (the network), [`weights`] (init and
 //! safetensors I/O), [`infer`] (sliding-window inference), [`analyzer`] (the seam other
-//! crates use), [`device`] (device and thread settings), [`loss`] and [`train`].
+//! crates use), [`device`] (device and thread settings), [`loss`] and [`train`];
+//! [`partial`] (whole-tumour and ignored-voxel targets) and [`ssl`] (the two-stage
+//! semi-supervised method of paper III-F: pseudo-labels, weak-to-strong consistency).
 
 pub mod adapt;
 pub mod analyzer;
@@ -18,7 +20,9 @@ pub mod loss;
 pub mod metrics;
 pub mod missing;
 pub mod net;
+pub mod partial;
 pub mod postprocess;
+pub mod ssl;
 pub mod train;
 pub mod weights;
 

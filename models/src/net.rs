@@ -51,6 +51,71 @@ fn spatial(x: &Tensor) -> [i64; 3] {
     [s[2], s[3], s[4]]
 }
 
+thread_local! {
+    /// `(seed, calls so far)` while [`with_seeded_dropout`] runs on this thread.
+    static SEEDED_DROPOUT: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with every dropout of this thread's forward passes drawing its mask from a
+/// counter-based hash of `(seed, call number, element index)` instead of libtorch's global
+/// generator, so MC-Dropout passes are reproducible for a seed whatever other threads draw
+/// (libtorch has one CPU generator per process). The masks have the same law as libtorch's
+/// (keep with probability `1 - p`, scale by `1 / (1 - p)`).
+pub fn with_seeded_dropout<T>(seed: u64, f: impl FnOnce() -> T) -> T {
+    let prev = SEEDED_DROPOUT.with(|c| c.replace(Some((seed, 0))));
+    let out = f();
+    SEEDED_DROPOUT.with(|c| c.set(prev));
+    out
+}
+
+/// splitmix64 finaliser.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Uniform `[0, 1)` values of `shape` from a 32-bit integer hash of the element index keyed
+/// by `key`; int64 arithmetic that never overflows (32-bit values times 31-bit constants).
+fn hashed_uniform(shape: &[i64], key: u64, device: tch::Device) -> Tensor {
+    const M32: i64 = 0xFFFF_FFFF;
+    let n: i64 = shape.iter().product();
+    let round = |h: Tensor, k: i64, mul: i64| -> Tensor {
+        let h = h.bitwise_xor(k).bitwise_and(M32);
+        let h = h.bitwise_xor_tensor(&h.bitwise_right_shift_tensor_scalar(16));
+        let h = (h * mul).bitwise_and(M32);
+        h.bitwise_xor_tensor(&h.bitwise_right_shift_tensor_scalar(15))
+    };
+    let idx = Tensor::arange(n, (Kind::Int64, device));
+    let mut h = round(idx, (key & 0xFFFF_FFFF) as i64, 0x7FEB_352D);
+    h = round(h, (key >> 32) as i64, 0x68E3_1DA5);
+    h = round(h, 0x2545_F491, 0x4F6C_DD1D);
+    (h.to_kind(Kind::Double) / 4_294_967_296.0).to_kind(Kind::Float).view(shape)
+}
+
+/// Dropout with probability `p` when `on` (libtorch's, or the seeded one inside
+/// [`with_seeded_dropout`]).
+fn dropout(x: &Tensor, p: f64, on: bool) -> Tensor {
+    if !on || p <= 0.0 {
+        return x.shallow_clone();
+    }
+    let seeded = SEEDED_DROPOUT.with(|c| {
+        let v = c.get();
+        if let Some((seed, n)) = v {
+            c.set(Some((seed, n + 1)));
+        }
+        v
+    });
+    match seeded {
+        None => x.dropout(p, true),
+        Some((seed, n)) => {
+            let key = mix64(seed ^ mix64(n.wrapping_add(0x9E37_79B9_7F4A_7C15)));
+            let keep = hashed_uniform(&x.size(), key, x.device()).ge(p).to_kind(x.kind());
+            x * keep / (1.0 - p)
+        }
+    }
+}
+
 /// Concatenated global average and global max pooling over the spatial axes: `[B, 2C]`.
 fn gap_gmp(x: &Tensor) -> Tensor {
     let avg = x.mean_dim(&[2i64, 3, 4][..], false, Kind::Float);
@@ -269,8 +334,8 @@ impl TransformerLayer {
         let att = att.transpose(1, 2).reshape([b, n, e]);
         let mut x = x + self.proj.forward(&att);
         let mut m = self.fc1.forward(&self.ln2.forward(&x)).gelu("none");
-        m = m.dropout(self.dropout, drop);
-        m = self.fc2.forward(&m).dropout(self.dropout, drop);
+        m = dropout(&m, self.dropout, drop);
+        m = dropout(&self.fc2.forward(&m), self.dropout, drop);
         x = add(x, &m);
         x
     }
@@ -485,11 +550,11 @@ impl Classifier {
 
     fn forward(&self, encoder: &Tensor, bottleneck: &Tensor, drop: bool) -> Tensor {
         let feats = Tensor::cat(&[gap_gmp(encoder), gap_gmp(bottleneck)], 1);
-        let s = self.summarize.forward(&feats).leaky_relu().dropout(self.dropout, drop);
+        let s = dropout(&self.summarize.forward(&feats).leaky_relu(), self.dropout, drop);
         let logits: Vec<Tensor> = self
             .branches
             .iter()
-            .map(|(fc1, fc2)| fc2.forward(&fc1.forward(&s).leaky_relu().dropout(self.dropout, drop)))
+            .map(|(fc1, fc2)| fc2.forward(&dropout(&fc1.forward(&s).leaky_relu(), self.dropout, drop)))
             .collect();
         Tensor::stack(&logits, 1)
     }
@@ -708,7 +773,7 @@ impl Net {
         let feats = &enc.feats;
         let mut h = match &self.bottleneck {
             Bottleneck::Transformer(t) => t.forward(&feats[3], drop),
-            Bottleneck::Conv(block) => block.forward(&feats[3], train).dropout(self.cfg.dropout, drop),
+            Bottleneck::Conv(block) => dropout(&block.forward(&feats[3], train), self.cfg.dropout, drop),
         };
         if let (Some(fuse), Some(ctx)) = (&self.fuse_bottleneck, ctx) {
             let g = crop_resample(&ctx.features.bottleneck, ctx.boxes, spatial(&h));
@@ -723,6 +788,9 @@ impl Net {
             h = h.upsample_trilinear3d(spatial(skip), false, None, None, None);
             h = add(h, skip);
             h = dec.convs[l].forward(&h, train);
+            if self.cfg.decoder_dropout > 0.0 {
+                h = dropout(&h, self.cfg.decoder_dropout, drop);
+            }
             if l == 2 {
                 *decoder_first = Some(h.shallow_clone());
             }
@@ -763,6 +831,27 @@ pub struct Encoded {
     feats: Vec<Tensor>,
     present: Vec<[bool; MODALITIES]>,
     batch: i64,
+}
+
+impl Encoded {
+    /// Width of the deepest encoder level (what [`Encoded::with_channel_mask`] masks).
+    pub fn deepest_channels(&self) -> i64 {
+        self.feats[self.feats.len() - 1].size()[1]
+    }
+
+    /// The same features with the deepest level multiplied channel-wise by `mask`
+    /// (`[B, C]` or `[C]`, values typically 0 / 2 for a 50 % channel dropout with the
+    /// kept channels rescaled). Shallower levels (skips) are shared, not copied. Used by the
+    /// complementary feature dropout of [`crate::ssl::consistency`].
+    pub fn with_channel_mask(&self, mask: &Tensor) -> Encoded {
+        let last = &self.feats[self.feats.len() - 1];
+        let c = last.size()[1];
+        let m = if mask.dim() == 1 { mask.view([1, c, 1, 1, 1]) } else { mask.view([-1, c, 1, 1, 1]) };
+        let mut feats: Vec<Tensor> = self.feats.iter().map(Tensor::shallow_clone).collect();
+        let n = feats.len();
+        feats[n - 1] = last * m.to_kind(last.kind()).to_device(last.device());
+        Encoded { stem: self.stem.shallow_clone(), feats, present: self.present.clone(), batch: self.batch }
+    }
 }
 
 fn check_present(present: &[[bool; MODALITIES]], batch: i64) -> Result<(), ModelError> {
@@ -882,6 +971,35 @@ mod tests {
         // Outside the volume reads zeros.
         let out = crop_resample(&feat, &[[1.0, 0.0, 0.0, 2.0, 1.0, 1.0]], [4, 6, 8]);
         assert!(out.abs().max().double_value(&[]) < 1e-6);
+    }
+
+    #[test]
+    fn seeded_dropout_is_reproducible_and_has_the_right_rate() {
+        let x = Tensor::ones([4, 8, 16, 16, 16], (Kind::Float, Device::Cpu));
+        let a = with_seeded_dropout(3, || (dropout(&x, 0.3, true), dropout(&x, 0.3, true)));
+        // Another thread draws from libtorch's generator meanwhile: no effect.
+        let noise = std::thread::spawn(|| Tensor::rand([1000], (Kind::Float, Device::Cpu)).sum(Kind::Float));
+        let b = with_seeded_dropout(3, || (dropout(&x, 0.3, true), dropout(&x, 0.3, true)));
+        let _ = noise.join();
+        assert!(a.0.equal(&b.0) && a.1.equal(&b.1));
+        assert!(!a.0.equal(&a.1), "two calls must get different masks");
+        let c = with_seeded_dropout(4, || dropout(&x, 0.3, true));
+        assert!(!c.equal(&a.0));
+        let kept = a.0.gt(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        assert!((kept - 0.7).abs() < 0.01, "{kept}");
+        let scale = a.0.max().double_value(&[]);
+        assert!((scale - 1.0 / 0.7).abs() < 1e-5);
+        // Off, or p = 0: the input unchanged.
+        assert!(with_seeded_dropout(3, || dropout(&x, 0.3, false)).equal(&x));
+        // Uniform values: mean ~1/2, every decile populated.
+        let u = hashed_uniform(&[100_000], 12345, Device::Cpu);
+        let m = u.mean(Kind::Float).double_value(&[]);
+        assert!((m - 0.5).abs() < 0.01, "{m}");
+        for d in 0..10 {
+            let lo = d as f64 / 10.0;
+            let frac = u.ge(lo).logical_and(&u.lt(lo + 0.1)).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+            assert!((frac - 0.1).abs() < 0.01, "decile {d}: {frac}");
+        }
     }
 
     #[test]

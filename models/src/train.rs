@@ -7,7 +7,7 @@
 //! adaptation stages of [`crate::adapt`] (distill, contrastive, finetune) are other modes of
 //! the same trainer.
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig};
@@ -17,6 +17,7 @@ use crate::adapt::{self, AdaptConfig, SimSiamHeads, TrainMode};
 use crate::analyzer::Analyzer;
 use crate::config::{MODALITIES, ModelConfig, SEG_CLASSES, TASKS};
 use crate::loss;
+use crate::partial;
 use crate::net::{self, FeatureTaps, GlobalContext, Net, NetOutput};
 
 /// Prefix of the convolutional encoder's variables (stems and residual levels), the part the
@@ -120,7 +121,9 @@ pub struct GlobalBatch {
 pub struct Batch {
     /// Patches `[B, 4, D, H, W]` (float, absent modalities zero).
     pub image: Tensor,
-    /// Labels `[B, D, H, W]`, classes 0..3 (background, NCR, ED, ET).
+    /// Labels `[B, D, H, W]`: classes 0..3 (background, NCR, ED, ET), or partial targets
+    /// ([`crate::partial::SEG_TUMOUR`] = whole tumour, sub-region unknown; any other value,
+    /// e.g. -1 or 255 = ignored).
     pub seg: Tensor,
     /// Per sample, per task (grade GBM, IDH mutant, 1p/19q codeleted, MGMT methylated).
     pub tasks: Vec<[Option<bool>; TASKS]>,
@@ -182,6 +185,9 @@ pub struct StepLosses {
     /// `contrastive`: eq. (11) loss (negative cosine, -1 at best).
     #[serde(default)]
     pub contrastive: Option<f64>,
+    /// `ssl-consistency` / `fixmatch`: the unlabeled (weak-to-strong) loss and its numbers.
+    #[serde(default)]
+    pub consistency: Option<crate::ssl::ConsistencyReport>,
 }
 
 /// One forward pass of a batch with the targets it is scored against.
@@ -215,6 +221,7 @@ pub struct Trainer {
     adapt: AdaptConfig,
     ssl: Option<Ssl>,
     frozen: Vec<String>,
+    consistency: Option<crate::ssl::Consistency>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -279,6 +286,7 @@ impl Trainer {
             adapt: AdaptConfig::default(),
             ssl: None,
             frozen: Vec::new(),
+            consistency: None,
         })
     }
 
@@ -314,6 +322,21 @@ impl Trainer {
         self.mode = mode;
         self.adapt = adapt;
         Ok(self)
+    }
+
+    /// Adds Stage II (weak-to-strong consistency): an EMA teacher starting as a copy of the
+    /// current weights. Unlabeled batches passed to [`Trainer::step_with`] are then learnt
+    /// from; after every step the teacher moves towards the student.
+    pub fn with_consistency(mut self, cfg: crate::ssl::ConsistencyConfig) -> Result<Self, ModelError> {
+        cfg.validate()?;
+        let teacher = crate::ssl::EmaTeacher::new(&self.vs, &self.cfg, cfg.ema_decay)?;
+        self.consistency = Some(crate::ssl::Consistency { teacher, cfg });
+        Ok(self)
+    }
+
+    /// The Stage II teacher, when [`Trainer::with_consistency`] added one.
+    pub fn teacher(&self) -> Option<&crate::ssl::EmaTeacher> {
+        self.consistency.as_ref().map(|c| &c.teacher)
     }
 
     /// The training mode.
@@ -415,14 +438,16 @@ impl Trainer {
     /// Segmentation task loss of a pass: (total, backbone Dice loss, global Dice loss).
     fn seg_loss(&self, pass: &Pass) -> (Tensor, Tensor, Option<f64>) {
         let t = &self.tcfg;
-        let dice = loss::dice_loss(&pass.out.seg, &pass.seg, t.dice_eps);
+        // Partial targets (whole-tumour voxels, ignored voxels) are scored by `partial`; with
+        // full labels these are the plain eq. (4) Dice and voxel cross-entropy.
+        let dice = partial::dice_loss(&pass.out.seg, &pass.seg, t.dice_eps);
         let mut seg_terms = vec![dice.shallow_clone()];
         if t.seg_ce_weight > 0.0 {
-            seg_terms.push(loss::seg_cross_entropy(&pass.out.seg, &pass.seg) * t.seg_ce_weight);
+            seg_terms.push(partial::cross_entropy(&pass.out.seg, &pass.seg) * t.seg_ce_weight);
         }
         let mut global_dice = None;
         if let (Some(gl), Some(gt)) = (&pass.out.global_seg, &pass.global_target) {
-            let d = loss::dice_loss(gl, gt, t.dice_eps);
+            let d = partial::dice_loss(gl, gt, t.dice_eps);
             global_dice = Some(d.double_value(&[]));
             if t.global_seg_weight > 0.0 {
                 seg_terms.push(d * t.global_seg_weight);
@@ -476,6 +501,7 @@ impl Trainer {
             distill: None,
             partial_seg: None,
             contrastive: None,
+            consistency: None,
         };
         Ok((total, report))
     }
@@ -486,7 +512,11 @@ impl Trainer {
     pub fn objective(&self, batch: &Batch, train: bool) -> Result<(Tensor, StepLosses), ModelError> {
         batch.validate()?;
         match self.mode {
-            TrainMode::Supervised | TrainMode::Finetune => {
+            TrainMode::Supervised
+            | TrainMode::Finetune
+            | TrainMode::SslPseudo
+            | TrainMode::SslConsistency
+            | TrainMode::FixMatch => {
                 let pass = self.pass(batch, None, train, false)?;
                 self.supervised(&pass, batch)
             }
@@ -542,18 +572,35 @@ impl Trainer {
             distill: None,
             partial_seg: None,
             contrastive: Some(value),
+            consistency: None,
         };
         Ok((total, report))
     }
 
     /// One optimisation step on `batch`.
     pub fn step(&mut self, batch: &Batch) -> Result<StepLosses, ModelError> {
+        self.step_with(batch, None)
+    }
+
+    /// One optimisation step on a labelled `batch` and, with Stage II on
+    /// ([`Trainer::with_consistency`]), an `unlabeled` batch (its labels are not read):
+    /// objective = eq. (7) on `batch` + `unlabeled_weight` x the consistency loss; then the
+    /// EMA teacher update.
+    pub fn step_with(&mut self, batch: &Batch, unlabeled: Option<&Batch>) -> Result<StepLosses, ModelError> {
         self.opt.zero_grad();
         self.mtl_opt.zero_grad();
         if let Some(ssl) = &mut self.ssl {
             ssl.opt.zero_grad();
         }
-        let (total, report) = self.objective(batch, true)?;
+        let (mut total, mut report) = self.objective(batch, true)?;
+        if let (Some(c), Some(u)) = (&self.consistency, unlabeled) {
+            let image = u.image.to_device(self.vs.device()).to_kind(Kind::Float);
+            let mut rng = ChaCha8Rng::seed_from_u64(self.step_rng().random::<u64>() ^ 0x55D1);
+            let (l, r) = crate::ssl::consistency::objective(&self.net, c, &image, &u.present, true, &mut rng)?;
+            total = total + l * c.cfg.unlabeled_weight;
+            report.total = total.double_value(&[]);
+            report.consistency = Some(r);
+        }
         if !report.total.is_finite() {
             return Err(ModelError::Internal(format!("non-finite loss at step {}", self.steps)));
         }
@@ -567,6 +614,9 @@ impl Trainer {
         }
         if self.tcfg.uncertainty_weighting && self.mode != TrainMode::Contrastive {
             self.mtl_opt.step();
+        }
+        if let Some(c) = &mut self.consistency {
+            c.teacher.update(&self.vs)?;
         }
         self.steps += 1;
         Ok(report)

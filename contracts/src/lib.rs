@@ -27,16 +27,19 @@ pub enum Stage {
     Ingest,
     Preprocess,
     Infer,
+    /// After the analysis, off the case's critical path: pseudo-labels for learning.
+    Curate,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::Ingest, Stage::Preprocess, Stage::Infer];
+    pub const ALL: [Stage; 4] = [Stage::Ingest, Stage::Preprocess, Stage::Infer, Stage::Curate];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Ingest => "ingest",
             Stage::Preprocess => "preprocess",
             Stage::Infer => "infer",
+            Stage::Curate => "curate",
         }
     }
 
@@ -110,6 +113,30 @@ pub enum Event {
     ScanPreprocessed,
     ScanAnalyzed,
     CaseFailed,
+    /// Labels (pseudo or clinician) of a case were added to the training data.
+    DatasetUpdated,
+}
+
+/// Subject prefix of events that belong to no tenant (the model registry); `_` can never
+/// start a tenant id, so these never collide with a hospital's subjects.
+pub const MODELS_SUBJECT_PREFIX: &str = "gmmas._models";
+
+/// Events of the model registry (not per tenant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelEvent {
+    /// A training run produced a model that awaits the evaluation gate.
+    Candidate,
+    /// A model became current for its role (by the gate or a rollback).
+    Promoted,
+}
+
+impl ModelEvent {
+    pub fn subject(self) -> String {
+        match self {
+            ModelEvent::Candidate => format!("{MODELS_SUBJECT_PREFIX}.model.candidate"),
+            ModelEvent::Promoted => format!("{MODELS_SUBJECT_PREFIX}.model.promoted"),
+        }
+    }
 }
 
 impl Event {
@@ -119,6 +146,7 @@ impl Event {
             Event::ScanPreprocessed => "scan.preprocessed",
             Event::ScanAnalyzed => "scan.analyzed",
             Event::CaseFailed => "case.failed",
+            Event::DatasetUpdated => "dataset.updated",
         }
     }
 
@@ -142,6 +170,7 @@ impl Event {
 pub mod consumers {
     pub const PREPROCESS: &str = "preprocess";
     pub const INFER: &str = "infer";
+    pub const CURATE: &str = "curate";
 }
 
 /// Errors raised while checking identifiers or decoding messages.
@@ -318,6 +347,50 @@ pub struct CaseFailed {
     pub failed_at: DateTime<Utc>,
 }
 
+/// Why a labelled case entered the training data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelSource {
+    /// Pseudo-labels that passed the dual threshold (paper III-F, Stage I).
+    Pseudo,
+    /// A clinician's labels (they always win over pseudo-labels).
+    Clinician,
+}
+
+/// `gmmas.<tenant>.dataset.updated`: a case's labels were recorded for training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetUpdated {
+    pub schema_version: u32,
+    pub tenant: TenantId,
+    pub case_id: Uuid,
+    pub source: LabelSource,
+    /// Model that produced pseudo-labels (empty for clinician labels).
+    pub model_version: String,
+    /// Tasks whose label was accepted (`segmentation`, `grade_gbm`, `idh_mutant`, ...).
+    pub accepted: Vec<String>,
+    /// Tasks whose pseudo-label was rejected by the thresholds.
+    pub rejected: Vec<String>,
+    /// Fraction of the case's voxels whose pseudo-label was accepted.
+    pub accepted_voxel_fraction: f64,
+    /// Cases with accepted labels in the training data, after this one.
+    pub curated_cases: u64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `gmmas._models.model.candidate` / `.model.promoted`: the registry changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelChanged {
+    pub schema_version: u32,
+    pub version: String,
+    /// `complete` or `incomplete`.
+    pub role: String,
+    /// The model it replaces (promotion) or was trained from (candidate).
+    pub previous: Option<String>,
+    /// `gate`, `rollback`, `candidate`.
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
 /// What every per-case message tells: which tenant and case it is about. Stage workers use it
 /// to check a message against the database row of its case before acting on it.
 pub trait CaseMessage {
@@ -337,7 +410,7 @@ macro_rules! case_message {
         }
     )*};
 }
-case_message!(ScanIngested, ScanPreprocessed, ScanAnalyzed, CaseFailed);
+case_message!(ScanIngested, ScanPreprocessed, ScanAnalyzed, CaseFailed, DatasetUpdated);
 
 /// The tenant token of a GMMAS subject (`gmmas.<tenant>.…`), if it has one.
 pub fn subject_tenant(subject: &str) -> Option<&str> {

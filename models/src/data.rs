@@ -567,11 +567,13 @@ fn load_case(
                     1 => 1,
                     2 => 2,
                     3 | 4 => 3,
+                    // Pseudo-labels carry the voxels they did not accept as 255: no supervision.
+                    SEG_IGNORE => SEG_IGNORE,
                     other => {
                         return Err(vec![problem(
                             name,
                             path,
-                            format!("label value {other} at prepared voxel {i}: expected 0, 1, 2, 4"),
+                            format!("label value {other} at prepared voxel {i}: expected 0, 1, 2, 4 (or 255, ignored)"),
                         )]);
                     }
                 });
@@ -595,7 +597,7 @@ fn load_case(
             present: prepared.present,
             image: prepared.data,
             seg: seg_classes,
-            has_seg: seg.is_some() && wt_path.is_none(),
+            has_seg: seg.is_some() && wt_path.is_none() && supervision == SegSupervision::Full,
             supervision,
             tasks: [None; TASKS],
             tumor_bbox,

@@ -121,12 +121,7 @@ async fn two_concurrent_attempts_leave_one_consistent_analysis() {
     // Two attempts at the same message at once, as after a lost progress ack.
     let dir = tempfile::tempdir().unwrap();
     let model = gmmas_models::Analyzer::load(&tiny_model(dir.path()).unwrap(), gmmas_models::Device::Cpu).unwrap();
-    let worker = Arc::new(gmmas_infer::Inferrer {
-        model: Arc::new(model),
-        incomplete_model: None,
-        opts: gmmas_models::InferOptions::default(),
-        deadline: None,
-    });
+    let worker = Arc::new(gmmas_infer::Inferrer::new(model, None, gmmas_models::InferOptions::default(), None));
     let rt = sys.runtime(|_| {}).await.unwrap();
     let (a, b) = tokio::join!(
         worker::handle(&rt, worker.as_ref(), &subject, &payload),

@@ -2,9 +2,7 @@
 //! for cases missing a sequence, when registered), maps the segmentation back to the input grid,
 //! records the analysis with model version and input hashes, publishes `scan.analyzed`.
 
-pub mod registry;
-
-use registry::Role;
+use gmmas_modelstore::{self as registry, Role};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,6 +45,9 @@ pub struct InferConfig {
     pub postprocess: gmmas_models::PostProcess,
     /// Seconds one inference may take before the attempt is abandoned and retried (0 = no limit).
     pub inference_deadline_s: f64,
+    /// Seconds between checks of the registry for a newly promoted model (besides the
+    /// `model.promoted` event, which triggers a check at once).
+    pub model_poll_s: f64,
 }
 
 impl Default for InferConfig {
@@ -63,35 +64,105 @@ impl Default for InferConfig {
             threads: 0,
             postprocess: gmmas_models::PostProcess::default(),
             inference_deadline_s: 900.0,
+            model_poll_s: 30.0,
         }
     }
 }
 
+/// The model serving one role, swapped whole when the registry promotes another: a case
+/// takes the `Arc` once and keeps that model to the end, so no case mixes two models.
+#[derive(Debug)]
+pub struct ModelSlot(std::sync::RwLock<Arc<Analyzer>>);
+
+impl ModelSlot {
+    pub fn new(model: Analyzer) -> Self {
+        ModelSlot(std::sync::RwLock::new(Arc::new(model)))
+    }
+
+    pub fn get(&self) -> Arc<Analyzer> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, model: Analyzer) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(model);
+    }
+}
+
 /// The infer stage: the model or models it serves and how it runs them.
+#[derive(Debug)]
 pub struct Inferrer {
-    pub model: Arc<Analyzer>,
+    pub model: ModelSlot,
     /// Model for cases missing a sequence (None: `model` serves them too).
-    pub incomplete_model: Option<Arc<Analyzer>>,
+    pub incomplete_model: Option<ModelSlot>,
     pub opts: InferOptions,
     /// Longest one inference may take before the attempt is abandoned and retried.
     pub deadline: Option<Duration>,
 }
 
-impl std::fmt::Debug for Inferrer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inferrer").field("model", &self.model.version()).finish_non_exhaustive()
+impl Inferrer {
+    pub fn new(model: Analyzer, incomplete: Option<Analyzer>, opts: InferOptions, deadline: Option<Duration>) -> Self {
+        Inferrer { model: ModelSlot::new(model), incomplete_model: incomplete.map(ModelSlot::new), opts, deadline }
+    }
+
+    /// The model for a case with these sequences present.
+    pub fn model_for(&self, modalities: &[String]) -> Arc<Analyzer> {
+        let present = Modality::ALL.map(|m| modalities.iter().any(|x| x == m.as_str()));
+        match &self.incomplete_model {
+            Some(m) if gmmas_models::needs_adapted_model(present) => m.get(),
+            _ => self.model.get(),
+        }
+    }
+
+    fn slot(&self, role: Role) -> Option<&ModelSlot> {
+        match role {
+            Role::Complete => Some(&self.model),
+            Role::Incomplete => self.incomplete_model.as_ref(),
+        }
     }
 }
 
-impl Inferrer {
-    /// The model for a case with these sequences present.
-    pub fn model_for(&self, modalities: &[String]) -> &Arc<Analyzer> {
-        let present = Modality::ALL.map(|m| modalities.iter().any(|x| x == m.as_str()));
-        match &self.incomplete_model {
-            Some(m) if gmmas_models::needs_adapted_model(present) => m,
-            _ => &self.model,
+/// Follows the registry: on `model.promoted` (and every `poll` as a fallback) loads the
+/// current model of each role when it differs from the one served, and swaps it in.
+fn follow_registry(rt: StageRuntime, worker: Arc<Inferrer>, device: gmmas_models::Device, poll: Duration, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        let mut events = match rt.bus.client.subscribe(contracts::ModelEvent::Promoted.subject()).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to model.promoted; polling the registry only");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = tokio::time::sleep(poll) => {}
+                Some(_) = async { match events.as_mut() { Some(s) => futures::StreamExt::next(s).await, None => std::future::pending().await } } => {}
+            }
+            for role in [Role::Complete, Role::Incomplete] {
+                let Some(slot) = worker.slot(role) else { continue };
+                let serving = slot.get().version().to_string();
+                let current = match gmmas_runtime::registry::current(&rt.db, role.as_str()).await {
+                    Ok(Some(row)) => row.version,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registry not readable; keeping the served model");
+                        continue;
+                    }
+                };
+                if current == serving {
+                    continue;
+                }
+                match registry::load_current(&rt.bus, &rt.db, None, device, role).await {
+                    Ok(Some(model)) => {
+                        tracing::info!(from = %serving, to = model.version(), role = role.as_str(), "switching model");
+                        slot.replace(model);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = format!("{e:#}"), version = %current, "the promoted model could not be loaded; still serving the previous one"),
+                }
+            }
         }
-    }
+    });
 }
 
 impl StageWorker for Inferrer {
@@ -105,14 +176,15 @@ impl StageWorker for Inferrer {
             durable: contracts::consumers::INFER,
             input: Event::ScanPreprocessed,
             output: Event::ScanAnalyzed,
-            working: CaseStatus::Analyzing,
+            working: Some(CaseStatus::Analyzing),
             after: Some(CaseStatus::Done),
+            side_branch: false,
         }
     }
 
     async fn work(&self, attempt: &Attempt, msg: &ScanPreprocessed) -> Result<ScanAnalyzed, StageError> {
         let bytes = attempt.get_object(&msg.prepared).await?;
-        let model = self.model_for(&msg.modalities).clone();
+        let model = self.model_for(&msg.modalities);
         let model_version = model.version().to_string();
         let device = format!("{:?}", model.device());
         let opts = self.opts;
@@ -239,18 +311,20 @@ pub async fn run(config: InferConfig) -> anyhow::Result<()> {
         None => tracing::info!("no model for incomplete inputs: the complete model serves every case"),
     }
     gmmas_runtime::http::serve(&config.common.http_addr, rt.health_routes(), shutdown.clone()).await?;
-    let worker = Inferrer {
-        model: Arc::new(model),
-        incomplete_model: incomplete.map(Arc::new),
-        opts: InferOptions {
+    let worker = Arc::new(Inferrer::new(
+        model,
+        incomplete,
+        InferOptions {
             overlap: config.overlap,
             mc_passes: config.mc_passes,
             postprocess: config.postprocess,
             ..InferOptions::default()
         },
-        deadline: (config.inference_deadline_s > 0.0).then(|| Duration::from_secs_f64(config.inference_deadline_s)),
-    };
-    worker::run(rt, Arc::new(worker), shutdown).await
+        (config.inference_deadline_s > 0.0).then(|| Duration::from_secs_f64(config.inference_deadline_s)),
+    ));
+    let poll = Duration::from_secs_f64(config.model_poll_s.max(0.5));
+    follow_registry(rt.clone(), worker.clone(), device, poll, shutdown.clone());
+    worker::run(rt, worker, shutdown).await
 }
 
 /// Why an analysis failed: the input (permanent) or the machine (memory; worth retrying).

@@ -51,8 +51,9 @@ impl StageWorker for Preprocessor {
             durable: contracts::consumers::PREPROCESS,
             input: Event::ScanIngested,
             output: Event::ScanPreprocessed,
-            working: CaseStatus::Preprocessing,
+            working: Some(CaseStatus::Preprocessing),
             after: Some(CaseStatus::Analyzing),
+            side_branch: false,
         }
     }
 

@@ -68,7 +68,7 @@ pub async fn stage_started(
     case_id: Uuid,
     stage: Stage,
     attempt_id: Uuid,
-    case_status: CaseStatus,
+    case_status: Option<CaseStatus>,
 ) -> sqlx::Result<Option<i32>> {
     let mut tx = pool.begin().await?;
     let attempts: Option<(i32,)> = sqlx::query_as(
@@ -85,7 +85,7 @@ pub async fn stage_started(
     .bind(attempt_id)
     .fetch_optional(&mut *tx)
     .await?;
-    if attempts.is_some() {
+    if let (Some(_), Some(case_status)) = (attempts, case_status) {
         sqlx::query(
             "UPDATE cases SET status = $2, updated_at = now() WHERE id = $1 AND status NOT IN ('done', 'failed')",
         )
@@ -155,6 +155,20 @@ pub async fn set_case_status(tx: &mut PgConnection, case_id: Uuid, status: CaseS
         .bind(status.as_str())
         .execute(tx)
         .await?;
+    Ok(())
+}
+
+/// Marks one stage failed with a reason, leaving its case as it is (side-branch stages).
+pub async fn fail_stage(pool: &PgPool, case_id: Uuid, stage: Stage, reason: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO stage_runs (case_id, stage, status, attempts, finished_at, error) VALUES ($1, $2, 'failed', 1, now(), $3)
+         ON CONFLICT (case_id, stage) DO UPDATE SET status = 'failed', finished_at = now(), error = $3",
+    )
+    .bind(case_id)
+    .bind(stage.as_str())
+    .bind(reason)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

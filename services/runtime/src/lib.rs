@@ -9,6 +9,7 @@ pub mod http;
 pub mod metrics;
 pub mod objects;
 pub mod outbox;
+pub mod registry;
 pub mod shutdown;
 pub mod supervise;
 pub mod sweeper;

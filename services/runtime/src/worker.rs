@@ -72,10 +72,13 @@ pub struct StageSpec {
     pub durable: &'static str,
     pub input: Event,
     pub output: Event,
-    /// Case status while this stage works on it.
-    pub working: CaseStatus,
+    /// Case status while this stage works on it (None: unchanged).
+    pub working: Option<CaseStatus>,
     /// Case status once this stage has committed (None: unchanged).
     pub after: Option<CaseStatus>,
+    /// A stage off the case's critical path (curate): it also works on finished cases, and
+    /// its failure is recorded on the stage only, never on the case a clinician reads.
+    pub side_branch: bool,
 }
 
 /// A consuming service's part: turn one input into one output.
@@ -277,7 +280,12 @@ async fn handle_case<W: StageWorker>(
         }
     }
     // 2. Idempotency: a finished stage or case needs nothing more (its events are in the outbox).
-    if CaseStatus::parse(&status).is_some_and(CaseStatus::is_final) {
+    let status = CaseStatus::parse(&status);
+    if spec.side_branch {
+        if status != Some(CaseStatus::Done) {
+            return Ok((Disposition::Ack, Outcome::Duplicate));
+        }
+    } else if status.is_some_and(CaseStatus::is_final) {
         return Ok((Disposition::Ack, Outcome::Duplicate));
     }
     match db::stage_state(&rt.db, case_id, spec.stage).await? {
@@ -293,9 +301,8 @@ async fn handle_case<W: StageWorker>(
     if number > cap {
         let last = db::last_error(&rt.db, case_id, spec.stage).await?.unwrap_or_else(|| "no error recorded".into());
         let reason = format!("gave up after {} attempts (each interrupted or failed); last error: {last}", number - 1);
-        db::fail_case(&rt.db, &tenant, case_id, spec.stage, &reason).await?;
-        rt.relay.kick();
-        tracing::warn!(attempts = number - 1, "case failed: attempts exhausted");
+        give_up(rt, spec, &tenant, case_id, &reason).await?;
+        tracing::warn!(attempts = number - 1, "attempts exhausted");
         return Ok((Disposition::Ack, Outcome::GaveUp));
     }
     let attempt = Attempt {
@@ -327,9 +334,8 @@ async fn handle_case<W: StageWorker>(
         Ok(output) => commit(rt, worker, spec, &attempt, input, &output).await,
         Err(StageError::Permanent(reason)) => {
             objects::discard(&rt.bus, &rt.db, &rt.metrics, attempt_id).await;
-            db::fail_case(&rt.db, &tenant, case_id, spec.stage, &reason).await?;
-            rt.relay.kick();
-            tracing::warn!(reason = %reason, "case failed");
+            give_up(rt, spec, &tenant, case_id, &reason).await?;
+            tracing::warn!(reason = %reason, "stage failed");
             Ok((Disposition::Ack, Outcome::Failed))
         }
         Err(StageError::Transient(e)) => {
@@ -337,9 +343,8 @@ async fn handle_case<W: StageWorker>(
             let text = format!("{e:#}");
             if number >= cap {
                 let reason = format!("gave up after {number} attempts; last error: {text}");
-                db::fail_case(&rt.db, &tenant, case_id, spec.stage, &reason).await?;
-                rt.relay.kick();
-                tracing::warn!(attempts = number, error = %text, "case failed: attempts exhausted");
+                give_up(rt, spec, &tenant, case_id, &reason).await?;
+                tracing::warn!(attempts = number, error = %text, "attempts exhausted");
                 return Ok((Disposition::Ack, Outcome::GaveUp));
             }
             db::stage_error(&rt.db, case_id, spec.stage, &text).await?;
@@ -347,6 +352,17 @@ async fn handle_case<W: StageWorker>(
             tracing::warn!(attempt = number, retry_in_s = delay.as_secs_f64(), error = %text, "attempt failed; will retry");
             Ok((Disposition::Retry(delay), Outcome::Retry))
         }
+    }
+}
+
+/// Ends a stage as failed: the case too (with `case.failed`), unless the stage is a side branch.
+async fn give_up(rt: &StageRuntime, spec: &StageSpec, tenant: &TenantId, case_id: Uuid, reason: &str) -> sqlx::Result<()> {
+    if spec.side_branch {
+        db::fail_stage(&rt.db, case_id, spec.stage, reason).await
+    } else {
+        db::fail_case(&rt.db, tenant, case_id, spec.stage, reason).await?;
+        rt.relay.kick();
+        Ok(())
     }
 }
 

@@ -1,8 +1,8 @@
-//! The model registry as infer sees it: per role, the `current` row of `model_registry` names the
-//! weights, kept in the models object-store bucket. The bundled model of a role becomes current
-//! when nothing is, or when the current model is an older bundled release; a hospital-trained
-//! model is never replaced. Roles: `complete` (all four sequences; every case when alone) and
-//! `incomplete` (cases missing a sequence; the adaptation-module model).
+//! Model weights as the services see them: the registry row of a version names its weights in
+//! the models object-store bucket; load the current model of a role or any version, publish new
+//! weights. The bundled model of a role becomes current when nothing is, or when the current
+//! model is an older bundled release; a hospital-trained model is never replaced by a bundle.
+//! Roles: `complete` (all four sequences; every case when alone) and `incomplete`.
 
 use std::path::Path;
 
@@ -63,19 +63,68 @@ pub async fn load_current(
         (None, Some(weights)) => register_default(bus, db, weights, device, role).await?,
         (None, None) => return Ok(None),
     };
+    load_uri(bus, &version, &uri, device).await.map(Some)
+}
+
+/// Loads any registered version (e.g. the one that produced an analysis).
+pub async fn load_version(
+    bus: &Bus,
+    db: &PgPool,
+    version: &str,
+    device: gmmas_models::Device,
+) -> anyhow::Result<Analyzer> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT weights_uri FROM model_registry WHERE version = $1")
+        .bind(version)
+        .fetch_optional(db)
+        .await?;
+    let (uri,) = row.ok_or_else(|| anyhow!("model {version} is not in the registry"))?;
+    load_uri(bus, version, &uri, device).await
+}
+
+/// Writes a registered version's weights and card into `dir` and returns the weights path.
+pub async fn download_version(bus: &Bus, db: &PgPool, version: &str, dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT weights_uri FROM model_registry WHERE version = $1")
+        .bind(version)
+        .fetch_optional(db)
+        .await?;
+    let (uri,) = row.ok_or_else(|| anyhow!("model {version} is not in the registry"))?;
+    download(bus, version, &uri, dir).await
+}
+
+async fn download(bus: &Bus, version: &str, uri: &str, dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     let prefix = uri
         .strip_prefix("object:")
         .ok_or_else(|| anyhow!("model {version}: unsupported weights_uri {uri:?} (expected object:<key prefix>)"))?;
-    let dir = tempfile::tempdir().context("temporary folder for model weights")?;
+    std::fs::create_dir_all(dir)?;
     for name in [WEIGHTS, CARD] {
         let bytes = bus.get_key_in(contracts::MODELS_BUCKET, &format!("{prefix}/{name}")).await?;
-        std::fs::write(dir.path().join(name), bytes)?;
+        std::fs::write(dir.join(name), bytes)?;
     }
-    let path = dir.path().join(WEIGHTS);
+    Ok(dir.join(WEIGHTS))
+}
+
+async fn load_uri(bus: &Bus, version: &str, uri: &str, device: gmmas_models::Device) -> anyhow::Result<Analyzer> {
+    let dir = tempfile::tempdir().context("temporary folder for model weights")?;
+    let path = download(bus, version, uri, dir.path()).await?;
     let analyzer = tokio::task::spawn_blocking(move || Analyzer::load(&path, device))
         .await?
         .with_context(|| format!("loading registered model {version}"))?;
-    Ok(Some(analyzer))
+    if analyzer.version() != version {
+        anyhow::bail!("the weights stored for {version} load as {}: refusing a mislabelled model", analyzer.version());
+    }
+    Ok(analyzer)
+}
+
+/// Uploads a model's weights and card (`<weights>.json`) to the models bucket under its
+/// version; returns (weights_uri, sha256 of the weights).
+pub async fn publish_weights(bus: &Bus, weights: &Path, version: &str) -> anyhow::Result<(String, String)> {
+    let prefix = format!("models/{version}");
+    let card_path = weights.with_extension("json");
+    let weights_bytes = std::fs::read(weights).with_context(|| format!("reading {}", weights.display()))?;
+    let card_bytes = std::fs::read(&card_path).with_context(|| format!("reading {}", card_path.display()))?;
+    let stored = bus.put_object_in(contracts::MODELS_BUCKET, &format!("{prefix}/{WEIGHTS}"), &weights_bytes).await?;
+    bus.put_object_in(contracts::MODELS_BUCKET, &format!("{prefix}/{CARD}"), &card_bytes).await?;
+    Ok((format!("object:{prefix}"), stored.sha256))
 }
 
 /// The version of the bundled weights, or None (with a warning) when they cannot be read.
@@ -104,12 +153,8 @@ async fn register_default(
         .await?
         .with_context(|| format!("loading the bundled model {}", weights.display()))?;
     let version = analyzer.version().to_string();
-    let prefix = format!("models/{version}");
-    let card_path = weights.with_extension("json");
-    let weights_bytes = std::fs::read(weights).with_context(|| format!("reading {}", weights.display()))?;
-    let card_bytes = std::fs::read(&card_path).with_context(|| format!("reading {}", card_path.display()))?;
-    let stored = bus.put_object_in(contracts::MODELS_BUCKET, &format!("{prefix}/{WEIGHTS}"), &weights_bytes).await?;
-    bus.put_object_in(contracts::MODELS_BUCKET, &format!("{prefix}/{CARD}"), &card_bytes).await?;
+    let (uri, sha256) = publish_weights(bus, weights, &version).await?;
+    let card_bytes = std::fs::read(weights.with_extension("json")).unwrap_or_default();
     let config: serde_json::Value = serde_json::from_slice(&card_bytes).unwrap_or(serde_json::Value::Null);
     let name = config.get("name").and_then(|v| v.as_str()).unwrap_or("gmmas").to_string();
     let mut tx = db.begin().await?;
@@ -135,8 +180,8 @@ async fn register_default(
         )
         .bind(&version)
         .bind(&name)
-        .bind(format!("object:{prefix}"))
-        .bind(&stored.sha256)
+        .bind(&uri)
+        .bind(&sha256)
         .bind(config)
         .bind(role.as_str())
         .execute(&mut *tx)

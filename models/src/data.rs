@@ -568,7 +568,7 @@ fn load_case(
                     2 => 2,
                     3 | 4 => 3,
                     // Pseudo-labels carry the voxels they did not accept as 255: no supervision.
-                    SEG_IGNORE => SEG_IGNORE,
+                    &SEG_IGNORE => SEG_IGNORE,
                     other => {
                         return Err(vec![problem(
                             name,

@@ -54,8 +54,13 @@ pub fn tiny_incomplete_model(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
 }
 
 impl System {
-    /// Starts NATS, a fresh database and all four services; `extra` env applies to every service.
+    /// Starts NATS, a fresh database and the four case services; `extra` env applies to every service.
     pub async fn start(extra: &[(&str, &str)]) -> anyhow::Result<System> {
+        Self::start_with(extra, &supervise::SERVICES).await
+    }
+
+    /// Starts NATS, a fresh database and the named services (in order; `api` sets [`System::api`]).
+    pub async fn start_with(extra: &[(&str, &str)], services: &[&str]) -> anyhow::Result<System> {
         let dir = tempfile::tempdir()?;
         let port = supervise::free_port()?;
         let nats = Command::new("nats-server")
@@ -107,7 +112,7 @@ impl System {
             _nats: nats,
             _dir: dir,
         };
-        for name in supervise::SERVICES {
+        for name in services {
             sys.start_service(name).await?;
         }
         sys.api = format!("http://{}", sys.service("api").http_addr);

@@ -1,6 +1,8 @@
 //! The clinicians' API: upload a case, read a case with each stage's status, timing and result,
 //! list a tenant's cases, download the segmentation. JSON over HTTP (axum) on PostgreSQL.
 
+pub mod learning;
+
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -161,7 +163,7 @@ async fn get_case(State(s): State<AppState>, Path((t, id)): Path<(String, Uuid)>
             .await?;
     let stages: Vec<StageRow> = sqlx::query_as(
         "SELECT stage, status, attempts, started_at, finished_at, error FROM stage_runs WHERE case_id = $1
-         ORDER BY array_position(ARRAY['ingest','preprocess','infer'], stage)",
+         ORDER BY array_position(ARRAY['ingest','preprocess','infer','curate'], stage)",
     )
     .bind(id)
     .fetch_all(&s.db)
@@ -287,6 +289,7 @@ async fn download(
 
 /// The API's routes (without health/metrics), under `/api`.
 pub fn routes(db: PgPool, bus: Bus, ingestor: Arc<Ingestor>) -> Router {
+    let learning = learning::routes(ingestor.rt.clone(), ingestor.limits.max_file_bytes as usize);
     let state = AppState { db, bus };
     let reads = Router::new()
         .route("/v1/tenants/{tenant}/cases", get(list_cases))
@@ -294,7 +297,7 @@ pub fn routes(db: PgPool, bus: Bus, ingestor: Arc<Ingestor>) -> Router {
         .route("/v1/tenants/{tenant}/cases/{case_id}/segmentation", get(segmentation))
         .route("/v1/tenants/{tenant}/cases/{case_id}/uncertainty", get(uncertainty))
         .with_state(state);
-    Router::new().nest("/api", gmmas_ingest::routes(ingestor).merge(reads))
+    Router::new().nest("/api", gmmas_ingest::routes(ingestor).merge(reads).merge(learning))
 }
 
 /// Runs the API service until SIGTERM.

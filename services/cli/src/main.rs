@@ -1,5 +1,5 @@
 //! The `gmmas` command line: one-process analysis of a case folder, phantom generation,
-//! the local system (`gmmas up`), and the benchmark.
+//! the local system (`gmmas up`), training and evaluation, the model registry, and the benchmark.
 
 mod analyze;
 mod bench;
@@ -7,6 +7,7 @@ mod calibrate;
 mod cases;
 mod eval;
 mod missing;
+mod models;
 mod train;
 mod up;
 
@@ -68,6 +69,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The model registry: list, roll back.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
     /// Write a model with freshly initialized weights (for development and training starts).
     InitModel {
         /// Profile name (tiny, small, paper).
@@ -100,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up(args) => tokio::runtime::Runtime::new()?.block_on(up::run(args)),
+        Command::Models(cmd) => tokio::runtime::Runtime::new()?.block_on(models::run(cmd)),
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),

@@ -95,6 +95,12 @@ pub trait StageWorker: Send + Sync + 'static {
         input: &Self::Input,
     ) -> impl Future<Output = Result<Self::Output, StageError>> + Send;
 
+    /// The message published (and recorded as the stage's output) for an output (default: the
+    /// output itself).
+    fn encode(&self, output: &Self::Output) -> Result<Vec<u8>, contracts::ContractError> {
+        contracts::encode(output)
+    }
+
     /// Writes the stage's own rows inside the commit transaction (default: none).
     fn commit(
         &self,
@@ -374,7 +380,7 @@ async fn commit<W: StageWorker>(
     input: &W::Input,
     output: &W::Output,
 ) -> anyhow::Result<(Disposition, Outcome)> {
-    let encoded = contracts::encode(output)?;
+    let encoded = worker.encode(output)?;
     let mut tx = rt.db.begin().await?;
     if !db::stage_done(&mut tx, attempt.case_id, spec.stage, &encoded).await? {
         // Another attempt finished first; its output stands, ours is discarded.

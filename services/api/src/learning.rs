@@ -1,0 +1,216 @@
+//! The learning loop over HTTP: a clinician's labels for a case (class labels, a corrected
+//! segmentation on the case's grid), the model registry, and rollback of a role.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use chrono::Utc;
+use gmmas_contracts::{self as contracts, DatasetUpdated, Event, LabelSource, TenantId};
+use gmmas_imaging::Limits;
+use gmmas_runtime::http::ApiError;
+use gmmas_runtime::registry::{self, ModelRow, RegistryError};
+use gmmas_runtime::worker::StageRuntime;
+use gmmas_runtime::{db, objects, outbox};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Class labels a clinician attaches to a case (absent = unknown, not negative).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassLabels {
+    pub grade_gbm: Option<bool>,
+    pub idh_mutant: Option<bool>,
+    pub codel_1p19q: Option<bool>,
+    pub mgmt_methylated: Option<bool>,
+    /// Who labelled (kept in the audit log; not a patient identifier).
+    pub author: String,
+}
+
+/// Answer to a label upload.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LabelsStored {
+    pub case_id: Uuid,
+    pub segmentation_sha256: Option<String>,
+    pub classes: ClassLabels,
+}
+
+/// Answer to a rollback.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RolledBack {
+    pub role: String,
+    pub rolled_back: String,
+    pub current: String,
+}
+
+fn tenant(s: &str) -> Result<TenantId, ApiError> {
+    TenantId::new(s).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// The case must exist for this tenant and be analyzed (labels are for finished cases).
+async fn analyzed_case(rt: &StageRuntime, t: &TenantId, id: Uuid) -> Result<(), ApiError> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT status FROM cases WHERE id = $1 AND tenant_id = $2")
+        .bind(id)
+        .bind(t.as_str())
+        .fetch_optional(&rt.db)
+        .await?;
+    match row {
+        None => Err(ApiError::NotFound(format!("no case {id} for tenant {t}"))),
+        Some((s,)) if s != "done" => Err(ApiError::Conflict(format!("case {id} is {s}: labels are taken for analyzed cases"))),
+        Some(_) => Ok(()),
+    }
+}
+
+async fn put_classes(
+    State(rt): State<StageRuntime>,
+    Path((t, id)): Path<(String, Uuid)>,
+    Json(labels): Json<ClassLabels>,
+) -> Result<Json<LabelsStored>, ApiError> {
+    let t = tenant(&t)?;
+    if labels.author.trim().is_empty() || labels.author.len() > 128 {
+        return Err(ApiError::BadRequest("field author: expected 1-128 characters".into()));
+    }
+    analyzed_case(&rt, &t, id).await?;
+    let mut tx = rt.db.begin().await?;
+    sqlx::query(
+        "INSERT INTO clinician_labels (case_id, grade_gbm, idh_mutant, codel_1p19q, mgmt_methylated, author)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (case_id) DO UPDATE SET grade_gbm = $2, idh_mutant = $3, codel_1p19q = $4,
+             mgmt_methylated = $5, author = $6, updated_at = now()",
+    )
+    .bind(id)
+    .bind(labels.grade_gbm)
+    .bind(labels.idh_mutant)
+    .bind(labels.codel_1p19q)
+    .bind(labels.mgmt_methylated)
+    .bind(labels.author.trim())
+    .execute(&mut *tx)
+    .await?;
+    let accepted: Vec<String> = [
+        ("grade_gbm", labels.grade_gbm),
+        ("idh_mutant", labels.idh_mutant),
+        ("codel_1p19q", labels.codel_1p19q),
+        ("mgmt_methylated", labels.mgmt_methylated),
+    ]
+    .into_iter()
+    .filter(|(_, v)| v.is_some())
+    .map(|(k, _)| k.to_string())
+    .collect();
+    announce(&mut tx, &t, id, accepted, &labels.author).await?;
+    tx.commit().await?;
+    rt.relay.kick();
+    let seg: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT seg_sha256 FROM clinician_labels WHERE case_id = $1").bind(id).fetch_optional(&rt.db).await?;
+    Ok(Json(LabelsStored { case_id: id, segmentation_sha256: seg.and_then(|s| s.0), classes: labels }))
+}
+
+async fn put_segmentation(
+    State(rt): State<StageRuntime>,
+    Path((t, id)): Path<(String, Uuid)>,
+    body: Bytes,
+) -> Result<Json<LabelsStored>, ApiError> {
+    let t = tenant(&t)?;
+    analyzed_case(&rt, &t, id).await?;
+    // The segmentation must be on the grid of the case's own inputs, with BraTS labels.
+    let limits = Limits::default();
+    let seg = gmmas_imaging::read_labels(&body, &limits)
+        .map_err(|e| ApiError::BadRequest(format!("segmentation: {e}")))?;
+    if let Some(bad) = seg.data.iter().find(|v| !matches!(v, 0 | 1 | 2 | 3 | 4)) {
+        return Err(ApiError::BadRequest(format!("segmentation: label value {bad}: expected 0, 1, 2, 4 (or 3)")));
+    }
+    let input: (String, String) =
+        sqlx::query_as("SELECT object_key, sha256 FROM volumes WHERE case_id = $1 ORDER BY modality LIMIT 1")
+            .bind(id)
+            .fetch_one(&rt.db)
+            .await?;
+    let obj = contracts::ObjectRef { bucket: contracts::VOLUMES_BUCKET.into(), key: input.0, sha256: input.1, size: 0 };
+    let bytes = rt.bus.get_object(&obj).await.map_err(|e| ApiError::Internal(e.into()))?;
+    let grid = gmmas_imaging::read_volume(&bytes, &limits).map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?.grid;
+    gmmas_imaging::same_grid(&grid, &seg.grid)
+        .map_err(|e| ApiError::BadRequest(format!("segmentation is not on the case's grid: {e}")))?;
+    let owner = Uuid::new_v4();
+    let key = format!("{t}/{id}/labels/{owner}/segmentation.nii.gz");
+    let stored = objects::put_owned(&rt.bus, &rt.db, contracts::VOLUMES_BUCKET, &key, Some(id), owner, &body)
+        .await
+        .map_err(ApiError::Internal)?;
+    let mut tx = rt.db.begin().await?;
+    sqlx::query(
+        "INSERT INTO clinician_labels (case_id, seg_object_key, seg_sha256, author) VALUES ($1, $2, $3, 'segmentation upload')
+         ON CONFLICT (case_id) DO UPDATE SET seg_object_key = $2, seg_sha256 = $3, updated_at = now()",
+    )
+    .bind(id)
+    .bind(&stored.key)
+    .bind(&stored.sha256)
+    .execute(&mut *tx)
+    .await?;
+    objects::mark_live(&mut tx, owner).await?;
+    announce(&mut tx, &t, id, vec!["segmentation".into()], "segmentation upload").await?;
+    tx.commit().await?;
+    rt.relay.kick();
+    Ok(Json(LabelsStored { case_id: id, segmentation_sha256: Some(stored.sha256), classes: ClassLabels::default() }))
+}
+
+/// Queues `dataset.updated` (clinician) and the audit row, in the caller's transaction.
+async fn announce(
+    tx: &mut sqlx::PgConnection,
+    t: &TenantId,
+    id: Uuid,
+    accepted: Vec<String>,
+    author: &str,
+) -> Result<(), ApiError> {
+    let (curated,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM (SELECT case_id FROM pseudo_labels WHERE accepted AND NOT stale
+                               UNION SELECT case_id FROM clinician_labels) x",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let event = DatasetUpdated {
+        schema_version: contracts::SCHEMA_VERSION,
+        tenant: t.clone(),
+        case_id: id,
+        source: LabelSource::Clinician,
+        model_version: String::new(),
+        accepted: accepted.clone(),
+        rejected: Vec::new(),
+        accepted_voxel_fraction: 0.0,
+        curated_cases: curated.max(0) as u64,
+        updated_at: Utc::now(),
+    };
+    let payload = contracts::encode(&event).map_err(|e| ApiError::Internal(e.into()))?;
+    let msg_id = format!("{}:{}", Event::DatasetUpdated.msg_id(id), Uuid::new_v4());
+    outbox::enqueue(tx, &Event::DatasetUpdated.subject(t), &msg_id, &payload).await?;
+    db::audit(tx, author, "labels.updated", Some(t.as_str()), Some(id), serde_json::json!({ "labels": accepted })).await?;
+    Ok(())
+}
+
+async fn list_models(State(rt): State<StageRuntime>) -> Result<Json<Vec<ModelRow>>, ApiError> {
+    Ok(Json(registry::list(&rt.db).await?))
+}
+
+async fn rollback(State(rt): State<StageRuntime>, Path(role): Path<String>) -> Result<Json<RolledBack>, ApiError> {
+    if !matches!(role.as_str(), "complete" | "incomplete") {
+        return Err(ApiError::BadRequest(format!("role {role:?}: expected complete or incomplete")));
+    }
+    match registry::rollback(&rt.db, &role, "api").await {
+        Ok((from, to)) => {
+            rt.relay.kick();
+            Ok(Json(RolledBack { role, rolled_back: from, current: to }))
+        }
+        Err(e @ (RegistryError::NoCurrent(_) | RegistryError::NothingToRollBackTo(_))) => Err(ApiError::Conflict(e.to_string())),
+        Err(e) => Err(ApiError::Internal(e.into())),
+    }
+}
+
+/// `PUT .../cases/{id}/labels`, `PUT .../cases/{id}/labels/segmentation`, `GET /v1/models`,
+/// `POST /v1/models/{role}/rollback`.
+pub fn routes(rt: StageRuntime, max_upload_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/tenants/{tenant}/cases/{case_id}/labels", put(put_classes))
+        .route(
+            "/v1/tenants/{tenant}/cases/{case_id}/labels/segmentation",
+            put(put_segmentation).layer(axum::extract::DefaultBodyLimit::max(max_upload_bytes)),
+        )
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{role}/rollback", post(rollback))
+        .with_state(rt)
+}

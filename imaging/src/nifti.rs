@@ -237,7 +237,11 @@ fn parse_header(h: &[u8], limits: &Limits) -> Result<NiftiHeader, ImagingError> 
 
     let off = r.f32(108);
     let min_off = if single_file { 352.0 } else { 0.0 };
-    if !(off.is_finite() && off >= min_off && off.fract() == 0.0 && (off as f64) <= limits.max_file_bytes as f64) {
+    // Below 2^64 a whole f32 converts to u64 exactly; the limit is then compared as an integer
+    // (u64::MAX as f64 rounds up to 2^64, so a float comparison would let 2^64 through).
+    let whole =
+        off.is_finite() && off >= min_off && off.fract() == 0.0 && f64::from(off) < 18_446_744_073_709_551_616.0;
+    if !(whole && off as u64 <= limits.max_file_bytes) {
         return Err(ImagingError::header(
             "vox_offset",
             off,
@@ -484,20 +488,27 @@ fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(NiftiHeader, Body<'a>),
             limit: limits.max_voxels,
         });
     }
-    let total = hdr.vox_offset + hdr.body_bytes();
-    if total > limits.max_file_bytes {
-        return Err(ImagingError::TooLarge {
-            what: "decompressed file size in bytes".into(),
-            value: total,
-            limit: limits.max_file_bytes,
-        });
-    }
+    check_total(hdr.vox_offset, hdr.body_bytes(), limits)?;
     let body = body_at(bytes, dec, hdr.vox_offset, hdr.body_bytes())?;
     Ok((hdr, body))
 }
 
+/// Refuses a file whose `vox_offset + body_len` exceeds `limits.max_file_bytes`, computed without
+/// overflow (with no effective byte limit the sum can pass u64::MAX). [`body_at`] relies on it.
+fn check_total(vox_offset: u64, body_len: u64, limits: &Limits) -> Result<(), ImagingError> {
+    match vox_offset.checked_add(body_len) {
+        Some(total) if total <= limits.max_file_bytes => Ok(()),
+        total => Err(ImagingError::TooLarge {
+            what: "decompressed file size in bytes".into(),
+            value: total.unwrap_or(u64::MAX),
+            limit: limits.max_file_bytes,
+        }),
+    }
+}
+
 /// Positions a reader at the `body_len` image bytes that start at `vox_offset`: skips the
 /// extension bytes of a gzip stream, or slices (and length-checks) an uncompressed file.
+/// Callers have passed [`check_total`], so `vox_offset + body_len` does not overflow.
 fn body_at<'a>(
     bytes: &'a [u8],
     dec: Option<Box<MultiGzDecoder<&'a [u8]>>>,
@@ -715,14 +726,7 @@ pub(crate) fn read_components(
         });
     }
     let body_len = hdr.body_bytes() * n as u64;
-    let total = hdr.vox_offset + body_len;
-    if total > limits.max_file_bytes {
-        return Err(ImagingError::TooLarge {
-            what: "decompressed file size in bytes".into(),
-            value: total,
-            limit: limits.max_file_bytes,
-        });
-    }
+    check_total(hdr.vox_offset, body_len, limits)?;
     let body = body_at(bytes, dec, hdr.vox_offset, body_len)?;
     let (nvox, scaling) = (nvox as usize, hdr.scaling());
     let (mut vals, mut done, mut count) = (Vec::new(), 0usize, 0usize);
@@ -1244,6 +1248,28 @@ mod tests {
             read_volume(&H::default().file(&f32_body(&[0.0; 24], true)), &few),
             Err(ImagingError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn huge_vox_offset_with_unlimited_file_size_is_an_error_not_a_panic() {
+        // Found by the fuzzer (imaging/fuzz) with `max_file_bytes = u64::MAX`: vox_offset 1e30
+        // passed the limit check, saturated to u64::MAX in the cast, and vox_offset + body size
+        // wrapped around, so the body slice was taken with start > end (a panic).
+        let wide = Limits { max_file_bytes: u64::MAX, ..Limits::default() };
+        for off in [1.0e30f32, 3.0e38, 1.8446744e19] {
+            let mut f = H { vox_offset: off, ..H::default() }.header();
+            f.resize(352, 0);
+            f.extend_from_slice(&f32_body(&[0.0; 24], true));
+            for bytes in [f.clone(), gz(&f)] {
+                let r = std::panic::catch_unwind(|| read_volume(&bytes, &wide).map(|_| ()));
+                match r {
+                    Ok(Err(ImagingError::Header { field, .. })) => assert_eq!(field, "vox_offset"),
+                    other => panic!("vox_offset {off}: expected a vox_offset header error, got {other:?}"),
+                }
+                assert!(read_labels(&bytes, &wide).is_err());
+                assert!(read_components(&bytes, &wide, |_, _, _| {}).is_err());
+            }
+        }
     }
 
     #[test]

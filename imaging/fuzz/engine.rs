@@ -115,7 +115,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
 }
 
 /// Starts a peak measurement on this thread; returns the baseline.
-fn peak_reset() -> i64 {
+pub fn peak_reset() -> i64 {
     let live = LIVE.with(Cell::get);
     PEAK.with(|p| p.set(live));
     live
@@ -123,18 +123,28 @@ fn peak_reset() -> i64 {
 
 /// Bytes allocated on this thread above `base` at the highest point since [`peak_reset`]
 /// (0 when no [`CountingAlloc`] is installed).
-fn peak_since(base: i64) -> u64 {
+pub fn peak_since(base: i64) -> u64 {
     (PEAK.with(Cell::get) - base).max(0) as u64
 }
 
+/// Deflate's largest expansion: a 258-byte match coded in about two bits, so n input bytes inflate
+/// to at most about 1032 n.
+const MAX_INFLATE_RATIO: u64 = 1032;
+
 /// Upper bound on what one reader call may allocate for an input of `input_len` bytes: an f32 plus
-/// a byte per voxel (labels), the decompression buffer (at most the body, 8 bytes per voxel), gzip
-/// header fields (file name, comment, extra: twice the input at most) and a fixed allowance for the
-/// inflater state and error messages. Only `max_voxels` matters, so the bound also holds under the
-/// wide profile (no file-size limit).
+/// a byte per voxel (labels) for no more voxels than the limit allows and than the input can hold
+/// once inflated, the decompression buffer (at most the body and 1 MiB), gzip header fields (file
+/// name, comment, extra: twice the input at most) and a fixed allowance for the inflater state
+/// and error messages. So a small upload may not make the reader reserve memory for the image its
+/// header merely claims, whatever the limits.
 pub fn alloc_bound(limits: &Limits, input_len: usize) -> u64 {
-    13 * limits.max_voxels + 2 * input_len as u64 + 256 * 1024
+    let len = input_len as u64;
+    5 * limits.max_voxels.min(MAX_INFLATE_RATIO * len) + (8 * limits.max_voxels).min(1 << 20) + 2 * len + 256 * 1024
 }
+
+/// Any single allocation above this is refused (after the input is saved): far above
+/// [`alloc_bound`] for any input the fuzzer makes, under any of its limit profiles.
+const ALLOC_HARD_CAP: usize = 4 << 30;
 
 // ---------------------------------------------------------------------------------------------
 // Random numbers (splitmix64: tiny, fast, and reproducible across platforms)
@@ -703,8 +713,8 @@ pub struct Config {
     pub time_limit: Duration,
     /// Reader limits; small, so that header-declared sizes hit them instead of the allocator.
     pub limits: Limits,
-    /// Every this-many executions on average use [`wide_limits`] instead (0: never).
-    pub wide_every: u64,
+    /// One execution in eight uses [`wide_limits`] and one in eight [`Limits::default`] instead.
+    pub mixed_limits: bool,
     /// Mutated inputs are cut to this many bytes.
     pub max_input: usize,
     /// At most this many corpus entries (seeds included) per worker.
@@ -735,7 +745,7 @@ impl Default for Config {
             crash_dir: PathBuf::from("crashes"),
             time_limit: Duration::from_secs(2),
             limits: fuzz_limits(),
-            wide_every: 8,
+            mixed_limits: true,
             max_input: 96 * 1024,
             max_corpus: 2048,
             progress_secs: 0,
@@ -774,10 +784,11 @@ pub struct Report {
     pub outcomes: BTreeMap<String, u64>,
     pub slowest: Duration,
     pub max_alloc: u64,
-    /// [`alloc_bound`] for the largest input the fuzzer makes.
-    pub alloc_bound: u64,
-    /// Executions under [`wide_limits`].
+    /// The call that came closest to its [`alloc_bound`]: (peak / bound, peak, input bytes, bound).
+    pub tightest: (f64, u64, usize, u64),
+    /// Executions under [`wide_limits`] and under [`Limits::default`].
     pub wide: u64,
+    pub default_limits: u64,
     pub wall: Duration,
 }
 
@@ -792,22 +803,25 @@ impl fmt::Display for Report {
         writeln!(f, "seed {} threads {} seeds {} kept-by-feedback {}", self.seed, self.threads, self.seeds, self.kept)?;
         writeln!(
             f,
-            "targets: read_volume {} read_labels {} read_header_with {}; gzip inputs {}; wide limits {}; Ok {}; \
-             distinct outcomes {}",
+            "targets: read_volume {} read_labels {} read_header_with {}; gzip inputs {}; wide limits {}; default limits {}; \
+             Ok {}; distinct outcomes {}",
             self.per_target[0],
             self.per_target[1],
             self.per_target[2],
             self.gzip_inputs,
             self.wide,
+            self.default_limits,
             self.ok,
             self.outcomes.len()
         )?;
+        let (ratio, peak, len, bound) = self.tightest;
         writeln!(
             f,
-            "slowest call {:.3} ms; largest per-call allocation peak {} bytes (bound for the largest input {})",
+            "slowest call {:.3} ms; largest per-call allocation peak {} bytes; closest to the bound: {peak} bytes \
+             for a {len}-byte input ({:.0}% of {bound})",
             self.slowest.as_secs_f64() * 1e3,
             self.max_alloc,
-            self.alloc_bound
+            ratio * 100.0
         )?;
         for (site, n) in &self.sites {
             writeln!(f, "FINDING {site} ({n} inputs)")?;
@@ -1259,8 +1273,12 @@ impl Worker<'_> {
         self.slot.started_ms.store(self.epoch.elapsed().as_millis() as u64 + 1, Ordering::Release);
         IN_TARGET.with(|c| c.set(true));
         let base = peak_reset();
-        let wide = self.cfg.wide_every > 0 && self.rng.chance(1, self.cfg.wide_every);
-        let limits = if wide { wide_limits(&self.cfg.limits) } else { self.cfg.limits };
+        let profile = if self.cfg.mixed_limits { self.rng.below(8) } else { 7 };
+        let (limits, profile) = match profile {
+            0 => (wide_limits(&self.cfg.limits), "wide limits"),
+            1 => (Limits::default(), "default limits"),
+            _ => (self.cfg.limits, "fuzz limits"),
+        };
         let r = catch_unwind(AssertUnwindSafe(|| run_target(t, input, &limits)));
         let peak = peak_since(base);
         IN_TARGET.with(|c| c.set(false));
@@ -1269,17 +1287,16 @@ impl Worker<'_> {
 
         let rep = &mut self.report;
         rep.execs += 1;
-        rep.wide += u64::from(wide);
+        rep.wide += u64::from(profile == "wide limits");
+        rep.default_limits += u64::from(profile == "default limits");
         rep.per_target[t.index()] += 1;
         rep.gzip_inputs += u64::from(is_gzip(input));
         rep.slowest = rep.slowest.max(dt);
         rep.max_alloc = rep.max_alloc.max(peak);
-        let profile = if wide { "wide limits" } else { "fuzz limits" };
         let key = match &r {
             Ok(res) => {
                 rep.ok += u64::from(res.is_ok());
-                let k = outcome(t, input, res);
-                if wide { k + " (wide)" } else { k }
+                format!("{} ({profile})", outcome(t, input, res))
             }
             Err(_) => {
                 let msg = PANIC_MSG.with(|m| std::mem::take(&mut *m.borrow_mut()));
@@ -1290,9 +1307,13 @@ impl Worker<'_> {
             }
         };
         let bound = alloc_bound(&limits, input.len());
+        let ratio = peak as f64 / bound as f64;
+        if ratio > self.report.tightest.0 {
+            self.report.tightest = (ratio, peak, input.len(), bound);
+        }
         if peak > bound {
             self.report.over_alloc += 1;
-            let what = format!("allocated {peak} bytes at peak (bound {bound}, {profile})");
+            let what = format!("alloc in {} ({profile})\nallocated {peak} bytes at peak (bound {bound})", t.name());
             self.finding("alloc", t, input, what);
         }
         let n = self.seen.entry(key).or_insert(0);
@@ -1304,7 +1325,8 @@ impl Worker<'_> {
     }
 
     fn finding(&mut self, kind: &'static str, target: Target, input: &[u8], what: String) {
-        let site = format!("{kind} {}", what.lines().next().unwrap_or(""));
+        // The first line names the site: "panicked at FILE:LINE:COL:", or "alloc in TARGET (PROFILE)".
+        let site = what.lines().next().unwrap_or("").to_string();
         let n = self.report.sites.entry(site).or_insert(0);
         *n += 1;
         if *n <= 3 {
@@ -1318,8 +1340,7 @@ impl Worker<'_> {
 /// Runs the fuzzer as configured and returns the totals (the watchdog exits the process on a hang).
 pub fn run(cfg: &Config) -> Report {
     install_panic_hook();
-    let cap = 64 * alloc_bound(&cfg.limits, cfg.max_input).max(1 << 20) as usize;
-    HARD_CAP.store(cap, Ordering::Relaxed);
+    HARD_CAP.store(ALLOC_HARD_CAP, Ordering::Relaxed);
     let seeds = if cfg.seeds.is_empty() { builtin_seeds() } else { cfg.seeds.clone() };
     let threads = cfg.threads.max(1);
     let epoch = Instant::now();
@@ -1402,14 +1423,7 @@ pub fn run(cfg: &Config) -> Report {
         reports
     });
     HARD_CAP.store(usize::MAX, Ordering::Relaxed);
-    let mut out = Report {
-        seed: cfg.seed,
-        threads,
-        seeds: seeds.len(),
-        alloc_bound: alloc_bound(&cfg.limits, cfg.max_input),
-        wall: epoch.elapsed(),
-        ..Report::default()
-    };
+    let mut out = Report { seed: cfg.seed, threads, seeds: seeds.len(), wall: epoch.elapsed(), ..Report::default() };
     for r in reports {
         out.execs += r.execs;
         for i in 0..3 {
@@ -1418,6 +1432,7 @@ pub fn run(cfg: &Config) -> Report {
         out.ok += r.ok;
         out.gzip_inputs += r.gzip_inputs;
         out.wide += r.wide;
+        out.default_limits += r.default_limits;
         out.crashes += r.crashes;
         out.over_alloc += r.over_alloc;
         out.findings.extend(r.findings);
@@ -1430,17 +1445,20 @@ pub fn run(cfg: &Config) -> Report {
         }
         out.slowest = out.slowest.max(r.slowest);
         out.max_alloc = out.max_alloc.max(r.max_alloc);
+        if r.tightest.0 > out.tightest.0 {
+            out.tightest = r.tightest;
+        }
     }
     out
 }
 
-/// Runs every target on `input` under `limits` and under [`wide_limits`], each under
+/// Runs every target on `input` under `limits`, [`wide_limits`] and [`Limits::default`], each under
 /// `catch_unwind`; returns one line per run and whether any panicked.
 pub fn replay(input: &[u8], limits: &Limits) -> (Vec<String>, bool) {
     install_panic_hook();
     let mut lines = Vec::new();
     let mut panicked = false;
-    for (profile, l) in [("", *limits), (" (wide)", wide_limits(limits))] {
+    for (profile, l) in [("", *limits), (" (wide)", wide_limits(limits)), (" (default)", Limits::default())] {
         for t in Target::ALL {
             IN_TARGET.with(|c| c.set(true));
             let r = catch_unwind(AssertUnwindSafe(|| run_target(t, input, &l)));

@@ -457,9 +457,27 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, ImagingError> {
     Ok(filled)
 }
 
+/// Deflate's largest expansion: a 258-byte match coded in about two bits, so `n` compressed bytes
+/// inflate to at most about `1032 n`.
+const MAX_INFLATE_RATIO: u64 = 1032;
+
 enum Body<'a> {
     Plain(&'a [u8]),
-    Gz(Box<MultiGzDecoder<&'a [u8]>>),
+    /// The decoder and the most bytes the compressed input could still inflate to.
+    Gz(Box<MultiGzDecoder<&'a [u8]>>, u64),
+}
+
+impl Body<'_> {
+    /// How many of `nvox` voxels of `size` bytes to reserve room for up front: all of them for a
+    /// plain body (its bytes are there), and no more than the compressed input can inflate to for
+    /// gzip, so that a small upload claiming a huge image cannot make the reader reserve memory
+    /// for data it does not have. Outputs still grow to their true size.
+    fn capacity(&self, nvox: u64, size: usize) -> usize {
+        match self {
+            Body::Plain(_) => nvox as usize,
+            Body::Gz(_, max_inflated) => nvox.min(max_inflated / size as u64) as usize,
+        }
+    }
 }
 
 /// Validates the header and all limits, positions a reader at the image data.
@@ -532,7 +550,7 @@ fn body_at<'a>(
                 }
                 skip -= want;
             }
-            Body::Gz(dec)
+            Body::Gz(dec, (bytes.len() as u64).saturating_mul(MAX_INFLATE_RATIO))
         }
         None => {
             let start = vox_offset as usize;
@@ -558,8 +576,10 @@ fn stream_body(hdr: &NiftiHeader, body: Body<'_>, f: impl FnMut(&[u8])) -> Resul
 fn stream_len(total: usize, body: Body<'_>, mut f: impl FnMut(&[u8])) -> Result<(), ImagingError> {
     match body {
         Body::Plain(s) => s.chunks(CHUNK).for_each(f),
-        Body::Gz(mut dec) => {
-            let mut buf = vec![0u8; CHUNK.min(total)];
+        Body::Gz(mut dec, max_inflated) => {
+            // No bigger than the input can inflate to, in whole voxels (a multiple of 8, like CHUNK).
+            let cap = (max_inflated.min(CHUNK as u64) as usize) / 8 * 8;
+            let mut buf = vec![0u8; CHUNK.min(total).min(cap.max(8))];
             let mut done = 0usize;
             while done < total {
                 let want = (total - done).min(buf.len());
@@ -605,8 +625,7 @@ fn convert(dt: Datatype, le: bool, src: &[u8], out: &mut Vec<f32>) {
 
 /// Decodes the whole body to f32 with scaling applied.
 fn decode_f32(hdr: &NiftiHeader, body: Body<'_>) -> Result<Vec<f32>, ImagingError> {
-    let n = hdr.nvox() as usize;
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(body.capacity(hdr.nvox(), hdr.datatype.size()));
     stream_body(hdr, body, |chunk| convert(hdr.datatype, hdr.little_endian, chunk, &mut out))?;
     let scaling = hdr.scaling();
     if let Some((s, i)) = scaling {
@@ -650,7 +669,7 @@ pub fn read_labels(bytes: &[u8], limits: &Limits) -> Result<LabelVolume, Imaging
     let (hdr, body) = open(bytes, limits)?;
     let grid = hdr.grid();
     if hdr.datatype == Datatype::U8 && hdr.scaling().is_none() {
-        let mut data = Vec::with_capacity(hdr.nvox() as usize);
+        let mut data = Vec::with_capacity(body.capacity(hdr.nvox(), 1));
         stream_body(&hdr, body, |chunk| data.extend_from_slice(chunk))?;
         return Ok(LabelVolume { grid, data });
     }

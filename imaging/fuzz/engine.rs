@@ -1,11 +1,7 @@
 //! A coverage-free mutational fuzzer for the NIfTI-1 reader (`read_volume`, `read_labels`, `read_header_with`).
 //! Shared by the `fuzz_nifti` example (long runs) and the `fuzz_smoke` test (a short run in the test suite).
-//!
-//! Each execution takes a corpus entry, stacks a few mutations on it (byte-level ones, typed writes
-//! to NIfTI header fields, truncation, extension, splicing; for gzip entries mostly on the inflated
-//! bytes, re-wrapped afterwards), and feeds it to one reader entry point under `catch_unwind`, with
-//! a wall-clock watchdog and a per-call allocation peak measured by [`CountingAlloc`]. An input whose
-//! outcome (entry point, gzip or not, result class) has not been seen before joins the corpus.
+
+// How it works (seeds, mutations, limit profiles, checks): imaging/fuzz/README.md.
 
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;

@@ -1271,9 +1271,10 @@ mod tests {
 
     #[test]
     fn huge_vox_offset_with_unlimited_file_size_is_an_error_not_a_panic() {
-        // Found by the fuzzer (imaging/fuzz) with `max_file_bytes = u64::MAX`: vox_offset 1e30
-        // passed the limit check, saturated to u64::MAX in the cast, and vox_offset + body size
-        // wrapped around, so the body slice was taken with start > end (a panic).
+        // Found by the fuzzer (imaging/fuzz) with `max_file_bytes = u64::MAX`: vox_offset 2^64
+        // (the f32 1.8446744e19) passed the float limit check because u64::MAX as f64 rounds up to
+        // 2^64, saturated to u64::MAX in the cast, and vox_offset + body size wrapped around, so
+        // the body slice was taken with start > end (a panic). Larger values were already refused.
         let wide = Limits { max_file_bytes: u64::MAX, ..Limits::default() };
         for off in [1.0e30f32, 3.0e38, 1.8446744e19] {
             let mut f = H { vox_offset: off, ..H::default() }.header();

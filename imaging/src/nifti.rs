@@ -237,7 +237,11 @@ fn parse_header(h: &[u8], limits: &Limits) -> Result<NiftiHeader, ImagingError> 
 
     let off = r.f32(108);
     let min_off = if single_file { 352.0 } else { 0.0 };
-    if !(off.is_finite() && off >= min_off && off.fract() == 0.0 && (off as f64) <= limits.max_file_bytes as f64) {
+    // Below 2^64 a whole f32 converts to u64 exactly; the limit is then compared as an integer
+    // (u64::MAX as f64 rounds up to 2^64, so a float comparison would let 2^64 through).
+    let whole =
+        off.is_finite() && off >= min_off && off.fract() == 0.0 && f64::from(off) < 18_446_744_073_709_551_616.0;
+    if !(whole && off as u64 <= limits.max_file_bytes) {
         return Err(ImagingError::header(
             "vox_offset",
             off,
@@ -453,9 +457,27 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, ImagingError> {
     Ok(filled)
 }
 
+/// Deflate's largest expansion: a 258-byte match coded in about two bits, so `n` compressed bytes
+/// inflate to at most about `1032 n`.
+const MAX_INFLATE_RATIO: u64 = 1032;
+
 enum Body<'a> {
     Plain(&'a [u8]),
-    Gz(Box<MultiGzDecoder<&'a [u8]>>),
+    /// The decoder and the most bytes the compressed input could still inflate to.
+    Gz(Box<MultiGzDecoder<&'a [u8]>>, u64),
+}
+
+impl Body<'_> {
+    /// How many of `nvox` voxels of `size` bytes to reserve room for up front: all of them for a
+    /// plain body (its bytes are there), and no more than the compressed input can inflate to for
+    /// gzip, so that a small upload claiming a huge image cannot make the reader reserve memory
+    /// for data it does not have. Outputs still grow to their true size.
+    fn capacity(&self, nvox: u64, size: usize) -> usize {
+        match self {
+            Body::Plain(_) => nvox as usize,
+            Body::Gz(_, max_inflated) => nvox.min(max_inflated / size as u64) as usize,
+        }
+    }
 }
 
 /// Validates the header and all limits, positions a reader at the image data.
@@ -484,20 +506,27 @@ fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(NiftiHeader, Body<'a>),
             limit: limits.max_voxels,
         });
     }
-    let total = hdr.vox_offset + hdr.body_bytes();
-    if total > limits.max_file_bytes {
-        return Err(ImagingError::TooLarge {
-            what: "decompressed file size in bytes".into(),
-            value: total,
-            limit: limits.max_file_bytes,
-        });
-    }
+    check_total(hdr.vox_offset, hdr.body_bytes(), limits)?;
     let body = body_at(bytes, dec, hdr.vox_offset, hdr.body_bytes())?;
     Ok((hdr, body))
 }
 
+/// Refuses a file whose `vox_offset + body_len` exceeds `limits.max_file_bytes`, computed without
+/// overflow (with no effective byte limit the sum can pass u64::MAX). [`body_at`] relies on it.
+fn check_total(vox_offset: u64, body_len: u64, limits: &Limits) -> Result<(), ImagingError> {
+    match vox_offset.checked_add(body_len) {
+        Some(total) if total <= limits.max_file_bytes => Ok(()),
+        total => Err(ImagingError::TooLarge {
+            what: "decompressed file size in bytes".into(),
+            value: total.unwrap_or(u64::MAX),
+            limit: limits.max_file_bytes,
+        }),
+    }
+}
+
 /// Positions a reader at the `body_len` image bytes that start at `vox_offset`: skips the
 /// extension bytes of a gzip stream, or slices (and length-checks) an uncompressed file.
+/// Callers have passed [`check_total`], so `vox_offset + body_len` does not overflow.
 fn body_at<'a>(
     bytes: &'a [u8],
     dec: Option<Box<MultiGzDecoder<&'a [u8]>>>,
@@ -521,7 +550,7 @@ fn body_at<'a>(
                 }
                 skip -= want;
             }
-            Body::Gz(dec)
+            Body::Gz(dec, (bytes.len() as u64).saturating_mul(MAX_INFLATE_RATIO))
         }
         None => {
             let start = vox_offset as usize;
@@ -547,8 +576,10 @@ fn stream_body(hdr: &NiftiHeader, body: Body<'_>, f: impl FnMut(&[u8])) -> Resul
 fn stream_len(total: usize, body: Body<'_>, mut f: impl FnMut(&[u8])) -> Result<(), ImagingError> {
     match body {
         Body::Plain(s) => s.chunks(CHUNK).for_each(f),
-        Body::Gz(mut dec) => {
-            let mut buf = vec![0u8; CHUNK.min(total)];
+        Body::Gz(mut dec, max_inflated) => {
+            // No bigger than the input can inflate to, in whole voxels (a multiple of 8, like CHUNK).
+            let cap = (max_inflated.min(CHUNK as u64) as usize) / 8 * 8;
+            let mut buf = vec![0u8; CHUNK.min(total).min(cap.max(8))];
             let mut done = 0usize;
             while done < total {
                 let want = (total - done).min(buf.len());
@@ -594,8 +625,7 @@ fn convert(dt: Datatype, le: bool, src: &[u8], out: &mut Vec<f32>) {
 
 /// Decodes the whole body to f32 with scaling applied.
 fn decode_f32(hdr: &NiftiHeader, body: Body<'_>) -> Result<Vec<f32>, ImagingError> {
-    let n = hdr.nvox() as usize;
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(body.capacity(hdr.nvox(), hdr.datatype.size()));
     stream_body(hdr, body, |chunk| convert(hdr.datatype, hdr.little_endian, chunk, &mut out))?;
     let scaling = hdr.scaling();
     if let Some((s, i)) = scaling {
@@ -639,7 +669,7 @@ pub fn read_labels(bytes: &[u8], limits: &Limits) -> Result<LabelVolume, Imaging
     let (hdr, body) = open(bytes, limits)?;
     let grid = hdr.grid();
     if hdr.datatype == Datatype::U8 && hdr.scaling().is_none() {
-        let mut data = Vec::with_capacity(hdr.nvox() as usize);
+        let mut data = Vec::with_capacity(body.capacity(hdr.nvox(), 1));
         stream_body(&hdr, body, |chunk| data.extend_from_slice(chunk))?;
         return Ok(LabelVolume { grid, data });
     }
@@ -715,14 +745,7 @@ pub(crate) fn read_components(
         });
     }
     let body_len = hdr.body_bytes() * n as u64;
-    let total = hdr.vox_offset + body_len;
-    if total > limits.max_file_bytes {
-        return Err(ImagingError::TooLarge {
-            what: "decompressed file size in bytes".into(),
-            value: total,
-            limit: limits.max_file_bytes,
-        });
-    }
+    check_total(hdr.vox_offset, body_len, limits)?;
     let body = body_at(bytes, dec, hdr.vox_offset, body_len)?;
     let (nvox, scaling) = (nvox as usize, hdr.scaling());
     let (mut vals, mut done, mut count) = (Vec::new(), 0usize, 0usize);
@@ -1244,6 +1267,29 @@ mod tests {
             read_volume(&H::default().file(&f32_body(&[0.0; 24], true)), &few),
             Err(ImagingError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn huge_vox_offset_with_unlimited_file_size_is_an_error_not_a_panic() {
+        // Found by the fuzzer (imaging/fuzz) with `max_file_bytes = u64::MAX`: vox_offset 2^64
+        // (the f32 1.8446744e19) passed the float limit check because u64::MAX as f64 rounds up to
+        // 2^64, saturated to u64::MAX in the cast, and vox_offset + body size wrapped around, so
+        // the body slice was taken with start > end (a panic). Larger values were already refused.
+        let wide = Limits { max_file_bytes: u64::MAX, ..Limits::default() };
+        for off in [1.0e30f32, 3.0e38, 1.8446744e19] {
+            let mut f = H { vox_offset: off, ..H::default() }.header();
+            f.resize(352, 0);
+            f.extend_from_slice(&f32_body(&[0.0; 24], true));
+            for bytes in [f.clone(), gz(&f)] {
+                let r = std::panic::catch_unwind(|| read_volume(&bytes, &wide).map(|_| ()));
+                match r {
+                    Ok(Err(ImagingError::Header { field, .. })) => assert_eq!(field, "vox_offset"),
+                    other => panic!("vox_offset {off}: expected a vox_offset header error, got {other:?}"),
+                }
+                assert!(read_labels(&bytes, &wide).is_err());
+                assert!(read_components(&bytes, &wide, |_, _, _| {}).is_err());
+            }
+        }
     }
 
     #[test]

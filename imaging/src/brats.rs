@@ -96,18 +96,22 @@ pub fn discover_case(dir: &Path) -> Result<CaseFiles, ImagingError> {
     Ok(CaseFiles { name, modalities, seg: slots[4].as_ref().map(|f| dir.join(f)) })
 }
 
-/// Reads a BraTS segmentation: labels must be in {0,1,2,3,4}; the 2023 ET label 3 becomes 4.
+/// Label value of a voxel that carries no supervision (a pseudo-label that was not accepted).
+pub const UNLABELED: u8 = 255;
+
+/// Reads a BraTS segmentation: labels must be in {0,1,2,3,4} (or [`UNLABELED`]); the 2023 ET
+/// label 3 becomes 4.
 pub fn read_seg_brats(bytes: &[u8], limits: &Limits) -> Result<LabelVolume, ImagingError> {
     let mut l = read_labels(bytes, limits)?;
     for (index, v) in l.data.iter_mut().enumerate() {
         match *v {
-            0 | 1 | 2 | 4 => {}
+            0 | 1 | 2 | 4 | UNLABELED => {}
             3 => *v = 4,
             other => {
                 return Err(ImagingError::LabelValue {
                     value: f64::from(other),
                     index,
-                    expected: "one of 0, 1, 2, 3, 4 (BraTS labels)".into(),
+                    expected: "one of 0, 1, 2, 3, 4 (BraTS labels) or 255 (no label)".into(),
                 });
             }
         }

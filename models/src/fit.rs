@@ -423,7 +423,10 @@ impl TrainRunConfig {
         if matches!(t.mode, TrainMode::SslPseudo | TrainMode::SslConsistency | TrainMode::FixMatch)
             && self.ssl.unlabeled.is_none()
         {
-            return bad(format!("train.mode = \"{}\" needs [ssl.unlabeled] (dirs of unlabeled cases)", t.mode.as_str()));
+            return bad(format!(
+                "train.mode = \"{}\" needs [ssl.unlabeled] (dirs of unlabeled cases)",
+                t.mode.as_str()
+            ));
         }
         if t.mode == TrainMode::SslPseudo && self.ssl.labeller.is_none() && self.model.init.is_none() {
             return bad("train.mode = \"ssl-pseudo\" needs the labelling model: ssl.labeller or model.init".into());

@@ -17,8 +17,8 @@ use crate::adapt::{self, AdaptConfig, SimSiamHeads, TrainMode};
 use crate::analyzer::Analyzer;
 use crate::config::{MODALITIES, ModelConfig, SEG_CLASSES, TASKS};
 use crate::loss;
-use crate::partial;
 use crate::net::{self, FeatureTaps, GlobalContext, Net, NetOutput};
+use crate::partial;
 
 /// Prefix of the convolutional encoder's variables (stems and residual levels), the part the
 /// `finetune` stage freezes.

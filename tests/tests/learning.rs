@@ -115,9 +115,10 @@ async fn curated(sys: &System, case_id: &str) {
                 .fetch_optional(&sys.db)
                 .await
                 .unwrap();
-        if let Some((s,)) = row {
-            assert_eq!(s, "done");
-            return;
+        match row.as_ref().map(|(s,)| s.as_str()) {
+            Some("done") => return,
+            Some("failed") => panic!("{}", sys.with_logs(anyhow::anyhow!("curate failed for {case_id}"))),
+            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -156,7 +157,10 @@ async fn unlabeled_cases_train_a_model_the_gate_promotes_infer_switches_and_a_ro
     assert_eq!(m["origin"], "trained");
     assert_eq!(m["parent_version"], parent.as_str());
     assert_eq!(m["data_sha256"], run["data"]);
-    assert!(m["metrics"]["candidate"]["dice_mean"].is_number() && m["metrics"]["current"]["dice_mean"].is_number(), "{m}");
+    assert!(
+        m["metrics"]["candidate"]["dice_mean"].is_number() && m["metrics"]["current"]["dice_mean"].is_number(),
+        "{m}"
+    );
     assert!(m["decision"].as_str().unwrap().starts_with("promoted"), "{m}");
 
     // Infer follows the registry: the next case is analyzed by the candidate, the earlier ones
@@ -164,27 +168,34 @@ async fn unlabeled_cases_train_a_model_the_gate_promotes_infer_switches_and_a_ro
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = analyze(&sys, 304, "after-promotion").await;
     assert_eq!(after["analysis"]["model_version"], candidate.as_str(), "{after}");
-    let (_, again) = sys.get_json(&format!("/api/v1/tenants/{TENANT}/cases/{}", first[0]["case_id"].as_str().unwrap())).await.unwrap();
+    let (_, again) = sys
+        .get_json(&format!("/api/v1/tenants/{TENANT}/cases/{}", first[0]["case_id"].as_str().unwrap()))
+        .await
+        .unwrap();
     assert_eq!(again["analysis"]["model_version"], parent.as_str());
     curated(&sys, after["case_id"].as_str().unwrap()).await;
 
     // Rollback over the API: the parent is current again, the candidate's pseudo-labels stale.
-    let resp = reqwest::Client::new().post(format!("{}/api/v1/models/complete/rollback", sys.api)).send().await.unwrap();
+    let resp =
+        reqwest::Client::new().post(format!("{}/api/v1/models/complete/rollback", sys.api)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
-    assert_eq!((body["rolled_back"].as_str(), body["current"].as_str()), (Some(candidate.as_str()), Some(parent.as_str())));
-    let (fresh,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM pseudo_labels WHERE model_version = $1 AND NOT stale")
-            .bind(&candidate)
-            .fetch_one(&sys.db)
-            .await
-            .unwrap();
+    assert_eq!(
+        (body["rolled_back"].as_str(), body["current"].as_str()),
+        (Some(candidate.as_str()), Some(parent.as_str()))
+    );
+    let (fresh,): (i64,) = sqlx::query_as("SELECT count(*) FROM pseudo_labels WHERE model_version = $1 AND NOT stale")
+        .bind(&candidate)
+        .fetch_one(&sys.db)
+        .await
+        .unwrap();
     assert_eq!(fresh, 0);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rolled = analyze(&sys, 305, "after-rollback").await;
     assert_eq!(rolled["analysis"]["model_version"], parent.as_str());
     // A second rollback has nothing left to return to: 409 with the reason.
-    let resp = reqwest::Client::new().post(format!("{}/api/v1/models/complete/rollback", sys.api)).send().await.unwrap();
+    let resp =
+        reqwest::Client::new().post(format!("{}/api/v1/models/complete/rollback", sys.api)).send().await.unwrap();
     assert_eq!(resp.status(), 409);
     sys.shutdown().await;
 }
@@ -214,7 +225,8 @@ async fn a_candidate_that_fails_the_gate_is_rejected_and_never_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_training_run_killed_mid_way_resumes_from_its_stored_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sys = start(dir.path(), &[("GMMAS_STAGE1_STEPS", "12"), ("GMMAS_STAGE2_STEPS", "0"), ("GMMAS_LEASE_S", "3")]).await;
+    let mut sys =
+        start(dir.path(), &[("GMMAS_STAGE1_STEPS", "12"), ("GMMAS_STAGE2_STEPS", "0"), ("GMMAS_LEASE_S", "3")]).await;
     for (i, seed) in [321u64, 322, 323].into_iter().enumerate() {
         analyze(&sys, seed, &format!("unl-{i}")).await;
     }
@@ -232,7 +244,11 @@ async fn a_training_run_killed_mid_way_resumes_from_its_stored_checkpoint() {
             assert!(s < 12, "the run finished before it could be interrupted");
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(300), "{}", sys.with_logs(anyhow::anyhow!("no checkpoint stored")));
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "{}",
+            sys.with_logs(anyhow::anyhow!("no checkpoint stored"))
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sys.service("train").child.start_kill().unwrap();

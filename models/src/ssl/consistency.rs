@@ -176,7 +176,8 @@ impl EmaTeacher {
         let d = self.decay;
         tch::no_grad(|| -> Result<(), ModelError> {
             for (name, mut t) in self.vs.variables() {
-                let s = src.get(&name).ok_or_else(|| ModelError::Internal(format!("student has no variable {name}")))?;
+                let s =
+                    src.get(&name).ok_or_else(|| ModelError::Internal(format!("student has no variable {name}")))?;
                 let next = &t * d + s.detach() * (1.0 - d);
                 t.f_copy_(&next)?;
             }
@@ -529,7 +530,8 @@ mod tests {
         // The lowest threshold: the voxels whose top class beats 0.5 are learnt from, with
         // gradient into the student.
         let teacher = EmaTeacher::new(&vs, &cfg, 0.99).unwrap();
-        let loose = Consistency { teacher, cfg: ConsistencyConfig { confidence: 0.5, cutmix_p: 0.0, ..Default::default() } };
+        let loose =
+            Consistency { teacher, cfg: ConsistencyConfig { confidence: 0.5, cutmix_p: 0.0, ..Default::default() } };
         let (l, r) = objective(&student, &loose, &x, &present, true, &mut rng).unwrap();
         assert!(r.confident_voxels > 0.0 && r.confident_tasks > 0 && l.double_value(&[]) > 0.0, "{r:?}");
         l.backward();

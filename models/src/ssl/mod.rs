@@ -188,8 +188,9 @@ mod tests {
         let q = plain.pseudo_label(&img, dims, [true; 4], &opts, None).unwrap();
         let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
         // Forced high uncertainty: heavy dropout everywhere rejects more voxels.
-        let heavy = Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.7).with_decoder_dropout(0.7), 7, Device::Cpu)
-            .unwrap();
+        let heavy =
+            Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.7).with_decoder_dropout(0.7), 7, Device::Cpu)
+                .unwrap();
         let h = heavy.pseudo_label(&img, dims, [true; 4], &opts, None).unwrap();
         assert!(mean(&h.voxel_uncertainty) > mean(&p1.voxel_uncertainty));
         assert!(mean(&p1.voxel_uncertainty) > mean(&q.voxel_uncertainty));
@@ -216,7 +217,8 @@ mod tests {
             let out = tmp.path().join(format!("{name}.safetensors"));
             a.save(&out).unwrap();
             assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&path).unwrap(), "{name} bytes changed");
-            let card: serde_json::Value = serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
+            let card: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
             assert!(card["config"].get("decoder_dropout").is_none());
         }
     }

@@ -91,9 +91,12 @@ impl PseudoLabelOptions {
         if self.mc_passes < 2 {
             return bad(format!("mc_passes {} must be at least 2 (an uncertainty needs passes)", self.mc_passes));
         }
-        for (name, v) in
-            [("u_max", self.u_max), ("c_min", self.c_min), ("voxel_u_max", self.voxel_u_max), ("voxel_c_min", self.voxel_c_min)]
-        {
+        for (name, v) in [
+            ("u_max", self.u_max),
+            ("c_min", self.c_min),
+            ("voxel_u_max", self.voxel_u_max),
+            ("voxel_c_min", self.voxel_c_min),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 return bad(format!("{name} {v} must be in [0, 1]"));
             }
@@ -145,11 +148,7 @@ impl DistributionAligner {
     pub fn from_labels(labels: &[[Option<bool>; TASKS]], window: usize) -> Result<Self, ModelError> {
         let target = std::array::from_fn(|t| {
             let known: Vec<bool> = labels.iter().filter_map(|l| l[t]).collect();
-            if known.is_empty() {
-                0.5
-            } else {
-                known.iter().filter(|&&b| b).count() as f64 / known.len() as f64
-            }
+            if known.is_empty() { 0.5 } else { known.iter().filter(|&&b| b).count() as f64 / known.len() as f64 }
         });
         Self::new(target, window)
     }

@@ -106,13 +106,7 @@ pub(crate) fn prepare(
     // Weak augmentation of the teacher's view: random crop (the sampler's) and flips.
     let weak = AugmentConfig { flip_p: cfg.augment.flip_p, ..AugmentConfig::none() };
     let idx: Vec<usize> = (0..unl.cases.len()).collect();
-    let sampler = Sampler::new(
-        Arc::new(unl),
-        idx,
-        weak,
-        model_cfg,
-        ssl.unlabeled_batch_size,
-        cfg.seed ^ 0x5EED_0F_0001,
-    )?;
+    let sampler =
+        Sampler::new(Arc::new(unl), idx, weak, model_cfg, ssl.unlabeled_batch_size, cfg.seed ^ 0x5EED_0F_0001)?;
     Ok(SslSetup { unlabeled: Some(sampler) })
 }

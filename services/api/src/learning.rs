@@ -56,7 +56,9 @@ async fn analyzed_case(rt: &StageRuntime, t: &TenantId, id: Uuid) -> Result<(), 
         .await?;
     match row {
         None => Err(ApiError::NotFound(format!("no case {id} for tenant {t}"))),
-        Some((s,)) if s != "done" => Err(ApiError::Conflict(format!("case {id} is {s}: labels are taken for analyzed cases"))),
+        Some((s,)) if s != "done" => {
+            Err(ApiError::Conflict(format!("case {id} is {s}: labels are taken for analyzed cases")))
+        }
         Some(_) => Ok(()),
     }
 }
@@ -99,8 +101,10 @@ async fn put_classes(
     announce(&mut tx, &t, id, accepted, &labels.author).await?;
     tx.commit().await?;
     rt.relay.kick();
-    let seg: Option<(Option<String>,)> =
-        sqlx::query_as("SELECT seg_sha256 FROM clinician_labels WHERE case_id = $1").bind(id).fetch_optional(&rt.db).await?;
+    let seg: Option<(Option<String>,)> = sqlx::query_as("SELECT seg_sha256 FROM clinician_labels WHERE case_id = $1")
+        .bind(id)
+        .fetch_optional(&rt.db)
+        .await?;
     Ok(Json(LabelsStored { case_id: id, segmentation_sha256: seg.and_then(|s| s.0), classes: labels }))
 }
 
@@ -113,9 +117,9 @@ async fn put_segmentation(
     analyzed_case(&rt, &t, id).await?;
     // The segmentation must be on the grid of the case's own inputs, with BraTS labels.
     let limits = Limits::default();
-    let seg = gmmas_imaging::read_labels(&body, &limits)
-        .map_err(|e| ApiError::BadRequest(format!("segmentation: {e}")))?;
-    if let Some(bad) = seg.data.iter().find(|v| !matches!(v, 0 | 1 | 2 | 3 | 4)) {
+    let seg =
+        gmmas_imaging::read_labels(&body, &limits).map_err(|e| ApiError::BadRequest(format!("segmentation: {e}")))?;
+    if let Some(bad) = seg.data.iter().find(|v| !matches!(v, 0..=4)) {
         return Err(ApiError::BadRequest(format!("segmentation: label value {bad}: expected 0, 1, 2, 4 (or 3)")));
     }
     let input: (String, String) =
@@ -125,7 +129,8 @@ async fn put_segmentation(
             .await?;
     let obj = contracts::ObjectRef { bucket: contracts::VOLUMES_BUCKET.into(), key: input.0, sha256: input.1, size: 0 };
     let bytes = rt.bus.get_object(&obj).await.map_err(|e| ApiError::Internal(e.into()))?;
-    let grid = gmmas_imaging::read_volume(&bytes, &limits).map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?.grid;
+    let grid =
+        gmmas_imaging::read_volume(&bytes, &limits).map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?.grid;
     gmmas_imaging::same_grid(&grid, &seg.grid)
         .map_err(|e| ApiError::BadRequest(format!("segmentation is not on the case's grid: {e}")))?;
     let owner = Uuid::new_v4();
@@ -179,7 +184,8 @@ async fn announce(
     let payload = contracts::encode(&event).map_err(|e| ApiError::Internal(e.into()))?;
     let msg_id = format!("{}:{}", Event::DatasetUpdated.msg_id(id), Uuid::new_v4());
     outbox::enqueue(tx, &Event::DatasetUpdated.subject(t), &msg_id, &payload).await?;
-    db::audit(tx, author, "labels.updated", Some(t.as_str()), Some(id), serde_json::json!({ "labels": accepted })).await?;
+    db::audit(tx, author, "labels.updated", Some(t.as_str()), Some(id), serde_json::json!({ "labels": accepted }))
+        .await?;
     Ok(())
 }
 
@@ -196,7 +202,9 @@ async fn rollback(State(rt): State<StageRuntime>, Path(role): Path<String>) -> R
             rt.relay.kick();
             Ok(Json(RolledBack { role, rolled_back: from, current: to }))
         }
-        Err(e @ (RegistryError::NoCurrent(_) | RegistryError::NothingToRollBackTo(_))) => Err(ApiError::Conflict(e.to_string())),
+        Err(e @ (RegistryError::NoCurrent(_) | RegistryError::NothingToRollBackTo(_))) => {
+            Err(ApiError::Conflict(e.to_string()))
+        }
         Err(e) => Err(ApiError::Internal(e.into())),
     }
 }

@@ -235,7 +235,11 @@ impl StageWorker for Curator {
             if clinician.task(t).is_some() {
                 continue; // the clinician's label wins; nothing to guess
             }
-            if d.accepted { accepted.push(d.task.clone()) } else { rejected.push(d.task.clone()) }
+            if d.accepted {
+                accepted.push(d.task.clone())
+            } else {
+                rejected.push(d.task.clone())
+            }
             rows.push(PseudoRow {
                 task: d.task.clone(),
                 accepted: d.accepted,
@@ -259,11 +263,18 @@ impl StageWorker for Curator {
             let ok = tumour_kept >= self.min_tumour_accepted && c.accepted_voxels > 0;
             let (seg, mask) = if ok {
                 let (seg, mask) = seg_files(&labels, &case);
-                (Some(attempt.put_object("pseudo_seg.nii.gz", &seg).await?), Some(attempt.put_object("pseudo_accept.nii.gz", &mask).await?))
+                (
+                    Some(attempt.put_object("pseudo_seg.nii.gz", &seg).await?),
+                    Some(attempt.put_object("pseudo_accept.nii.gz", &mask).await?),
+                )
             } else {
                 (None, None)
             };
-            if ok { accepted.push(SEGMENTATION.into()) } else { rejected.push(SEGMENTATION.into()) }
+            if ok {
+                accepted.push(SEGMENTATION.into())
+            } else {
+                rejected.push(SEGMENTATION.into())
+            }
             rows.push(PseudoRow {
                 task: SEGMENTATION.into(),
                 accepted: ok,

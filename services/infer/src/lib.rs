@@ -123,7 +123,13 @@ impl Inferrer {
 
 /// Follows the registry: on `model.promoted` (and every `poll` as a fallback) loads the
 /// current model of each role when it differs from the one served, and swaps it in.
-fn follow_registry(rt: StageRuntime, worker: Arc<Inferrer>, device: gmmas_models::Device, poll: Duration, shutdown: Shutdown) {
+fn follow_registry(
+    rt: StageRuntime,
+    worker: Arc<Inferrer>,
+    device: gmmas_models::Device,
+    poll: Duration,
+    shutdown: Shutdown,
+) {
     tokio::spawn(async move {
         let mut events = match rt.bus.client.subscribe(contracts::ModelEvent::Promoted.subject()).await {
             Ok(s) => Some(s),
@@ -158,7 +164,9 @@ fn follow_registry(rt: StageRuntime, worker: Arc<Inferrer>, device: gmmas_models
                         slot.replace(model);
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::error!(error = format!("{e:#}"), version = %current, "the promoted model could not be loaded; still serving the previous one"),
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), version = %current, "the promoted model could not be loaded; still serving the previous one")
+                    }
                 }
             }
         }

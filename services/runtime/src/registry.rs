@@ -50,7 +50,9 @@ pub enum RegistryError {
 
 /// Every model, newest first.
 pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<ModelRow>> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM model_registry ORDER BY created_at DESC, version")).fetch_all(pool).await
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM model_registry ORDER BY created_at DESC, version"))
+        .fetch_all(pool)
+        .await
 }
 
 /// The current model of a role.
@@ -132,11 +134,12 @@ pub async fn decide(
         return Err(RegistryError::NotACandidate(version.into()));
     }
     if promote {
-        let previous: Option<(String,)> =
-            sqlx::query_as("UPDATE model_registry SET status = 'retired' WHERE status = 'current' AND role = $1 RETURNING version")
-                .bind(&role)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let previous: Option<(String,)> = sqlx::query_as(
+            "UPDATE model_registry SET status = 'retired' WHERE status = 'current' AND role = $1 RETURNING version",
+        )
+        .bind(&role)
+        .fetch_optional(&mut *tx)
+        .await?;
         sqlx::query(
             "UPDATE model_registry SET status = 'current', promoted_at = now(), decision = $2, metrics = $3 WHERE version = $1",
         )
@@ -147,8 +150,15 @@ pub async fn decide(
         .await?;
         let event = changed(version, &role, previous.map(|p| p.0), "gate");
         enqueue(&mut tx, ModelEvent::Promoted, &event).await?;
-        db::audit(&mut tx, "train", "model.promoted", None, None, serde_json::json!({ "version": version, "decision": decision }))
-            .await?;
+        db::audit(
+            &mut tx,
+            "train",
+            "model.promoted",
+            None,
+            None,
+            serde_json::json!({ "version": version, "decision": decision }),
+        )
+        .await?;
     } else {
         sqlx::query("UPDATE model_registry SET status = 'rejected', decision = $2, metrics = $3 WHERE version = $1")
             .bind(version)
@@ -156,8 +166,15 @@ pub async fn decide(
             .bind(metrics)
             .execute(&mut *tx)
             .await?;
-        db::audit(&mut tx, "train", "model.rejected", None, None, serde_json::json!({ "version": version, "decision": decision }))
-            .await?;
+        db::audit(
+            &mut tx,
+            "train",
+            "model.rejected",
+            None,
+            None,
+            serde_json::json!({ "version": version, "decision": decision }),
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(())
@@ -195,8 +212,15 @@ pub async fn rollback(pool: &PgPool, role: &str, actor: &str) -> Result<(String,
     sqlx::query("UPDATE pseudo_labels SET stale = true WHERE model_version = $1").bind(&cur).execute(&mut *tx).await?;
     let event = changed(&prev, role, Some(cur.clone()), "rollback");
     enqueue(&mut tx, ModelEvent::Promoted, &event).await?;
-    db::audit(&mut tx, actor, "model.rolled_back", None, None, serde_json::json!({ "from": cur, "to": prev, "role": role }))
-        .await?;
+    db::audit(
+        &mut tx,
+        actor,
+        "model.rolled_back",
+        None,
+        None,
+        serde_json::json!({ "from": cur, "to": prev, "role": role }),
+    )
+    .await?;
     tx.commit().await?;
     Ok((cur, prev))
 }

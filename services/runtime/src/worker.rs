@@ -362,7 +362,13 @@ async fn handle_case<W: StageWorker>(
 }
 
 /// Ends a stage as failed: the case too (with `case.failed`), unless the stage is a side branch.
-async fn give_up(rt: &StageRuntime, spec: &StageSpec, tenant: &TenantId, case_id: Uuid, reason: &str) -> sqlx::Result<()> {
+async fn give_up(
+    rt: &StageRuntime,
+    spec: &StageSpec,
+    tenant: &TenantId,
+    case_id: Uuid,
+    reason: &str,
+) -> sqlx::Result<()> {
     if spec.side_branch {
         db::fail_stage(&rt.db, case_id, spec.stage, reason).await
     } else {

@@ -54,7 +54,13 @@ pub struct Verdict {
 }
 
 /// Applies the rule.
-pub fn decide(candidate: &GateMetrics, current: &GateMetrics, dice_margin: f64, task_margin: f64, tasks: &[String]) -> Verdict {
+pub fn decide(
+    candidate: &GateMetrics,
+    current: &GateMetrics,
+    dice_margin: f64,
+    task_margin: f64,
+    tasks: &[String],
+) -> Verdict {
     let mut failures = Vec::new();
     if candidate.dice_mean.is_nan() {
         failures.push("the candidate has no segmentation score".to_string());

@@ -236,7 +236,10 @@ impl Trainer {
             .await
             .context("the parent model's weights")?;
         let mut init = parent.clone();
-        let stages = [("stage1", TrainMode::Supervised, self.cfg.stage1_steps), ("stage2", TrainMode::SslConsistency, self.cfg.stage2_steps)];
+        let stages = [
+            ("stage1", TrainMode::Supervised, self.cfg.stage1_steps),
+            ("stage2", TrainMode::SslConsistency, self.cfg.stage2_steps),
+        ];
         for (name, mode, steps) in stages {
             if steps == 0 {
                 continue;
@@ -278,7 +281,13 @@ impl Trainer {
         // The gate: both models on the fixed evaluation set.
         let (verdict, metrics) = match self.evaluate(candidate, &parent).await {
             Ok((cand, cur)) => {
-                let v = gate::decide(&cand, &cur, self.cfg.gate_dice_margin, self.cfg.gate_task_margin, &self.cfg.gate_tasks);
+                let v = gate::decide(
+                    &cand,
+                    &cur,
+                    self.cfg.gate_dice_margin,
+                    self.cfg.gate_task_margin,
+                    &self.cfg.gate_tasks,
+                );
                 (v, json!({ "candidate": cand, "current": cur }))
             }
             Err(e) => (
@@ -305,10 +314,19 @@ impl Trainer {
         Ok(())
     }
 
-    fn stage_config(&self, run: &Run, data: &Path, init: &Path, out: &Path, mode: TrainMode, steps: usize) -> TrainRunConfig {
+    fn stage_config(
+        &self,
+        run: &Run,
+        data: &Path,
+        init: &Path,
+        out: &Path,
+        mode: TrainMode,
+        steps: usize,
+    ) -> TrainRunConfig {
         let mut c = self.base.clone();
         c.out = out.to_path_buf();
-        c.seed = u64::from_le_bytes(run.id.as_bytes()[..8].try_into().unwrap_or([0; 8]));
+        // A seed per run that TOML can carry (the fit writes its config back as TOML).
+        c.seed = u64::from(u32::from_le_bytes(run.id.as_bytes()[..4].try_into().unwrap_or([0; 4])));
         c.device = self.cfg.device.clone();
         c.validate_every = 0;
         c.data.dirs.push(data.to_path_buf());
@@ -322,14 +340,22 @@ impl Trainer {
         c.train.steps_per_epoch = Some(self.cfg.steps_per_epoch.max(1).min(steps));
         c.train.checkpoint_every = 1;
         if mode == TrainMode::SslConsistency {
-            c.ssl.unlabeled = Some(DataConfig { dirs: vec![data.to_path_buf()], require_seg: false, ..DataConfig::default() });
+            c.ssl.unlabeled =
+                Some(DataConfig { dirs: vec![data.to_path_buf()], require_seg: false, ..DataConfig::default() });
         }
         c
     }
 
     /// Runs one stage (resuming from its stored checkpoint) while mirroring each new
     /// checkpoint to the object store; returns the stage's model path.
-    async fn run_stage(&self, run: &Run, name: &str, cfg: TrainRunConfig, out: &Path, lost: &AtomicBool) -> anyhow::Result<PathBuf> {
+    async fn run_stage(
+        &self,
+        run: &Run,
+        name: &str,
+        cfg: TrainRunConfig,
+        out: &Path,
+        lost: &AtomicBool,
+    ) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(out)?;
         let stored: StageStore =
             run.checkpoints.get(name).and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
@@ -370,7 +396,14 @@ impl Trainer {
         Ok(report.model_path)
     }
 
-    async fn mirror_checkpoint(&self, run_id: Uuid, stage: &str, out: &Path, last: usize, state: &mut StageStore) -> anyhow::Result<usize> {
+    async fn mirror_checkpoint(
+        &self,
+        run_id: Uuid,
+        stage: &str,
+        out: &Path,
+        last: usize,
+        state: &mut StageStore,
+    ) -> anyhow::Result<usize> {
         #[derive(Deserialize)]
         struct Step {
             step: usize,
@@ -387,7 +420,13 @@ impl Trainer {
         Ok(step)
     }
 
-    async fn store_files(&self, run_id: Uuid, stage: &str, out: &Path, names: &[&str]) -> anyhow::Result<Vec<(String, Stored)>> {
+    async fn store_files(
+        &self,
+        run_id: Uuid,
+        stage: &str,
+        out: &Path,
+        names: &[&str],
+    ) -> anyhow::Result<Vec<(String, Stored)>> {
         let mut stored = Vec::new();
         for name in names {
             let bytes = std::fs::read(out.join(name)).with_context(|| format!("reading {name}"))?;

@@ -34,7 +34,7 @@ fn d_batch() -> usize {
 
 /// The `[ssl]` table of a run config (used by the `ssl-pseudo`, `ssl-consistency` and
 /// `fixmatch` modes).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SslConfig {
     /// The unlabeled cases (`[ssl.unlabeled]`, a data table: `dirs`, ...). Their
@@ -54,6 +54,19 @@ pub struct SslConfig {
     /// Stage II: unlabeled patches per step.
     #[serde(default = "d_batch")]
     pub unlabeled_batch_size: usize,
+}
+
+impl Default for SslConfig {
+    fn default() -> Self {
+        Self {
+            unlabeled: None,
+            labeller: None,
+            pseudo: PseudoLabelOptions::default(),
+            align_window: d_window(),
+            consistency: ConsistencyConfig::default(),
+            unlabeled_batch_size: d_batch(),
+        }
+    }
 }
 
 impl SslConfig {

@@ -116,3 +116,73 @@ pub(crate) fn prepare(
     )?;
     Ok(SslSetup { unlabeled: Some(sampler) })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::fit::{FitOptions, TrainRunConfig, fit};
+    use std::path::Path;
+
+    fn config(root: &Path, out: &str, extra: &str) -> TrainRunConfig {
+        let text = format!(
+            r#"
+seed = 3
+out = "{out}"
+threads = 2
+device = "cpu"
+
+[data]
+dirs = ["labelled"]
+labels = ["labelled/labels.csv"]
+
+[model]
+profile = "tiny"
+decoder_dropout = 0.2
+{extra}
+"#
+        );
+        TrainRunConfig::from_toml(&text, root).unwrap()
+    }
+
+    /// The three SSL modes run end to end through `fit` on tiny phantoms: Stage I writes its
+    /// decisions and trains on the pseudo-labelled cases, Stage II and FixMatch log the
+    /// unlabeled loss every epoch.
+    #[test]
+    fn ssl_modes_run_through_fit() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        gmmas_imaging::phantom::write_dataset(2, 11, [40, 40, 32], &r.join("labelled")).unwrap();
+        gmmas_imaging::phantom::write_dataset(3, 12, [40, 40, 32], &r.join("unlabeled")).unwrap();
+        let quiet = FitOptions { resume: false, quiet: true };
+        let base = fit(&config(r, "sup", "[train]\nsteps = 2\nbatch_size = 1\n"), &quiet).unwrap();
+        let unl = "[ssl.unlabeled]\ndirs = [\"unlabeled\"]\n";
+        // Stage I: loose thresholds so that an untrained model keeps some voxels.
+        let pseudo = format!(
+            "init = \"sup/model.safetensors\"\n[train]\nmode = \"ssl-pseudo\"\nsteps = 2\nbatch_size = 1\n\
+             {unl}[ssl.pseudo]\nmc_passes = 2\nvoxel_c_min = 0.3\nvoxel_u_max = 0.5\n"
+        );
+        let p = fit(&config(r, "pseudo", &pseudo), &quiet).unwrap();
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(r.join("pseudo/pseudo_labels.json")).unwrap()).unwrap();
+        assert_eq!(report["labeller"], base.model_version.as_str());
+        assert_eq!(report["cases"].as_array().unwrap().len(), 3);
+        assert!(report["cases"][0]["counts"]["accepted_voxels"].as_u64().unwrap() > 0);
+        let manifest = std::fs::read_to_string(r.join("pseudo/data_manifest.json")).unwrap();
+        assert!(manifest.contains("unl-Phantom_0002"));
+        assert!(p.model_path.exists());
+        // Stage II and FixMatch.
+        for mode in ["ssl-consistency", "fixmatch"] {
+            let text = format!(
+                "init = \"sup/model.safetensors\"\n[train]\nmode = \"{mode}\"\nsteps = 2\nbatch_size = 1\n{unl}\
+                 [ssl.consistency]\nconfidence = 0.5\n"
+            );
+            let out = format!("run-{mode}");
+            fit(&config(r, &out, &text), &quiet).unwrap();
+            let log = std::fs::read_to_string(r.join(&out).join("train_log.jsonl")).unwrap();
+            let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+            assert!(last["loss"]["consistency"].as_f64().is_some(), "{mode}: {last}");
+        }
+        // A mode that needs unlabeled data refuses to start without it.
+        let err = fit(&config(r, "bad", "[train]\nmode = \"ssl-consistency\"\nsteps = 1\n"), &quiet).unwrap_err();
+        assert!(err.to_string().contains("ssl.unlabeled"), "{err}");
+    }
+}

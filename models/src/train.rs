@@ -339,6 +339,13 @@ impl Trainer {
         self.consistency.as_ref().map(|c| &c.teacher)
     }
 
+    /// Sets the decoder dropout probability (no variables: the weights stay as they are).
+    pub fn set_decoder_dropout(&mut self, p: f64) -> Result<(), ModelError> {
+        self.net.set_decoder_dropout(p)?;
+        self.cfg.decoder_dropout = p;
+        Ok(())
+    }
+
     /// The training mode.
     pub fn mode(&self) -> TrainMode {
         self.mode

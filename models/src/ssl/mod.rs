@@ -42,6 +42,10 @@ pub struct SslConfig {
     pub unlabeled: Option<DataConfig>,
     /// Stage I: the model that pseudo-labels the unlabeled set (default: `model.init`).
     pub labeller: Option<PathBuf>,
+    /// Stage I: decoder dropout of the labeller's MC passes (default: its own setting). Lets
+    /// a model trained without decoder dropout (e.g. the bundled `gmmas-small`) give voxel
+    /// uncertainty.
+    pub labeller_decoder_dropout: Option<f64>,
     /// Stage I thresholds (`[ssl.pseudo]`).
     #[serde(default)]
     pub pseudo: PseudoLabelOptions,
@@ -61,6 +65,7 @@ impl Default for SslConfig {
         Self {
             unlabeled: None,
             labeller: None,
+            labeller_decoder_dropout: None,
             pseudo: PseudoLabelOptions::default(),
             align_window: d_window(),
             consistency: ConsistencyConfig::default(),

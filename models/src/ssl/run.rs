@@ -63,7 +63,10 @@ pub(crate) fn prepare(
         let path = ssl.labeller.as_ref().or(cfg.model.init.as_ref()).ok_or_else(|| {
             FitError::Config("ssl-pseudo needs the labelling model: set ssl.labeller or model.init".into())
         })?;
-        let labeller = Analyzer::load(path, device)?;
+        let mut labeller = Analyzer::load(path, device)?;
+        if let Some(d) = ssl.labeller_decoder_dropout {
+            labeller.set_decoder_dropout(d)?;
+        }
         let labelled: Vec<_> = data.indices(Subset::Train).iter().map(|&i| data.cases[i].tasks).collect();
         let mut aligner = DistributionAligner::from_labels(&labelled, ssl.align_window)?;
         let t0 = std::time::Instant::now();

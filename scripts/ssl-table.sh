@@ -54,7 +54,7 @@ echo "pool $pool phantoms ($labelled labelled), $test_n test phantoms, dims $dim
 train() { # name config [extra args]
   local name="$1" config="$2"; shift 2
   local t0; t0=$(date +%s)
-  echo "== $name: gmmas train --config models/configs/ssl-table/$config.toml --steps $* " >&2
+  echo "== $name: gmmas train --config models/configs/ssl-table/$config.toml $*" >&2
   "$bin" train --config "$cfg/$config.toml" --out "$t/runs/$name" "$@" --quiet \
     > "$t/logs/$name.json" 2> "$t/logs/$name.log"
   echo "$name $(( $(date +%s) - t0 ))" >> "$t/seconds.txt"

@@ -395,7 +395,7 @@ impl TrainRunConfig {
         toml::to_string_pretty(self).map_err(|e| FitError::Config(e.to_string()))
     }
 
-    fn check(&self) -> Result<(), FitError> {
+    pub(crate) fn check(&self) -> Result<(), FitError> {
         let t = &self.train;
         let bad = |m: String| Err(FitError::Config(m));
         match (t.epochs, t.steps) {
@@ -423,7 +423,10 @@ impl TrainRunConfig {
         if matches!(t.mode, TrainMode::SslPseudo | TrainMode::SslConsistency | TrainMode::FixMatch)
             && self.ssl.unlabeled.is_none()
         {
-            return bad(format!("train.mode = \"{}\" needs [ssl.unlabeled] (dirs of unlabeled cases)", t.mode.as_str()));
+            return bad(format!(
+                "train.mode = \"{}\" needs [ssl.unlabeled] (dirs of unlabeled cases)",
+                t.mode.as_str()
+            ));
         }
         if t.mode == TrainMode::SslPseudo && self.ssl.labeller.is_none() && self.model.init.is_none() {
             return bad("train.mode = \"ssl-pseudo\" needs the labelling model: ssl.labeller or model.init".into());

@@ -17,8 +17,8 @@ use crate::adapt::{self, AdaptConfig, SimSiamHeads, TrainMode};
 use crate::analyzer::Analyzer;
 use crate::config::{MODALITIES, ModelConfig, SEG_CLASSES, TASKS};
 use crate::loss;
-use crate::partial;
 use crate::net::{self, FeatureTaps, GlobalContext, Net, NetOutput};
+use crate::partial;
 
 /// Prefix of the convolutional encoder's variables (stems and residual levels), the part the
 /// `finetune` stage freezes.
@@ -599,15 +599,19 @@ impl Trainer {
         if let Some(ssl) = &mut self.ssl {
             ssl.opt.zero_grad();
         }
-        let (mut total, mut report) = self.objective(batch, true)?;
-        if let (Some(c), Some(u)) = (&self.consistency, unlabeled) {
-            let image = u.image.to_device(self.vs.device()).to_kind(Kind::Float);
-            let mut rng = ChaCha8Rng::seed_from_u64(self.step_rng().random::<u64>() ^ 0x55D1);
-            let (l, r) = crate::ssl::consistency::objective(&self.net, c, &image, &u.present, true, &mut rng)?;
-            total = total + l * c.cfg.unlabeled_weight;
-            report.total = total.double_value(&[]);
-            report.consistency = Some(r);
-        }
+        let (sup_total, mut report) = self.objective(batch, true)?;
+        let total = match (&self.consistency, unlabeled) {
+            (Some(c), Some(u)) => {
+                let image = u.image.to_device(self.vs.device()).to_kind(Kind::Float);
+                let mut rng = ChaCha8Rng::seed_from_u64(self.step_rng().random::<u64>() ^ 0x55D1);
+                let (l, r) = crate::ssl::consistency::objective(&self.net, c, &image, &u.present, true, &mut rng)?;
+                let total = sup_total + l * c.cfg.unlabeled_weight;
+                report.total = total.double_value(&[]);
+                report.consistency = Some(r);
+                total
+            }
+            _ => sup_total,
+        };
         if !report.total.is_finite() {
             return Err(ModelError::Internal(format!("non-finite loss at step {}", self.steps)));
         }

@@ -176,7 +176,8 @@ impl EmaTeacher {
         let d = self.decay;
         tch::no_grad(|| -> Result<(), ModelError> {
             for (name, mut t) in self.vs.variables() {
-                let s = src.get(&name).ok_or_else(|| ModelError::Internal(format!("student has no variable {name}")))?;
+                let s =
+                    src.get(&name).ok_or_else(|| ModelError::Internal(format!("student has no variable {name}")))?;
                 let next = &t * d + s.detach() * (1.0 - d);
                 t.f_copy_(&next)?;
             }
@@ -395,15 +396,17 @@ pub fn objective(
     for mask in &streams {
         let view = strong_view(image, present, cfg, cut.as_ref(), rng);
         let out = forward(student, &view, present, mask.as_ref(), train)?;
-        let mut l = partial::cross_entropy(&out.seg, &target);
-        if !pairs.is_empty() {
+        let seg_loss = partial::cross_entropy(&out.seg, &target);
+        let l = if pairs.is_empty() {
+            seg_loss
+        } else {
             let dev = out.tasks.device();
             let rows = Tensor::from_slice(&pairs.iter().map(|p| p.0).collect::<Vec<_>>()).to_device(dev);
             let cols = Tensor::from_slice(&pairs.iter().map(|p| p.1).collect::<Vec<_>>()).to_device(dev);
             let ys = Tensor::from_slice(&pairs.iter().map(|p| p.2).collect::<Vec<_>>()).to_device(dev);
             let logits = out.tasks.index(&[Some(rows), Some(cols)]);
-            l = l + logits.cross_entropy_for_logits(&ys);
-        }
+            seg_loss + logits.cross_entropy_for_logits(&ys)
+        };
         total = Some(match total {
             Some(t) => t + l,
             None => l,
@@ -529,7 +532,8 @@ mod tests {
         // The lowest threshold: the voxels whose top class beats 0.5 are learnt from, with
         // gradient into the student.
         let teacher = EmaTeacher::new(&vs, &cfg, 0.99).unwrap();
-        let loose = Consistency { teacher, cfg: ConsistencyConfig { confidence: 0.5, cutmix_p: 0.0, ..Default::default() } };
+        let loose =
+            Consistency { teacher, cfg: ConsistencyConfig { confidence: 0.5, cutmix_p: 0.0, ..Default::default() } };
         let (l, r) = objective(&student, &loose, &x, &present, true, &mut rng).unwrap();
         assert!(r.confident_voxels > 0.0 && r.confident_tasks > 0 && l.double_value(&[]) > 0.0, "{r:?}");
         l.backward();

@@ -195,8 +195,8 @@ mod tests {
         let u = &p1.voxel_uncertainty;
         let (lo, hi) = u.iter().fold((f32::MAX, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
         assert!(hi > 10.0 * lo.max(1e-6) && hi > 1e-3, "voxel uncertainty does not vary: {lo}..{hi}");
-        for i in 0..u.len() {
-            let ok = f64::from(u[i]) < opts.voxel_u_max && f64::from(p1.voxel_confidence[i]) > opts.voxel_c_min;
+        for (i, &ui) in u.iter().enumerate() {
+            let ok = f64::from(ui) < opts.voxel_u_max && f64::from(p1.voxel_confidence[i]) > opts.voxel_c_min;
             assert_eq!(p1.accept[i], ok);
             assert_eq!(p1.target[i] == SEG_IGNORE, !ok);
         }
@@ -206,8 +206,9 @@ mod tests {
         let q = plain.pseudo_label(&img, dims, [true; 4], &opts, None).unwrap();
         let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
         // Forced high uncertainty: heavy dropout everywhere rejects more voxels.
-        let heavy = Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.7).with_decoder_dropout(0.7), 7, Device::Cpu)
-            .unwrap();
+        let heavy =
+            Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.7).with_decoder_dropout(0.7), 7, Device::Cpu)
+                .unwrap();
         let h = heavy.pseudo_label(&img, dims, [true; 4], &opts, None).unwrap();
         assert!(mean(&h.voxel_uncertainty) > mean(&p1.voxel_uncertainty));
         assert!(mean(&p1.voxel_uncertainty) > mean(&q.voxel_uncertainty));
@@ -234,7 +235,8 @@ mod tests {
             let out = tmp.path().join(format!("{name}.safetensors"));
             a.save(&out).unwrap();
             assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&path).unwrap(), "{name} bytes changed");
-            let card: serde_json::Value = serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
+            let card: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
             assert!(card["config"].get("decoder_dropout").is_none());
         }
     }

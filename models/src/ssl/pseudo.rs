@@ -91,9 +91,12 @@ impl PseudoLabelOptions {
         if self.mc_passes < 2 {
             return bad(format!("mc_passes {} must be at least 2 (an uncertainty needs passes)", self.mc_passes));
         }
-        for (name, v) in
-            [("u_max", self.u_max), ("c_min", self.c_min), ("voxel_u_max", self.voxel_u_max), ("voxel_c_min", self.voxel_c_min)]
-        {
+        for (name, v) in [
+            ("u_max", self.u_max),
+            ("c_min", self.c_min),
+            ("voxel_u_max", self.voxel_u_max),
+            ("voxel_c_min", self.voxel_c_min),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 return bad(format!("{name} {v} must be in [0, 1]"));
             }
@@ -273,7 +276,7 @@ pub fn select(
     stats: &PassStats,
     dims: [usize; 3],
     opts: &PseudoLabelOptions,
-    mut aligner: Option<&mut DistributionAligner>,
+    aligner: Option<&mut DistributionAligner>,
     model: &str,
 ) -> Result<PseudoLabels, ModelError> {
     opts.validate()?;
@@ -292,7 +295,7 @@ pub fn select(
     // Tasks.
     let raw: Vec<[f64; TASKS]> = stats.tasks.clone();
     let raw_mean: [f64; TASKS] = std::array::from_fn(|t| mean_std(&raw.iter().map(|p| p[t]).collect::<Vec<_>>()).0);
-    let aligned: Vec<[f64; TASKS]> = match aligner.as_deref_mut() {
+    let aligned: Vec<[f64; TASKS]> = match aligner {
         Some(a) if opts.align => {
             a.observe(raw_mean);
             raw.iter().map(|p| a.align(*p)).collect()

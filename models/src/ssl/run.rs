@@ -109,14 +109,8 @@ pub(crate) fn prepare(
     // Weak augmentation of the teacher's view: random crop (the sampler's) and flips.
     let weak = AugmentConfig { flip_p: cfg.augment.flip_p, ..AugmentConfig::none() };
     let idx: Vec<usize> = (0..unl.cases.len()).collect();
-    let sampler = Sampler::new(
-        Arc::new(unl),
-        idx,
-        weak,
-        model_cfg,
-        ssl.unlabeled_batch_size,
-        cfg.seed ^ 0x5EED_0F_0001,
-    )?;
+    let sampler =
+        Sampler::new(Arc::new(unl), idx, weak, model_cfg, ssl.unlabeled_batch_size, cfg.seed ^ 0x005E_ED0F_0001)?;
     Ok(SslSetup { unlabeled: Some(sampler) })
 }
 
@@ -144,6 +138,25 @@ decoder_dropout = 0.2
 "#
         );
         TrainRunConfig::from_toml(&text, root).unwrap()
+    }
+
+    /// Every bundled run config (the SSL ones included) parses and passes the checks.
+    #[test]
+    fn bundled_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut n = 0;
+        for d in [dir.clone(), dir.join("ssl-table")] {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "toml") {
+                    let c = TrainRunConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                    c.check().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                    c.model.resolve().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                    n += 1;
+                }
+            }
+        }
+        assert!(n >= 17, "{n} configs");
     }
 
     /// The three SSL modes run end to end through `fit` on tiny phantoms: Stage I writes its

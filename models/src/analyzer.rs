@@ -271,6 +271,15 @@ impl Analyzer {
         Ok(self)
     }
 
+    /// Sets the decoder dropout used by MC-Dropout passes ([`ModelConfig::decoder_dropout`]).
+    /// It is not a weight: the version (a hash of the weights) does not change, the saved
+    /// config does.
+    pub fn set_decoder_dropout(&mut self, p: f64) -> Result<(), ModelError> {
+        self.lock().net.set_decoder_dropout(p)?;
+        self.cfg.decoder_dropout = p;
+        Ok(())
+    }
+
     /// Renames the model (the version keeps the weights hash).
     pub fn rename(&mut self, name: &str) -> Result<(), ModelError> {
         if name.is_empty() || name.contains('@') {

@@ -395,7 +395,7 @@ impl TrainRunConfig {
         toml::to_string_pretty(self).map_err(|e| FitError::Config(e.to_string()))
     }
 
-    fn check(&self) -> Result<(), FitError> {
+    pub(crate) fn check(&self) -> Result<(), FitError> {
         let t = &self.train;
         let bad = |m: String| Err(FitError::Config(m));
         match (t.epochs, t.steps) {
@@ -1009,7 +1009,10 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
         tch::manual_seed(cfg.seed as i64);
         let t = match &cfg.model.init {
             Some(w) => {
-                let t = Trainer::from_weights(w, tcfg.clone(), device)?;
+                let mut t = Trainer::from_weights(w, tcfg.clone(), device)?;
+                if let Some(d) = cfg.model.decoder_dropout {
+                    t.set_decoder_dropout(d)?;
+                }
                 if *t.net().config() != model_cfg {
                     say("note: model.init weights define the network; [model] sizes are ignored");
                 }

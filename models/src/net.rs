@@ -632,6 +632,15 @@ impl Net {
         &self.cfg
     }
 
+    /// Changes the decoder dropout probability (it has no variables, so weights are
+    /// unaffected): e.g. to draw MC-Dropout voxel uncertainty from a model trained without it.
+    pub fn set_decoder_dropout(&mut self, p: f64) -> Result<(), ModelError> {
+        let cfg = self.cfg.clone().with_decoder_dropout(p);
+        cfg.validate()?;
+        self.cfg = cfg;
+        Ok(())
+    }
+
     /// Normalized modality fusion weights of the backbone stem for a presence mask.
     pub fn modality_weights(&self, present: [bool; MODALITIES]) -> Vec<f32> {
         let w = tch::no_grad(|| self.encoder.stem.weights(present));

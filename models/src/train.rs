@@ -339,6 +339,13 @@ impl Trainer {
         self.consistency.as_ref().map(|c| &c.teacher)
     }
 
+    /// Sets the decoder dropout probability (no variables: the weights stay as they are).
+    pub fn set_decoder_dropout(&mut self, p: f64) -> Result<(), ModelError> {
+        self.net.set_decoder_dropout(p)?;
+        self.cfg.decoder_dropout = p;
+        Ok(())
+    }
+
     /// The training mode.
     pub fn mode(&self) -> TrainMode {
         self.mode
@@ -592,15 +599,19 @@ impl Trainer {
         if let Some(ssl) = &mut self.ssl {
             ssl.opt.zero_grad();
         }
-        let (mut total, mut report) = self.objective(batch, true)?;
-        if let (Some(c), Some(u)) = (&self.consistency, unlabeled) {
-            let image = u.image.to_device(self.vs.device()).to_kind(Kind::Float);
-            let mut rng = ChaCha8Rng::seed_from_u64(self.step_rng().random::<u64>() ^ 0x55D1);
-            let (l, r) = crate::ssl::consistency::objective(&self.net, c, &image, &u.present, true, &mut rng)?;
-            total = total + l * c.cfg.unlabeled_weight;
-            report.total = total.double_value(&[]);
-            report.consistency = Some(r);
-        }
+        let (sup_total, mut report) = self.objective(batch, true)?;
+        let total = match (&self.consistency, unlabeled) {
+            (Some(c), Some(u)) => {
+                let image = u.image.to_device(self.vs.device()).to_kind(Kind::Float);
+                let mut rng = ChaCha8Rng::seed_from_u64(self.step_rng().random::<u64>() ^ 0x55D1);
+                let (l, r) = crate::ssl::consistency::objective(&self.net, c, &image, &u.present, true, &mut rng)?;
+                let total = sup_total + l * c.cfg.unlabeled_weight;
+                report.total = total.double_value(&[]);
+                report.consistency = Some(r);
+                total
+            }
+            _ => sup_total,
+        };
         if !report.total.is_finite() {
             return Err(ModelError::Internal(format!("non-finite loss at step {}", self.steps)));
         }

@@ -396,15 +396,17 @@ pub fn objective(
     for mask in &streams {
         let view = strong_view(image, present, cfg, cut.as_ref(), rng);
         let out = forward(student, &view, present, mask.as_ref(), train)?;
-        let mut l = partial::cross_entropy(&out.seg, &target);
-        if !pairs.is_empty() {
+        let seg_loss = partial::cross_entropy(&out.seg, &target);
+        let l = if pairs.is_empty() {
+            seg_loss
+        } else {
             let dev = out.tasks.device();
             let rows = Tensor::from_slice(&pairs.iter().map(|p| p.0).collect::<Vec<_>>()).to_device(dev);
             let cols = Tensor::from_slice(&pairs.iter().map(|p| p.1).collect::<Vec<_>>()).to_device(dev);
             let ys = Tensor::from_slice(&pairs.iter().map(|p| p.2).collect::<Vec<_>>()).to_device(dev);
             let logits = out.tasks.index(&[Some(rows), Some(cols)]);
-            l = l + logits.cross_entropy_for_logits(&ys);
-        }
+            seg_loss + logits.cross_entropy_for_logits(&ys)
+        };
         total = Some(match total {
             Some(t) => t + l,
             None => l,

@@ -34,7 +34,7 @@ fn d_batch() -> usize {
 
 /// The `[ssl]` table of a run config (used by the `ssl-pseudo`, `ssl-consistency` and
 /// `fixmatch` modes).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SslConfig {
     /// The unlabeled cases (`[ssl.unlabeled]`, a data table: `dirs`, ...). Their
@@ -42,6 +42,10 @@ pub struct SslConfig {
     pub unlabeled: Option<DataConfig>,
     /// Stage I: the model that pseudo-labels the unlabeled set (default: `model.init`).
     pub labeller: Option<PathBuf>,
+    /// Stage I: decoder dropout of the labeller's MC passes (default: its own setting). Lets
+    /// a model trained without decoder dropout (e.g. the bundled `gmmas-small`) give voxel
+    /// uncertainty.
+    pub labeller_decoder_dropout: Option<f64>,
     /// Stage I thresholds (`[ssl.pseudo]`).
     #[serde(default)]
     pub pseudo: PseudoLabelOptions,
@@ -54,6 +58,20 @@ pub struct SslConfig {
     /// Stage II: unlabeled patches per step.
     #[serde(default = "d_batch")]
     pub unlabeled_batch_size: usize,
+}
+
+impl Default for SslConfig {
+    fn default() -> Self {
+        Self {
+            unlabeled: None,
+            labeller: None,
+            labeller_decoder_dropout: None,
+            pseudo: PseudoLabelOptions::default(),
+            align_window: d_window(),
+            consistency: ConsistencyConfig::default(),
+            unlabeled_batch_size: d_batch(),
+        }
+    }
 }
 
 impl SslConfig {
@@ -177,8 +195,8 @@ mod tests {
         let u = &p1.voxel_uncertainty;
         let (lo, hi) = u.iter().fold((f32::MAX, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
         assert!(hi > 10.0 * lo.max(1e-6) && hi > 1e-3, "voxel uncertainty does not vary: {lo}..{hi}");
-        for i in 0..u.len() {
-            let ok = f64::from(u[i]) < opts.voxel_u_max && f64::from(p1.voxel_confidence[i]) > opts.voxel_c_min;
+        for (i, &ui) in u.iter().enumerate() {
+            let ok = f64::from(ui) < opts.voxel_u_max && f64::from(p1.voxel_confidence[i]) > opts.voxel_c_min;
             assert_eq!(p1.accept[i], ok);
             assert_eq!(p1.target[i] == SEG_IGNORE, !ok);
         }

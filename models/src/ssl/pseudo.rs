@@ -144,11 +144,14 @@ impl DistributionAligner {
         Ok(Self { target, window, history: VecDeque::new() })
     }
 
-    /// Target = positive rate of each task among `labels` (0.5 for a task without labels).
+    /// Target = positive rate of each task among `labels`, Laplace-smoothed
+    /// (`(positives + 1) / (labelled + 2)`; 0.5 for a task without labels). Without the
+    /// smoothing a task whose few labels are all of one class would get a target of 0 or 1,
+    /// and alignment would then force every prediction to that class with full confidence.
     pub fn from_labels(labels: &[[Option<bool>; TASKS]], window: usize) -> Result<Self, ModelError> {
         let target = std::array::from_fn(|t| {
             let known: Vec<bool> = labels.iter().filter_map(|l| l[t]).collect();
-            if known.is_empty() { 0.5 } else { known.iter().filter(|&&b| b).count() as f64 / known.len() as f64 }
+            (known.iter().filter(|&&b| b).count() as f64 + 1.0) / (known.len() as f64 + 2.0)
         });
         Self::new(target, window)
     }
@@ -273,7 +276,7 @@ pub fn select(
     stats: &PassStats,
     dims: [usize; 3],
     opts: &PseudoLabelOptions,
-    mut aligner: Option<&mut DistributionAligner>,
+    aligner: Option<&mut DistributionAligner>,
     model: &str,
 ) -> Result<PseudoLabels, ModelError> {
     opts.validate()?;
@@ -292,7 +295,7 @@ pub fn select(
     // Tasks.
     let raw: Vec<[f64; TASKS]> = stats.tasks.clone();
     let raw_mean: [f64; TASKS] = std::array::from_fn(|t| mean_std(&raw.iter().map(|p| p[t]).collect::<Vec<_>>()).0);
-    let aligned: Vec<[f64; TASKS]> = match aligner.as_deref_mut() {
+    let aligned: Vec<[f64; TASKS]> = match aligner {
         Some(a) if opts.align => {
             a.observe(raw_mean);
             raw.iter().map(|p| a.align(*p)).collect()
@@ -441,7 +444,7 @@ mod tests {
         assert_eq!(back, a);
         assert!(DistributionAligner::new([0.5; TASKS], 0).is_err());
         let from = DistributionAligner::from_labels(&[[Some(true), None, None, None]; 3], 8).unwrap();
-        assert_eq!(from.target, [1.0, 0.5, 0.5, 0.5]);
+        assert_eq!(from.target, [0.8, 0.5, 0.5, 0.5]);
     }
 
     #[test]

@@ -63,7 +63,10 @@ pub(crate) fn prepare(
         let path = ssl.labeller.as_ref().or(cfg.model.init.as_ref()).ok_or_else(|| {
             FitError::Config("ssl-pseudo needs the labelling model: set ssl.labeller or model.init".into())
         })?;
-        let labeller = Analyzer::load(path, device)?;
+        let mut labeller = Analyzer::load(path, device)?;
+        if let Some(d) = ssl.labeller_decoder_dropout {
+            labeller.set_decoder_dropout(d)?;
+        }
         let labelled: Vec<_> = data.indices(Subset::Train).iter().map(|&i| data.cases[i].tasks).collect();
         let mut aligner = DistributionAligner::from_labels(&labelled, ssl.align_window)?;
         let t0 = std::time::Instant::now();
@@ -107,6 +110,95 @@ pub(crate) fn prepare(
     let weak = AugmentConfig { flip_p: cfg.augment.flip_p, ..AugmentConfig::none() };
     let idx: Vec<usize> = (0..unl.cases.len()).collect();
     let sampler =
-        Sampler::new(Arc::new(unl), idx, weak, model_cfg, ssl.unlabeled_batch_size, cfg.seed ^ 0x5EED_0F_0001)?;
+        Sampler::new(Arc::new(unl), idx, weak, model_cfg, ssl.unlabeled_batch_size, cfg.seed ^ 0x005E_ED0F_0001)?;
     Ok(SslSetup { unlabeled: Some(sampler) })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fit::{FitOptions, TrainRunConfig, fit};
+    use std::path::Path;
+
+    fn config(root: &Path, out: &str, extra: &str) -> TrainRunConfig {
+        let text = format!(
+            r#"
+seed = 3
+out = "{out}"
+threads = 2
+device = "cpu"
+
+[data]
+dirs = ["labelled"]
+labels = ["labelled/labels.csv"]
+
+[model]
+profile = "tiny"
+decoder_dropout = 0.2
+{extra}
+"#
+        );
+        TrainRunConfig::from_toml(&text, root).unwrap()
+    }
+
+    /// Every bundled run config (the SSL ones included) parses and passes the checks.
+    #[test]
+    fn bundled_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut n = 0;
+        for d in [dir.clone(), dir.join("ssl-table")] {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "toml") {
+                    let c = TrainRunConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                    c.check().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                    c.model.resolve().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                    n += 1;
+                }
+            }
+        }
+        assert!(n >= 17, "{n} configs");
+    }
+
+    /// The three SSL modes run end to end through `fit` on tiny phantoms: Stage I writes its
+    /// decisions and trains on the pseudo-labelled cases, Stage II and FixMatch log the
+    /// unlabeled loss every epoch.
+    #[test]
+    fn ssl_modes_run_through_fit() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        gmmas_imaging::phantom::write_dataset(2, 11, [40, 40, 32], &r.join("labelled")).unwrap();
+        gmmas_imaging::phantom::write_dataset(3, 12, [40, 40, 32], &r.join("unlabeled")).unwrap();
+        let quiet = FitOptions { resume: false, quiet: true };
+        let base = fit(&config(r, "sup", "[train]\nsteps = 2\nbatch_size = 1\n"), &quiet).unwrap();
+        let unl = "[ssl.unlabeled]\ndirs = [\"unlabeled\"]\n";
+        // Stage I: loose thresholds so that an untrained model keeps some voxels.
+        let pseudo = format!(
+            "init = \"sup/model.safetensors\"\n[train]\nmode = \"ssl-pseudo\"\nsteps = 2\nbatch_size = 1\n\
+             {unl}[ssl.pseudo]\nmc_passes = 2\nvoxel_c_min = 0.3\nvoxel_u_max = 0.5\n"
+        );
+        let p = fit(&config(r, "pseudo", &pseudo), &quiet).unwrap();
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(r.join("pseudo/pseudo_labels.json")).unwrap()).unwrap();
+        assert_eq!(report["labeller"], base.model_version.as_str());
+        assert_eq!(report["cases"].as_array().unwrap().len(), 3);
+        assert!(report["cases"][0]["counts"]["accepted_voxels"].as_u64().unwrap() > 0);
+        let manifest = std::fs::read_to_string(r.join("pseudo/data_manifest.json")).unwrap();
+        assert!(manifest.contains("unl-Phantom_0002"));
+        assert!(p.model_path.exists());
+        // Stage II and FixMatch.
+        for mode in ["ssl-consistency", "fixmatch"] {
+            let text = format!(
+                "init = \"sup/model.safetensors\"\n[train]\nmode = \"{mode}\"\nsteps = 2\nbatch_size = 1\n{unl}\
+                 [ssl.consistency]\nconfidence = 0.5\n"
+            );
+            let out = format!("run-{mode}");
+            fit(&config(r, &out, &text), &quiet).unwrap();
+            let log = std::fs::read_to_string(r.join(&out).join("train_log.jsonl")).unwrap();
+            let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+            assert!(last["loss"]["consistency"].as_f64().is_some(), "{mode}: {last}");
+        }
+        // A mode that needs unlabeled data refuses to start without it.
+        let err = fit(&config(r, "bad", "[train]\nmode = \"ssl-consistency\"\nsteps = 1\n"), &quiet).unwrap_err();
+        assert!(err.to_string().contains("ssl.unlabeled"), "{err}");
+    }
 }

@@ -34,6 +34,13 @@ pub struct TrainArgs {
     /// Override `model.init`: start from these weights (the previous adaptation stage).
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Override `[train] mode` (`supervised`, `distill`, `contrastive`, `finetune`, or the
+    /// semi-supervised `ssl-pseudo`, `ssl-consistency`, `fixmatch`).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Override the Stage I labelling model (`ssl.labeller`) of an `ssl-pseudo` run.
+    #[arg(long)]
+    pub labeller: Option<PathBuf>,
     /// No per-epoch lines on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -57,6 +64,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(init) = args.init {
         cfg.model.init = Some(init);
+    }
+    if let Some(m) = args.mode {
+        cfg.train.mode = serde_json::from_value(serde_json::Value::String(m.clone())).map_err(|_| {
+            anyhow::anyhow!(
+                "--mode {m:?}: expected supervised, distill, contrastive, finetune, ssl-pseudo, ssl-consistency or fixmatch"
+            )
+        })?;
+    }
+    if let Some(l) = args.labeller {
+        cfg.ssl.labeller = Some(l);
     }
     if let Some(f) = args.fold {
         match &mut cfg.data.split {

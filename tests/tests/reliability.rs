@@ -258,3 +258,56 @@ async fn a_stale_case_is_redriven_then_failed_with_a_reason() {
     assert_eq!(redriven, 1.0);
     sys.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_client_is_cut_off_and_a_full_backlog_answers_429() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sys = System::start(&[("GMMAS_HEADER_TIMEOUT_S", "1"), ("GMMAS_MAX_BACKLOG", "1")]).await.unwrap();
+    // A client that trickles its headers and never finishes them is disconnected.
+    let addr = sys.service("api").http_addr.clone();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    let mut buf = [0u8; 256];
+    while started.elapsed() < Duration::from_secs(8) {
+        if stream.write_all(b"X-Slow: 1\r\n").await.is_err() {
+            closed = true;
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "the slow client was still connected after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5), "cut off only after {:?}", started.elapsed());
+    // The server still answers others.
+    assert_eq!(gmmas_runtime::supervise::http_status(&addr, "/healthz").await.unwrap(), 200);
+
+    // Backpressure: with nobody preprocessing, one open case fills the backlog.
+    sys.stop_service("preprocess").await;
+    let (_, files) = phantom_files(9, DIMS);
+    let (status, body) = sys.upload(TENANT, "backlog-1", files.clone()).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let mut form = reqwest::multipart::Form::new().text("case_ref", "backlog-2");
+    for (name, bytes) in files {
+        form = form.part(name.to_string(), reqwest::multipart::Part::bytes(bytes).file_name("x.nii.gz"));
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/tenants/{TENANT}/cases", sys.api))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "30");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("waiting for analysis"), "{body}");
+    let metrics = sys.metrics("api").await.unwrap();
+    assert!(metrics.contains("gmmas_http_rejected_total{reason=\"backlog\",service=\"api\"} 1"), "{metrics}");
+    sys.shutdown().await;
+}

@@ -31,6 +31,9 @@ pub struct ApiConfig {
     pub max_upload_mib: u64,
     /// Largest accepted volume, in voxels.
     pub max_voxels: u64,
+    /// Admission limits of uploads.
+    #[serde(flatten)]
+    pub admission: gmmas_ingest::AdmissionConfig,
 }
 
 impl Default for ApiConfig {
@@ -39,6 +42,7 @@ impl Default for ApiConfig {
             common: CommonConfig { http_addr: "127.0.0.1:8080".into(), ..Default::default() },
             max_upload_mib: 1024,
             max_voxels: 512 * 512 * 512,
+            admission: gmmas_ingest::AdmissionConfig::default(),
         }
     }
 }
@@ -307,9 +311,16 @@ pub async fn run(config: ApiConfig) -> anyhow::Result<()> {
     let rt = StageRuntime::start(&config.common, "api", &shutdown).await?;
     let health = rt.health_routes();
     let (pool, bus) = (rt.db.clone(), rt.bus.clone());
-    let ingestor = Arc::new(Ingestor::new(rt, config.max_upload_mib, config.max_voxels));
+    let ingestor = Arc::new(Ingestor::with_admission(rt, config.max_upload_mib, config.max_voxels, config.admission));
     let router = routes(pool, bus, ingestor).merge(health);
-    gmmas_runtime::http::serve(&config.common.http_addr, router, shutdown.clone()).await?;
+    let server = gmmas_runtime::http::serve_with(
+        &config.common.http_addr,
+        router,
+        shutdown.clone(),
+        config.common.http_limits(),
+    )
+    .await?;
     shutdown.wait().await;
+    let _ = server.done.await;
     Ok(())
 }

@@ -26,6 +26,9 @@ pub struct IngestConfig {
     pub max_upload_mib: u64,
     /// Largest accepted volume, in voxels.
     pub max_voxels: u64,
+    /// Admission limits.
+    #[serde(flatten)]
+    pub admission: AdmissionConfig,
 }
 
 impl Default for IngestConfig {
@@ -34,7 +37,79 @@ impl Default for IngestConfig {
             common: CommonConfig { http_addr: "127.0.0.1:8081".into(), ..Default::default() },
             max_upload_mib: 1024,
             max_voxels: 512 * 512 * 512,
+            admission: AdmissionConfig::default(),
         }
+    }
+}
+
+/// How much work an upload endpoint lets in (shared by ingest and the API).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdmissionConfig {
+    /// Uploads read and validated at once by this process; more get 429.
+    pub max_concurrent_uploads: usize,
+    /// Open cases (received, preprocessing, analyzing) across tenants beyond which uploads get 429.
+    pub max_backlog: i64,
+    /// Open cases of one tenant beyond which its uploads get 429 (fairness between hospitals).
+    pub max_backlog_per_tenant: i64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig { max_concurrent_uploads: 8, max_backlog: 1000, max_backlog_per_tenant: 300 }
+    }
+}
+
+/// The admission state of one process.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    cfg: AdmissionConfig,
+    uploads: Arc<tokio::sync::Semaphore>,
+}
+
+impl Admission {
+    pub fn new(cfg: AdmissionConfig) -> Self {
+        Admission { cfg, uploads: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_uploads.max(1))) }
+    }
+
+    /// Lets one upload of `tenant` in, or says 429 with a Retry-After: too many uploads in
+    /// progress here, or too many open cases overall or for this tenant.
+    pub async fn admit(&self, rt: &StageRuntime, tenant: &str) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let Ok(permit) = self.uploads.clone().try_acquire_owned() else {
+            rt.metrics.http_rejected("busy");
+            return Err(ApiError::TooManyRequests {
+                message: format!("{} uploads are in progress; try again shortly", self.cfg.max_concurrent_uploads),
+                retry_after_s: 5,
+            });
+        };
+        let (all, mine): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE tenant_id = $1) FROM cases
+             WHERE status IN ('received', 'preprocessing', 'analyzing')",
+        )
+        .bind(tenant)
+        .fetch_one(&rt.db)
+        .await?;
+        if all >= self.cfg.max_backlog {
+            rt.metrics.http_rejected("backlog");
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "{all} cases are waiting for analysis (limit {}); try again later",
+                    self.cfg.max_backlog
+                ),
+                retry_after_s: 30,
+            });
+        }
+        if mine >= self.cfg.max_backlog_per_tenant {
+            rt.metrics.http_rejected("tenant_backlog");
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "this tenant has {mine} cases waiting for analysis (limit {}); try again later",
+                    self.cfg.max_backlog_per_tenant
+                ),
+                retry_after_s: 30,
+            });
+        }
+        Ok(permit)
     }
 }
 
@@ -60,12 +135,17 @@ pub struct CaseCreated {
 pub struct Ingestor {
     pub rt: StageRuntime,
     pub limits: Limits,
+    pub admission: Admission,
 }
 
 impl Ingestor {
     pub fn new(rt: StageRuntime, max_upload_mib: u64, max_voxels: u64) -> Self {
+        Self::with_admission(rt, max_upload_mib, max_voxels, AdmissionConfig::default())
+    }
+
+    pub fn with_admission(rt: StageRuntime, max_upload_mib: u64, max_voxels: u64, admission: AdmissionConfig) -> Self {
         let limits = Limits { max_file_bytes: max_upload_mib * 1024 * 1024, max_voxels, ..Limits::default() };
-        Ingestor { rt, limits }
+        Ingestor { rt, limits, admission: Admission::new(admission) }
     }
 
     /// Validates, stores, records and announces one case. The case, its volumes and the
@@ -278,7 +358,7 @@ pub async fn read_multipart(tenant: &str, mut form: Multipart) -> Result<Upload,
             axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!("{name}: upload too large")),
             _ => ApiError::BadRequest(format!("{name}: {e}")),
         })?;
-        files.push((modality, bytes.to_vec()));
+        files.push((modality, Vec::from(bytes)));
     }
     let case_ref = case_ref.ok_or_else(|| ApiError::BadRequest("missing form field case_ref".into()))?;
     Ok(Upload { tenant, case_ref: case_ref.trim().to_string(), files })
@@ -289,6 +369,8 @@ async fn upload(
     Path(tenant): Path<String>,
     form: Multipart,
 ) -> Result<(axum::http::StatusCode, Json<CaseCreated>), ApiError> {
+    let _permit = ingestor.admission.admit(&ingestor.rt, &tenant).await?;
+    let _in_flight = ingestor.rt.metrics.in_flight();
     let upload = read_multipart(&tenant, form).await?;
     let created = ingestor.ingest(upload).await?;
     Ok((axum::http::StatusCode::CREATED, Json(created)))
@@ -309,9 +391,16 @@ pub async fn run(config: IngestConfig) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals();
     let rt = StageRuntime::start(&config.common, "ingest", &shutdown).await?;
     let health = rt.health_routes();
-    let ingestor = Arc::new(Ingestor::new(rt, config.max_upload_mib, config.max_voxels));
+    let ingestor = Arc::new(Ingestor::with_admission(rt, config.max_upload_mib, config.max_voxels, config.admission));
     let router = routes(ingestor).merge(health);
-    gmmas_runtime::http::serve(&config.common.http_addr, router, shutdown.clone()).await?;
+    let server = gmmas_runtime::http::serve_with(
+        &config.common.http_addr,
+        router,
+        shutdown.clone(),
+        config.common.http_limits(),
+    )
+    .await?;
     shutdown.wait().await;
+    let _ = server.done.await;
     Ok(())
 }

@@ -42,6 +42,10 @@ pub struct CommonConfig {
     pub outbox_retention_days: u64,
     /// Events older than this many days are removed from the stream (0 = kept).
     pub stream_max_age_days: u64,
+    /// Seconds a client has to send its request headers (slowloris protection).
+    pub header_timeout_s: f64,
+    /// Seconds a request (body included) may take before it is answered 408.
+    pub request_timeout_s: f64,
 }
 
 impl Default for CommonConfig {
@@ -63,6 +67,8 @@ impl Default for CommonConfig {
             failed_retention_days: 30,
             outbox_retention_days: 7,
             stream_max_age_days: 30,
+            header_timeout_s: 10.0,
+            request_timeout_s: 600.0,
         }
     }
 }
@@ -116,6 +122,15 @@ pub fn load_from<T: Serialize + DeserializeOwned + Default>(
 }
 
 impl CommonConfig {
+    /// The time limits of this service's HTTP listener.
+    pub fn http_limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            header_timeout: std::time::Duration::from_secs_f64(self.header_timeout_s.max(0.1)),
+            request_timeout: std::time::Duration::from_secs_f64(self.request_timeout_s.max(0.1)),
+            ..Default::default()
+        }
+    }
+
     /// Delay before the retry that follows failed attempt `attempt` (1-based): exponential,
     /// capped at `retry_backoff_max_s`.
     pub fn backoff(&self, attempt: i32) -> std::time::Duration {

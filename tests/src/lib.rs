@@ -24,7 +24,8 @@ pub struct System {
     logs: PathBuf,
     admin_url: String,
     db_name: String,
-    _nats: Child,
+    nats: Child,
+    nats_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -61,26 +62,17 @@ impl System {
 
     /// Starts NATS, a fresh database and the named services (in order; `api` sets [`System::api`]).
     pub async fn start_with(extra: &[(&str, &str)], services: &[&str]) -> anyhow::Result<System> {
+        Self::start_on(&admin_url(), extra, services).await
+    }
+
+    /// As [`System::start_with`], on the PostgreSQL server at `admin_url`.
+    pub async fn start_on(admin_url: &str, extra: &[(&str, &str)], services: &[&str]) -> anyhow::Result<System> {
         let dir = tempfile::tempdir()?;
         let port = supervise::free_port()?;
-        let nats = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path().join("nats"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting nats-server (is it installed? scripts/setup.sh installs it)")?;
+        let nats = start_nats(dir.path(), port).await?;
         let nats_url = format!("nats://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if Instant::now() > deadline {
-                bail!("nats-server did not listen on {port}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
 
-        let admin_url = admin_url();
+        let admin_url = admin_url.to_string();
         let db_name = format!("gmmas_test_{}", uuid::Uuid::new_v4().simple());
         let admin = PgPool::connect(&admin_url).await.with_context(|| format!("connecting to {admin_url}"))?;
         let create = format!("CREATE DATABASE {db_name}");
@@ -109,7 +101,8 @@ impl System {
             logs,
             admin_url,
             db_name,
-            _nats: nats,
+            nats,
+            nats_port: port,
             _dir: dir,
         };
         for name in services {
@@ -217,6 +210,14 @@ impl System {
         }
     }
 
+    /// Kills the NATS server (SIGKILL) and starts it again on the same port and store.
+    pub async fn restart_nats(&mut self) -> anyhow::Result<()> {
+        self.nats.start_kill()?;
+        self.nats.wait().await?;
+        self.nats = start_nats(self._dir.path(), self.nats_port).await?;
+        Ok(())
+    }
+
     /// Stops one service (SIGTERM, then kill) and forgets it.
     pub async fn stop_service(&mut self, name: &str) {
         if let Some(svc) = self.services.iter_mut().find(|s| s.name == name) {
@@ -315,6 +316,99 @@ impl System {
             let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name);
             let _ = sqlx::query(&drop).execute(&admin).await;
         }
+    }
+}
+
+async fn start_nats(dir: &std::path::Path, port: u16) -> anyhow::Result<Child> {
+    let nats = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.join("nats"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting nats-server (is it installed? scripts/setup.sh installs it)")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("nats-server did not listen on {port}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(nats)
+}
+
+/// A PostgreSQL server of this test alone (so that it can be restarted), stopped on drop.
+pub struct PrivatePg {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl PrivatePg {
+    /// initdb + start on a free port (as the `postgres` user when running as root).
+    pub fn start() -> anyhow::Result<PrivatePg> {
+        let initdb = std::fs::read_dir("/usr/lib/postgresql")
+            .context("PostgreSQL binaries (scripts/setup.sh installs them)")?
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").exists())
+            .max()
+            .context("no initdb under /usr/lib/postgresql/*/bin")?;
+        let dir = tempfile::tempdir()?;
+        let as_postgres = std::process::Command::new("id").arg("-u").output()?.stdout.starts_with(b"0\n");
+        if as_postgres {
+            std::process::Command::new("chown").args(["-R", "postgres"]).arg(dir.path()).status()?;
+        }
+        let pg = PrivatePg { dir, bin: initdb, port: supervise::free_port()?, as_postgres };
+        let data = pg.data();
+        pg.run("initdb", &["-D", &data, "-U", "postgres", "-A", "trust"])?;
+        pg.ctl("start")?;
+        Ok(pg)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
+        let bin = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&bin);
+            c
+        } else {
+            std::process::Command::new(&bin)
+        };
+        let out = cmd.args(args).output().with_context(|| format!("running {}", bin.display()))?;
+        if !out.status.success() {
+            bail!("{tool} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    fn ctl(&self, action: &str) -> anyhow::Result<()> {
+        let data = self.data();
+        let log = self.dir.path().join("server.log").display().to_string();
+        let opts = format!("-h 127.0.0.1 -p {} -k {}", self.port, self.dir.path().display());
+        self.run("pg_ctl", &["-D", &data, "-l", &log, "-w", "-m", "fast", "-o", &opts, action])
+    }
+
+    /// Restarts the server (fast shutdown: open connections are cut).
+    pub fn restart(&self) -> anyhow::Result<()> {
+        self.ctl("restart")
+    }
+
+    /// Admin URL (database `postgres`).
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
     }
 }
 

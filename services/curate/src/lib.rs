@@ -175,7 +175,8 @@ async fn aligner_for(db: &PgPool, version: &str, window: usize) -> Result<Distri
     {
         return Ok(a);
     }
-    let rows: Vec<(Option<bool>, Option<bool>, Option<bool>, Option<bool>)> =
+    type Row = (Option<bool>, Option<bool>, Option<bool>, Option<bool>);
+    let rows: Vec<Row> =
         sqlx::query_as("SELECT grade_gbm, idh_mutant, codel_1p19q, mgmt_methylated FROM clinician_labels")
             .fetch_all(db)
             .await?;

@@ -367,9 +367,19 @@ pub async fn read_multipart(tenant: &str, mut form: Multipart) -> Result<Upload,
 async fn upload(
     State(ingestor): State<Arc<Ingestor>>,
     Path(tenant): Path<String>,
-    form: Multipart,
+    mut form: Multipart,
 ) -> Result<(axum::http::StatusCode, Json<CaseCreated>), ApiError> {
-    let _permit = ingestor.admission.admit(&ingestor.rt, &tenant).await?;
+    let _permit = match ingestor.admission.admit(&ingestor.rt, &tenant).await {
+        Ok(p) => p,
+        Err(e) => {
+            // Read the body to its end without keeping it, so that the client, which is still
+            // sending, receives the 429 instead of a reset connection.
+            while let Ok(Some(mut field)) = form.next_field().await {
+                while let Ok(Some(_)) = field.chunk().await {}
+            }
+            return Err(e);
+        }
+    };
     let _in_flight = ingestor.rt.metrics.in_flight();
     let upload = read_multipart(&tenant, form).await?;
     let created = ingestor.ingest(upload).await?;

@@ -564,15 +564,14 @@ mod tests {
             let want = crate::calibrate::apply_temperature(f64::from(*x), 2.0);
             assert!((f64::from(y) - want).abs() < 1e-4, "{y} vs {want}");
         }
-        // Applied inside MC-dropout passes too: with the same dropout masks (same torch seed),
-        // a stochastic pass at T = 2 is the T = 1 pass rescaled.
+        // Applied inside MC-dropout passes too: with the same dropout masks (seeded per thread,
+        // so tests running beside this one cannot draw from the generator in between), a
+        // stochastic pass at T = 2 is the T = 1 pass rescaled.
         let mc = InferOptions { mc_passes: 1, ..opts };
         let d1 = Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.3), 5, Device::Cpu).unwrap();
-        tch::manual_seed(1);
-        let m1 = d1.analyze(&input, dims, [true; 4], &mc).unwrap();
+        let m1 = crate::net::with_seeded_dropout(1, || d1.analyze(&input, dims, [true; 4], &mc)).unwrap();
         let d2 = d1.with_temperature([2.0; TASKS]).unwrap();
-        tch::manual_seed(1);
-        let m2 = d2.analyze(&input, dims, [true; 4], &mc).unwrap();
+        let m2 = crate::net::with_seeded_dropout(1, || d2.analyze(&input, dims, [true; 4], &mc)).unwrap();
         for (x, y) in m1.probabilities.to_array().iter().zip(m2.probabilities.to_array()) {
             let want = crate::calibrate::apply_temperature(f64::from(*x), 2.0);
             assert!((f64::from(y) - want).abs() < 1e-4, "MC pass: {y} vs {want}");

@@ -128,7 +128,7 @@ async fn curated(sys: &System, case_id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlabeled_cases_train_a_model_the_gate_promotes_infer_switches_and_a_rollback_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let sys = start(dir.path(), &[]).await;
+    let mut sys = start(dir.path(), &[]).await;
     let mut first = Vec::new();
     for (i, seed) in [301u64, 302, 303].into_iter().enumerate() {
         let view = analyze(&sys, seed, &format!("unl-{i}")).await;
@@ -193,6 +193,16 @@ async fn unlabeled_cases_train_a_model_the_gate_promotes_infer_switches_and_a_ro
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rolled = analyze(&sys, 305, "after-rollback").await;
     assert_eq!(rolled["analysis"]["model_version"], parent.as_str());
+    // The loop is visible in the metrics.
+    let curate = sys.metrics("curate").await.unwrap();
+    assert!(
+        curate.contains("gmmas_pseudo_labels_total{decision=\"accepted\",task=\"segmentation\",service=\"curate\"}"),
+        "{curate}"
+    );
+    let train = sys.metrics("train").await.unwrap();
+    assert!(train.contains("gmmas_training_runs_total{outcome=\"promoted\",service=\"train\"} 1"), "{train}");
+    let api = sys.metrics("api").await.unwrap();
+    assert!(api.contains("gmmas_model_changes_total{change=\"rolled_back\",service=\"api\"} 1"), "{api}");
     // A second rollback has nothing left to return to: 409 with the reason.
     let resp =
         reqwest::Client::new().post(format!("{}/api/v1/models/complete/rollback", sys.api)).send().await.unwrap();

@@ -200,6 +200,7 @@ async fn rollback(State(rt): State<StageRuntime>, Path(role): Path<String>) -> R
     match registry::rollback(&rt.db, &role, "api").await {
         Ok((from, to)) => {
             rt.relay.kick();
+            rt.metrics.model_change("rolled_back");
             Ok(Json(RolledBack { role, rolled_back: from, current: to }))
         }
         Err(e @ (RegistryError::NoCurrent(_) | RegistryError::NothingToRollBackTo(_))) => {

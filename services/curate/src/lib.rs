@@ -82,6 +82,8 @@ pub struct Curator {
     pub device: gmmas_models::Device,
     /// Models by version (the one that analyzed each case), loaded once.
     models: Mutex<HashMap<String, Arc<Analyzer>>>,
+    /// Counts of accepted / rejected pseudo-labels.
+    pub metrics: Option<gmmas_runtime::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Curator {
@@ -148,6 +150,7 @@ impl Curator {
             min_tumour_accepted: cfg.min_tumour_accepted,
             device: gmmas_models::parse_device(&cfg.device).context("setting `device`")?,
             models: Mutex::new(HashMap::new()),
+            metrics: None,
         })
     }
 
@@ -289,6 +292,10 @@ impl StageWorker for Curator {
             });
         }
         tracing::info!(accepted = ?accepted, rejected = ?rejected, voxel_fraction, "pseudo-labelled");
+        if let Some(m) = &self.metrics {
+            accepted.iter().for_each(|t| m.pseudo_label(t, true));
+            rejected.iter().for_each(|t| m.pseudo_label(t, false));
+        }
         let curated_cases = curated_count(db).await? + u64::from(!accepted.is_empty());
         Ok(Curated {
             event: DatasetUpdated {
@@ -380,8 +387,9 @@ pub async fn run(config: CurateConfig) -> anyhow::Result<()> {
     if config.threads > 0 {
         gmmas_models::set_threads(config.threads);
     }
-    let worker = Curator::new(&config)?;
+    let mut worker = Curator::new(&config)?;
     let rt = StageRuntime::start(&config.common, "curate", &shutdown).await?;
+    worker.metrics = Some(rt.metrics.clone());
     gmmas_runtime::http::serve(&config.common.http_addr, rt.health_routes(), shutdown.clone()).await?;
     worker::run(rt, Arc::new(worker), shutdown).await
 }

@@ -18,6 +18,9 @@ pub struct Metrics {
     objects_deleted: IntCounter,
     http_rejected: IntCounterVec,
     in_flight: IntGauge,
+    pseudo_labels: IntCounterVec,
+    training_runs: IntCounterVec,
+    model_changes: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -84,6 +87,24 @@ impl Metrics {
                 &["reason"],
             ),
             in_flight: gauge(&registry, "in_flight", "Messages or uploads being handled right now"),
+            pseudo_labels: counter_vec(
+                &registry,
+                "pseudo_labels_total",
+                "Stage I pseudo-labels by task and decision (accepted, rejected)",
+                &["task", "decision"],
+            ),
+            training_runs: counter_vec(
+                &registry,
+                "training_runs_total",
+                "Training runs by outcome (started, resumed, promoted, rejected, failed)",
+                &["outcome"],
+            ),
+            model_changes: counter_vec(
+                &registry,
+                "model_changes_total",
+                "Registry changes by kind (candidate, promoted, rejected, rolled_back)",
+                &["change"],
+            ),
             registry,
         }
     }
@@ -115,6 +136,18 @@ impl Metrics {
 
     pub fn http_rejected(&self, reason: &str) {
         self.http_rejected.with_label_values(&[reason]).inc();
+    }
+
+    pub fn pseudo_label(&self, task: &str, accepted: bool) {
+        self.pseudo_labels.with_label_values(&[task, if accepted { "accepted" } else { "rejected" }]).inc();
+    }
+
+    pub fn training_run(&self, outcome: &str) {
+        self.training_runs.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn model_change(&self, change: &str) {
+        self.model_changes.with_label_values(&[change]).inc();
     }
 
     /// Counts one unit of work in flight until the guard is dropped.

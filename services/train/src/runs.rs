@@ -85,6 +85,7 @@ impl Trainer {
     pub async fn tick(&self) -> anyhow::Result<()> {
         if let Some(run) = self.take_over().await? {
             tracing::warn!(run_id = %run.id, resumes = run.resumes, "resuming a run whose lease expired");
+            self.rt.metrics.training_run("resumed");
             return self.execute(run).await;
         }
         if let Some(run) = self.start_if_due().await? {
@@ -161,6 +162,7 @@ impl Trainer {
             return Ok(None); // another process is running one
         }
         tracing::info!(run_id = %id, parent = %parent.version, cases = manifest.cases.len(), new, "training run started");
+        self.rt.metrics.training_run("started");
         Ok(Some(Run { id, parent: parent.version, manifest, data_sha256, checkpoints: Default::default(), resumes: 0 }))
     }
 
@@ -179,6 +181,7 @@ impl Trainer {
             Err(e) => {
                 let text = format!("{e:#}");
                 tracing::error!(run_id = %run.id, error = %text, "training run failed; the serving model is unchanged");
+                self.rt.metrics.training_run("failed");
                 sqlx::query(
                     "UPDATE train_runs SET status = 'failed', error = $2, finished_at = now()
                      WHERE id = $1 AND lease_owner = $3 AND status = 'running'",
@@ -298,8 +301,12 @@ impl Trainer {
         if lost.load(Ordering::SeqCst) {
             bail!("lease lost before the decision");
         }
+        self.rt.metrics.model_change("candidate");
         registry::decide(&self.rt.db, &version, verdict.promote, &verdict.reason, &metrics).await?;
         self.rt.relay.kick();
+        let outcome = if verdict.promote { "promoted" } else { "rejected" };
+        self.rt.metrics.training_run(outcome);
+        self.rt.metrics.model_change(outcome);
         sqlx::query(
             "UPDATE train_runs SET status = $2, metrics = $3, error = $4, finished_at = now()
              WHERE id = $1 AND status = 'running'",

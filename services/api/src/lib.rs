@@ -313,14 +313,5 @@ pub async fn run(config: ApiConfig) -> anyhow::Result<()> {
     let (pool, bus) = (rt.db.clone(), rt.bus.clone());
     let ingestor = Arc::new(Ingestor::with_admission(rt, config.max_upload_mib, config.max_voxels, config.admission));
     let router = routes(pool, bus, ingestor).merge(health);
-    let server = gmmas_runtime::http::serve_with(
-        &config.common.http_addr,
-        router,
-        shutdown.clone(),
-        config.common.http_limits(),
-    )
-    .await?;
-    shutdown.wait().await;
-    let _ = server.done.await;
-    Ok(())
+    gmmas_runtime::http::serve_until_shutdown(&config.common, router, shutdown).await
 }

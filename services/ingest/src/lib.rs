@@ -403,14 +403,5 @@ pub async fn run(config: IngestConfig) -> anyhow::Result<()> {
     let health = rt.health_routes();
     let ingestor = Arc::new(Ingestor::with_admission(rt, config.max_upload_mib, config.max_voxels, config.admission));
     let router = routes(ingestor).merge(health);
-    let server = gmmas_runtime::http::serve_with(
-        &config.common.http_addr,
-        router,
-        shutdown.clone(),
-        config.common.http_limits(),
-    )
-    .await?;
-    shutdown.wait().await;
-    let _ = server.done.await;
-    Ok(())
+    gmmas_runtime::http::serve_until_shutdown(&config.common, router, shutdown).await
 }

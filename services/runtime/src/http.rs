@@ -83,6 +83,19 @@ pub async fn serve(addr: &str, router: Router, shutdown: crate::Shutdown) -> any
     Ok(serve_with(addr, router, shutdown, HttpLimits::default()).await?.addr)
 }
 
+/// Serves `router` on the service's listener until shutdown, then waits for it to drain (the
+/// whole life of a service whose work is its HTTP API).
+pub async fn serve_until_shutdown(
+    cfg: &crate::CommonConfig,
+    router: Router,
+    shutdown: crate::Shutdown,
+) -> anyhow::Result<()> {
+    let server = serve_with(&cfg.http_addr, router, shutdown.clone(), cfg.http_limits()).await?;
+    shutdown.wait().await;
+    let _ = server.done.await;
+    Ok(())
+}
+
 /// Serves `router` (HTTP/1.1) with header and request time limits. On shutdown it stops
 /// accepting, lets requests in progress finish (up to `drain_timeout`), then completes `done`.
 pub async fn serve_with(

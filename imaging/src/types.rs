@@ -177,6 +177,14 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The limits of the `max_upload_mib` / `max_voxels` settings: the same for every service
+    /// that reads an uploaded volume (ingest and api accept it, preprocess reads it again).
+    pub fn from_settings(max_upload_mib: u64, max_voxels: u64) -> Self {
+        Limits { max_file_bytes: max_upload_mib.saturating_mul(1024 * 1024), max_voxels, ..Limits::default() }
+    }
+}
+
 /// Ok when both grids have equal dims and affines equal within 1e-3; the error says what differs.
 pub fn same_grid(a: &Grid, b: &Grid) -> Result<(), ImagingError> {
     if a.dims != b.dims {

@@ -144,8 +144,7 @@ impl Ingestor {
     }
 
     pub fn with_admission(rt: StageRuntime, max_upload_mib: u64, max_voxels: u64, admission: AdmissionConfig) -> Self {
-        let limits = Limits { max_file_bytes: max_upload_mib * 1024 * 1024, max_voxels, ..Limits::default() };
-        Ingestor { rt, limits, admission: Admission::new(admission) }
+        Ingestor { rt, limits: Limits::from_settings(max_upload_mib, max_voxels), admission: Admission::new(admission) }
     }
 
     /// Validates, stores, records and announces one case. The case, its volumes and the

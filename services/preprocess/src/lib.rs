@@ -21,6 +21,10 @@ pub struct PreprocessConfig {
     pub clip_high_pct: f32,
     /// Target isotropic spacing in mm.
     pub spacing_mm: f32,
+    /// Largest accepted file, in MiB, and volume, in voxels: the same settings as ingest's,
+    /// so that a volume ingest accepted is never refused here.
+    pub max_upload_mib: u64,
+    pub max_voxels: u64,
 }
 
 impl Default for PreprocessConfig {
@@ -30,6 +34,8 @@ impl Default for PreprocessConfig {
             clip_low_pct: 0.5,
             clip_high_pct: 99.5,
             spacing_mm: 1.0,
+            max_upload_mib: 1024,
+            max_voxels: 512 * 512 * 512,
         }
     }
 }
@@ -38,6 +44,7 @@ impl Default for PreprocessConfig {
 #[derive(Debug)]
 pub struct Preprocessor {
     pub opts: PrepOptions,
+    pub limits: Limits,
 }
 
 impl StageWorker for Preprocessor {
@@ -67,8 +74,8 @@ impl StageWorker for Preprocessor {
             inputs.push((modality, attempt.get_object(&v.object).await?));
         }
         let opts = self.opts.clone();
+        let limits = self.limits;
         let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let limits = Limits::default();
             let mut volumes = Vec::with_capacity(inputs.len());
             for (m, bytes) in &inputs {
                 let v = gmmas_imaging::read_volume(bytes, &limits).map_err(|e| format!("{}: {e}", m.as_str()))?;
@@ -107,6 +114,7 @@ pub async fn run(config: PreprocessConfig) -> anyhow::Result<()> {
             spacing_mm: config.spacing_mm,
             ..PrepOptions::default()
         },
+        limits: Limits::from_settings(config.max_upload_mib, config.max_voxels),
     };
     worker::run(rt, Arc::new(worker), shutdown).await
 }

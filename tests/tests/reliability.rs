@@ -17,6 +17,17 @@ async fn count(sys: &System, sql: &str, id: &str) -> i64 {
     n
 }
 
+/// The message a stage recorded (and published) for a case.
+async fn stage_output(sys: &System, id: &str, stage: &str) -> Vec<u8> {
+    let (out,): (Vec<u8>,) = sqlx::query_as("SELECT output FROM stage_runs WHERE case_id = $1::uuid AND stage = $2")
+        .bind(id)
+        .bind(stage)
+        .fetch_one(&sys.db)
+        .await
+        .unwrap();
+    out
+}
+
 async fn wait_stage_done(sys: &System, id: &str, stage: &str) {
     for _ in 0..600 {
         let row: Option<(String,)> =
@@ -109,12 +120,7 @@ async fn two_concurrent_attempts_leave_one_consistent_analysis() {
     assert_eq!(status, 201, "{body}");
     let id = body["case_id"].as_str().unwrap().to_string();
     wait_stage_done(&sys, &id, "preprocess").await;
-    let (payload,): (Vec<u8>,) =
-        sqlx::query_as("SELECT output FROM stage_runs WHERE case_id = $1::uuid AND stage = 'preprocess'")
-            .bind(&id)
-            .fetch_one(&sys.db)
-            .await
-            .unwrap();
+    let payload = stage_output(&sys, &id, "preprocess").await;
     let msg: ScanPreprocessed = contracts::decode(&payload).unwrap();
     let subject = contracts::Event::ScanPreprocessed.subject(&msg.tenant);
 
@@ -139,12 +145,7 @@ async fn two_concurrent_attempts_leave_one_consistent_analysis() {
             .fetch_one(&sys.db)
             .await
             .unwrap();
-    let (out,): (Vec<u8>,) =
-        sqlx::query_as("SELECT output FROM stage_runs WHERE case_id = $1::uuid AND stage = 'infer'")
-            .bind(&id)
-            .fetch_one(&sys.db)
-            .await
-            .unwrap();
+    let out = stage_output(&sys, &id, "infer").await;
     let analyzed: ScanAnalyzed = contracts::decode(&out).unwrap();
     assert_eq!(
         (analyzed.segmentation.key.as_str(), analyzed.segmentation.sha256.as_str()),
@@ -170,12 +171,7 @@ async fn forged_messages_naming_another_tenants_objects_are_refused() {
     let (_, body) = sys.upload(TENANT, "victim", files).await.unwrap();
     let victim = body["case_id"].as_str().unwrap().to_string();
     sys.wait_case(TENANT, &victim, Duration::from_secs(120)).await.unwrap();
-    let (victim_out,): (Vec<u8>,) =
-        sqlx::query_as("SELECT output FROM stage_runs WHERE case_id = $1::uuid AND stage = 'preprocess'")
-            .bind(&victim)
-            .fetch_one(&sys.db)
-            .await
-            .unwrap();
+    let victim_out = stage_output(&sys, &victim, "preprocess").await;
     let victim_msg: ScanPreprocessed = contracts::decode(&victim_out).unwrap();
 
     // The attacker's own case waits at infer.
@@ -212,12 +208,7 @@ async fn forged_messages_naming_another_tenants_objects_are_refused() {
     let view = sys.wait_case(other.as_str(), &mine, Duration::from_secs(120)).await.unwrap();
     assert_eq!(view["status"], "done", "{view}");
     // My case was analyzed from my own tensor, the victim's case was not touched again.
-    let (mine_out,): (Vec<u8>,) =
-        sqlx::query_as("SELECT output FROM stage_runs WHERE case_id = $1::uuid AND stage = 'preprocess'")
-            .bind(&mine)
-            .fetch_one(&sys.db)
-            .await
-            .unwrap();
+    let mine_out = stage_output(&sys, &mine, "preprocess").await;
     let mine_msg: ScanPreprocessed = contracts::decode(&mine_out).unwrap();
     assert_eq!(view["analysis"]["input_sha256"]["preprocessed"], mine_msg.prepared.sha256.as_str());
     assert_ne!(mine_msg.prepared.sha256, victim_msg.prepared.sha256);

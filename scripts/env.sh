@@ -12,3 +12,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$GMMAS_CACHE/target}"
 export GMMAS_NATS_URL="${GMMAS_NATS_URL:-nats://127.0.0.1:4222}"
 export GMMAS_DATABASE_URL="${GMMAS_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/gmmas}"
 export GMMAS_BIN="$CARGO_TARGET_DIR/release"
+# The local system runs least-privileged (scripts/setup.sh prepares both): each service as its own
+# NATS user over TLS on a second, secured nats-server, and as the database role gmmas_app, a member
+# of gmmas_service, which has no DDL rights. GMMAS_DATABASE_URL above is the migrations role.
+export GMMAS_UP_NATS_URL="${GMMAS_UP_NATS_URL:-nats://127.0.0.1:4223}"
+export GMMAS_UP_NATS_SECRETS="${GMMAS_UP_NATS_SECRETS:-$GMMAS_STATE/secrets}"
+export GMMAS_UP_NATS_CA="${GMMAS_UP_NATS_CA:-$GMMAS_STATE/tls/ca.pem}"
+export GMMAS_UP_DATABASE_URL="${GMMAS_UP_DATABASE_URL:-postgres://gmmas_app@${GMMAS_DATABASE_URL#*@}}"

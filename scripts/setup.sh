@@ -25,6 +25,7 @@ need=()
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v pg_isready >/dev/null 2>&1 || need+=(postgresql-client)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -77,5 +78,42 @@ if [ "${GMMAS_SKIP_BUILD:-0}" != 1 ]; then
   if [ ! -f "$weights" ]; then
     log "no released model at $weights: writing UNTRAINED weights (seed 0) so the pipeline can run"
     "$GMMAS_BIN/gmmas" init-model --profile small --seed 0 --out "$weights" >/dev/null
+  fi
+fi
+
+# 6. Least privilege for the local system (after the build: it uses the gmmas command).
+if [ "${GMMAS_SKIP_BUILD:-0}" != 1 ]; then
+  # The database: migrations by the migrations role (GMMAS_DATABASE_URL), services as gmmas_app.
+  "$GMMAS_BIN/gmmas" migrate --database-url "$GMMAS_DATABASE_URL" >/dev/null
+  app_role="${GMMAS_UP_DATABASE_URL#*://}"; app_role="${app_role%%@*}"
+  psql "$GMMAS_DATABASE_URL" -qc "DO \$\$ BEGIN
+      IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$app_role') THEN
+        CREATE ROLE \"$app_role\" LOGIN IN ROLE gmmas_service;
+      END IF; END \$\$" >/dev/null
+  # The bus: a CA and server certificate (kept), a user and password per service, TLS only.
+  tls="$(dirname "$GMMAS_UP_NATS_CA")"
+  mkdir -p "$tls"
+  if [ ! -f "$tls/server.pem" ]; then
+    log "making a local CA and NATS server certificate in $tls"
+    ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    (cd "$tls" &&
+      openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.pem -days 3650 -subj "/CN=GMMAS local CA" 2>/dev/null &&
+      openssl req "${ec[@]}" -keyout server.key -out server.csr -subj "/CN=127.0.0.1" 2>/dev/null &&
+      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >san.cnf &&
+      openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
+        -days 3650 -extfile san.cnf 2>/dev/null &&
+      chmod 600 ca.key server.key)
+  fi
+  hp=$(hostport "$GMMAS_UP_NATS_URL")
+  "$GMMAS_BIN/gmmas" nats-config --secrets "$GMMAS_UP_NATS_SECRETS" --out "$GMMAS_STATE/nats-secure.conf" \
+    --listen "$hp" --store-dir "$GMMAS_STATE/nats-secure" --tls-cert "$tls/server.pem" --tls-key "$tls/server.key" >/dev/null
+  if ! answers "$GMMAS_UP_NATS_URL"; then
+    log "starting the secured nats-server on $hp (users and TLS; log $GMMAS_STATE/nats-secure.log)"
+    nohup nats-server -c "$GMMAS_STATE/nats-secure.conf" -P "$GMMAS_STATE/nats-secure.pid" \
+      -l "$GMMAS_STATE/nats-secure.log" >/dev/null 2>&1 &
+    for _ in $(seq 50); do answers "$GMMAS_UP_NATS_URL" && break; sleep 0.2; done
+    answers "$GMMAS_UP_NATS_URL" || { log "secured nats-server did not start; see $GMMAS_STATE/nats-secure.log"; exit 1; }
+  elif [ -f "$GMMAS_STATE/nats-secure.pid" ]; then
+    kill -HUP "$(cat "$GMMAS_STATE/nats-secure.pid")" 2>/dev/null || true  # reload users and permissions
   fi
 fi

@@ -7,8 +7,8 @@ use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use flate2::{Compression, GzBuilder};
 use gmmas_imaging::{
-    Datatype, Grid, ImagingError, LabelVolume, Limits, Volume, read_header_with, read_labels, read_volume,
-    write_labels, write_volume, write_volume_as,
+    Datatype, Grid, ImagingError, LabelVolume, Limits, Volume, check_volume_from, read_header_with, read_labels,
+    read_volume, write_labels, write_volume, write_volume_as,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
@@ -1302,6 +1302,9 @@ impl Worker<'_> {
                 key
             }
         };
+        if t == Target::Volume && r.is_ok() {
+            self.differential(input, &limits, r.as_ref().ok().and_then(|x| x.as_ref().err()));
+        }
         let bound = alloc_bound(&limits, input.len());
         let ratio = peak as f64 / bound as f64;
         if ratio > self.report.tightest.0 {
@@ -1317,6 +1320,29 @@ impl Worker<'_> {
         if *n == 1 && self.corpus.len() < self.cfg.max_corpus {
             self.corpus.push(Entry::new(input.to_vec(), self.cfg.max_input));
             self.report.kept += 1;
+        }
+    }
+
+    /// The streaming check that uploads go through must accept and refuse exactly what
+    /// `read_volume` does (same error class), on inputs within the byte limit it leaves to its caller.
+    fn differential(&mut self, input: &[u8], limits: &Limits, volume_err: Option<&ImagingError>) {
+        if input.len() as u64 > limits.max_file_bytes {
+            return;
+        }
+        IN_TARGET.with(|c| c.set(true));
+        let checked = catch_unwind(AssertUnwindSafe(|| check_volume_from(input, limits)));
+        IN_TARGET.with(|c| c.set(false));
+        let Ok(checked) = checked else {
+            let msg = PANIC_MSG.with(|m| std::mem::take(&mut *m.borrow_mut()));
+            self.report.crashes += 1;
+            self.finding("crash", Target::Volume, input, format!("check_volume_from: {msg}"));
+            return;
+        };
+        let a = volume_err.map(error_class);
+        let b = checked.as_ref().err().map(error_class);
+        if a != b {
+            let what = format!("differential: read_volume {a:?}, check_volume_from {b:?}");
+            self.finding("differential", Target::Volume, input, what);
         }
     }
 

@@ -16,8 +16,8 @@ mod types;
 
 pub use error::ImagingError;
 pub use nifti::{
-    Datatype, NiftiHeader, read_header, read_header_with, read_labels, read_volume, read_volumes_parallel,
-    write_labels, write_volume, write_volume_as,
+    Datatype, NiftiHeader, check_volume_from, read_header, read_header_with, read_labels, read_volume,
+    read_volumes_parallel, write_labels, write_volume, write_volume_as,
 };
 pub use orient::Orientation;
 pub use prep::{Geometry, PrepOptions, PreparedCase, prepare, prepare_labels, restore_labels, restore_map};

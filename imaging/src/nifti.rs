@@ -664,6 +664,107 @@ pub fn read_volume(bytes: &[u8], limits: &Limits) -> Result<Volume, ImagingError
     Ok(Volume { grid: hdr.grid(), data })
 }
 
+/// Checks a `.nii` or `.nii.gz` read from `r` exactly as [`read_volume`] would accept or refuse
+/// it (header, limits, length, finite voxels) without holding the image: memory stays at one
+/// chunk whatever the file's size. Returns the grid. `r` may be a file being uploaded.
+pub fn check_volume_from(mut r: impl Read, limits: &Limits) -> Result<Grid, ImagingError> {
+    let mut magic = [0u8; 2];
+    let got = read_full_io(&mut r, &mut magic)?;
+    let head = std::io::Cursor::new(magic[..got].to_vec()).chain(r);
+    if got == 2 && is_gzip(&magic) {
+        check_stream(MultiGzDecoder::new(head), limits, true)
+    } else {
+        check_stream(head, limits, false)
+    }
+}
+
+/// [`read_full`] for a plain reader: its errors are I/O errors, not corrupt gzip.
+fn read_full_io(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, ImagingError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(ImagingError::Io { path: "upload".into(), source: e }),
+        }
+    }
+    Ok(filled)
+}
+
+fn check_stream(mut r: impl Read, limits: &Limits, gz: bool) -> Result<Grid, ImagingError> {
+    let fill = |r: &mut dyn Read, buf: &mut [u8]| {
+        let mut r = r;
+        if gz { read_full(&mut r, buf) } else { read_full_io(&mut r, buf) }
+    };
+    let mut h = [0u8; HDR];
+    let got = fill(&mut r, &mut h)?;
+    if gz && got < HDR {
+        return Err(ImagingError::Truncated { what: "NIfTI header".into(), expected: HDR as u64, got: got as u64 });
+    }
+    let hdr = parse_header(&h[..got], limits)?;
+    require_single_file(&hdr)?;
+    let nvox = hdr.nvox();
+    if nvox > limits.max_voxels {
+        return Err(ImagingError::TooLarge {
+            what: format!("voxel count {}x{}x{}", hdr.dims[0], hdr.dims[1], hdr.dims[2]),
+            value: nvox,
+            limit: limits.max_voxels,
+        });
+    }
+    check_total(hdr.vox_offset, hdr.body_bytes(), limits)?;
+    let body_len = hdr.body_bytes();
+    let mut buf = vec![0u8; CHUNK];
+    // The extension bytes between the header and vox_offset.
+    let mut skip = hdr.vox_offset - HDR as u64;
+    while skip > 0 {
+        let want = skip.min(CHUNK as u64) as usize;
+        let got = fill(&mut r, &mut buf[..want])?;
+        if got < want {
+            // Named as read_volume names it: the extensions of a gzip stream, the image of a plain file.
+            return Err(if gz {
+                ImagingError::Truncated {
+                    what: "header extensions before vox_offset".into(),
+                    expected: hdr.vox_offset,
+                    got: hdr.vox_offset - (skip - got as u64),
+                }
+            } else {
+                ImagingError::Truncated { what: "image data".into(), expected: body_len, got: 0 }
+            });
+        }
+        skip -= want as u64;
+    }
+    let check = hdr.datatype.is_float() || hdr.scaling().is_some();
+    let scaling = hdr.scaling();
+    let mut values = Vec::with_capacity(CHUNK);
+    let mut non_finite = 0usize;
+    let mut done = 0u64;
+    while done < body_len {
+        let want = (body_len - done).min(CHUNK as u64) as usize;
+        let got = fill(&mut r, &mut buf[..want])?;
+        if got < want {
+            return Err(ImagingError::Truncated {
+                what: "image data".into(),
+                expected: body_len,
+                got: done + got as u64,
+            });
+        }
+        if check {
+            values.clear();
+            convert(hdr.datatype, hdr.little_endian, &buf[..want], &mut values);
+            non_finite += match scaling {
+                Some((s, i)) => values.iter().filter(|&&v| !((f64::from(v) * s + i) as f32).is_finite()).count(),
+                None => values.iter().filter(|v| !v.is_finite()).count(),
+            };
+        }
+        done += want as u64;
+    }
+    if non_finite > 0 {
+        return Err(ImagingError::NonFinite { count: non_finite });
+    }
+    Ok(hdr.grid())
+}
+
 /// Reads a NIfTI-1 label map; every (scaled) value must be an integer in 0..=255.
 pub fn read_labels(bytes: &[u8], limits: &Limits) -> Result<LabelVolume, ImagingError> {
     let (hdr, body) = open(bytes, limits)?;

@@ -25,12 +25,13 @@ pub struct System {
     admin_url: String,
     db_name: String,
     nats: Child,
-    nats_port: u16,
+    pub nats_port: u16,
+    nats_conf: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 /// Base URL of a PostgreSQL server where test databases may be created.
-fn admin_url() -> String {
+pub fn admin_url() -> String {
     std::env::var("GMMAS_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
@@ -103,20 +104,30 @@ impl System {
             db_name,
             nats,
             nats_port: port,
+            nats_conf: None,
             _dir: dir,
         };
         for name in services {
             sys.start_service(name).await?;
         }
-        sys.api = format!("http://{}", sys.service("api").http_addr);
+        if services.contains(&"api") {
+            sys.api = format!("http://{}", sys.service("api").http_addr);
+        }
         Ok(sys)
     }
 
     /// Starts (or restarts) one service on a fresh port.
     pub async fn start_service(&mut self, name: &str) -> anyhow::Result<()> {
+        self.start_service_with(name, &[]).await
+    }
+
+    /// [`System::start_service`] with environment of this service alone on top.
+    pub async fn start_service_with(&mut self, name: &str, extra: &[(String, String)]) -> anyhow::Result<()> {
         self.services.retain(|s| s.name != name);
         let addr = format!("127.0.0.1:{}", supervise::free_port()?);
-        let mut svc = supervise::start(name, &addr, &self.env, &self.logs)?;
+        let mut env = self.env.clone();
+        env.extend(extra.iter().cloned());
+        let mut svc = supervise::start(name, &addr, &env, &self.logs)?;
         supervise::wait_ready(&mut svc, Duration::from_secs(60)).await.map_err(|e| self.with_logs(e))?;
         self.services.push(svc);
         Ok(())
@@ -210,12 +221,28 @@ impl System {
         }
     }
 
-    /// Kills the NATS server (SIGKILL) and starts it again on the same port and store.
+    /// Kills the NATS server (SIGKILL) and starts it again on the same port and store (and
+    /// configuration, when it has one).
     pub async fn restart_nats(&mut self) -> anyhow::Result<()> {
         self.nats.start_kill()?;
         self.nats.wait().await?;
-        self.nats = start_nats(self._dir.path(), self.nats_port).await?;
+        self.nats = match &self.nats_conf {
+            Some(conf) => start_nats_conf(conf, &self.logs, self.nats_port).await?,
+            None => start_nats(self._dir.path(), self.nats_port).await?,
+        };
         Ok(())
+    }
+
+    /// Replaces the NATS server with one run from `conf` (which must listen on
+    /// [`System::nats_port`]); it logs to `nats.log` beside the services' logs.
+    pub async fn restart_nats_with(&mut self, conf: &std::path::Path) -> anyhow::Result<()> {
+        self.nats_conf = Some(conf.to_path_buf());
+        self.restart_nats().await
+    }
+
+    /// This system's scratch folder (removed with it).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     /// Stops one service (SIGTERM, then kill) and forgets it.
@@ -332,6 +359,28 @@ async fn start_nats(dir: &std::path::Path, port: u16) -> anyhow::Result<Child> {
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         if Instant::now() > deadline {
             bail!("nats-server did not listen on {port}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(nats)
+}
+
+async fn start_nats_conf(conf: &std::path::Path, logs: &std::path::Path, port: u16) -> anyhow::Result<Child> {
+    std::fs::create_dir_all(logs)?;
+    let nats = Command::new("nats-server")
+        .arg("-c")
+        .arg(conf)
+        .arg("-l")
+        .arg(logs.join("nats.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting nats-server with a configuration file")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("nats-server ({}) did not listen on {port}", conf.display());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -1,6 +1,6 @@
 //! Load: many concurrent uploads over loopback. Clients that get 429 wait for Retry-After and
 //! try again; every upload must end accepted (0 errors), the 429s must show in the metrics,
-//! and the peak memory of the api process is printed.
+//! and the peak memory of the api and ingest processes (half the uploads each) is printed.
 //!
 //! CI runs 24 uploads; `GMMAS_LOAD_UPLOADS=100 cargo test --release -p gmmas-e2e --test load
 //! -- --nocapture` runs the full version.
@@ -30,8 +30,10 @@ async fn concurrent_uploads_all_succeed_with_backpressure_and_bounded_memory() {
     let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    let ingest = format!("http://{}/v1", sys.service("ingest").http_addr);
     for i in 0..n {
-        let api = sys.api.clone();
+        // Half through the API, half straight to ingest: both run the same upload path.
+        let base = if i % 2 == 0 { format!("{}/api/v1", sys.api) } else { ingest.clone() };
         let files = files.clone();
         tasks.spawn(async move {
             let client = reqwest::Client::new();
@@ -42,7 +44,7 @@ async fn concurrent_uploads_all_succeed_with_backpressure_and_bounded_memory() {
                     form =
                         form.part(name.to_string(), reqwest::multipart::Part::bytes(b.clone()).file_name("x.nii.gz"));
                 }
-                let resp = client.post(format!("{api}/api/v1/tenants/{TENANT}/cases")).multipart(form).send().await;
+                let resp = client.post(format!("{base}/tenants/{TENANT}/cases")).multipart(form).send().await;
                 match resp {
                     Ok(r) if r.status() == 201 => return Ok(throttled),
                     Ok(r) if r.status() == 429 => {
@@ -70,17 +72,21 @@ async fn concurrent_uploads_all_succeed_with_backpressure_and_bounded_memory() {
     assert!(errors.is_empty(), "{errors:?}");
     let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM cases").fetch_one(&sys.db).await.unwrap();
     assert_eq!(count as usize, n);
-    let metrics = sys.metrics("api").await.unwrap();
-    let rejected: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("gmmas_http_rejected_total{reason=\"busy\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert_eq!(rejected as u32, throttled, "{metrics}");
+    let mut rejected = 0.0;
+    for name in ["api", "ingest"] {
+        let metrics = sys.metrics(name).await.unwrap();
+        rejected += metrics
+            .lines()
+            .filter(|l| l.starts_with("gmmas_http_rejected_total{reason=\"busy\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert_eq!(rejected as u32, throttled);
     let api_rss = peak_rss_mib(sys.service("api").child.id().unwrap());
+    let ingest_rss = peak_rss_mib(sys.service("ingest").child.id().unwrap());
     eprintln!(
-        "load: {n} concurrent uploads of {:.1} MiB each, 0 errors, {throttled} answered 429 then retried, \
-         {seconds:.1} s, api peak RSS {api_rss:.0} MiB",
+        "load: {n} concurrent uploads of {:.1} MiB each (half to api, half to ingest), 0 errors, {throttled} \
+         answered 429 then retried, {seconds:.1} s, peak RSS api {api_rss:.0} MiB, ingest {ingest_rss:.0} MiB",
         bytes as f64 / 1048576.0
     );
     sys.shutdown().await;

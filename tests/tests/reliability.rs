@@ -95,7 +95,12 @@ async fn a_crash_between_commit_and_publish_still_completes() {
     let upload = gmmas_ingest::Upload {
         tenant: TenantId::new(TENANT).unwrap(),
         case_ref: "crash-after-commit".into(),
-        files: files.into_iter().map(|(m, b)| (Modality::parse(m).unwrap(), b)).collect(),
+        files: files
+            .into_iter()
+            .map(|(m, b)| {
+                (Modality::parse(m).unwrap(), gmmas_ingest::Spooled::from_bytes(&std::env::temp_dir(), &b).unwrap())
+            })
+            .collect(),
     };
     let created = ingestor.ingest(upload).await.unwrap();
     let id = created.case_id.to_string();
@@ -300,5 +305,44 @@ async fn a_slowloris_client_is_cut_off_and_a_full_backlog_answers_429() {
     assert!(body["error"].as_str().unwrap().contains("waiting for analysis"), "{body}");
     let metrics = sys.metrics("api").await.unwrap();
     assert!(metrics.contains("gmmas_http_rejected_total{reason=\"backlog\",service=\"api\"} 1"), "{metrics}");
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_limit_applies_to_each_file_and_spools_leave_nothing_behind() {
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().display().to_string();
+    let env = [("GMMAS_MAX_UPLOAD_MIB", "1"), ("GMMAS_SPOOL_DIR", spool_dir.as_str())];
+    let sys = System::start_with(&env, &["ingest", "api"]).await.unwrap();
+    let limits = gmmas_imaging::Limits::default();
+    let raw = |dims: [usize; 3], seed: u64| -> Vec<(&'static str, Vec<u8>)> {
+        let (_, files) = phantom_files(seed, dims);
+        files
+            .into_iter()
+            .map(|(m, gz)| (m, gmmas_imaging::write_volume(&gmmas_imaging::read_volume(&gz, &limits).unwrap(), false)))
+            .collect()
+    };
+    // Four uncompressed files of 0.75 MiB: 3 MiB in all, each under the 1 MiB limit.
+    let files = raw([64, 64, 48], 31);
+    assert!(
+        files.iter().all(|(_, b)| b.len() < 1 << 20) && files.iter().map(|(_, b)| b.len()).sum::<usize>() > 2 << 20
+    );
+    let (status, body) = sys.upload(TENANT, "per-file-ok", files).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    // One file over the limit: 413 naming it, no case, no object.
+    let mut files = raw([48, 48, 40], 32);
+    files[2].1 = raw([80, 80, 48], 33).swap_remove(2).1;
+    assert!(files[2].1.len() > 1 << 20);
+    let name = files[2].0;
+    let (status, body) = sys.upload(TENANT, "per-file-too-big", files).await.unwrap();
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"].as_str().unwrap_or_default().contains(name), "{body}");
+    let (cases,): (i64,) = sqlx::query_as("SELECT count(*) FROM cases WHERE case_ref = 'per-file-too-big'")
+        .fetch_one(&sys.db)
+        .await
+        .unwrap();
+    assert_eq!(cases, 0);
+    // Spool files go with their upload, accepted or refused.
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0, "spool files left behind");
     sys.shutdown().await;
 }

@@ -8,6 +8,7 @@ mod cases;
 mod eval;
 mod missing;
 mod models;
+mod natsconf;
 mod train;
 mod up;
 
@@ -72,6 +73,16 @@ enum Command {
     /// The model registry: list, roll back.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Apply the database migrations (run with the migrations role; services may then run as
+    /// the least-privilege service role with migrate_on_start=false).
+    Migrate {
+        /// PostgreSQL URL of the migrations role.
+        #[arg(long, env = "GMMAS_MIGRATIONS_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Write a nats-server configuration with one least-privilege user per service, and their
+    /// password files.
+    NatsConfig(natsconf::NatsConfigArgs),
     /// Write a model with freshly initialized weights (for development and training starts).
     InitModel {
         /// Profile name (tiny, small, paper).
@@ -104,6 +115,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up(args) => tokio::runtime::Runtime::new()?.block_on(up::run(args)),
+        Command::Migrate { database_url } => {
+            let url = database_url
+                .or_else(|| std::env::var("GMMAS_DATABASE_URL").ok())
+                .unwrap_or_else(|| gmmas_runtime::CommonConfig::default().database_url);
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let pool = gmmas_runtime::db::connect_with(&url, std::time::Duration::from_secs(30), true).await?;
+                let (n,): (i64,) =
+                    sqlx::query_as("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(&pool).await?;
+                println!("database schema up to date: {n} migrations applied");
+                anyhow::Ok(())
+            })
+        }
+        Command::NatsConfig(args) => natsconf::run(args),
         Command::Models(cmd) => tokio::runtime::Runtime::new()?.block_on(models::run(cmd)),
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),

@@ -23,7 +23,7 @@ fn database_url() -> String {
 
 pub async fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
     let url = database_url();
-    let db = gmmas_runtime::db::connect(&url, std::time::Duration::from_secs(5)).await?;
+    let db = gmmas_runtime::db::connect_with(&url, std::time::Duration::from_secs(5), false).await?;
     match cmd {
         ModelsCommand::List => {
             println!("{:<36} {:<10} {:<11} {:<8} {:<36} decision", "version", "role", "status", "origin", "parent");

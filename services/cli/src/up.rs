@@ -30,15 +30,61 @@ pub struct UpArgs {
     /// Exit after the example instead of serving until Ctrl-C.
     #[arg(long)]
     pub once: bool,
+    /// Database URL the services use (a role without DDL rights; migrations are applied first
+    /// with GMMAS_DATABASE_URL). Unset: the services use GMMAS_DATABASE_URL and migrate.
+    #[arg(long, env = "GMMAS_UP_DATABASE_URL")]
+    pub service_database_url: Option<String>,
+    /// A NATS server with one user per service (`gmmas nats-config`); unset: GMMAS_NATS_URL
+    /// without credentials.
+    #[arg(long, env = "GMMAS_UP_NATS_URL", requires = "nats_secrets")]
+    pub secure_nats_url: Option<String>,
+    /// Folder of the services' NATS password files (`<service>.password`).
+    #[arg(long, env = "GMMAS_UP_NATS_SECRETS")]
+    pub nats_secrets: Option<PathBuf>,
+    /// CA certificate of the secured NATS server.
+    #[arg(long, env = "GMMAS_UP_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+}
+
+impl UpArgs {
+    /// The environment of one service: its database role and its own bus user, when set up.
+    fn service_env(&self, name: &str) -> Vec<(String, String)> {
+        let mut env = vec![("GMMAS_LOG_FORMAT".to_string(), "json".to_string())];
+        if let Some(url) = &self.service_database_url {
+            env.push(("GMMAS_DATABASE_URL".into(), url.clone()));
+            env.push(("GMMAS_MIGRATE_ON_START".into(), "false".into()));
+        }
+        if let (Some(url), Some(secrets)) = (&self.secure_nats_url, &self.nats_secrets) {
+            env.push(("GMMAS_NATS_URL".into(), url.clone()));
+            env.push(("GMMAS_NATS_USER".into(), name.into()));
+            let pw = secrets.join(format!("{name}.password"));
+            env.push(("GMMAS_NATS_PASSWORD_FILE".into(), pw.display().to_string()));
+            if let Some(ca) = &self.nats_ca {
+                env.push(("GMMAS_NATS_TLS_CA_FILE".into(), ca.display().to_string()));
+            }
+        }
+        env
+    }
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let logs = args.state_dir.join("logs");
     let mut services = Vec::new();
     let result = async {
+        if args.service_database_url.is_some() {
+            // The services may not run DDL: apply the migrations with the migrations role first.
+            let url = std::env::var("GMMAS_DATABASE_URL")
+                .unwrap_or_else(|_| gmmas_runtime::CommonConfig::default().database_url);
+            gmmas_runtime::db::connect_with(&url, Duration::from_secs(30), true).await?.close().await;
+        }
+        let secured = if args.secure_nats_url.is_some() { ", each as its own NATS user over TLS" } else { "" };
+        let role = if args.service_database_url.is_some() { " and the database role without DDL" } else { "" };
+        if !secured.is_empty() || !role.is_empty() {
+            println!("Services run least-privileged{secured}{role}.");
+        }
         for (i, name) in supervise::SERVICES.iter().enumerate() {
             let addr = if *name == "api" { args.api_addr.clone() } else { format!("127.0.0.1:{}", 8081 + i) };
-            let env = vec![("GMMAS_LOG_FORMAT".to_string(), "json".to_string())];
+            let env = args.service_env(name);
             let mut svc = supervise::start(name, &addr, &env, &logs)?;
             supervise::wait_ready(&mut svc, Duration::from_secs(120)).await?;
             println!("  {name:<10} ready on http://{addr}  (log {})", svc.log.display());

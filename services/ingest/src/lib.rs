@@ -1,6 +1,9 @@
 //! Ingest: accepts one case (1-4 NIfTI modalities) over HTTP, validates every header and voxel,
 //! stores the volumes in the object store, records the case, and publishes `scan.ingested`.
 
+pub mod spool;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -9,12 +12,14 @@ use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
 use gmmas_contracts::{self as contracts, CaseStatus, Event, ScanIngested, Stage, TenantId, VolumeRef};
-use gmmas_imaging::{Limits, Modality, Volume};
+use gmmas_imaging::{Limits, Modality};
 use gmmas_runtime::http::ApiError;
 use gmmas_runtime::worker::StageRuntime;
 use gmmas_runtime::{CommonConfig, Shutdown, db, objects, outbox};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+pub use spool::{SpoolError, Spooled, Spooler};
 
 /// Configuration of the ingest service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,7 +48,7 @@ impl Default for IngestConfig {
 }
 
 /// How much work an upload endpoint lets in (shared by ingest and the API).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AdmissionConfig {
     /// Uploads read and validated at once by this process; more get 429.
@@ -52,11 +57,14 @@ pub struct AdmissionConfig {
     pub max_backlog: i64,
     /// Open cases of one tenant beyond which its uploads get 429 (fairness between hospitals).
     pub max_backlog_per_tenant: i64,
+    /// Where uploads are spooled while they arrive and are checked (the system's temporary
+    /// directory when unset). Needs room for `max_concurrent_uploads` x 4 x `max_upload_mib`.
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl Default for AdmissionConfig {
     fn default() -> Self {
-        AdmissionConfig { max_concurrent_uploads: 8, max_backlog: 1000, max_backlog_per_tenant: 300 }
+        AdmissionConfig { max_concurrent_uploads: 8, max_backlog: 1000, max_backlog_per_tenant: 300, spool_dir: None }
     }
 }
 
@@ -69,7 +77,13 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(cfg: AdmissionConfig) -> Self {
-        Admission { cfg, uploads: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_uploads.max(1))) }
+        let uploads = Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_uploads.max(1)));
+        Admission { cfg, uploads }
+    }
+
+    /// The directory uploads are spooled to.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.cfg.spool_dir.clone().unwrap_or_else(std::env::temp_dir)
     }
 
     /// Lets one upload of `tenant` in, or says 429 with a Retry-After: too many uploads in
@@ -113,12 +127,12 @@ impl Admission {
     }
 }
 
-/// A case as uploaded: the tenant, the hospital's reference, and raw files by modality.
+/// A case as uploaded: the tenant, the hospital's reference, and its files (spooled) by modality.
 #[derive(Debug)]
 pub struct Upload {
     pub tenant: TenantId,
     pub case_ref: String,
-    pub files: Vec<(Modality, Vec<u8>)>,
+    pub files: Vec<(Modality, Spooled)>,
 }
 
 /// Answer to a successful upload.
@@ -164,6 +178,7 @@ impl Ingestor {
         let files = upload.files;
         let (files, grids) =
             tokio::task::spawn_blocking(move || validate(files, &limits)).await.context("validation task")??;
+        // Objects are stored from the spool files, hashed as they arrived.
 
         let case_id = Uuid::new_v4();
         // The upload owns its objects until the commit; a refused or crashed upload leaves none.
@@ -217,20 +232,29 @@ impl Ingestor {
         case_id: Uuid,
         owner: Uuid,
         replaced: Option<Uuid>,
-        files: &[(Modality, Vec<u8>)],
+        files: &[(Modality, Spooled)],
         grids: &[gmmas_imaging::Grid],
     ) -> Result<Vec<VolumeRef>, ApiError> {
         let db = &self.rt.db;
         let mut refs = Vec::with_capacity(files.len());
-        for ((modality, bytes), grid) in files.iter().zip(grids) {
-            let ext = if is_gzip(bytes) { "nii.gz" } else { "nii" };
+        for ((modality, spooled), grid) in files.iter().zip(grids) {
+            let ext = if spooled.gzip { "nii.gz" } else { "nii" };
             let key = format!("{tenant}/{case_id}/input/{}.{ext}", modality.as_str());
-            let object =
-                objects::put_owned(&self.rt.bus, db, contracts::VOLUMES_BUCKET, &key, Some(case_id), owner, bytes)
-                    .await
-                    .map_err(|e| {
-                        ApiError::Unavailable(format!("the object store is unavailable ({e:#}); try again later"))
-                    })?;
+            let mut reader = tokio::fs::File::open(spooled.path())
+                .await
+                .with_context(|| format!("reopening the spooled {}", modality.as_str()))?;
+            let source = objects::Source { reader: &mut reader, sha256: &spooled.sha256, size: spooled.size };
+            let object = objects::put_owned_from(
+                &self.rt.bus,
+                db,
+                contracts::VOLUMES_BUCKET,
+                &key,
+                Some(case_id),
+                owner,
+                source,
+            )
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the object store is unavailable ({e:#}); try again later")))?;
             refs.push(VolumeRef {
                 modality: modality.as_str().into(),
                 object,
@@ -307,10 +331,11 @@ impl Ingestor {
     }
 }
 
-type Validated = (Vec<(Modality, Vec<u8>)>, Vec<gmmas_imaging::Grid>);
+type Validated = (Vec<(Modality, Spooled)>, Vec<gmmas_imaging::Grid>);
 
-/// Reads every file completely (headers, body, voxel values) and checks the grids agree.
-fn validate(mut files: Vec<(Modality, Vec<u8>)>, limits: &Limits) -> Result<Validated, ApiError> {
+/// Reads every file completely (headers, body, voxel values) from its spool file, one chunk at a
+/// time, and checks the grids agree.
+fn validate(mut files: Vec<(Modality, Spooled)>, limits: &Limits) -> Result<Validated, ApiError> {
     files.sort_by_key(|(m, _)| m.index());
     for pair in files.windows(2) {
         if pair[0].0 == pair[1].0 {
@@ -318,11 +343,13 @@ fn validate(mut files: Vec<(Modality, Vec<u8>)>, limits: &Limits) -> Result<Vali
         }
     }
     let mut grids: Vec<gmmas_imaging::Grid> = Vec::with_capacity(files.len());
-    for (modality, bytes) in &files {
-        let volume: Volume = gmmas_imaging::read_volume(bytes, limits)
+    for (modality, spooled) in &files {
+        let file = std::fs::File::open(spooled.path())
+            .with_context(|| format!("reopening the spooled {}", modality.as_str()))?;
+        let grid = gmmas_imaging::check_volume_from(std::io::BufReader::with_capacity(1 << 16, file), limits)
             .map_err(|e| ApiError::BadRequest(format!("{}: {e}", modality.as_str())))?;
         if let Some(first) = grids.first() {
-            gmmas_imaging::same_grid(first, &volume.grid).map_err(|e| {
+            gmmas_imaging::same_grid(first, &grid).map_err(|e| {
                 ApiError::BadRequest(format!(
                     "{} is not on the grid of {}: {e}",
                     modality.as_str(),
@@ -330,21 +357,23 @@ fn validate(mut files: Vec<(Modality, Vec<u8>)>, limits: &Limits) -> Result<Vali
                 ))
             })?;
         }
-        grids.push(volume.grid);
+        grids.push(grid);
     }
     Ok((files, grids))
 }
 
-fn is_gzip(bytes: &[u8]) -> bool {
-    bytes.starts_with(&[0x1f, 0x8b])
-}
-
-/// Reads a multipart upload: a `case_ref` text field and files named by modality.
-pub async fn read_multipart(tenant: &str, mut form: Multipart) -> Result<Upload, ApiError> {
+/// Reads a multipart upload: a `case_ref` text field and files named by modality, each spooled
+/// to `spool_dir` chunk by chunk and refused past `max_file_bytes`.
+pub async fn read_multipart(
+    tenant: &str,
+    mut form: Multipart,
+    spool_dir: &std::path::Path,
+    max_file_bytes: u64,
+) -> Result<Upload, ApiError> {
     let tenant = TenantId::new(tenant).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let mut case_ref = None;
     let mut files = Vec::new();
-    while let Some(field) = form.next_field().await.map_err(|e| ApiError::BadRequest(format!("multipart: {e}")))? {
+    while let Some(mut field) = form.next_field().await.map_err(|e| ApiError::BadRequest(format!("multipart: {e}")))? {
         let name = field.name().unwrap_or_default().to_string();
         if name == "case_ref" {
             case_ref = Some(field.text().await.map_err(|e| ApiError::BadRequest(format!("case_ref: {e}")))?);
@@ -353,11 +382,18 @@ pub async fn read_multipart(tenant: &str, mut form: Multipart) -> Result<Upload,
         let modality = Modality::parse(&name).ok_or_else(|| {
             ApiError::BadRequest(format!("unknown form field {name:?}: expected case_ref, t1, t1ce, t2 or flair"))
         })?;
-        let bytes = field.bytes().await.map_err(|e| match e.status() {
+        let mut spooler = Spooler::create(spool_dir, max_file_bytes).map_err(|e| anyhow::anyhow!(e))?;
+        while let Some(chunk) = field.chunk().await.map_err(|e| match e.status() {
             axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!("{name}: upload too large")),
             _ => ApiError::BadRequest(format!("{name}: {e}")),
-        })?;
-        files.push((modality, Vec::from(bytes)));
+        })? {
+            spooler.push(&chunk).map_err(|e| match e {
+                SpoolError::TooLarge { .. } => ApiError::PayloadTooLarge(format!("{name}: {e}")),
+                other => ApiError::Internal(anyhow::anyhow!(other)),
+            })?;
+        }
+        let spooled = spooler.finish().map_err(|e| anyhow::anyhow!(e))?;
+        files.push((modality, spooled));
     }
     let case_ref = case_ref.ok_or_else(|| ApiError::BadRequest("missing form field case_ref".into()))?;
     Ok(Upload { tenant, case_ref: case_ref.trim().to_string(), files })
@@ -380,14 +416,17 @@ async fn upload(
         }
     };
     let _in_flight = ingestor.rt.metrics.in_flight();
-    let upload = read_multipart(&tenant, form).await?;
+    let spool_dir = ingestor.admission.spool_dir();
+    let upload = read_multipart(&tenant, form, &spool_dir, ingestor.limits.max_file_bytes).await?;
     let created = ingestor.ingest(upload).await?;
     Ok((axum::http::StatusCode::CREATED, Json(created)))
 }
 
-/// `POST /v1/tenants/{tenant}/cases` (multipart), with the body limit applied.
+/// `POST /v1/tenants/{tenant}/cases` (multipart), with the body limit applied: four files of the
+/// per-file limit and the form's overhead; each file is limited on its own while it is spooled.
 pub fn routes(ingestor: Arc<Ingestor>) -> Router {
-    let limit = ingestor.limits.max_file_bytes as usize;
+    let limit =
+        usize::try_from(ingestor.limits.max_file_bytes.saturating_mul(4).saturating_add(1 << 20)).unwrap_or(usize::MAX);
     Router::new()
         .route("/v1/tenants/{tenant}/cases", post(upload))
         .layer(DefaultBodyLimit::max(limit))

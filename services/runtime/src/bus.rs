@@ -45,14 +45,7 @@ impl Bus {
 
     /// Connects and makes sure the stream (with the configured retention) and buckets exist.
     pub async fn connect_with(cfg: &CommonConfig) -> anyhow::Result<Bus> {
-        let url = cfg.nats_url.as_str();
-        let client = async_nats::ConnectOptions::new()
-            .name("gmmas")
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .with_context(|| format!("connecting to NATS at {url}"))?;
+        let client = connect_client(cfg, Duration::from_secs(30)).await?;
         let js = jetstream::new(client.clone());
         let want = stream::Config {
             name: contracts::STREAM.into(),
@@ -105,6 +98,28 @@ impl Bus {
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("storing object {key}"))?;
         Ok(contracts::ObjectRef { bucket: bucket.into(), key: key.into(), sha256, size: bytes.len() as u64 })
+    }
+
+    /// Stores what `reader` yields under `key` in `bucket`, chunk by chunk; `sha256` and `size`
+    /// are those the caller took of the same bytes, and the store's count must agree.
+    pub async fn put_object_from<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        bucket: &str,
+        key: &str,
+        reader: &mut R,
+        sha256: &str,
+        size: u64,
+    ) -> anyhow::Result<contracts::ObjectRef> {
+        let store = self.store(bucket).await?;
+        let info = store
+            .put(key, reader)
+            .await
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("storing object {key}"))?;
+        if info.size as u64 != size {
+            anyhow::bail!("object {key}: stored {} bytes, expected {size}", info.size);
+        }
+        Ok(contracts::ObjectRef { bucket: bucket.into(), key: key.into(), sha256: sha256.into(), size })
     }
 
     /// Reads an object back and checks it against the hash it was stored with.
@@ -216,6 +231,68 @@ impl Bus {
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
+}
+
+/// Connects, retrying while the server is not reachable for up to `wait`; refused credentials
+/// and TLS failures end at once with an error that says so.
+pub async fn connect_client(cfg: &CommonConfig, wait: Duration) -> anyhow::Result<async_nats::Client> {
+    use async_nats::ConnectErrorKind as K;
+    let url = cfg.nats_url.as_str();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match connect_options(cfg)?.connect(url).await {
+            Ok(client) => return Ok(client),
+            Err(e) if matches!(e.kind(), K::AuthorizationViolation | K::Authentication) => {
+                let who =
+                    if cfg.nats_user.is_empty() { "no user".to_string() } else { format!("user {}", cfg.nats_user) };
+                anyhow::bail!(
+                    "NATS at {url} refused the credentials ({who}): {e}; check nats_user and nats_password_file"
+                )
+            }
+            // rustls' verdicts arrive as I/O errors; a certificate problem does not heal by waiting.
+            Err(e) if e.kind() == K::Tls || e.to_string().contains("certificate") => {
+                anyhow::bail!("TLS with NATS at {url} failed: {e}; check nats_tls_ca_file and the server certificate")
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "NATS not reachable yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(anyhow!("{e}")).with_context(|| format!("connecting to NATS at {url}")),
+        }
+    }
+}
+
+/// Connection options from the settings: credentials, the service's own inbox prefix, TLS.
+pub fn connect_options(cfg: &CommonConfig) -> anyhow::Result<async_nats::ConnectOptions> {
+    let mut opts = async_nats::ConnectOptions::new();
+    if !cfg.nats_user.is_empty() {
+        let password = if cfg.nats_password_file.is_empty() {
+            String::new()
+        } else {
+            std::fs::read_to_string(&cfg.nats_password_file)
+                .with_context(|| format!("reading nats_password_file {}", cfg.nats_password_file))?
+                .trim_end()
+                .to_string()
+        };
+        opts = async_nats::ConnectOptions::with_user_and_password(cfg.nats_user.clone(), password)
+            .custom_inbox_prefix(crate::bus_auth::inbox_prefix(&cfg.nats_user));
+    }
+    opts = opts.name("gmmas").connection_timeout(Duration::from_secs(5));
+    if !cfg.nats_tls_ca_file.is_empty() {
+        opts = opts.add_root_certificates(cfg.nats_tls_ca_file.clone().into()).require_tls(true);
+    }
+    match (cfg.nats_tls_cert_file.is_empty(), cfg.nats_tls_key_file.is_empty()) {
+        (false, false) => {
+            opts =
+                opts.add_client_certificate(cfg.nats_tls_cert_file.clone().into(), cfg.nats_tls_key_file.clone().into())
+        }
+        (true, true) => {}
+        _ => anyhow::bail!("nats_tls_cert_file and nats_tls_key_file must be set together"),
+    }
+    if cfg.nats_tls_required {
+        opts = opts.require_tls(true);
+    }
+    Ok(opts)
 }
 
 async fn ensure_bucket(js: &jetstream::Context, name: &str) -> anyhow::Result<object_store::ObjectStore> {

@@ -11,8 +11,24 @@ use serde_json::Value;
 pub struct CommonConfig {
     /// NATS server(s), comma separated.
     pub nats_url: String,
+    /// NATS user of this service (empty: connect without credentials). With one, the server's
+    /// permissions for that user apply (`gmmas nats-config` writes them) and the relay publishes
+    /// only the events this service may publish.
+    pub nats_user: String,
+    /// File holding the NATS password of `nats_user` (a mounted secret).
+    pub nats_password_file: String,
+    /// CA certificate (PEM) the NATS server's certificate must chain to; implies TLS.
+    pub nats_tls_ca_file: String,
+    /// Client certificate and key (PEM) for servers that verify clients.
+    pub nats_tls_cert_file: String,
+    pub nats_tls_key_file: String,
+    /// Refuse to talk to NATS without TLS.
+    pub nats_tls_required: bool,
     /// PostgreSQL connection URL.
     pub database_url: String,
+    /// Apply database migrations at start. Off where the service runs as the least-privilege
+    /// service role: then `gmmas migrate` applies them and the service only checks the schema.
+    pub migrate_on_start: bool,
     /// Address of this service's HTTP listener (health, metrics and, for api/ingest, the API).
     pub http_addr: String,
     /// `json` (default) or `pretty` logs.
@@ -52,7 +68,14 @@ impl Default for CommonConfig {
     fn default() -> Self {
         CommonConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_user: String::new(),
+            nats_password_file: String::new(),
+            nats_tls_ca_file: String::new(),
+            nats_tls_cert_file: String::new(),
+            nats_tls_key_file: String::new(),
+            nats_tls_required: false,
             database_url: "postgres://postgres@127.0.0.1:5432/gmmas".into(),
+            migrate_on_start: true,
             http_addr: "127.0.0.1:0".into(),
             log_format: "json".into(),
             ack_wait_s: 60,

@@ -10,11 +10,48 @@ use sqlx::PgConnection;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;
 
-/// Migrations embedded in every binary; each service applies them at start (under a lock).
+/// Migrations embedded in every binary; applied by `gmmas migrate` with the migrations role, or
+/// by each service at start (under a lock) when `migrate_on_start` is set.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects (retrying for up to `wait`) and applies migrations.
 pub async fn connect(url: &str, wait: Duration) -> anyhow::Result<PgPool> {
+    connect_with(url, wait, true).await
+}
+
+/// Connects (retrying for up to `wait`); applies migrations when `migrate`, otherwise checks that
+/// every migration this binary knows has been applied (a service role may not run DDL).
+pub async fn connect_with(url: &str, wait: Duration, migrate: bool) -> anyhow::Result<PgPool> {
+    let pool = open(url, wait).await?;
+    if migrate {
+        MIGRATOR.run(&pool).await.context(
+            "applying database migrations (this needs the migrations role; a service that runs as \
+             the service role sets migrate_on_start=false and `gmmas migrate` applies them)",
+        )?;
+    } else {
+        check_schema(&pool).await?;
+    }
+    Ok(pool)
+}
+
+/// Refuses to serve on a schema that lacks migrations this binary expects.
+pub async fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
+    let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
+        .context("reading the migration history (has `gmmas migrate` run on this database?)")?;
+    let applied: std::collections::HashSet<i64> = applied.into_iter().map(|(v,)| v).collect();
+    let missing: Vec<i64> = MIGRATOR.iter().map(|m| m.version).filter(|v| !applied.contains(v)).collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the database schema lacks migrations {missing:?}; run `gmmas migrate` with the migrations \
+             role (or set migrate_on_start=true where the service's role may run DDL)"
+        );
+    }
+    Ok(())
+}
+
+async fn open(url: &str, wait: Duration) -> anyhow::Result<PgPool> {
     let deadline = tokio::time::Instant::now() + wait;
     let pool = loop {
         match PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(5)).connect(url).await {
@@ -26,7 +63,6 @@ pub async fn connect(url: &str, wait: Duration) -> anyhow::Result<PgPool> {
             Err(e) => return Err(e).context("connecting to PostgreSQL (check GMMAS_DATABASE_URL)"),
         }
     };
-    MIGRATOR.run(&pool).await.context("applying database migrations")?;
     Ok(pool)
 }
 

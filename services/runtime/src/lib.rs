@@ -3,6 +3,7 @@
 //! metrics and shutdown.
 
 pub mod bus;
+pub mod bus_auth;
 pub mod config;
 pub mod db;
 pub mod http;

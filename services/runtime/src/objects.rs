@@ -21,6 +21,33 @@ pub async fn put_owned(
     owner: Uuid,
     bytes: &[u8],
 ) -> anyhow::Result<ObjectRef> {
+    claim(pool, bucket, key, case_id, owner).await?;
+    bus.put_object_in(bucket, key, bytes).await
+}
+
+/// Bytes to store that are read as they go (a spooled upload), with the hash and size the
+/// writer already took.
+pub struct Source<'a, R> {
+    pub reader: &'a mut R,
+    pub sha256: &'a str,
+    pub size: u64,
+}
+
+/// [`put_owned`] from a reader, so that the object never sits in memory whole.
+pub async fn put_owned_from<R: tokio::io::AsyncRead + Unpin>(
+    bus: &Bus,
+    pool: &PgPool,
+    bucket: &str,
+    key: &str,
+    case_id: Option<Uuid>,
+    owner: Uuid,
+    source: Source<'_, R>,
+) -> anyhow::Result<ObjectRef> {
+    claim(pool, bucket, key, case_id, owner).await?;
+    bus.put_object_from(bucket, key, source.reader, source.sha256, source.size).await
+}
+
+async fn claim(pool: &PgPool, bucket: &str, key: &str, case_id: Option<Uuid>, owner: Uuid) -> anyhow::Result<()> {
     let taken = sqlx::query(
         "INSERT INTO objects (bucket, key, case_id, owner, state) VALUES ($1, $2, $3, $4, 'pending')
          ON CONFLICT (bucket, key) DO UPDATE SET owner = $4, created_at = now()
@@ -35,7 +62,7 @@ pub async fn put_owned(
     if taken.rows_affected() == 0 {
         anyhow::bail!("object {key} already belongs to another writer; refusing to overwrite it");
     }
-    bus.put_object_in(bucket, key, bytes).await
+    Ok(())
 }
 
 /// Makes every object of `owner` live, inside the commit that references them.

@@ -26,26 +26,71 @@ pub async fn enqueue(tx: &mut PgConnection, subject: &str, msg_id: &str, payload
 #[derive(Clone, Debug, Default)]
 pub struct RelayHandle {
     notify: Arc<Notify>,
+    scope: RelayScope,
 }
 
 impl RelayHandle {
+    /// The rows this process's relay publishes.
+    pub fn scope(&self) -> &RelayScope {
+        &self.scope
+    }
+
     /// Asks the relay to publish now instead of at its next tick.
     pub fn kick(&self) {
         self.notify.notify_one();
     }
 }
 
-/// Publishes pending outbox rows, oldest first, at most `batch` per call; returns how many
-/// were published. Rows are locked with SKIP LOCKED, so relays in several processes share the
-/// work; the `Nats-Msg-Id` makes a row published twice (a crash after publish, before the
+/// Which outbox rows a relay may publish: all, or those whose subject matches one of the NATS
+/// patterns its bus user is allowed (the rest are left to the relays of other services).
+#[derive(Clone, Debug, Default)]
+pub struct RelayScope {
+    like: Option<Vec<String>>,
+}
+
+impl RelayScope {
+    /// Every row.
+    pub fn all() -> RelayScope {
+        RelayScope { like: None }
+    }
+
+    /// Rows whose subject matches one of `patterns` (NATS wildcards).
+    pub fn subjects(patterns: &[String]) -> RelayScope {
+        RelayScope { like: Some(patterns.iter().map(|p| like_pattern(p)).collect()) }
+    }
+}
+
+/// A NATS subject pattern as an SQL LIKE pattern (`*` and `>` become `%`; LIKE's own wildcards
+/// are escaped).
+fn like_pattern(nats: &str) -> String {
+    nats.split('.')
+        .map(|t| match t {
+            "*" | ">" => "%".to_string(),
+            t => t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Publishes pending outbox rows in `scope`, oldest first, at most `batch` per call; returns how
+/// many were published. Rows are locked with SKIP LOCKED, so relays in several processes share
+/// the work; the `Nats-Msg-Id` makes a row published twice (a crash after publish, before the
 /// update) arrive once.
-pub async fn relay_once(pool: &PgPool, bus: &Bus, metrics: &Metrics, batch: i64) -> anyhow::Result<usize> {
+pub async fn relay_once(
+    pool: &PgPool,
+    bus: &Bus,
+    metrics: &Metrics,
+    batch: i64,
+    scope: &RelayScope,
+) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
-        "SELECT id, subject, msg_id, payload FROM outbox WHERE published_at IS NULL
+        "SELECT id, subject, msg_id, payload FROM outbox
+         WHERE published_at IS NULL AND ($2::text[] IS NULL OR subject LIKE ANY($2))
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(batch)
+    .bind(scope.like.as_deref())
     .fetch_all(&mut *tx)
     .await?;
     let mut published = 0;
@@ -88,14 +133,21 @@ pub async fn pending(pool: &PgPool) -> sqlx::Result<i64> {
 
 /// Starts this process's relay: it publishes when kicked and every `tick`, until shutdown,
 /// and makes a last pass on the way out.
-pub fn spawn_relay(pool: PgPool, bus: Bus, metrics: Metrics, shutdown: Shutdown, tick: Duration) -> RelayHandle {
-    let handle = RelayHandle::default();
+pub fn spawn_relay(
+    pool: PgPool,
+    bus: Bus,
+    metrics: Metrics,
+    shutdown: Shutdown,
+    tick: Duration,
+    scope: RelayScope,
+) -> RelayHandle {
+    let handle = RelayHandle { notify: Arc::default(), scope: scope.clone() };
     let notify = handle.notify.clone();
     tokio::spawn(async move {
         let mut failures = 0u32;
         loop {
             let stop = shutdown.is_triggered();
-            match relay_once(&pool, &bus, &metrics, 64).await {
+            match relay_once(&pool, &bus, &metrics, 64, &scope).await {
                 Ok(64) => {
                     failures = 0;
                     continue;
@@ -127,4 +179,16 @@ pub fn spawn_relay(pool: PgPool, bus: Bus, metrics: Metrics, shutdown: Shutdown,
         }
     });
     handle
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_pattern;
+
+    #[test]
+    fn nats_patterns_become_like_patterns() {
+        assert_eq!(like_pattern("gmmas.*.scan.ingested"), "gmmas.%.scan.ingested");
+        assert_eq!(like_pattern("gmmas._models.model.candidate"), "gmmas.\\_models.model.candidate");
+        assert_eq!(like_pattern("a.>"), "a.%");
+    }
 }

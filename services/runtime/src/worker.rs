@@ -167,10 +167,21 @@ impl StageRuntime {
     /// outbox relay and sweeper; every service, consuming or not, stands on this.
     pub async fn start(config: &CommonConfig, service: &str, shutdown: &Shutdown) -> anyhow::Result<StageRuntime> {
         let bus = Bus::connect_with(config).await?;
-        let db = db::connect(&config.database_url, Duration::from_secs(30)).await?;
+        let db = db::connect_with(&config.database_url, Duration::from_secs(30), config.migrate_on_start).await?;
         let metrics = Metrics::new(service);
-        let relay =
-            outbox::spawn_relay(db.clone(), bus.clone(), metrics.clone(), shutdown.clone(), Duration::from_secs(1));
+        // With a bus user, this process relays only the events its user may publish.
+        let scope = match crate::bus_auth::grant(service) {
+            Some(g) if !config.nats_user.is_empty() => outbox::RelayScope::subjects(&g.publishes),
+            _ => outbox::RelayScope::all(),
+        };
+        let relay = outbox::spawn_relay(
+            db.clone(),
+            bus.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            Duration::from_secs(1),
+            scope,
+        );
         let rt = StageRuntime { bus, db, metrics, relay, config: config.clone() };
         crate::sweeper::spawn(rt.clone(), shutdown.clone());
         Ok(rt)
@@ -486,7 +497,7 @@ pub async fn run<W: StageWorker>(rt: StageRuntime, worker: Arc<W>, shutdown: Shu
     }
     tracing::info!(consumer = spec.durable, in_flight = tasks.len(), "draining in-flight messages");
     while tasks.join_next().await.is_some() {}
-    if let Err(e) = outbox::relay_once(&rt.db, &rt.bus, &rt.metrics, 1000).await {
+    if let Err(e) = outbox::relay_once(&rt.db, &rt.bus, &rt.metrics, 1000, rt.relay.scope()).await {
         tracing::warn!(error = format!("{e:#}"), "last outbox pass failed; another process will publish");
     }
     Ok(())

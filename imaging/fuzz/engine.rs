@@ -785,6 +785,8 @@ pub struct Report {
     /// Executions under [`wide_limits`] and under [`Limits::default`].
     pub wide: u64,
     pub default_limits: u64,
+    /// Inputs also run through `check_volume_from` and compared with `read_volume`.
+    pub differential: u64,
     pub wall: Duration,
 }
 
@@ -800,7 +802,7 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "targets: read_volume {} read_labels {} read_header_with {}; gzip inputs {}; wide limits {}; default limits {}; \
-             Ok {}; distinct outcomes {}",
+             Ok {}; distinct outcomes {}; compared with check_volume_from {}",
             self.per_target[0],
             self.per_target[1],
             self.per_target[2],
@@ -808,7 +810,8 @@ impl fmt::Display for Report {
             self.wide,
             self.default_limits,
             self.ok,
-            self.outcomes.len()
+            self.outcomes.len(),
+            self.differential
         )?;
         let (ratio, peak, len, bound) = self.tightest;
         writeln!(
@@ -1329,6 +1332,7 @@ impl Worker<'_> {
         if input.len() as u64 > limits.max_file_bytes {
             return;
         }
+        self.report.differential += 1;
         IN_TARGET.with(|c| c.set(true));
         let checked = catch_unwind(AssertUnwindSafe(|| check_volume_from(input, limits)));
         IN_TARGET.with(|c| c.set(false));
@@ -1455,6 +1459,7 @@ pub fn run(cfg: &Config) -> Report {
         out.gzip_inputs += r.gzip_inputs;
         out.wide += r.wide;
         out.default_limits += r.default_limits;
+        out.differential += r.differential;
         out.crashes += r.crashes;
         out.over_alloc += r.over_alloc;
         out.findings.extend(r.findings);

@@ -36,6 +36,8 @@ fn twenty_thousand_executions_find_nothing() {
     assert!(report.ok > 1_000 && report.gzip_inputs > 5_000, "{report}");
     assert!(report.wide > 1_000 && report.default_limits > 1_000, "{report}");
     assert!(report.max_alloc > 0, "{report}");
+    // The streaming check that uploads use is compared with read_volume on many of the inputs.
+    assert!(report.differential > 5_000, "{report}");
     assert!(report.outcomes.len() > 100, "only {} outcome classes", report.outcomes.len());
 }
 

@@ -82,7 +82,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         if !secured.is_empty() || !role.is_empty() {
             println!("Services run least-privileged{secured}{role}.");
         }
-        for (i, name) in supervise::SERVICES.iter().enumerate() {
+        for (i, name) in supervise::UP_SERVICES.iter().enumerate() {
             let addr = if *name == "api" { args.api_addr.clone() } else { format!("127.0.0.1:{}", 8081 + i) };
             let env = args.service_env(name);
             let mut svc = supervise::start(name, &addr, &env, &logs)?;

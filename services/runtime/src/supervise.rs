@@ -12,6 +12,10 @@ use tokio::process::{Child, Command};
 /// The service binaries, in start order.
 pub const SERVICES: [&str; 4] = ["ingest", "preprocess", "infer", "api"];
 
+/// What `gmmas up` runs: the case services plus curate (pseudo-labels from every analysis).
+/// `train` needs a base config and an evaluation set and is started on its own.
+pub const UP_SERVICES: [&str; 5] = ["ingest", "preprocess", "infer", "curate", "api"];
+
 /// One started service process.
 #[derive(Debug)]
 pub struct Service {

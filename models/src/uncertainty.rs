@@ -566,6 +566,8 @@ pub struct OodComparison {
     pub auroc: Option<f64>,
     /// When paired (a variant of each case): cases whose variant scored higher than the case.
     pub paired_higher: Option<usize>,
+    /// When paired: pairs with the score on both sides.
+    pub n_pairs: Option<usize>,
 }
 
 /// Compares `inside` and `outside` scores (None entries are left out); `paired` when
@@ -576,9 +578,10 @@ pub fn compare_scores(inside: &[Option<f64>], outside: &[Option<f64>], paired: b
     let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
     let scores: Vec<f32> = a.iter().chain(&b).map(|&x| x as f32).collect();
     let labels: Vec<bool> = a.iter().map(|_| false).chain(b.iter().map(|_| true)).collect();
-    let paired_higher = paired.then(|| {
-        inside.iter().zip(outside).filter(|(x, y)| matches!((x, y), (Some(x), Some(y)) if y > x)).count()
-    });
+    let both: Vec<(f64, f64)> =
+        inside.iter().zip(outside).filter_map(|(x, y)| Some(((*x)?, (*y)?))).collect();
+    let paired_higher = paired.then(|| both.iter().filter(|(x, y)| y > x).count());
+    let n_pairs = paired.then_some(both.len());
     OodComparison {
         n_in: a.len(),
         n_out: b.len(),
@@ -586,6 +589,7 @@ pub fn compare_scores(inside: &[Option<f64>], outside: &[Option<f64>], paired: b
         mean_out: mean(&b),
         auroc: auroc_f64(&a, &b),
         paired_higher,
+        n_pairs,
     }
 }
 
@@ -775,7 +779,7 @@ mod tests {
         assert_eq!((c.n_in, c.n_out), (2, 3));
         // Pairs out>in: (3>1, 3>2, 1.5>1, 1.5<2, 9>1, 9>2) = 5/6.
         assert!((c.auroc.unwrap() - 5.0 / 6.0).abs() < 1e-12);
-        assert_eq!(c.paired_higher, Some(1));
+        assert_eq!((c.paired_higher, c.n_pairs), (Some(1), Some(2)));
         let pts: Vec<TaskPoint> = (0..8)
             .map(|i| TaskPoint {
                 case: format!("c{i}"),

@@ -137,19 +137,19 @@ impl Chart {
     pub fn with_axes(width: usize, height: usize, x: (f64, f64), y: (f64, f64), axes: &Axes) -> Chart {
         let x = if x.1 > x.0 { x } else { (x.0, x.0 + 1.0) };
         let y = if y.1 > y.0 { y } else { (y.0, y.0 + 1.0) };
-        let margin = [96, 24, 48, 72];
+        let margin = [96, 24, 72, 72];
         let mut c = Chart { width, height, rgb: vec![255; width * height * 3], x, y, margin };
         let ink = [40, 40, 40];
         for k in 0..=4 {
             let fy = y.0 + (y.1 - y.0) * k as f64 / 4.0;
             let (_, py) = c.to_px(x.0, fy);
             c.grid_lines(None, Some(py));
-            let t = tick(fy);
+            let t = tick_label(fy);
             c.text7(margin[0].saturating_sub(text_width(&t, 2) + 6), py.saturating_sub(7), &t, 2, ink);
         }
         let ticks: Vec<(f64, String)> = match &axes.x_ticks {
             Some(t) => t.clone(),
-            None => (0..=4).map(|k| x.0 + (x.1 - x.0) * k as f64 / 4.0).map(|v| (v, tick(v))).collect(),
+            None => (0..=4).map(|k| x.0 + (x.1 - x.0) * k as f64 / 4.0).map(|v| (v, tick_label(v))).collect(),
         };
         for (v, name) in &ticks {
             let (px, _) = c.to_px(*v, y.0);
@@ -231,29 +231,36 @@ impl Chart {
         }
     }
 
-    /// A legend box in the top-right corner of the plot: a colour swatch and a name per entry.
+    /// A legend between the title and the plot (never over the data), in up to two rows: a
+    /// colour swatch and a name per entry.
     pub fn legend(&mut self, entries: &[(&str, [u8; 3])]) {
-        let w = entries.iter().map(|(n, _)| text_width(n, 2)).max().unwrap_or(0) + 40;
-        let h = entries.len() * 20 + 8;
-        let x0 = self.width - self.margin[1] - w - 6;
-        let y0 = self.margin[2] + 6;
-        for y in y0..y0 + h {
-            for x in x0..x0 + w {
-                self.set(x, y, [255, 255, 255]);
+        let widths: Vec<usize> = entries.iter().map(|(n, _)| 30 + text_width(n, 2) + 18).collect();
+        let room = self.width - self.margin[0] - self.margin[1];
+        let mut rows: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut used = 0;
+        for (k, &w) in widths.iter().enumerate() {
+            if used + w > room && !rows[rows.len() - 1].is_empty() {
+                rows.push(Vec::new());
+                used = 0;
             }
+            used += w;
+            let last = rows.len() - 1;
+            rows[last].push(k);
         }
-        self.segment((x0, y0), (x0 + w, y0), [120, 120, 120]);
-        self.segment((x0, y0 + h), (x0 + w, y0 + h), [120, 120, 120]);
-        self.segment((x0, y0), (x0, y0 + h), [120, 120, 120]);
-        self.segment((x0 + w, y0), (x0 + w, y0 + h), [120, 120, 120]);
-        for (k, (name, c)) in entries.iter().enumerate() {
-            let y = y0 + 6 + 20 * k;
-            for dy in 3..11 {
-                for dx in 6..26 {
-                    self.set(x0 + dx, y + dy, *c);
+        for (r, row) in rows.iter().enumerate() {
+            let total: usize = row.iter().map(|&k| widths[k]).sum();
+            let mut x = self.margin[0] + room.saturating_sub(total) / 2;
+            let y = 34 + 18 * r;
+            for &k in row {
+                let (name, c) = entries[k];
+                for dy in 3..11 {
+                    for dx in 0..24 {
+                        self.set(x + dx, y + dy, c);
+                    }
                 }
+                self.text7(x + 30, y, name, 2, [20, 20, 20]);
+                x += widths[k];
             }
-            self.text7(x0 + 32, y, name, 2, [20, 20, 20]);
         }
     }
 
@@ -317,6 +324,16 @@ impl Chart {
     }
 }
 
+/// A tick value with three significant digits, trailing zeros dropped.
+fn tick_label(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return "0".into();
+    }
+    let prec = (2 - v.abs().log10().floor() as i64).clamp(0, 8) as usize;
+    let s = format!("{v:.prec$}");
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+}
+
 fn tick(v: f64) -> String {
     if v.abs() >= 100.0 || (v.fract() == 0.0 && v.abs() >= 1.0) { format!("{v:.0}") } else { format!("{v:.2}") }
 }
@@ -358,13 +375,19 @@ mod tests {
         };
         // Title row, y label column and x label row hold ink only when the texts are given.
         assert!(ink(&c, 0, 400, 10, 30) > 100 && ink(&blank, 0, 400, 10, 30) == 0);
-        assert!(ink(&c, 0, 30, 48, 228) > 30 && ink(&blank, 0, 30, 48, 228) == 0);
+        assert!(ink(&c, 0, 30, 72, 228) > 30 && ink(&blank, 0, 30, 72, 228) == 0);
         assert!(ink(&c, 100, 400, 268, 290) > 30 && ink(&blank, 100, 400, 268, 290) == 0);
         // A point maps inside the plot area of the wider margins.
         assert_eq!(c.to_px(0.0, 0.0), (96, 300 - 72));
-        assert_eq!(c.to_px(3.0, 1.0), (400 - 24, 48));
+        assert_eq!(c.to_px(3.0, 1.0), (400 - 24, 72));
+        // The legend sits above the plot area.
         c.legend(&[("error", [200, 0, 0])]);
-        assert!(c.rgb.chunks(3).filter(|p| p == &[200, 0, 0]).count() >= 160);
+        let red: Vec<usize> = (0..300 * 400).filter(|i| c.rgb[i * 3..i * 3 + 3] == [200, 0, 0]).map(|i| i / 400).collect();
+        assert!(red.len() >= 160 && red.iter().all(|&y| y < 72), "{}", red.len());
+        assert_eq!(tick_label(0.125), "0.125");
+        assert_eq!(tick_label(0.003), "0.003");
+        assert_eq!(tick_label(0.36), "0.36");
+        assert_eq!(tick_label(12.0), "12");
         assert_eq!(text_width("abc", 2), 36);
         assert!(glyph7('q').is_some() && glyph7('Q') == glyph7('q'));
     }

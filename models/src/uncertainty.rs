@@ -576,8 +576,6 @@ pub fn compare_scores(inside: &[Option<f64>], outside: &[Option<f64>], paired: b
     let a: Vec<f64> = inside.iter().flatten().copied().collect();
     let b: Vec<f64> = outside.iter().flatten().copied().collect();
     let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
-    let scores: Vec<f32> = a.iter().chain(&b).map(|&x| x as f32).collect();
-    let labels: Vec<bool> = a.iter().map(|_| false).chain(b.iter().map(|_| true)).collect();
     let both: Vec<(f64, f64)> =
         inside.iter().zip(outside).filter_map(|(x, y)| Some(((*x)?, (*y)?))).collect();
     let paired_higher = paired.then(|| both.iter().filter(|(x, y)| y > x).count());

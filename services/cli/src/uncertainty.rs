@@ -15,17 +15,21 @@ use gmmas_models::uncertainty::{
     Variant, VoxelMeasure, VoxelPool, brain_mask, case_uncertainty, case_voxel_scores, compare_scores,
     task_bins, top_label_ece,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Args)]
 pub struct UncertaintyArgs {
     /// Model weights (`.safetensors` with its `.json` card beside it).
-    #[arg(long)]
-    pub weights: PathBuf,
+    #[arg(long, required_unless_present = "render")]
+    pub weights: Option<PathBuf>,
     /// In-distribution cases with expert segmentations: a case folder or a folder of them
     /// (repeatable).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "render")]
     pub cases: Vec<PathBuf>,
+    /// Instead of running a model, write the Markdown and charts again from this
+    /// `uncertainty.json` (its recorded command stays the one that measured it).
+    #[arg(long, conflicts_with_all = ["weights", "cases"])]
+    pub render: Option<PathBuf>,
     /// Labels CSV of those cases (repeatable); blank cells are unknown.
     #[arg(long)]
     pub labels: Vec<PathBuf>,
@@ -76,7 +80,7 @@ fn parse_named(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 /// One input run through the passes.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct InputResult {
     /// `original`, a variant name, or the name of an `--ood` set.
     input: String,
@@ -86,7 +90,7 @@ struct InputResult {
     seconds: f64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct CaseResult {
     name: String,
     /// Prepared grid `[nx, ny, nz]`.
@@ -94,7 +98,7 @@ struct CaseResult {
     inputs: Vec<InputResult>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Comparison {
     /// The other input (a variant or an `--ood` set), compared with the originals.
     input: String,
@@ -105,7 +109,7 @@ struct Comparison {
     tumour_ml: (f64, f64),
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Report {
     command: String,
     model_version: String,
@@ -181,16 +185,24 @@ fn run_input(
 }
 
 pub fn run(args: UncertaintyArgs) -> anyhow::Result<()> {
+    if let Some(json) = &args.render {
+        let bytes = std::fs::read(json).with_context(|| format!("reading {}", json.display()))?;
+        let report: Report = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", json.display()))?;
+        write_outputs(&args.out, &report)?;
+        eprintln!("wrote {} from {}", args.out.display(), json.display());
+        return Ok(());
+    }
+    let weights = args.weights.clone().context("--weights is required")?;
     let started = Instant::now();
     gmmas_models::set_threads(args.threads);
     let device = gmmas_models::parse_device(&args.device)?;
     let mut model =
-        Analyzer::load(&args.weights, device).with_context(|| format!("loading {}", args.weights.display()))?;
+        Analyzer::load(&weights, device).with_context(|| format!("loading {}", weights.display()))?;
     if let Some(p) = args.decoder_dropout {
         model.set_decoder_dropout(p)?;
     }
     anyhow::ensure!(args.mc_passes >= 2, "--mc-passes must be at least 2");
-    let variants: Vec<Variant> = args.variants.iter().map(|v| Variant::parse(v)).collect::<Result<_, _>>()?;
+    let variants: Vec<Variant> = args.variants.iter().filter(|v| !v.is_empty()).map(|v| Variant::parse(v)).collect::<Result<_, _>>()?;
     let data = crate::cases::load(&args.cases, &args.labels, SplitConfig::All, false, args.threads)?;
     let data_sha256 = data.sha256();
     let n = if args.limit > 0 { args.limit.min(data.cases.len()) } else { data.cases.len() };
@@ -271,7 +283,7 @@ pub fn run(args: UncertaintyArgs) -> anyhow::Result<()> {
     let report = Report {
         command: command_line(),
         model_version: model.version().to_string(),
-        weights: args.weights.display().to_string(),
+        weights: weights.display().to_string(),
         decoder_dropout: model.config().decoder_dropout,
         mc_passes: args.mc_passes,
         seed: args.seed,
@@ -333,9 +345,16 @@ fn task_title(r: &Report) -> String {
     format!("Tasks: ECE and error by uncertainty ({} predictions)", r.task_points.len())
 }
 
+/// A y range top just above the largest value whose quarters are round numbers.
 fn max_y(values: impl Iterator<Item = f64>) -> f64 {
     let m = values.fold(0.0, f64::max);
-    ((m * 10.0).ceil() / 10.0).max(0.1)
+    if !(m > 0.0 && m.is_finite()) {
+        return 1.0;
+    }
+    let quarter = m * 1.02 / 4.0;
+    let p = 10f64.powf(quarter.log10().floor());
+    let f = [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0].into_iter().find(|f| f * p >= quarter);
+    4.0 * f.unwrap_or(10.0) * p
 }
 
 /// ECE and error rate against the uncertainty bin (1 = least uncertain) for the entropy and
@@ -361,10 +380,10 @@ fn voxel_chart(p: &PooledVoxelReport, r: &Report) -> Chart {
         c.dots(&err, 4, err_c);
     }
     c.legend(&[
-        ("ECE, entropy bins", BLUE),
-        ("error, entropy bins", RED),
-        ("ECE, class-std bins", GREEN),
-        ("error, class-std bins", ORANGE),
+        ("ECE (entropy bins)", BLUE),
+        ("error (entropy bins)", RED),
+        ("ECE (class-std bins)", GREEN),
+        ("error (class-std bins)", ORANGE),
     ]);
     c
 }
@@ -400,7 +419,7 @@ fn ood_chart(r: &Report, score: &str, label: &str) -> Chart {
     for (name, results) in &r.ood {
         columns.push((name.clone(), results.iter().filter_map(|(_, x)| x.uncertainty.score(score)).collect()));
     }
-    let ymax = columns.iter().flat_map(|(_, v)| v.iter().copied()).fold(0.0, f64::max) * 1.1;
+    let ymax = max_y(columns.iter().flat_map(|(_, v)| v.iter().copied()));
     let axes = Axes {
         title: format!("Case-level uncertainty by input ({} passes)", r.mc_passes),
         x_label: "input".into(),
@@ -408,7 +427,7 @@ fn ood_chart(r: &Report, score: &str, label: &str) -> Chart {
         x_ticks: Some(columns.iter().enumerate().map(|(k, (n, _))| ((k + 1) as f64, n.clone())).collect()),
     };
     let width = (160 * columns.len() + 140).max(760);
-    let mut c = Chart::with_axes(width, 480, (0.5, columns.len() as f64 + 0.5), (0.0, ymax.max(1e-6)), &axes);
+    let mut c = Chart::with_axes(width, 480, (0.5, columns.len() as f64 + 0.5), (0.0, ymax), &axes);
     for (k, (_, v)) in columns.iter().enumerate() {
         let x = (k + 1) as f64;
         let pts: Vec<(f64, f64)> =

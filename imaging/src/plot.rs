@@ -137,7 +137,7 @@ impl Chart {
     pub fn with_axes(width: usize, height: usize, x: (f64, f64), y: (f64, f64), axes: &Axes) -> Chart {
         let x = if x.1 > x.0 { x } else { (x.0, x.0 + 1.0) };
         let y = if y.1 > y.0 { y } else { (y.0, y.0 + 1.0) };
-        let margin = [96, 24, 72, 72];
+        let margin = [96, 24, 84, 72];
         let mut c = Chart { width, height, rgb: vec![255; width * height * 3], x, y, margin };
         let ink = [40, 40, 40];
         for k in 0..=4 {
@@ -159,7 +159,7 @@ impl Chart {
         }
         c.axes_lines();
         let w = text_width(&axes.title, 2);
-        c.text7(width.saturating_sub(w) / 2, 14, &axes.title, 2, [0, 0, 0]);
+        c.text7(width.saturating_sub(w) / 2, 8, &axes.title, 2, [0, 0, 0]);
         let w = text_width(&axes.x_label, 2);
         c.text7(margin[0] + (width - margin[0] - margin[1]).saturating_sub(w) / 2, height - 30, &axes.x_label, 2, ink);
         let h = text_width(&axes.y_label, 2);
@@ -250,7 +250,7 @@ impl Chart {
         for (r, row) in rows.iter().enumerate() {
             let total: usize = row.iter().map(|&k| widths[k]).sum();
             let mut x = self.margin[0] + room.saturating_sub(total) / 2;
-            let y = 34 + 18 * r;
+            let y = 34 + 20 * r;
             for &k in row {
                 let (name, c) = entries[k];
                 for dy in 3..11 {
@@ -371,19 +371,23 @@ mod tests {
         let blank = Chart::with_axes(400, 300, (0.0, 3.0), (0.0, 1.0), &Axes::default());
         let mut c = Chart::with_axes(400, 300, (0.0, 3.0), (0.0, 1.0), &axes);
         let ink = |c: &Chart, x0: usize, x1: usize, y0: usize, y1: usize| {
-            (y0..y1).flat_map(|y| (x0..x1).map(move |x| (x, y))).filter(|&(x, y)| c.rgb[(y * 400 + x) * 3] < 100).count()
+            (y0..y1)
+                .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                .filter(|&(x, y)| c.rgb[(y * 400 + x) * 3] < 100)
+                .count()
         };
         // Title row, y label column and x label row hold ink only when the texts are given.
-        assert!(ink(&c, 0, 400, 10, 30) > 100 && ink(&blank, 0, 400, 10, 30) == 0);
-        assert!(ink(&c, 0, 30, 72, 228) > 30 && ink(&blank, 0, 30, 72, 228) == 0);
+        assert!(ink(&c, 0, 400, 6, 24) > 100 && ink(&blank, 0, 400, 6, 24) == 0);
+        assert!(ink(&c, 0, 30, 84, 228) > 30 && ink(&blank, 0, 30, 84, 228) == 0);
         assert!(ink(&c, 100, 400, 268, 290) > 30 && ink(&blank, 100, 400, 268, 290) == 0);
         // A point maps inside the plot area of the wider margins.
         assert_eq!(c.to_px(0.0, 0.0), (96, 300 - 72));
-        assert_eq!(c.to_px(3.0, 1.0), (400 - 24, 72));
+        assert_eq!(c.to_px(3.0, 1.0), (400 - 24, 84));
         // The legend sits above the plot area.
         c.legend(&[("error", [200, 0, 0])]);
-        let red: Vec<usize> = (0..300 * 400).filter(|i| c.rgb[i * 3..i * 3 + 3] == [200, 0, 0]).map(|i| i / 400).collect();
-        assert!(red.len() >= 160 && red.iter().all(|&y| y < 72), "{}", red.len());
+        let red: Vec<usize> =
+            (0..300 * 400).filter(|i| c.rgb[i * 3..i * 3 + 3] == [200, 0, 0]).map(|i| i / 400).collect();
+        assert!(red.len() >= 160 && red.iter().all(|&y| y < 84), "{}", red.len());
         assert_eq!(tick_label(0.125), "0.125");
         assert_eq!(tick_label(0.003), "0.003");
         assert_eq!(tick_label(0.36), "0.36");

@@ -252,7 +252,9 @@ impl Variant {
     /// Parses `original`, `swap-<a>-<b>` (sequence names) or `noise-<sigma>`.
     pub fn parse(s: &str) -> Result<Variant, ModelError> {
         let bad = || {
-            ModelError::Input(format!("variant {s:?}: expected original, swap-<a>-<b> (t1, t1ce, t2, flair) or noise-<sd>"))
+            ModelError::Input(format!(
+                "variant {s:?}: expected original, swap-<a>-<b> (t1, t1ce, t2, flair) or noise-<sd>"
+            ))
         };
         if s == "original" {
             return Ok(Variant::Original);
@@ -392,8 +394,11 @@ pub fn binary_entropy(p: f64) -> f64 {
 /// Case-level uncertainty of `mc` over `brain` (voxels of `voxel_ml` mL each).
 pub fn case_uncertainty(mc: &VoxelMc, brain: &[bool], voxel_ml: f64) -> CaseUncertainty {
     let mean_over = |v: &[f32], mask: &dyn Fn(usize) -> bool| {
-        let (s, n) =
-            v.iter().enumerate().filter(|(i, _)| mask(*i)).fold((0f64, 0usize), |(s, n), (_, &x)| (s + f64::from(x), n + 1));
+        let (s, n) = v
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask(*i))
+            .fold((0f64, 0usize), |(s, n), (_, &x)| (s + f64::from(x), n + 1));
         (n > 0).then(|| s / n as f64)
     };
     let in_brain = |i: usize| brain[i];
@@ -576,8 +581,7 @@ pub fn compare_scores(inside: &[Option<f64>], outside: &[Option<f64>], paired: b
     let a: Vec<f64> = inside.iter().flatten().copied().collect();
     let b: Vec<f64> = outside.iter().flatten().copied().collect();
     let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
-    let both: Vec<(f64, f64)> =
-        inside.iter().zip(outside).filter_map(|(x, y)| Some(((*x)?, (*y)?))).collect();
+    let both: Vec<(f64, f64)> = inside.iter().zip(outside).filter_map(|(x, y)| Some(((*x)?, (*y)?))).collect();
     let paired_higher = paired.then(|| both.iter().filter(|(x, y)| y > x).count());
     let n_pairs = paired.then_some(both.len());
     OodComparison {
@@ -779,13 +783,7 @@ mod tests {
         assert!((c.auroc.unwrap() - 5.0 / 6.0).abs() < 1e-12);
         assert_eq!((c.paired_higher, c.n_pairs), (Some(1), Some(2)));
         let pts: Vec<TaskPoint> = (0..8)
-            .map(|i| TaskPoint {
-                case: format!("c{i}"),
-                task: "grade_gbm".into(),
-                p: 0.9,
-                std: i as f64,
-                label: i < 6,
-            })
+            .map(|i| TaskPoint { case: format!("c{i}"), task: "grade_gbm".into(), p: 0.9, std: i as f64, label: i < 6 })
             .collect();
         let b = task_bins(&pts, 2);
         assert_eq!(b.len(), 2);

@@ -95,7 +95,8 @@ enum Command {
 }
 
 fn parse_kind(s: &str) -> Result<gmmas_imaging::phantom::PhantomKind, String> {
-    gmmas_imaging::phantom::PhantomKind::parse(s).ok_or_else(|| format!("expected glioma, lesion-free or non-glioma, got {s:?}"))
+    gmmas_imaging::phantom::PhantomKind::parse(s)
+        .ok_or_else(|| format!("expected glioma, lesion-free or non-glioma, got {s:?}"))
 }
 
 pub fn parse_dims(s: &str) -> Result<[usize; 3], String> {

@@ -12,8 +12,8 @@ use gmmas_models::config::{TASK_NAMES, TASKS};
 use gmmas_models::data::{CaseData, SplitConfig};
 use gmmas_models::uncertainty::{
     CASE_SCORES, CaseUncertainty, CaseVoxelScores, OodComparison, PooledVoxelReport, TaskPoint, UncertaintyBin,
-    Variant, VoxelMeasure, VoxelPool, brain_mask, case_uncertainty, case_voxel_scores, compare_scores,
-    task_bins, top_label_ece,
+    Variant, VoxelMeasure, VoxelPool, brain_mask, case_uncertainty, case_voxel_scores, compare_scores, task_bins,
+    top_label_ece,
 };
 use serde::{Deserialize, Serialize};
 
@@ -135,10 +135,7 @@ fn command_line() -> String {
     if let Some(first) = args.first_mut() {
         *first = "$GMMAS_BIN/gmmas".into();
     }
-    args.iter()
-        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a.clone() })
-        .collect::<Vec<_>>()
-        .join(" ")
+    args.iter().map(|a| if a.contains(' ') { format!("'{a}'") } else { a.clone() }).collect::<Vec<_>>().join(" ")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -175,11 +172,7 @@ fn run_input(
         uncertainty.brain_entropy,
         uncertainty.task_std_mean,
         uncertainty.predicted_tumour_ml,
-        voxel
-            .as_ref()
-            .and_then(|v| v.brain.auroc[0].1)
-            .map(|a| format!(", AUROC(entropy) {a:.3}"))
-            .unwrap_or_default(),
+        voxel.as_ref().and_then(|v| v.brain.auroc[0].1).map(|a| format!(", AUROC(entropy) {a:.3}")).unwrap_or_default(),
     );
     Ok(InputResult { input: input.to_string(), uncertainty, voxel, seconds })
 }
@@ -196,13 +189,13 @@ pub fn run(args: UncertaintyArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     gmmas_models::set_threads(args.threads);
     let device = gmmas_models::parse_device(&args.device)?;
-    let mut model =
-        Analyzer::load(&weights, device).with_context(|| format!("loading {}", weights.display()))?;
+    let mut model = Analyzer::load(&weights, device).with_context(|| format!("loading {}", weights.display()))?;
     if let Some(p) = args.decoder_dropout {
         model.set_decoder_dropout(p)?;
     }
     anyhow::ensure!(args.mc_passes >= 2, "--mc-passes must be at least 2");
-    let variants: Vec<Variant> = args.variants.iter().filter(|v| !v.is_empty()).map(|v| Variant::parse(v)).collect::<Result<_, _>>()?;
+    let variants: Vec<Variant> =
+        args.variants.iter().filter(|v| !v.is_empty()).map(|v| Variant::parse(v)).collect::<Result<_, _>>()?;
     let data = crate::cases::load(&args.cases, &args.labels, SplitConfig::All, false, args.threads)?;
     let data_sha256 = data.sha256();
     let n = if args.limit > 0 { args.limit.min(data.cases.len()) } else { data.cases.len() };
@@ -246,7 +239,10 @@ pub fn run(args: UncertaintyArgs) -> anyhow::Result<()> {
         let set = crate::cases::load(std::slice::from_ref(dir), &[], SplitConfig::All, false, args.threads)?;
         let mut results = Vec::new();
         for case in &set.cases {
-            results.push((case.name.clone(), run_input(&model, &args, case, name, &case.image, case.present, None, None)?));
+            results.push((
+                case.name.clone(),
+                run_input(&model, &args, case, name, &case.image, case.present, None, None)?,
+            ));
         }
         ood.push((name.clone(), results));
     }
@@ -325,7 +321,10 @@ fn write_outputs(out: &Path, r: &Report) -> anyhow::Result<()> {
         write("fig5c_voxels.png", &voxel_chart(p, r).to_png())?;
     }
     if !r.task_bins.is_empty() {
-        write("fig5c_tasks.png", &bins_chart(&r.task_bins, &task_title(r), "task uncertainty bin (std of P)").to_png())?;
+        write(
+            "fig5c_tasks.png",
+            &bins_chart(&r.task_bins, &task_title(r), "task uncertainty bin (std of P)").to_png(),
+        )?;
     }
     for (score, file, label) in [
         ("brain_entropy", "ood_brain_entropy.png", "mean voxel entropy in brain"),
@@ -546,7 +545,10 @@ fn markdown(r: &Report) -> String {
         r.task_points.len(),
         f(r.task_ece)
     );
-    let _ = writeln!(s, "| bin | std range | predictions | mean std | mean confidence | error rate | ECE |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| bin | std range | predictions | mean std | mean confidence | error rate | ECE |\n|---|---|---|---|---|---|---|"
+    );
     for (k, b) in r.task_bins.iter().enumerate() {
         let _ = writeln!(
             s,

@@ -52,7 +52,8 @@ fn uncertainty_report_on_tiny_phantoms() {
     assert_eq!(r["decoder_dropout"], 0.2);
     let cases = r["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 2);
-    let inputs: Vec<&str> = cases[0]["inputs"].as_array().unwrap().iter().map(|i| i["input"].as_str().unwrap()).collect();
+    let inputs: Vec<&str> =
+        cases[0]["inputs"].as_array().unwrap().iter().map(|i| i["input"].as_str().unwrap()).collect();
     assert_eq!(inputs, ["original", "swap-t1ce-flair", "noise-1"]);
     // Decoder dropout makes the passes differ: some voxel has a spread.
     assert!(cases[0]["inputs"][0]["uncertainty"]["brain_class_std"].as_f64().unwrap() > 0.0);

@@ -181,7 +181,7 @@ pub fn run(args: UncertaintyArgs) -> anyhow::Result<()> {
     if let Some(json) = &args.render {
         let bytes = std::fs::read(json).with_context(|| format!("reading {}", json.display()))?;
         let report: Report = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", json.display()))?;
-        write_outputs(&args.out, &report)?;
+        write_outputs(&args.out, &report, false)?;
         eprintln!("wrote {} from {}", args.out.display(), json.display());
         return Ok(());
     }
@@ -304,18 +304,22 @@ pub fn run(args: UncertaintyArgs) -> anyhow::Result<()> {
         comparisons,
         seconds: started.elapsed().as_secs_f64(),
     };
-    write_outputs(&args.out, &report)?;
+    write_outputs(&args.out, &report, true)?;
     eprintln!("wrote {} ({:.0} s)", args.out.display(), report.seconds);
     Ok(())
 }
 
-fn write_outputs(out: &Path, r: &Report) -> anyhow::Result<()> {
+/// Writes the Markdown and charts, and the JSON unless re-rendering from it (a parsed float
+/// may differ from the written one in its last digit).
+fn write_outputs(out: &Path, r: &Report, json: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let write = |name: &str, bytes: &[u8]| {
         let p = out.join(name);
         std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))
     };
-    write("uncertainty.json", &serde_json::to_vec_pretty(r)?)?;
+    if json {
+        write("uncertainty.json", &serde_json::to_vec_pretty(r)?)?;
+    }
     write("uncertainty.md", markdown(r).as_bytes())?;
     if let Some(p) = &r.pooled {
         write("fig5c_voxels.png", &voxel_chart(p, r).to_png())?;

@@ -372,6 +372,35 @@ impl Analyzer {
     }
 }
 
+impl Analyzer {
+    /// Voxel-wise MC-Dropout statistics of one prepared case (the same `input`, `dims`,
+    /// `present` as [`Analyzer::analyze`]): `passes` passes with dropout on, masks drawn from
+    /// `seed` ([`crate::net::with_seeded_dropout`]); see [`crate::uncertainty`].
+    pub fn voxel_mc(
+        &self,
+        input: &[f32],
+        dims: [usize; 3],
+        present: [bool; MODALITIES],
+        overlap: f32,
+        passes: usize,
+        seed: u64,
+    ) -> Result<infer::VoxelMc, ModelError> {
+        if passes < 2 {
+            return Err(ModelError::Input(format!("{passes} MC passes: an uncertainty needs at least 2")));
+        }
+        let iopts = InferOptions { overlap, ..InferOptions::default() };
+        infer::validate_input(input, dims, present, &iopts)?;
+        let inner = self.lock();
+        let device = self.device;
+        guarded(|| {
+            let run = || {
+                infer::run_voxel_mc(&inner.net, device, input, dims, present, self.temperature, overlap, passes, true)
+            };
+            tch::no_grad(|| net::with_seeded_dropout(seed, run))
+        })
+    }
+}
+
 /// Runs `f`, turning a libtorch panic into [`ModelError::Internal`].
 fn guarded<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
     match catch_unwind(AssertUnwindSafe(f)) {

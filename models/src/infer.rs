@@ -464,6 +464,166 @@ fn finish(
     })
 }
 
+/// Voxel-wise MC-Dropout statistics of one case (see [`run_voxel_mc`]); every map is x fastest
+/// on the prepared grid.
+#[derive(Debug, Clone)]
+pub struct VoxelMc {
+    /// Argmax of the MC-mean class probabilities, network classes 0 bg, 1 NCR, 2 ED, 3 ET (no
+    /// label cleanup).
+    pub classes: Vec<u8>,
+    /// MC-mean probability of that class (the top-label confidence).
+    pub confidence: Vec<f32>,
+    /// Predictive entropy (nats) of the MC-mean class distribution, in `[0, ln 4]`.
+    pub entropy: Vec<f32>,
+    /// Mutual information between prediction and dropout mask: the predictive entropy minus
+    /// the mean entropy of the single passes (nats, >= 0).
+    pub mutual_info: Vec<f32>,
+    /// Standard deviation over passes of the probability of the argmax class (eq. 6 of the
+    /// paper applied per voxel, as the Stage I voxel selection uses it).
+    pub class_std: Vec<f32>,
+    /// P(positive) of every task in every pass (temperature applied).
+    pub tasks: Vec<[f64; TASKS]>,
+}
+
+impl Engine<'_> {
+    /// Per window: the encoder once, `passes` heads (dropout on when `mc`); the per-window
+    /// mean, per-class std and mean single-pass entropy are blended across windows with the
+    /// Gaussian weights (exact when the volume fits one window, the normal case of the
+    /// `small` profile).
+    fn run_voxel_mc(&self, passes: usize, mc: bool) -> Result<(Tensor, Tensor, Tensor, Vec<[f64; TASKS]>), ModelError> {
+        let [nz, ny, nx] = self.shape.map(|v| v as i64);
+        let w = self.plan.window.map(|v| v as i64);
+        let device = self.padded.device();
+        let probs = Tensor::zeros([SEG_CLASSES as i64, nz, ny, nx], (Kind::Float, device));
+        let stds = Tensor::zeros([SEG_CLASSES as i64, nz, ny, nx], (Kind::Float, device));
+        let pass_entropy = Tensor::zeros([nz, ny, nx], (Kind::Float, device));
+        let mut weighted = vec![[0f64; TASKS]; passes];
+        let mut plain = vec![[0f64; TASKS]; passes];
+        let mut mass = vec![0f64; passes];
+        let windows = self.windows();
+        for chunk in windows.chunks(self.batch.max(1)) {
+            let crops: Vec<Tensor> = chunk.iter().map(|s| Self::region(&self.padded, 2, *s, w)).collect();
+            let x = Tensor::cat(&crops, 0);
+            drop(crops);
+            let enc = self.net.encode(&x, &[self.present], false)?;
+            drop(x);
+            let boxes: Vec<[f32; 6]> = chunk
+                .iter()
+                .map(|s| {
+                    let lo: [f32; 3] = std::array::from_fn(|a| s[a] as f32 / self.shape[a] as f32);
+                    let hi: [f32; 3] =
+                        std::array::from_fn(|a| (s[a] + self.plan.window[a]) as f32 / self.shape[a] as f32);
+                    [lo[0], lo[1], lo[2], hi[0], hi[1], hi[2]]
+                })
+                .collect();
+            let ctx = self.global.as_ref().map(|features| GlobalContext { features, boxes: &boxes });
+            // Welford over passes per window: mean and M2 of the class probabilities.
+            let mut mean: Option<Tensor> = None;
+            let mut m2: Option<Tensor> = None;
+            let mut ent_sum: Option<Tensor> = None;
+            for k in 0..passes {
+                let out = self.net.head(&enc, ctx, false, mc)?;
+                let p = out.seg.softmax(1, Kind::Float);
+                drop(out.seg);
+                let logits = match &self.temperature {
+                    Some(t) => &out.tasks / t,
+                    None => out.tasks,
+                };
+                let task_p = logits.softmax(-1, Kind::Float).select(2, 1).to_device(Device::Cpu);
+                let task_p = Vec::<f32>::try_from(&task_p.flatten(0, -1))?;
+                for (i, s) in chunk.iter().enumerate() {
+                    let v = self.valid(*s);
+                    let g = Self::region(&self.gauss, 0, [0; 3], v);
+                    let pi = Self::region(&p.get(i as i64), 1, [0; 3], v);
+                    let m = (&g - &g * pi.get(0)).sum(Kind::Double).double_value(&[]);
+                    mass[k] += m;
+                    for t in 0..TASKS {
+                        let pt = f64::from(task_p[i * TASKS + t]);
+                        weighted[k][t] += m * pt;
+                        plain[k][t] += pt;
+                    }
+                }
+                let h = -(&p * p.clamp_min(1e-12).log()).sum_dim_intlist(1, false, Kind::Float);
+                ent_sum = Some(match ent_sum {
+                    Some(e) => e + h,
+                    None => h,
+                });
+                match (&mut mean, &mut m2) {
+                    (Some(mu), Some(m2)) => {
+                        let delta = &p - &*mu;
+                        let _ = mu.g_add_(&(&delta / (k + 1) as f64));
+                        let _ = m2.g_add_(&(&delta * (&p - &*mu)));
+                    }
+                    _ => {
+                        m2 = Some(p.zeros_like());
+                        mean = Some(p);
+                    }
+                }
+            }
+            let (Some(mean), Some(m2), Some(ent_sum)) = (mean, m2, ent_sum) else {
+                return Err(ModelError::Internal("no MC pass ran".into()));
+            };
+            let std = (m2 / passes as f64).sqrt();
+            let ent = ent_sum / passes as f64;
+            for (i, s) in chunk.iter().enumerate() {
+                let v = self.valid(*s);
+                let g = Self::region(&self.gauss, 0, [0; 3], v);
+                let i = i as i64;
+                let _ = Self::region(&probs, 1, *s, v).g_add_(&(Self::region(&mean.get(i), 1, [0; 3], v) * &g));
+                let _ = Self::region(&stds, 1, *s, v).g_add_(&(Self::region(&std.get(i), 1, [0; 3], v) * &g));
+                let _ = Self::region(&pass_entropy, 0, *s, v).g_add_(&(Self::region(&ent.get(i), 0, [0; 3], v) * &g));
+            }
+        }
+        let tasks = (0..passes)
+            .map(|k| {
+                if mass[k] > 1.0 {
+                    weighted[k].map(|v| v / mass[k])
+                } else {
+                    plain[k].map(|v| v / windows.len() as f64)
+                }
+            })
+            .collect();
+        Ok((probs, stds, pass_entropy, tasks))
+    }
+}
+
+/// Runs `passes` MC-Dropout passes (dropout on when `mc`; the encoder runs once per window)
+/// and returns the voxel maps of [`VoxelMc`]. Must be called with gradients disabled.
+#[allow(clippy::too_many_arguments)]
+pub fn run_voxel_mc(
+    net: &Net,
+    device: Device,
+    input: &[f32],
+    dims: [usize; 3],
+    present: [bool; MODALITIES],
+    temperature: [f64; TASKS],
+    overlap: f32,
+    passes: usize,
+    mc: bool,
+) -> Result<VoxelMc, ModelError> {
+    let opts = InferOptions { overlap, mc_passes: 0, ..InferOptions::default() };
+    let (engine, weight_sum) = setup(net, device, input, dims, present, temperature, &opts)?;
+    let passes = passes.max(1);
+    let (probs, stds, pass_entropy, tasks) = engine.run_voxel_mc(passes, mc)?;
+    drop(engine);
+    let mean = probs / &weight_sum;
+    let stds = stds / &weight_sum;
+    let pass_entropy = pass_entropy / &weight_sum;
+    let (confidence, classes) = mean.max_dim(0, false);
+    let class_std = stds.gather(0, &classes.unsqueeze(0), false).squeeze_dim(0);
+    let entropy = -(&mean * mean.clamp_min(1e-12).log()).sum_dim_intlist(0, false, Kind::Float);
+    let mutual_info = (&entropy - pass_entropy).clamp_min(0.0);
+    let flat_f = |t: Tensor| Vec::<f32>::try_from(&t.to_device(Device::Cpu).flatten(0, -1));
+    Ok(VoxelMc {
+        classes: Vec::<u8>::try_from(&classes.to_kind(Kind::Uint8).to_device(Device::Cpu).flatten(0, -1))?,
+        confidence: flat_f(confidence)?,
+        entropy: flat_f(entropy)?,
+        mutual_info: flat_f(mutual_info)?,
+        class_std: flat_f(class_std)?,
+        tasks,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

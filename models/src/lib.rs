@@ -5,7 +5,8 @@
 //! safetensors I/O), [`infer`] (sliding-window inference), [`analyzer`] (the seam other
 //! crates use), [`device`] (device and thread settings), [`loss`] and [`train`];
 //! [`partial`] (whole-tumour and ignored-voxel targets) and [`ssl`] (the two-stage
-//! semi-supervised method of paper III-F: pseudo-labels, weak-to-strong consistency).
+//! semi-supervised method of paper III-F: pseudo-labels, weak-to-strong consistency);
+//! [`uncertainty`] (whether MC-Dropout uncertainty tracks error and rises off-distribution).
 
 pub mod adapt;
 pub mod analyzer;
@@ -24,6 +25,7 @@ pub mod partial;
 pub mod postprocess;
 pub mod ssl;
 pub mod train;
+pub mod uncertainty;
 pub mod weights;
 
 pub use analyzer::{Analyzer, ModelMeta};

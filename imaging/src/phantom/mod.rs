@@ -64,6 +64,56 @@ fn render_with(cfg: &PhantomConfig, anat: &'static anatomy::Anatomy) -> render::
     render::render(&spec::sample(cfg, anat))
 }
 
+/// What a phantom holds. The two non-glioma kinds are the glioma case of the same seed with
+/// the glioma taken out (same brain, scanner and noise), for testing inputs unlike the
+/// training data; their segmentation is empty and their class labels unknown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PhantomKind {
+    /// A glioma with NCR / ED / ET (the default).
+    #[default]
+    Glioma,
+    /// A normal brain without any lesion.
+    LesionFree,
+    /// A sharply bounded, homogeneous lesion bright on T1 / T1ce and dark on T2 / FLAIR (short
+    /// T1 and T2, like blood products or fat), without edema, enhancement or mass effect.
+    NonGlioma,
+}
+
+impl PhantomKind {
+    /// Parses `glioma`, `lesion-free` or `non-glioma`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "glioma" => Some(Self::Glioma),
+            "lesion-free" => Some(Self::LesionFree),
+            "non-glioma" => Some(Self::NonGlioma),
+            _ => None,
+        }
+    }
+
+    /// The name [`PhantomKind::parse`] reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Glioma => "glioma",
+            Self::LesionFree => "lesion-free",
+            Self::NonGlioma => "non-glioma",
+        }
+    }
+}
+
+/// Generates one case of `kind`, or errors when a dimension is outside `MIN_DIM..=MAX_DIM`.
+pub fn try_generate_kind(cfg: &PhantomConfig, kind: PhantomKind) -> Result<PhantomCase, ImagingError> {
+    if kind == PhantomKind::Glioma {
+        return try_generate(cfg);
+    }
+    for (i, &d) in cfg.dims.iter().enumerate() {
+        if !(MIN_DIM..=MAX_DIM).contains(&d) {
+            return Err(ImagingError::invalid(format!("phantom dims[{i}]"), d, format!("{MIN_DIM}..={MAX_DIM}")));
+        }
+    }
+    let spec = spec::without_glioma(spec::sample(cfg, anatomy::global()), kind == PhantomKind::NonGlioma);
+    Ok(render::render(&spec).case)
+}
+
 /// Generates one case, or errors when a dimension is outside `MIN_DIM..=MAX_DIM`.
 pub fn try_generate(cfg: &PhantomConfig) -> Result<PhantomCase, ImagingError> {
     for (i, &d) in cfg.dims.iter().enumerate() {
@@ -127,12 +177,24 @@ pub fn case_seed(seed: u64, i: usize) -> u64 {
 /// Writes `n` cases named `Phantom_0000`, ... under `out` plus `out/labels.csv` (reported labels).
 /// Returns the case names.
 pub fn write_dataset(n: usize, seed: u64, dims: [usize; 3], out: &Path) -> Result<Vec<String>, ImagingError> {
+    write_dataset_kind(n, seed, dims, PhantomKind::Glioma, out)
+}
+
+/// [`write_dataset`] for phantoms of `kind` (the same seeds give the same brains as the
+/// glioma dataset, without the glioma).
+pub fn write_dataset_kind(
+    n: usize,
+    seed: u64,
+    dims: [usize; 3],
+    kind: PhantomKind,
+    out: &Path,
+) -> Result<Vec<String>, ImagingError> {
     std::fs::create_dir_all(out).map_err(|e| ImagingError::io(out, e))?;
     let mut names = Vec::with_capacity(n);
     let mut labels = BTreeMap::new();
     for i in 0..n {
         let name = format!("Phantom_{i:04}");
-        let case = try_generate(&PhantomConfig { dims, seed: case_seed(seed, i) })?;
+        let case = try_generate_kind(&PhantomConfig { dims, seed: case_seed(seed, i) }, kind)?;
         write_brats_case(&case, out, &name)?;
         labels.insert(name.clone(), case.labels);
         names.push(name);
@@ -224,6 +286,33 @@ mod tests {
         if c.truth.codel_1p19q == Some(true) {
             assert_eq!(c.truth.idh_mutant, Some(true));
         }
+    }
+
+    #[test]
+    fn non_glioma_kinds_keep_the_brain_and_change_only_the_lesion() {
+        let cfg = PhantomConfig { dims: [64, 64, 48], seed: 5 };
+        let glioma = try_generate_kind(&cfg, PhantomKind::Glioma).unwrap();
+        assert_eq!(bytes(&glioma), bytes(&generate(&cfg)));
+        let free = try_generate_kind(&cfg, PhantomKind::LesionFree).unwrap();
+        let other = try_generate_kind(&cfg, PhantomKind::NonGlioma).unwrap();
+        for c in [&free, &other] {
+            assert!(c.seg.data.iter().all(|&l| l == 0));
+            assert_eq!(c.labels, CaseLabels::default());
+            assert_eq!(c.truth, CaseLabels::default());
+        }
+        // The lesion is where the two differ: bright on T1 / T1ce, dark on T2 / FLAIR.
+        let n = free.seg.data.len();
+        let lesion: Vec<usize> =
+            (0..n).filter(|&i| (0..4).any(|k| free.volumes[k].1.data[i] != other.volumes[k].1.data[i])).collect();
+        assert!(lesion.len() > 200, "{} lesion voxels", lesion.len());
+        let mean = |c: &PhantomCase, k: usize| lesion.iter().map(|&i| f64::from(c.volumes[k].1.data[i])).sum::<f64>();
+        assert!(mean(&other, 0) > 1.2 * mean(&free, 0), "T1");
+        assert!(mean(&other, 1) > 1.1 * mean(&free, 1), "T1ce");
+        assert!(mean(&other, 2) < 0.8 * mean(&free, 2), "T2");
+        assert!(mean(&other, 3) < 0.8 * mean(&free, 3), "FLAIR");
+        assert_eq!(PhantomKind::parse("non-glioma"), Some(PhantomKind::NonGlioma));
+        assert_eq!(PhantomKind::parse(PhantomKind::LesionFree.as_str()), Some(PhantomKind::LesionFree));
+        assert!(try_generate_kind(&PhantomConfig { dims: [8, 64, 64], seed: 1 }, PhantomKind::NonGlioma).is_err());
     }
 
     #[test]

@@ -197,6 +197,14 @@ fn render_plane(s: &CaseSpec, sn: &[[f64; 3]; 4], z: usize) -> Plane {
                     }
                     _ => normal,
                 };
+                let sig = match &s.lesion {
+                    Some(l) => {
+                        let frac = (l.radius + 0.5 - dist(q, l.center)).clamp(0.0, 1.0);
+                        let r = l.relax;
+                        (1.0 - frac) * sig + frac * s.seq[k].signal(1.0 / r.t1, r.t2, r.pd)
+                    }
+                    None => sig,
+                };
                 let sig = sig * s.scale[k] * s.bias[k].eval(g);
                 let sigma = s.sigma[k];
                 let (n1, n2) = gauss_pair(s.noise_seed, idx, k as u64);
@@ -253,7 +261,7 @@ pub(crate) fn render(s: &CaseSpec) -> Rendered {
             volumes,
             seg: LabelVolume { grid, data: seg },
             labels: s.reported,
-            truth: s.truth.labels(),
+            truth: if s.tumors.is_empty() { Default::default() } else { s.truth.labels() },
             anatomy: s.anatomy.source,
         },
         tissue,

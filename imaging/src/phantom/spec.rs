@@ -109,6 +109,15 @@ pub(crate) struct Mass {
     pub alpha: f64,
 }
 
+/// A lesion that is not a glioma: a homogeneous sphere with a sharp (one-voxel) boundary and
+/// the relaxation times `relax`; no edema, no enhancement, no mass effect.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Lesion {
+    pub center: [f64; 3],
+    pub radius: f64,
+    pub relax: Relax,
+}
+
 /// Relaxation times (s) and relative proton density of one tissue.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Relax {
@@ -287,6 +296,8 @@ pub(crate) struct CaseSpec {
     /// Noise standard deviation, per modality, in scanner units.
     pub sigma: [f64; 4],
     pub noise_seed: u64,
+    /// A non-glioma lesion (only in [`super::PhantomKind::NonGlioma`] cases).
+    pub lesion: Option<Lesion>,
 }
 
 fn dir(rng: &mut ChaCha8Rng) -> [f64; 3] {
@@ -785,5 +796,20 @@ pub(crate) fn sample(cfg: &PhantomConfig, anat: &'static Anatomy) -> CaseSpec {
         tumor_texture,
         sigma: targets.map(|t| t * noise),
         noise_seed: rng.random(),
+        lesion: None,
     }
+}
+
+/// The same case (anatomy, warp, sequences, scanner, noise) without its glioma: a normal brain,
+/// or, with `lesion`, a brain holding a non-glioma lesion where the main tumour was: short T1
+/// and T2 (bright on T1 and T1ce, dark on T2 and FLAIR, like blood products or fat), the
+/// opposite of a glioma's contrast. Class labels are unknown; the segmentation is empty.
+pub(crate) fn without_glioma(mut s: CaseSpec, lesion: bool) -> CaseSpec {
+    let main = &s.tumors[0];
+    let radius = main.blobs.iter().map(|b| b.radius).fold(0.0, f64::max).clamp(6.0, 14.0);
+    s.lesion = lesion.then_some(Lesion { center: main.center, radius, relax: Relax { t1: 0.35, t2: 0.045, pd: 0.75 } });
+    s.tumors.clear();
+    s.mass.alpha = 0.0;
+    s.reported = CaseLabels::default();
+    s
 }

@@ -10,6 +10,7 @@ mod missing;
 mod models;
 mod natsconf;
 mod train;
+mod uncertainty;
 mod up;
 
 use std::path::PathBuf;
@@ -41,6 +42,11 @@ enum Command {
         /// Grid size as X,Y,Z voxels (1 mm).
         #[arg(long, default_value = "240,240,155", value_parser = parse_dims)]
         dims: [usize; 3],
+        /// `glioma`; or, for inputs unlike the training data, the same brains without the
+        /// glioma: `lesion-free`, or `non-glioma` (a sharply bounded lesion, bright on T1 and
+        /// dark on T2 / FLAIR, no edema or enhancement).
+        #[arg(long, default_value = "glioma", value_parser = parse_kind)]
+        kind: gmmas_imaging::phantom::PhantomKind,
     },
     /// Start every service locally, analyze the bundled example case, keep serving until Ctrl-C.
     Up(up::UpArgs),
@@ -52,6 +58,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Fit one temperature per task on validation cases and write the calibrated model.
     Calibrate(calibrate::CalibrateArgs),
+    /// MC-Dropout uncertainty against error: voxel AUROC for wrong voxels, ECE within uncertainty
+    /// bins (Fig. 5c analogue), case-level uncertainty on swapped sequences, noise and other inputs.
+    Uncertainty(uncertainty::UncertaintyArgs),
     /// Evaluate training runs with sequences removed: Dice and AUC per combination, ROC figures.
     EvalMissing(missing::EvalMissingArgs),
     /// Draw a PNG: axial, coronal and sagittal slices through the tumor, the image, the
@@ -96,6 +105,11 @@ enum Command {
     },
 }
 
+fn parse_kind(s: &str) -> Result<gmmas_imaging::phantom::PhantomKind, String> {
+    gmmas_imaging::phantom::PhantomKind::parse(s)
+        .ok_or_else(|| format!("expected glioma, lesion-free or non-glioma, got {s:?}"))
+}
+
 pub fn parse_dims(s: &str) -> Result<[usize; 3], String> {
     let parts: Vec<usize> =
         s.split(',').map(|p| p.trim().parse::<usize>().map_err(|e| format!("{p:?}: {e}"))).collect::<Result<_, _>>()?;
@@ -109,8 +123,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Analyze(args) => analyze::run(args),
-        Command::Phantom { n, seed, out, dims } => {
-            let names = gmmas_imaging::phantom::write_dataset(n, seed, dims, &out)?;
+        Command::Phantom { n, seed, out, dims, kind } => {
+            let names = gmmas_imaging::phantom::write_dataset_kind(n, seed, dims, kind, &out)?;
             println!("wrote {} case(s) and labels.csv to {}", names.len(), out.display());
             Ok(())
         }
@@ -134,6 +148,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Calibrate(args) => calibrate::run(args),
         Command::EvalMissing(args) => missing::run(args),
+        Command::Uncertainty(args) => uncertainty::run(args),
         Command::Overlay { case, pred, modality, out } => overlay(&case, &pred, &modality, &out),
         Command::InitModel { profile, seed, out } => {
             let cfg = gmmas_models::ModelConfig::profile(&profile)?;

@@ -167,7 +167,7 @@ async fn get_case(State(s): State<AppState>, Path((t, id)): Path<(String, Uuid)>
             .await?;
     let stages: Vec<StageRow> = sqlx::query_as(
         "SELECT stage, status, attempts, started_at, finished_at, error FROM stage_runs WHERE case_id = $1
-         ORDER BY array_position(ARRAY['ingest','preprocess','infer','curate'], stage)",
+         ORDER BY array_position(ARRAY['ingest','preprocess','infer','curate','report'], stage)",
     )
     .bind(id)
     .fetch_all(&s.db)

@@ -106,8 +106,8 @@ impl Facts {
             v.extend([f, 100.0 * f]);
         }
         for t in &self.tasks {
-            let (_, lean) = t.leaning();
-            v.extend([t.probability, 100.0 * t.probability, lean, 100.0 * lean]);
+            let q = 1.0 - t.probability;
+            v.extend([t.probability, 100.0 * t.probability, q, 100.0 * q]);
             if let Some(sd) = t.std {
                 v.extend([sd, 100.0 * sd]);
             }

@@ -2,6 +2,7 @@
 //! list a tenant's cases, download the segmentation. JSON over HTTP (axum) on PostgreSQL.
 
 pub mod learning;
+pub mod report;
 
 use std::sync::Arc;
 
@@ -294,6 +295,7 @@ async fn download(
 /// The API's routes (without health/metrics), under `/api`.
 pub fn routes(db: PgPool, bus: Bus, ingestor: Arc<Ingestor>) -> Router {
     let learning = learning::routes(ingestor.rt.clone(), ingestor.limits.max_file_bytes as usize);
+    let reports = report::routes(db.clone());
     let state = AppState { db, bus };
     let reads = Router::new()
         .route("/v1/tenants/{tenant}/cases", get(list_cases))
@@ -301,7 +303,7 @@ pub fn routes(db: PgPool, bus: Bus, ingestor: Arc<Ingestor>) -> Router {
         .route("/v1/tenants/{tenant}/cases/{case_id}/segmentation", get(segmentation))
         .route("/v1/tenants/{tenant}/cases/{case_id}/uncertainty", get(uncertainty))
         .with_state(state);
-    Router::new().nest("/api", gmmas_ingest::routes(ingestor).merge(reads).merge(learning))
+    Router::new().nest("/api", gmmas_ingest::routes(ingestor).merge(reads).merge(learning).merge(reports))
 }
 
 /// Runs the API service until SIGTERM.

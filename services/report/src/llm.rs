@@ -232,8 +232,9 @@ impl Llm {
         Ok(out)
     }
 
-    /// The model's digest as the server reports it: Ollama's `/api/tags` digest, or for an
-    /// OpenAI-compatible server the `/v1/models` entry (none there gives a file digest).
+    /// The model's digest as the server reports it: Ollama's `/api/tags` digest; for an
+    /// OpenAI-compatible server, `meta-sha256:` and the hash of its `/v1/models` metadata.
+    /// Also the health check: an error means the server or the model is not there.
     pub async fn model_digest(&self) -> Result<Option<String>, LlmError> {
         let path = match self.backend {
             Backend::Ollama => "/api/tags",
@@ -254,7 +255,15 @@ impl Llm {
         let Some(entry) = entry else {
             return Err(LlmError::Unavailable(format!("the server does not serve the model {:?}", self.model)));
         };
-        Ok(entry["digest"].as_str().map(|d| d.trim_start_matches("sha256:").to_string()))
+        Ok(match self.backend {
+            Backend::Ollama => entry["digest"].as_str().map(|d| d.trim_start_matches("sha256:").to_string()),
+            // No file digest over this API: a fingerprint of what the server says of the model
+            // (parameters, vocabulary, size), which changes when the model file does.
+            Backend::OpenAi => entry.get("meta").filter(|m| m.is_object()).map(|m| {
+                use sha2::Digest;
+                format!("meta-sha256:{}", hex::encode(sha2::Sha256::digest(m.to_string().as_bytes())))
+            }),
+        })
     }
 }
 

@@ -114,7 +114,7 @@ case "${1:-install}" in
     ;;
   start)
     [ -x "$BIN" ] && [ -s "$CHAT_GGUF" ] || { log "not installed (scripts/llm.sh install)"; exit 1; }
-    serve llm-chat "$PORT" -m "$CHAT_GGUF" -c 4096 --alias smollm2:135m
+    serve llm-chat "$PORT" -m "$CHAT_GGUF" -c 4096 -np 1 --alias smollm2:135m
     if [ -s "$EMBED_GGUF" ]; then
       serve llm-embed "$EMBED_PORT" -m "$EMBED_GGUF" --embeddings --alias all-minilm:l6-v2
     fi

@@ -86,7 +86,7 @@ impl Default for ReportConfig {
             llm_timeout_s: 120.0,
             llm_max_concurrency: 1,
             llm_attempts: 2,
-            llm_max_tokens: 900,
+            llm_max_tokens: 1024,
             llm_num_ctx: 4096,
             llm_temperature: 0.0,
             llm_seed: 42,

@@ -8,10 +8,13 @@ use serde_json::{Value, json};
 /// The closing sentence every report carries (GMMAS paper, IV-D).
 pub const DISCLAIMER: &str = "The above recommendations are guidelines only, and specific treatment plans should be developed by the treatment team on a patient-specific basis.";
 
-/// Longest text of one chart cell or the treatment paragraph, in characters.
-pub const MAX_CELL_CHARS: usize = 600;
-/// Longest summary, in characters.
-pub const MAX_SUMMARY_CHARS: usize = 900;
+/// Longest text the LLM may write in one chart cell or the treatment paragraph (schema), in
+/// characters; keeps an answer within `llm_max_tokens`.
+pub const MAX_CELL_CHARS: usize = 320;
+/// Longest summary the LLM may write (schema), in characters.
+pub const MAX_SUMMARY_CHARS: usize = 520;
+/// Longest text any report may hold in one place (validation), in characters.
+pub const MAX_TEXT_CHARS: usize = 1500;
 
 /// Text with the knowledge-base passages it rests on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use crate::facts::Facts;
 use crate::kb::KnowledgeBase;
-use crate::report::{DISCLAIMER, MAX_CELL_CHARS, MAX_SUMMARY_CHARS, ReportBody};
+use crate::report::{DISCLAIMER, MAX_TEXT_CHARS, ReportBody};
 
 /// Words and phrases that claim a certainty an MRI-based probability never gives.
 const CERTAINTY: [&str; 18] = [
@@ -154,7 +154,7 @@ pub fn validate(body: &ReportBody, facts: &Facts, kb: &KnowledgeBase, retrieved:
     }
     // Texts present and bounded.
     for (place, text) in body.texts() {
-        let limit = if place == "Summary" { MAX_SUMMARY_CHARS } else { MAX_CELL_CHARS };
+        let limit = MAX_TEXT_CHARS;
         if text.trim().is_empty() {
             errs.push(format!("{place}: empty"));
         } else if text.chars().count() > limit {

@@ -283,3 +283,18 @@ async fn main() -> anyhow::Result<()> {
     axum::serve(listener, app).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fault_goes_into_the_summary_and_nothing_else_changes() {
+        let fault = Some("wrong-number".to_string());
+        let answer = json!({"summary": "NCR 20.0%.", "disclaimer": "d"}).to_string();
+        let v: Value = serde_json::from_str(&inject(&fault, answer.clone())).unwrap();
+        assert_eq!(v["summary"], "NCR 20.0%. The whole tumour measures 4321.9 mL.");
+        assert_eq!(v["disclaimer"], "d");
+        assert_eq!(inject(&None, answer.clone()), answer);
+    }
+}

@@ -139,7 +139,12 @@ pub async fn start_embed(log: &std::path::Path) -> anyhow::Result<Option<Proc>> 
 }
 
 /// Starts the Ollama bridge in front of `chat` (and `embed`), with an optional fault.
-pub async fn start_bridge(chat: &Proc, embed: Option<&Proc>, fault: Option<&str>, log: &std::path::Path) -> anyhow::Result<Proc> {
+pub async fn start_bridge(
+    chat: &Proc,
+    embed: Option<&Proc>,
+    fault: Option<&str>,
+    log: &std::path::Path,
+) -> anyhow::Result<Proc> {
     let bin = supervise::bin_dir()?.join("gmmas-ollama-bridge");
     let port = supervise::free_port()?;
     let file = std::fs::File::create(log)?;
@@ -148,7 +153,9 @@ pub async fn start_bridge(chat: &Proc, embed: Option<&Proc>, fault: Option<&str>
         .arg("--model-file")
         .arg(chat_gguf());
     if let Some(e) = embed {
-        cmd.args(["--embed-upstream", &e.url, "--embed-model", EMBED_MODEL]).arg("--embed-model-file").arg(embed_gguf());
+        cmd.args(["--embed-upstream", &e.url, "--embed-model", EMBED_MODEL])
+            .arg("--embed-model-file")
+            .arg(embed_gguf());
     }
     if let Some(f) = fault {
         cmd.args(["--fault", f]);

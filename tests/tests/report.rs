@@ -71,7 +71,9 @@ fn assert_well_formed(r: &Value) {
     }
     // The stated proportions are the analysis's.
     let facts = &r["facts"];
-    let sum = facts["ncr_fraction"].as_f64().unwrap() + facts["ed_fraction"].as_f64().unwrap() + facts["et_fraction"].as_f64().unwrap();
+    let sum = facts["ncr_fraction"].as_f64().unwrap()
+        + facts["ed_fraction"].as_f64().unwrap()
+        + facts["et_fraction"].as_f64().unwrap();
     assert!(sum == 0.0 || (sum - 1.0).abs() < 1e-6, "fractions sum to {sum}");
 }
 
@@ -135,7 +137,14 @@ async fn phantom_case_report_through_ollama_is_validated_and_served() {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let page = resp.text().await.unwrap();
-    for needle in ["Tumor Compartments", "Histological Subtype", "Molecular Information", "Prognostic Assessment", "Diagnostic Opinion", gmmas_report::report::DISCLAIMER] {
+    for needle in [
+        "Tumor Compartments",
+        "Histological Subtype",
+        "Molecular Information",
+        "Prognostic Assessment",
+        "Diagnostic Opinion",
+        gmmas_report::report::DISCLAIMER,
+    ] {
         assert!(page.contains(needle), "page lacks {needle}");
     }
     // Another tenant cannot read it; a case without a report is a 404.
@@ -208,7 +217,11 @@ async fn llm_down_gives_the_fallback_then_the_llm_regenerates_it() {
     let case = analyzed_case(&sys, 13).await;
     let v1 = wait_report(&sys, &case, 1, Duration::from_secs(120)).await;
     assert_well_formed(&v1);
-    assert_eq!((v1["path"].as_str(), v1["fallback_reason"].as_str()), (Some("fallback"), Some("unavailable")), "{v1:#}");
+    assert_eq!(
+        (v1["path"].as_str(), v1["fallback_reason"].as_str()),
+        (Some("fallback"), Some("unavailable")),
+        "{v1:#}"
+    );
     assert_eq!(v1["llm"]["attempts"][0]["outcome"], "unavailable");
     // The case is done and the report stage finished: nothing is stuck.
     let (_, view) = sys.get_json(&format!("/api/v1/tenants/{TENANT}/cases/{case}")).await.unwrap();
@@ -229,15 +242,16 @@ async fn llm_down_gives_the_fallback_then_the_llm_regenerates_it() {
     let (status, old) = sys.get_json(&format!("/api/v1/tenants/{TENANT}/cases/{case}/report?version=1")).await.unwrap();
     assert_eq!((status, old["path"].as_str()), (200, Some("fallback")));
     let msgs = sys.stream_messages(&format!("gmmas.{TENANT}.report.ready")).await.unwrap();
-    let versions: Vec<u32> = msgs
-        .iter()
-        .map(|m| gmmas_contracts::decode::<gmmas_contracts::ReportReady>(m).unwrap().version)
-        .collect();
+    let versions: Vec<u32> =
+        msgs.iter().map(|m| gmmas_contracts::decode::<gmmas_contracts::ReportReady>(m).unwrap().version).collect();
     assert_eq!(versions, vec![1, 2]);
     // A pass with nothing to do stores nothing more.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (n,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM reports WHERE case_id = $1::uuid").bind(&case).fetch_one(&sys.db).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM reports WHERE case_id = $1::uuid")
+        .bind(&case)
+        .fetch_one(&sys.db)
+        .await
+        .unwrap();
     assert_eq!(n, 2);
     sys.shutdown().await;
     chat.stop().await;

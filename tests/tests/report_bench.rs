@@ -68,7 +68,9 @@ async fn report_bench() {
     let wall_s = started.elapsed().as_secs_f64();
 
     // The fallback, in-process, over the same analyses (retrieval, rules, validation, HTML).
-    let fallback = gmmas_report::Reporter::new(&gmmas_report::ReportConfig { llm_backend: "none".into(), ..Default::default() }).unwrap();
+    let fallback =
+        gmmas_report::Reporter::new(&gmmas_report::ReportConfig { llm_backend: "none".into(), ..Default::default() })
+            .unwrap();
     let mut fallback_ms = Vec::new();
     for case in &cases {
         let (out,): (Vec<u8>,) =
@@ -87,7 +89,8 @@ async fn report_bench() {
     }
 
     let attempts: Vec<&Value> = reports.iter().flat_map(|r| r["llm"]["attempts"].as_array().unwrap().iter()).collect();
-    let answered: Vec<&&Value> = attempts.iter().filter(|a| matches!(a["outcome"].as_str(), Some("valid" | "invalid"))).collect();
+    let answered: Vec<&&Value> =
+        attempts.iter().filter(|a| matches!(a["outcome"].as_str(), Some("valid" | "invalid"))).collect();
     let first_valid = reports.iter().filter(|r| r["llm"]["attempts"][0]["outcome"] == "valid").count();
     let llm_path = reports.iter().filter(|r| r["path"] == "llm").count();
     let stored_valid = reports.iter().filter(|r| r["validation"]["passed"] == true).count();

@@ -88,10 +88,16 @@ async fn print_report(api: &str, tenant: &str, case: &str) {
             && let Ok(r) = resp.json::<serde_json::Value>().await
         {
             let how = match r["path"].as_str() {
-                Some("llm") => format!("written by the local LLM {} and validated", r["llm"]["model"].as_str().unwrap_or("?")),
+                Some("llm") => {
+                    format!("written by the local LLM {} and validated", r["llm"]["model"].as_str().unwrap_or("?"))
+                }
                 _ => format!("deterministic fallback ({})", r["fallback_reason"].as_str().unwrap_or("?")),
             };
-            println!("report           {how}, {} ms, knowledge base {}", r["duration_ms"], r["kb_version"].as_str().unwrap_or("?"));
+            println!(
+                "report           {how}, {} ms, knowledge base {}",
+                r["duration_ms"],
+                r["kb_version"].as_str().unwrap_or("?")
+            );
             println!("report page      {url}.html");
             return;
         }

@@ -184,7 +184,12 @@ pub(crate) mod tests {
                 ed_fraction: fractions[1],
                 et_fraction: fractions[2],
             },
-            probabilities: Probabilities { grade_gbm: p[0], idh_mutant: p[1], codel_1p19q: p[2], mgmt_methylated: p[3] },
+            probabilities: Probabilities {
+                grade_gbm: p[0],
+                idh_mutant: p[1],
+                codel_1p19q: p[2],
+                mgmt_methylated: p[3],
+            },
             missing_modalities: missing.iter().map(|s| s.to_string()).collect(),
             analyzed_at: Utc::now(),
             mc_passes: 8,

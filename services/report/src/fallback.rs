@@ -71,10 +71,7 @@ pub fn build(facts: &Facts, kb: &KnowledgeBase) -> (ReportBody, Vec<String>) {
     let mol_prog = vec![lean_sentence(idh), lean_sentence(codel)];
     let mut mol_prog_ids = vec![if idh.probability >= 0.5 { "idh-mutation" } else { "idh-wildtype" }];
     mol_prog_ids.push(if codel.probability >= 0.5 { "codel-1p19q" } else { "astro-1p19q-intact" });
-    let mol_diag = vec![format!(
-        "MGMT: {} by the model, which is not a reliable estimate from MRI.",
-        versus(mgmt)
-    )];
+    let mol_diag = vec![format!("MGMT: {} by the model, which is not a reliable estimate from MRI.", versus(mgmt))];
     let mol_diag_ids = vec!["mgmt-mri-limits", "mgmt-methylation"];
 
     let treat_ids = vec!["tx-surgery", if gbm { "tx-gbm-stupp" } else { "tx-lgg" }, "tx-corticosteroids", "tx-mdt"];

@@ -126,7 +126,9 @@ mod tests {
         let a = KnowledgeBase::parse(BUILTIN).unwrap();
         let b = KnowledgeBase::parse(&format!("{BUILTIN}\n# edited\n")).unwrap();
         assert_ne!(a.version, b.version);
-        let dup = format!("{BUILTIN}\n[[passage]]\nid = \"who5-grading\"\nrow = \"general\"\nsource = \"s\"\ntext = \"t\"\nbrief = \"b\"\n");
+        let dup = format!(
+            "{BUILTIN}\n[[passage]]\nid = \"who5-grading\"\nrow = \"general\"\nsource = \"s\"\ntext = \"t\"\nbrief = \"b\"\n"
+        );
         assert!(KnowledgeBase::parse(&dup).unwrap_err().to_string().contains("twice"));
         let bad = "title = \"x\"\n[[passage]]\nid = \"Bad Id\"\nrow = \"general\"\nsource = \"s\"\ntext = \"t\"\nbrief = \"b\"\n";
         assert!(KnowledgeBase::parse(bad).unwrap_err().to_string().contains("Bad Id"));

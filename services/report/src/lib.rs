@@ -211,11 +211,20 @@ impl Reporter {
         let embedder = if config.embed_url.is_empty() {
             None
         } else {
-            let backend = Backend::parse(&config.embed_backend).context("setting `embed_backend`: expected ollama or openai")?;
+            let backend =
+                Backend::parse(&config.embed_backend).context("setting `embed_backend`: expected ollama or openai")?;
             Some(Llm::new(backend, &config.embed_url, &config.embed_model, timeout, 2)?)
         };
         let bm25 = retrieve::Bm25::new(&kb.passages);
-        Ok(Reporter { kb, llm, embedder, config: config.clone(), bm25, passage_vectors: Mutex::new(None), metrics: None })
+        Ok(Reporter {
+            kb,
+            llm,
+            embedder,
+            config: config.clone(),
+            bm25,
+            passage_vectors: Mutex::new(None),
+            metrics: None,
+        })
     }
 
     /// Ranks the passages for the analysis: embeddings when configured and answering, else BM25.
@@ -239,7 +248,8 @@ impl Reporter {
     async fn embedding_scores(&self, embedder: &Llm, queries: &[(kb::Row, String)]) -> Result<Vec<Vec<f64>>, LlmError> {
         let mut cached = self.passage_vectors.lock().await;
         if cached.is_none() {
-            let texts: Vec<String> = self.kb.passages.iter().map(|p| format!("{} {}", p.keywords.join(" "), p.text)).collect();
+            let texts: Vec<String> =
+                self.kb.passages.iter().map(|p| format!("{} {}", p.keywords.join(" "), p.text)).collect();
             *cached = Some(embedder.embed(&texts).await?);
         }
         let passages = cached.as_ref().expect("filled above");
@@ -282,7 +292,10 @@ impl Reporter {
                         errors: vec![e.to_string()],
                     });
                 }
-                Ok(d) if !self.config.llm_model_digest.is_empty() && d.as_deref() != Some(&self.config.llm_model_digest) => {
+                Ok(d)
+                    if !self.config.llm_model_digest.is_empty()
+                        && d.as_deref() != Some(&self.config.llm_model_digest) =>
+                {
                     reason = "model-mismatch".into();
                     tracing::warn!(served = ?d, pinned = %self.config.llm_model_digest, "the served model is not the pinned one");
                     digest = d;
@@ -292,7 +305,10 @@ impl Reporter {
                     let (outcome, hash) = self.ask(llm, &facts, &passages, &mut attempts).await;
                     first_hash = hash;
                     match outcome {
-                        Ok(body) => accepted = Some((body, attempts.last().map(|a| a.prompt_sha256.clone()).unwrap_or_default())),
+                        Ok(body) => {
+                            accepted =
+                                Some((body, attempts.last().map(|a| a.prompt_sha256.clone()).unwrap_or_default()))
+                        }
                         Err(r) => reason = r,
                     }
                 }
@@ -356,7 +372,9 @@ impl Reporter {
         for n in 1..=self.config.llm_attempts.max(1) {
             let mut p = base.clone();
             if !feedback.is_empty() {
-                p.user.push_str("\n\nYour previous answer was rejected for these reasons; write it again without them:\n- ");
+                p.user.push_str(
+                    "\n\nYour previous answer was rejected for these reasons; write it again without them:\n- ",
+                );
                 p.user.push_str(&feedback.join("\n- "));
             }
             let hash = prompt::hash(&p, &schema, &llm.model, &opts_text);
@@ -458,11 +476,8 @@ impl StoredReport {
         let mut cited: Vec<&String> = g.body.cells().into_iter().flat_map(|(_, c)| c.cites.iter()).collect();
         cited.sort();
         cited.dedup();
-        let sources: Vec<Value> = cited
-            .iter()
-            .filter_map(|id| r.kb.get(id))
-            .map(|p| json!({"id": p.id, "source": p.source}))
-            .collect();
+        let sources: Vec<Value> =
+            cited.iter().filter_map(|id| r.kb.get(id)).map(|p| json!({"id": p.id, "source": p.source})).collect();
         let json = json!({
             "report_id": id,
             "case_id": analysis.case_id,
@@ -610,7 +625,8 @@ const REGEN_LOCK: i64 = 0x676d_6d61_7265_6765; // "gmmarege"
 pub async fn regenerate_once(rt: &StageRuntime, reporter: &Reporter) -> anyhow::Result<usize> {
     let Some(llm) = &reporter.llm else { return Ok(0) };
     let mut lock = rt.db.acquire().await?;
-    let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)").bind(REGEN_LOCK).fetch_one(&mut *lock).await?;
+    let (got,): (bool,) =
+        sqlx::query_as("SELECT pg_try_advisory_lock($1)").bind(REGEN_LOCK).fetch_one(&mut *lock).await?;
     if !got {
         return Ok(0);
     }

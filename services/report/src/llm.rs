@@ -87,7 +87,13 @@ pub struct ChatStats {
 
 impl Llm {
     /// A client for `url` (e.g. `http://127.0.0.1:11434`); `max_concurrency` calls at once.
-    pub fn new(backend: Backend, url: &str, model: &str, timeout: Duration, max_concurrency: usize) -> anyhow::Result<Llm> {
+    pub fn new(
+        backend: Backend,
+        url: &str,
+        model: &str,
+        timeout: Duration,
+        max_concurrency: usize,
+    ) -> anyhow::Result<Llm> {
         let base = url.trim_end_matches('/').to_string();
         let http = reqwest::Client::builder().timeout(timeout).build()?;
         let ollama = match backend {
@@ -195,7 +201,10 @@ impl Llm {
         let status = res.status();
         if !status.is_success() {
             let text = res.text().await.unwrap_or_default();
-            return Err(LlmError::Unavailable(format!("HTTP {status}: {}", text.chars().take(200).collect::<String>())));
+            return Err(LlmError::Unavailable(format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            )));
         }
         res.json().await.map_err(|e| LlmError::Invalid(e.to_string()))
     }
@@ -207,12 +216,14 @@ impl Llm {
             match self.backend {
                 Backend::Ollama => {
                     let ollama = self.ollama.as_ref().expect("ollama backend");
-                    let req = GenerateEmbeddingsRequest::new(self.model.clone(), EmbeddingsInput::Multiple(texts.to_vec()));
+                    let req =
+                        GenerateEmbeddingsRequest::new(self.model.clone(), EmbeddingsInput::Multiple(texts.to_vec()));
                     Ok(ollama.generate_embeddings(req).await.map_err(ollama_error)?.embeddings)
                 }
                 Backend::OpenAi => {
                     let v = self.post_json("/v1/embeddings", &json!({"model": self.model, "input": texts})).await?;
-                    let data = v["data"].as_array().ok_or_else(|| LlmError::Invalid("no data[] in the answer".into()))?;
+                    let data =
+                        v["data"].as_array().ok_or_else(|| LlmError::Invalid("no data[] in the answer".into()))?;
                     data.iter()
                         .map(|d| {
                             d["embedding"]
@@ -249,9 +260,9 @@ impl Llm {
             Backend::Ollama => v["models"].as_array().cloned().unwrap_or_default(),
             Backend::OpenAi => v["data"].as_array().cloned().unwrap_or_default(),
         };
-        let entry = list.iter().find(|m| {
-            [&m["name"], &m["model"], &m["id"]].iter().any(|n| n.as_str() == Some(self.model.as_str()))
-        });
+        let entry = list
+            .iter()
+            .find(|m| [&m["name"], &m["model"], &m["id"]].iter().any(|n| n.as_str() == Some(self.model.as_str())));
         let Some(entry) = entry else {
             return Err(LlmError::Unavailable(format!("the server does not serve the model {:?}", self.model)));
         };

@@ -166,7 +166,15 @@ mod tests {
             created_at: "now",
         };
         let page = html(&body, &facts, &kb, &prov);
-        for needle in ["Tumor Compartments", "Histological Subtype", "Molecular Information", "Prognostic Assessment", "Diagnostic Opinion", "guidelines only", "Research use only"] {
+        for needle in [
+            "Tumor Compartments",
+            "Histological Subtype",
+            "Molecular Information",
+            "Prognostic Assessment",
+            "Diagnostic Opinion",
+            "guidelines only",
+            "Research use only",
+        ] {
             assert!(page.contains(needle), "{needle}");
         }
         assert!(!page.contains("<script>") && page.contains("&lt;script&gt;"));

@@ -46,9 +46,21 @@ const CLAIMS: [&str; 10] = [
 
 /// Class names per task, the negative ones first (they contain the positive words).
 const CLASS_TERMS: [(&str, &[&str], &[&str]); 4] = [
-    ("grade_gbm", &["lower-grade", "low-grade", "lower grade", "low grade", "lgg"], &["glioblastoma", "gbm", "high-grade", "high grade"]),
-    ("idh_mutant", &["idh-wildtype", "idh wildtype", "idh wild-type", "idh wild type"], &["idh-mutant", "idh mutant", "idh-mutated", "idh mutated"]),
-    ("codel_1p19q", &["non-codeleted", "non-co-deleted", "1p/19q-intact", "1p/19q intact"], &["codeleted", "co-deleted", "codeletion"]),
+    (
+        "grade_gbm",
+        &["lower-grade", "low-grade", "lower grade", "low grade", "lgg"],
+        &["glioblastoma", "gbm", "high-grade", "high grade"],
+    ),
+    (
+        "idh_mutant",
+        &["idh-wildtype", "idh wildtype", "idh wild-type", "idh wild type"],
+        &["idh-mutant", "idh mutant", "idh-mutated", "idh mutated"],
+    ),
+    (
+        "codel_1p19q",
+        &["non-codeleted", "non-co-deleted", "1p/19q-intact", "1p/19q intact"],
+        &["codeleted", "co-deleted", "codeletion"],
+    ),
     ("mgmt_methylated", &["unmethylated", "non-methylated"], &["methylated"]),
 ];
 
@@ -224,7 +236,8 @@ fn first_class(text: &str) -> Option<(&'static str, bool, &'static str)> {
             for term in terms.iter() {
                 if let Some(at) = text.find(term) {
                     // A positive word inside a negative one ("methylated" in "unmethylated").
-                    let inside_negative = pos && negative.iter().any(|n| text.find(n).is_some_and(|s| s <= at && at < s + n.len()));
+                    let inside_negative =
+                        pos && negative.iter().any(|n| text.find(n).is_some_and(|s| s <= at && at < s + n.len()));
                     if inside_negative {
                         continue;
                     }
@@ -289,7 +302,10 @@ mod tests {
         let body = ReportBody {
             summary: "NCR 20.0%, ED 50%, ET 30.0% of 84.4 mL; GBM 87.0% (std 3.0%), IDH-wildtype 0.80.".into(),
             chart: Chart {
-                tumor_compartments: row("An enhancing share of 30% suggests an aggressive tumour.", "Typical of grade 4 glioblastoma patterns."),
+                tumor_compartments: row(
+                    "An enhancing share of 30% suggests an aggressive tumour.",
+                    "Typical of grade 4 glioblastoma patterns.",
+                ),
                 histological_subtype: row("Likely glioblastoma.", "Tissue decides."),
                 molecular_information: row("Probably IDH-wildtype; MGMT unclear.", "Not confirmed without tissue."),
             },
@@ -318,7 +334,8 @@ mod tests {
 
     #[test]
     fn rounding_is_accepted_and_names_are_not_numbers() {
-        let n = numbers("P 0.87 and 87% and 87.0 % IDH1 R132H T1ce 1p/19q CNS5 gmmas-small@3fdacc2cbe8d 12.5mL grade 4.");
+        let n =
+            numbers("P 0.87 and 87% and 87.0 % IDH1 R132H T1ce 1p/19q CNS5 gmmas-small@3fdacc2cbe8d 12.5mL grade 4.");
         let vals: Vec<(f64, bool)> = n.iter().map(|w| (w.value, w.percent)).collect();
         assert_eq!(vals, vec![(0.87, false), (87.0, true), (87.0, true), (12.5, false), (4.0, false)], "{n:?}");
         assert!(Written { value: 0.9, decimals: 1, percent: false }.matches(0.87));

@@ -88,7 +88,14 @@ async fn upstream(b: &Bridge, base: &str, path: &str, body: &Value) -> Result<Va
 fn openai_request(b: &Bridge, messages: Value, req: &Value) -> Value {
     let o = &req["options"];
     let mut body = json!({"model": b.args.model, "messages": messages, "stream": false});
-    for (from, to) in [("temperature", "temperature"), ("seed", "seed"), ("num_predict", "max_tokens"), ("top_p", "top_p"), ("top_k", "top_k"), ("stop", "stop")] {
+    for (from, to) in [
+        ("temperature", "temperature"),
+        ("seed", "seed"),
+        ("num_predict", "max_tokens"),
+        ("top_p", "top_p"),
+        ("top_k", "top_k"),
+        ("stop", "stop"),
+    ] {
         if !o[from].is_null() {
             body[to] = o[from].clone();
         }
@@ -96,7 +103,8 @@ fn openai_request(b: &Bridge, messages: Value, req: &Value) -> Value {
     match &req["format"] {
         Value::String(s) if s == "json" => body["response_format"] = json!({"type": "json_object"}),
         Value::Object(_) => {
-            body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": req["format"]}})
+            body["response_format"] =
+                json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": req["format"]}})
         }
         _ => {}
     }
@@ -278,7 +286,8 @@ async fn main() -> anyhow::Result<()> {
         .route("/api/embed", post(embed))
         .route("/api/embeddings", post(embeddings_legacy))
         .with_state(bridge);
-    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     eprintln!("ollama bridge on http://{} -> {}", listener.local_addr()?, args.upstream);
     axum::serve(listener, app).await?;
     Ok(())

@@ -409,7 +409,8 @@ impl Reporter {
                             entry.outcome = "invalid".into();
                             entry.errors.push(format!("the answer is not the report JSON: {e}"));
                         }
-                        Ok(body) => {
+                        Ok(mut body) => {
+                            dedup_cites(&mut body);
                             let findings = validate::validate(&body, facts, &self.kb, passages);
                             if findings.passed() {
                                 entry.outcome = "valid".into();
@@ -427,6 +428,26 @@ impl Reporter {
             log.push(entry);
         }
         (Err("invalid".into()), first_hash)
+    }
+}
+
+/// Drops a passage cited twice in one cell (small models repeat list items).
+fn dedup_cites(body: &mut ReportBody) {
+    let rows = [
+        &mut body.chart.tumor_compartments,
+        &mut body.chart.histological_subtype,
+        &mut body.chart.molecular_information,
+    ];
+    let mut cells: Vec<&mut report::Cell> =
+        rows.into_iter().flat_map(|r| [&mut r.prognostic_assessment, &mut r.diagnostic_opinion]).collect();
+    cells.push(&mut body.treatment);
+    for c in cells {
+        let mut seen = Vec::new();
+        c.cites.retain(|id| {
+            let new = !seen.contains(id);
+            seen.push(id.clone());
+            new
+        });
     }
 }
 

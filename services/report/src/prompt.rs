@@ -24,10 +24,12 @@ pub fn build(facts: &Facts, kb: &KnowledgeBase, passage_ids: &[String]) -> Promp
          3. The probabilities come from a model reading MRI: write 'likely' or 'favours' for the class above 50%, \
             never 'definitely', 'confirmed' or 'certain'; molecular status and grade need tissue. \
          4. MRI-based MGMT prediction is close to chance: say that tissue testing decides. \
-         5. Fill the chart: tumor_compartments (the NCR/ED/ET proportions), histological_subtype (LGG vs GBM), \
+         5. summary: restate the FACTS in two or three sentences: the NCR, ED and ET percentages and the \
+            probabilities of all four tasks (grade, IDH, 1p/19q, MGMT). \
+         6. Fill the chart with full sentences: tumor_compartments (the NCR/ED/ET proportions), histological_subtype (LGG vs GBM), \
             molecular_information (IDH, 1p/19q, MGMT); for each a prognostic_assessment and a diagnostic_opinion. \
-         6. treatment: outline surgery, radiotherapy with temozolomide and corticosteroids as the passages say. \
-         7. disclaimer: exactly \"{DISCLAIMER}\""
+         7. treatment: outline surgery, radiotherapy with temozolomide and corticosteroids as the passages say. \
+         8. disclaimer: exactly \"{DISCLAIMER}\""
     );
     let mut user = String::from("FACTS\n");
     user.push_str(&facts.prompt_block());

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use crate::facts::Facts;
-use crate::kb::KnowledgeBase;
+use crate::kb::{KnowledgeBase, Row};
 use crate::report::{DISCLAIMER, MAX_TEXT_CHARS, ReportBody};
 
 /// Words and phrases that claim a certainty an MRI-based probability never gives.
@@ -63,6 +63,30 @@ const CLASS_TERMS: [(&str, &[&str], &[&str]); 4] = [
     ),
     ("mgmt_methylated", &["unmethylated", "non-methylated"], &["methylated"]),
 ];
+
+/// The knowledge-base row each cell of [`ReportBody::cells`] must be grounded in.
+const CELL_ROWS: [Row; 7] = [
+    Row::Compartments,
+    Row::Compartments,
+    Row::Histology,
+    Row::Histology,
+    Row::Molecular,
+    Row::Molecular,
+    Row::Treatment,
+];
+
+/// Fewest words a summary or cell may have.
+const MIN_WORDS: usize = 4;
+
+fn row_name(row: Row) -> &'static str {
+    match row {
+        Row::Compartments => "tumour compartments",
+        Row::Histology => "histology",
+        Row::Molecular => "molecular markers",
+        Row::Treatment => "treatment",
+        Row::General => "general notes",
+    }
+}
 
 /// What a validation found; empty when the report passes.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -164,13 +188,47 @@ pub fn validate(body: &ReportBody, facts: &Facts, kb: &KnowledgeBase, retrieved:
             }
         }
     }
-    // Texts present and bounded.
+    // Grounding by topic: each cell cites at least one passage about its own row.
+    for ((place, cell), row) in body.cells().into_iter().zip(CELL_ROWS) {
+        let on_topic = cell.cites.iter().filter_map(|id| kb.get(id)).any(|p| p.row == row);
+        if !cell.cites.is_empty() && !on_topic {
+            errs.push(format!("{place}: cites no passage about {}", row_name(row)));
+        }
+    }
+    // Texts present, bounded, with substance, and not repeating themselves.
     for (place, text) in body.texts() {
-        let limit = MAX_TEXT_CHARS;
+        let words = text.split_whitespace().count();
         if text.trim().is_empty() {
             errs.push(format!("{place}: empty"));
-        } else if text.chars().count() > limit {
-            errs.push(format!("{place}: longer than {limit} characters"));
+        } else if text.chars().count() > MAX_TEXT_CHARS {
+            errs.push(format!("{place}: longer than {MAX_TEXT_CHARS} characters"));
+        } else if words < MIN_WORDS {
+            errs.push(format!("{place}: {words} word(s); at least {MIN_WORDS} are expected"));
+        }
+        let mut seen: Vec<String> = Vec::new();
+        let sentences = text.replace(". ", "\n");
+        for sentence in sentences.split([';', '\n']).map(|s| normalize(s.trim_end_matches('.'))) {
+            if sentence.split(' ').count() < 3 {
+                continue;
+            }
+            if seen.iter().filter(|s| **s == sentence).count() == 1 {
+                errs.push(format!("{place}: repeats itself ({sentence:?})"));
+            }
+            seen.push(sentence);
+        }
+    }
+    // The summary states the analysis: the three proportions and the four probabilities.
+    let summary = numbers(&body.summary);
+    let states = |values: &[f64]| summary.iter().any(|n| values.iter().any(|v| n.matches(*v)));
+    for (name, f) in [("NCR", facts.ncr_fraction), ("ED", facts.ed_fraction), ("ET", facts.et_fraction)] {
+        if !states(&[f, 100.0 * f]) {
+            errs.push(format!("Summary: does not state the {name} proportion"));
+        }
+    }
+    for t in &facts.tasks {
+        let (p, q) = (t.probability, 1.0 - t.probability);
+        if !states(&[p, 100.0 * p, q, 100.0 * q]) {
+            errs.push(format!("Summary: does not state the {} probability", t.label));
         }
     }
     // Disclaimer.
@@ -295,24 +353,36 @@ mod tests {
 
     fn good() -> (ReportBody, Facts, Vec<String>) {
         let facts = Facts::from_analysis(&analysis([0.87, 0.2, 0.1, 0.55], [0.2, 0.5, 0.3], &[]));
-        let row = |a: &str, b: &str| ChartRow {
-            prognostic_assessment: cell(a, "imaging-enhancement"),
-            diagnostic_opinion: cell(b, "who5-integrated"),
+        let row = |a: &str, b: &str, cite: &str| ChartRow {
+            prognostic_assessment: cell(a, cite),
+            diagnostic_opinion: cell(b, cite),
         };
         let body = ReportBody {
-            summary: "NCR 20.0%, ED 50%, ET 30.0% of 84.4 mL; GBM 87.0% (std 3.0%), IDH-wildtype 0.80.".into(),
+            summary: "NCR 20.0%, ED 50%, ET 30.0% of 84.4 mL; GBM 87.0% (std 3.0%), IDH-wildtype 0.80, \
+                      1p/19q-intact 90%, MGMT-methylated 55%."
+                .into(),
             chart: Chart {
                 tumor_compartments: row(
                     "An enhancing share of 30% suggests an aggressive tumour.",
                     "Typical of grade 4 glioblastoma patterns.",
+                    "imaging-enhancement",
                 ),
-                histological_subtype: row("Likely glioblastoma.", "Tissue decides."),
-                molecular_information: row("Probably IDH-wildtype; MGMT unclear.", "Not confirmed without tissue."),
+                histological_subtype: row(
+                    "Likely glioblastoma on imaging grounds.",
+                    "Tissue decides the integrated diagnosis.",
+                    "who5-integrated",
+                ),
+                molecular_information: row(
+                    "Probably IDH-wildtype; MGMT unclear from MRI.",
+                    "Not confirmed without tissue testing.",
+                    "idh-wildtype",
+                ),
             },
-            treatment: cell("Maximal safe resection, then radiotherapy with temozolomide.", "who5-integrated"),
+            treatment: cell("Maximal safe resection, then radiotherapy with temozolomide.", "tx-surgery"),
             disclaimer: DISCLAIMER.into(),
         };
-        (body, facts, vec!["imaging-enhancement".into(), "who5-integrated".into(), "who5-grading".into()])
+        let retrieved = ["imaging-enhancement", "who5-integrated", "who5-grading", "idh-wildtype", "tx-surgery"];
+        (body, facts, retrieved.iter().map(|s| s.to_string()).collect())
     }
 
     #[test]
@@ -358,16 +428,30 @@ mod tests {
     }
 
     #[test]
+    fn degenerate_answers_are_rejected() {
+        let (mut body, facts, retrieved) = good();
+        body.summary = "The report is in JSON format. The report is in JSON format. NCR 20.0%.".into();
+        body.chart.molecular_information.diagnostic_opinion = cell("IDH-mutant", "who5-integrated");
+        let f = validate(&body, &facts, &kb(), &retrieved);
+        let text = f.0.join("\n");
+        assert!(text.contains("repeats itself"), "{text}");
+        assert!(text.contains("does not state the ED proportion"), "{text}");
+        assert!(text.contains("does not state the MGMT probability"), "{text}");
+        assert!(text.contains("1 word(s)"), "{text}");
+        assert!(text.contains("cites no passage about molecular markers"), "{text}");
+    }
+
+    #[test]
     fn certainty_and_contradicted_classes_are_rejected() {
         let (mut body, facts, retrieved) = good();
         body.chart.histological_subtype.prognostic_assessment.text = "This is definitely a glioblastoma.".into();
-        body.chart.molecular_information.diagnostic_opinion.text = "Most likely IDH-mutant.".into();
+        body.chart.molecular_information.diagnostic_opinion.text = "Most likely an IDH-mutant tumour.".into();
         let f = validate(&body, &facts, &kb(), &retrieved);
         let text = f.0.join("\n");
         assert!(text.contains("definitely"), "{text}");
         assert!(text.contains("\"idh-mutant\""), "{text}");
         // Hedged wording and the right class pass.
-        body.chart.histological_subtype.prognostic_assessment.text = "Not confirmed; likely glioblastoma.".into();
+        body.chart.histological_subtype.prognostic_assessment.text = "Not confirmed; likely glioblastoma on imaging.".into();
         body.chart.molecular_information.diagnostic_opinion.text = "Likely unmethylated MGMT is not claimed.".into();
         let f = validate(&body, &facts, &kb(), &retrieved);
         assert!(f.0.iter().any(|e| e.contains("unmethylated")), "MGMT p=0.55 leans methylated: {f:?}");

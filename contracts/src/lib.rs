@@ -29,10 +29,12 @@ pub enum Stage {
     Infer,
     /// After the analysis, off the case's critical path: pseudo-labels for learning.
     Curate,
+    /// After the analysis, off the case's critical path: the written report.
+    Report,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::Ingest, Stage::Preprocess, Stage::Infer, Stage::Curate];
+    pub const ALL: [Stage; 5] = [Stage::Ingest, Stage::Preprocess, Stage::Infer, Stage::Curate, Stage::Report];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,6 +42,7 @@ impl Stage {
             Stage::Preprocess => "preprocess",
             Stage::Infer => "infer",
             Stage::Curate => "curate",
+            Stage::Report => "report",
         }
     }
 
@@ -115,6 +118,8 @@ pub enum Event {
     CaseFailed,
     /// Labels (pseudo or clinician) of a case were added to the training data.
     DatasetUpdated,
+    /// A case's report was stored (or a newer version of it).
+    ReportReady,
 }
 
 /// Subject prefix of events that belong to no tenant (the model registry); `_` can never
@@ -147,6 +152,7 @@ impl Event {
             Event::ScanAnalyzed => "scan.analyzed",
             Event::CaseFailed => "case.failed",
             Event::DatasetUpdated => "dataset.updated",
+            Event::ReportReady => "report.ready",
         }
     }
 
@@ -171,6 +177,7 @@ pub mod consumers {
     pub const PREPROCESS: &str = "preprocess";
     pub const INFER: &str = "infer";
     pub const CURATE: &str = "curate";
+    pub const REPORT: &str = "report";
 }
 
 /// Errors raised while checking identifiers or decoding messages.
@@ -391,6 +398,26 @@ pub struct ModelChanged {
     pub at: DateTime<Utc>,
 }
 
+/// `gmmas.<tenant>.report.ready`: a report of a case was stored; `version` counts its
+/// regenerations (1 = first), `path` says what wrote it (`llm` or `fallback`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportReady {
+    pub schema_version: u32,
+    pub tenant: TenantId,
+    pub case_id: Uuid,
+    pub analysis_id: Uuid,
+    pub report_id: Uuid,
+    pub version: u32,
+    /// `llm` (the local model's text, validated) or `fallback` (built from the knowledge-base rules).
+    pub path: String,
+    /// The LLM that wrote it, empty for the fallback.
+    #[serde(default)]
+    pub llm_model: String,
+    /// Version (hash) of the knowledge base the report is grounded in.
+    pub kb_version: String,
+    pub created_at: DateTime<Utc>,
+}
+
 /// What every per-case message tells: which tenant and case it is about. Stage workers use it
 /// to check a message against the database row of its case before acting on it.
 pub trait CaseMessage {
@@ -410,7 +437,7 @@ macro_rules! case_message {
         }
     )*};
 }
-case_message!(ScanIngested, ScanPreprocessed, ScanAnalyzed, CaseFailed, DatasetUpdated);
+case_message!(ScanIngested, ScanPreprocessed, ScanAnalyzed, CaseFailed, DatasetUpdated, ReportReady);
 
 /// The tenant token of a GMMAS subject (`gmmas.<tenant>.…`), if it has one.
 pub fn subject_tenant(subject: &str) -> Option<&str> {

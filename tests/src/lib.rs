@@ -1,6 +1,8 @@
 //! The end-to-end harness: a private nats-server on a free port, a fresh PostgreSQL database,
 //! and every service started as its own process from the release binaries (like `gmmas up`).
 
+pub mod llm;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -116,7 +116,8 @@ async fn every_service_runs_least_privileged_on_the_bus_and_in_the_database() {
     sys.set_env("GMMAS_DATABASE_URL", &app_url);
     sys.set_env("GMMAS_MIGRATE_ON_START", "false");
     sys.set_env("GMMAS_NATS_TLS_CA_FILE", &ca.display().to_string());
-    for name in ["ingest", "preprocess", "infer", "curate", "api"] {
+    sys.set_env("GMMAS_LLM_BACKEND", "none");
+    for name in ["ingest", "preprocess", "infer", "curate", "report", "api"] {
         let env = vec![
             ("GMMAS_NATS_USER".to_string(), name.to_string()),
             ("GMMAS_NATS_PASSWORD_FILE".to_string(), secrets.join(format!("{name}.password")).display().to_string()),
@@ -132,6 +133,17 @@ async fn every_service_runs_least_privileged_on_the_bus_and_in_the_database() {
     let id = body["case_id"].as_str().unwrap().to_string();
     let view = sys.wait_case(TENANT, &id, Duration::from_secs(180)).await.map_err(|e| sys.with_logs(e)).unwrap();
     assert_eq!(view["status"], "done", "{view}");
+    // The report (fallback: no LLM here) is written and announced with the report user's rights.
+    let mut report = serde_json::Value::Null;
+    for _ in 0..240 {
+        let (status, body) = sys.get_json(&format!("/api/v1/tenants/{TENANT}/cases/{id}/report")).await.unwrap();
+        if status == 200 {
+            report = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(report["path"], "fallback", "{report}");
 
     // What the bus refuses.
     let pw = |u: &str| secrets.join(format!("{u}.password"));

@@ -2,6 +2,7 @@
 //! list a tenant's cases, download the segmentation. JSON over HTTP (axum) on PostgreSQL.
 
 pub mod learning;
+pub mod report;
 
 use std::sync::Arc;
 
@@ -167,7 +168,7 @@ async fn get_case(State(s): State<AppState>, Path((t, id)): Path<(String, Uuid)>
             .await?;
     let stages: Vec<StageRow> = sqlx::query_as(
         "SELECT stage, status, attempts, started_at, finished_at, error FROM stage_runs WHERE case_id = $1
-         ORDER BY array_position(ARRAY['ingest','preprocess','infer','curate'], stage)",
+         ORDER BY array_position(ARRAY['ingest','preprocess','infer','curate','report'], stage)",
     )
     .bind(id)
     .fetch_all(&s.db)
@@ -294,6 +295,7 @@ async fn download(
 /// The API's routes (without health/metrics), under `/api`.
 pub fn routes(db: PgPool, bus: Bus, ingestor: Arc<Ingestor>) -> Router {
     let learning = learning::routes(ingestor.rt.clone(), ingestor.limits.max_file_bytes as usize);
+    let reports = report::routes(db.clone());
     let state = AppState { db, bus };
     let reads = Router::new()
         .route("/v1/tenants/{tenant}/cases", get(list_cases))
@@ -301,7 +303,7 @@ pub fn routes(db: PgPool, bus: Bus, ingestor: Arc<Ingestor>) -> Router {
         .route("/v1/tenants/{tenant}/cases/{case_id}/segmentation", get(segmentation))
         .route("/v1/tenants/{tenant}/cases/{case_id}/uncertainty", get(uncertainty))
         .with_state(state);
-    Router::new().nest("/api", gmmas_ingest::routes(ingestor).merge(reads).merge(learning))
+    Router::new().nest("/api", gmmas_ingest::routes(ingestor).merge(reads).merge(learning).merge(reports))
 }
 
 /// Runs the API service until SIGTERM.

@@ -90,6 +90,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             println!("  {name:<10} ready on http://{addr}  (log {})", svc.log.display());
             services.push(svc);
         }
+        // The report service (local LLM when configured, deterministic fallback otherwise).
+        let addr = "127.0.0.1:8086".to_string();
+        let mut svc = supervise::start("report", &addr, &args.service_env("report"), &logs)?;
+        supervise::wait_ready(&mut svc, Duration::from_secs(120)).await?;
+        println!("  {:<10} ready on http://{addr}  (log {})", "report", svc.log.display());
+        services.push(svc);
         let api = format!("http://{}", args.api_addr);
         let (case, truth) = submit_example(&args, &api).await?;
         println!("\nExample case {case} submitted; waiting for the analysis...");
@@ -98,6 +104,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         if let Some(truth) = truth {
             compare_with_truth(&view, &api, &truth).await?;
         }
+        print_report(&api, &args.tenant, &case).await;
         if !args.once {
             println!("\nServing. API: {api}/api/v1/tenants/{}/cases   Ctrl-C stops everything.", args.tenant);
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -114,6 +121,35 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         supervise::stop(svc, Duration::from_secs(15)).await;
     }
     result
+}
+
+/// Waits for the case's report and says which path wrote it and where to read it.
+async fn print_report(api: &str, tenant: &str, case: &str) {
+    let url = format!("{api}/api/v1/tenants/{tenant}/cases/{case}/report");
+    let start = Instant::now();
+    let client = reqwest::Client::new();
+    while start.elapsed() < Duration::from_secs(600) {
+        if let Ok(resp) = client.get(&url).send().await
+            && resp.status().is_success()
+            && let Ok(r) = resp.json::<serde_json::Value>().await
+        {
+            let how = match r["path"].as_str() {
+                Some("llm") => {
+                    format!("written by the local LLM {} and validated", r["llm"]["model"].as_str().unwrap_or("?"))
+                }
+                _ => format!("deterministic fallback ({})", r["fallback_reason"].as_str().unwrap_or("?")),
+            };
+            println!(
+                "report           {how}, {} ms, knowledge base {}",
+                r["duration_ms"],
+                r["kb_version"].as_str().unwrap_or("?")
+            );
+            println!("report page      {url}.html");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("report           not ready after 600 s; see the report service log");
 }
 
 /// Uploads the example; returns its case id and, for the phantom, its true segmentation.

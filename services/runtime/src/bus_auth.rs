@@ -76,6 +76,14 @@ pub fn grants() -> Vec<Grant> {
             subscribes: vec![ev(Event::DatasetUpdated)],
         },
         Grant {
+            service: "report",
+            consumes: vec![contracts::consumers::REPORT],
+            publishes: vec![ev(Event::ReportReady), failed.clone()],
+            // It reads no object; the bucket is only looked up at connect.
+            buckets: vec![(volumes, Read)],
+            subscribes: vec![],
+        },
+        Grant {
             service: "api",
             // The API ingests uploads, stores clinicians' labels and can roll a model back.
             consumes: vec![],
@@ -226,6 +234,8 @@ mod tests {
         assert!(allowed("train", "gmmas._models.model.candidate"));
         assert!(!allowed("preprocess", "$O.gmmas-models.C.x"), "preprocess writes no model");
         assert!(!allowed("curate", "$O.gmmas-models.C.x"), "curate writes no model");
+        assert!(allowed("report", "gmmas.h1.report.ready"));
+        assert!(!allowed("report", "$O.gmmas-volumes.C.x"), "report writes no object");
         assert!(allowed("train", "$O.gmmas-models.C.x"));
         assert!(!allowed("api", "$JS.API.CONSUMER.MSG.NEXT.GMMAS.infer"), "the API pulls no stage's work");
         assert!(allowed("infer", "$JS.API.CONSUMER.MSG.NEXT.GMMAS.infer"));

@@ -593,7 +593,8 @@ fn markdown(r: &Report) -> String {
                 (Some(h), Some(n)) => format!("{h}/{n}"),
                 _ => "–".into(),
             };
-            let _ = write!(s, " {} → {}, {}, {} |", e(k.mean_in), e(k.mean_out), f(k.auroc), rose);
+            let mean = |v: Option<f64>| v.map_or("–".into(), e);
+            let _ = write!(s, " {} → {}, {}, {} |", mean(k.mean_in), mean(k.mean_out), f(k.auroc), rose);
         }
         let _ = writeln!(s);
     }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use gmmas_imaging::plot::{Axes, Chart};
 use gmmas_models::Analyzer;
-use gmmas_models::config::{TASK_NAMES, TASKS};
+use gmmas_models::config::TASK_NAMES;
 use gmmas_models::data::{CaseData, SplitConfig};
 use gmmas_models::uncertainty::{
     CASE_SCORES, CaseUncertainty, CaseVoxelScores, OodComparison, PooledVoxelReport, TaskPoint, UncertaintyBin,
@@ -215,11 +215,11 @@ pub fn run(args: UncertaintyArgs) -> anyhow::Result<()> {
         let mut inputs = Vec::with_capacity(1 + variants.len());
         let original =
             run_input(&model, &args, case, "original", &case.image, case.present, truth.as_deref(), Some(&mut pool))?;
-        for t in 0..TASKS {
+        for (t, name) in TASK_NAMES.iter().enumerate() {
             if let Some(label) = case.tasks[t] {
                 task_points.push(TaskPoint {
                     case: case.name.clone(),
-                    task: TASK_NAMES[t].to_string(),
+                    task: name.to_string(),
                     p: original.uncertainty.task_mean[t],
                     std: original.uncertainty.task_std[t],
                     label,

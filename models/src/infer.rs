@@ -485,12 +485,16 @@ pub struct VoxelMc {
     pub tasks: Vec<[f64; TASKS]>,
 }
 
+/// Gaussian-weighted sums over windows of the per-window MC mean `[4, vol]`, per-class std
+/// `[4, vol]` and mean single-pass entropy `[vol]`, plus each pass's task probabilities.
+type VoxelSums = (Tensor, Tensor, Tensor, Vec<[f64; TASKS]>);
+
 impl Engine<'_> {
     /// Per window: the encoder once, `passes` heads (dropout on when `mc`); the per-window
     /// mean, per-class std and mean single-pass entropy are blended across windows with the
     /// Gaussian weights (exact when the volume fits one window, the normal case of the
     /// `small` profile).
-    fn run_voxel_mc(&self, passes: usize, mc: bool) -> Result<(Tensor, Tensor, Tensor, Vec<[f64; TASKS]>), ModelError> {
+    fn run_voxel_mc(&self, passes: usize, mc: bool) -> Result<VoxelSums, ModelError> {
         let [nz, ny, nx] = self.shape.map(|v| v as i64);
         let w = self.plan.window.map(|v| v as i64);
         let device = self.padded.device();

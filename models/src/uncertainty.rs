@@ -563,10 +563,10 @@ pub struct OodComparison {
     pub n_in: usize,
     /// Other inputs with the score.
     pub n_out: usize,
-    /// Mean score in distribution.
-    pub mean_in: f64,
-    /// Mean score on the other inputs.
-    pub mean_out: f64,
+    /// Mean score in distribution (None without any).
+    pub mean_in: Option<f64>,
+    /// Mean score on the other inputs (None without any, e.g. no predicted tumour).
+    pub mean_out: Option<f64>,
     /// AUROC of the score for telling the other inputs (positive) from the in-distribution ones.
     pub auroc: Option<f64>,
     /// When paired (a variant of each case): cases whose variant scored higher than the case.
@@ -580,7 +580,7 @@ pub struct OodComparison {
 pub fn compare_scores(inside: &[Option<f64>], outside: &[Option<f64>], paired: bool) -> OodComparison {
     let a: Vec<f64> = inside.iter().flatten().copied().collect();
     let b: Vec<f64> = outside.iter().flatten().copied().collect();
-    let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
     let both: Vec<(f64, f64)> = inside.iter().zip(outside).filter_map(|(x, y)| Some(((*x)?, (*y)?))).collect();
     let paired_higher = paired.then(|| both.iter().filter(|(x, y)| y > x).count());
     let n_pairs = paired.then_some(both.len());
@@ -779,6 +779,8 @@ mod tests {
 
         let c = compare_scores(&[Some(1.0), Some(2.0), None], &[Some(3.0), Some(1.5), Some(9.0)], true);
         assert_eq!((c.n_in, c.n_out), (2, 3));
+        assert_eq!((c.mean_in, c.mean_out), (Some(1.5), Some(13.5 / 3.0)));
+        assert_eq!(compare_scores(&[Some(1.0)], &[None], false).mean_out, None);
         // Pairs out>in: (3>1, 3>2, 1.5>1, 1.5<2, 9>1, 9>2) = 5/6.
         assert!((c.auroc.unwrap() - 5.0 / 6.0).abs() < 1e-12);
         assert_eq!((c.paired_higher, c.n_pairs), (Some(1), Some(2)));

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use gmmas_imaging::plot::{Axes, Chart};
 use gmmas_models::Analyzer;
-use gmmas_models::config::{TASK_NAMES, TASKS};
+use gmmas_models::config::TASK_NAMES;
 use gmmas_models::data::{CaseData, SplitConfig};
 use gmmas_models::uncertainty::{
     CASE_SCORES, CaseUncertainty, CaseVoxelScores, OodComparison, PooledVoxelReport, TaskPoint, UncertaintyBin,
@@ -215,11 +215,11 @@ pub fn run(args: UncertaintyArgs) -> anyhow::Result<()> {
         let mut inputs = Vec::with_capacity(1 + variants.len());
         let original =
             run_input(&model, &args, case, "original", &case.image, case.present, truth.as_deref(), Some(&mut pool))?;
-        for t in 0..TASKS {
+        for (t, name) in TASK_NAMES.iter().enumerate() {
             if let Some(label) = case.tasks[t] {
                 task_points.push(TaskPoint {
                     case: case.name.clone(),
-                    task: TASK_NAMES[t].to_string(),
+                    task: name.to_string(),
                     p: original.uncertainty.task_mean[t],
                     std: original.uncertainty.task_std[t],
                     label,
@@ -593,7 +593,8 @@ fn markdown(r: &Report) -> String {
                 (Some(h), Some(n)) => format!("{h}/{n}"),
                 _ => "–".into(),
             };
-            let _ = write!(s, " {} → {}, {}, {} |", e(k.mean_in), e(k.mean_out), f(k.auroc), rose);
+            let mean = |v: Option<f64>| v.map_or("–".into(), e);
+            let _ = write!(s, " {} → {}, {}, {} |", mean(k.mean_in), mean(k.mean_out), f(k.auroc), rose);
         }
         let _ = writeln!(s);
     }

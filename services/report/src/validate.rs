@@ -451,7 +451,8 @@ mod tests {
         assert!(text.contains("definitely"), "{text}");
         assert!(text.contains("\"idh-mutant\""), "{text}");
         // Hedged wording and the right class pass.
-        body.chart.histological_subtype.prognostic_assessment.text = "Not confirmed; likely glioblastoma on imaging.".into();
+        body.chart.histological_subtype.prognostic_assessment.text =
+            "Not confirmed; likely glioblastoma on imaging.".into();
         body.chart.molecular_information.diagnostic_opinion.text = "Likely unmethylated MGMT is not claimed.".into();
         let f = validate(&body, &facts, &kb(), &retrieved);
         assert!(f.0.iter().any(|e| e.contains("unmethylated")), "MGMT p=0.55 leans methylated: {f:?}");

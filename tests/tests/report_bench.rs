@@ -181,7 +181,8 @@ async fn report_bench() {
     std::fs::write(format!("{out_dir}/bench.md"), md).unwrap();
     // One report as stored, JSON and page, for readers of the results.
     let first = &cases[0];
-    std::fs::write(format!("{out_dir}/example-report.json"), serde_json::to_string_pretty(&reports[0]).unwrap()).unwrap();
+    std::fs::write(format!("{out_dir}/example-report.json"), serde_json::to_string_pretty(&reports[0]).unwrap())
+        .unwrap();
     let page = reqwest::get(format!("{}/api/v1/tenants/{TENANT}/cases/{first}/report.html", sys.api))
         .await
         .unwrap()

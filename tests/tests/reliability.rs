@@ -266,7 +266,9 @@ async fn a_slowloris_client_is_cut_off_and_a_full_backlog_answers_429() {
     let started = std::time::Instant::now();
     let mut closed = false;
     let mut buf = [0u8; 256];
-    while started.elapsed() < Duration::from_secs(8) {
+    // Generous bounds: with several systems under test on two cores the server may be slow to
+    // act, but without the header timeout the client would stay connected for request_timeout_s.
+    while started.elapsed() < Duration::from_secs(30) {
         if stream.write_all(b"X-Slow: 1\r\n").await.is_err() {
             closed = true;
             break;
@@ -280,7 +282,7 @@ async fn a_slowloris_client_is_cut_off_and_a_full_backlog_answers_429() {
         }
     }
     assert!(closed, "the slow client was still connected after {:?}", started.elapsed());
-    assert!(started.elapsed() < Duration::from_secs(5), "cut off only after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(25), "cut off only after {:?}", started.elapsed());
     // The server still answers others.
     assert_eq!(gmmas_runtime::supervise::http_status(&addr, "/healthz").await.unwrap(), 200);
 

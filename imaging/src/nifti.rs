@@ -497,7 +497,15 @@ fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(NiftiHeader, Body<'a>),
     } else {
         (parse_header(bytes, limits)?, None)
     };
-    require_single_file(&hdr)?;
+    check_image_limits(&hdr, limits)?;
+    let body = body_at(bytes, dec, hdr.vox_offset, hdr.body_bytes())?;
+    Ok((hdr, body))
+}
+
+/// The checks on a parsed header before any image byte is read: a single file, the voxel
+/// limit and the total size (shared by [`read_volume`] and [`check_volume_from`]).
+fn check_image_limits(hdr: &NiftiHeader, limits: &Limits) -> Result<(), ImagingError> {
+    require_single_file(hdr)?;
     let nvox = hdr.nvox();
     if nvox > limits.max_voxels {
         return Err(ImagingError::TooLarge {
@@ -506,9 +514,7 @@ fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(NiftiHeader, Body<'a>),
             limit: limits.max_voxels,
         });
     }
-    check_total(hdr.vox_offset, hdr.body_bytes(), limits)?;
-    let body = body_at(bytes, dec, hdr.vox_offset, hdr.body_bytes())?;
-    Ok((hdr, body))
+    check_total(hdr.vox_offset, hdr.body_bytes(), limits)
 }
 
 /// Refuses a file whose `vox_offset + body_len` exceeds `limits.max_file_bytes`, computed without
@@ -703,16 +709,7 @@ fn check_stream(mut r: impl Read, limits: &Limits, gz: bool) -> Result<Grid, Ima
         return Err(ImagingError::Truncated { what: "NIfTI header".into(), expected: HDR as u64, got: got as u64 });
     }
     let hdr = parse_header(&h[..got], limits)?;
-    require_single_file(&hdr)?;
-    let nvox = hdr.nvox();
-    if nvox > limits.max_voxels {
-        return Err(ImagingError::TooLarge {
-            what: format!("voxel count {}x{}x{}", hdr.dims[0], hdr.dims[1], hdr.dims[2]),
-            value: nvox,
-            limit: limits.max_voxels,
-        });
-    }
-    check_total(hdr.vox_offset, hdr.body_bytes(), limits)?;
+    check_image_limits(&hdr, limits)?;
     let body_len = hdr.body_bytes();
     let mut buf = vec![0u8; CHUNK];
     // The extension bytes between the header and vox_offset.

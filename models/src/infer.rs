@@ -181,6 +181,18 @@ struct Engine<'a> {
 }
 
 impl Engine<'_> {
+    /// Each window's box in the volume, as fractions (lo z, y, x, hi z, y, x) for the global branch.
+    fn boxes(&self, starts: &[[usize; 3]]) -> Vec<[f32; 6]> {
+        starts
+            .iter()
+            .map(|s| {
+                let lo: [f32; 3] = std::array::from_fn(|a| s[a] as f32 / self.shape[a] as f32);
+                let hi: [f32; 3] = std::array::from_fn(|a| (s[a] + self.plan.window[a]) as f32 / self.shape[a] as f32);
+                [lo[0], lo[1], lo[2], hi[0], hi[1], hi[2]]
+            })
+            .collect()
+    }
+
     fn windows(&self) -> Vec<[usize; 3]> {
         let s = &self.plan.starts;
         let mut out = Vec::with_capacity(self.plan.len());
@@ -228,15 +240,7 @@ impl Engine<'_> {
             drop(crops);
             let enc = self.net.encode(&x, &[self.present], false)?;
             drop(x);
-            let boxes: Vec<[f32; 6]> = chunk
-                .iter()
-                .map(|s| {
-                    let lo: [f32; 3] = std::array::from_fn(|a| s[a] as f32 / self.shape[a] as f32);
-                    let hi: [f32; 3] =
-                        std::array::from_fn(|a| (s[a] + self.plan.window[a]) as f32 / self.shape[a] as f32);
-                    [lo[0], lo[1], lo[2], hi[0], hi[1], hi[2]]
-                })
-                .collect();
+            let boxes = self.boxes(chunk);
             let ctx = self.global.as_ref().map(|features| GlobalContext { features, boxes: &boxes });
             for k in 0..passes {
                 let out = self.net.head(&enc, ctx, false, mc)?;
@@ -511,15 +515,7 @@ impl Engine<'_> {
             drop(crops);
             let enc = self.net.encode(&x, &[self.present], false)?;
             drop(x);
-            let boxes: Vec<[f32; 6]> = chunk
-                .iter()
-                .map(|s| {
-                    let lo: [f32; 3] = std::array::from_fn(|a| s[a] as f32 / self.shape[a] as f32);
-                    let hi: [f32; 3] =
-                        std::array::from_fn(|a| (s[a] + self.plan.window[a]) as f32 / self.shape[a] as f32);
-                    [lo[0], lo[1], lo[2], hi[0], hi[1], hi[2]]
-                })
-                .collect();
+            let boxes = self.boxes(chunk);
             let ctx = self.global.as_ref().map(|features| GlobalContext { features, boxes: &boxes });
             // Welford over passes per window: mean and M2 of the class probabilities.
             let mut mean: Option<Tensor> = None;

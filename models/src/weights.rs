@@ -103,6 +103,53 @@ pub fn read_metadata(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
     }
 }
 
+/// Where two safetensors files first differ, for error messages: the header, or the first
+/// tensor (by name) whose values differ, with its first differing element and how many differ.
+pub fn describe_difference(a: &[u8], b: &[u8]) -> String {
+    let (ha, sa) = match read_header(a) {
+        Ok(h) => h,
+        Err(e) => return format!("first file: {e}"),
+    };
+    let (hb, sb) = match read_header(b) {
+        Ok(h) => h,
+        Err(e) => return format!("second file: {e}"),
+    };
+    if ha != hb {
+        let keys: Vec<&String> = ha.keys().chain(hb.keys()).filter(|k| ha.get(*k) != hb.get(*k)).take(3).collect();
+        return format!("headers differ (first entries: {keys:?})");
+    }
+    let (da, db) = (&a[sa..], &b[sb..]);
+    if da.len() != db.len() {
+        return format!("data lengths differ: {} vs {}", da.len(), db.len());
+    }
+    let mut differing = Vec::new();
+    for (name, v) in &ha {
+        let Some(offs) = v.get("data_offsets").and_then(Value::as_array) else { continue };
+        let (Some(s), Some(e)) = (offs.first().and_then(Value::as_u64), offs.get(1).and_then(Value::as_u64)) else {
+            continue;
+        };
+        let (s, e) = (s as usize, (e as usize).min(da.len()));
+        if s >= e || da[s..e] == db[s..e] {
+            continue;
+        }
+        let f = |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        let pairs: Vec<(f32, f32)> =
+            da[s..e].chunks_exact(4).zip(db[s..e].chunks_exact(4)).map(|(x, y)| (f(x), f(y))).collect();
+        let n = pairs.iter().filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+        let (i, (x, y)) = pairs
+            .iter()
+            .enumerate()
+            .find(|(_, (x, y))| x.to_bits() != y.to_bits())
+            .map_or((0, (0.0, 0.0)), |(i, p)| (i, *p));
+        differing.push(format!("{name}: {n}/{} values differ, first at {i}: {x:e} vs {y:e}", pairs.len()));
+    }
+    if differing.is_empty() {
+        "no tensor differs (bytes outside any tensor differ)".into()
+    } else {
+        format!("{} tensors differ; {}", differing.len(), differing.into_iter().take(5).collect::<Vec<_>>().join("; "))
+    }
+}
+
 /// The parsed JSON header of safetensors `bytes` and the offset where the data starts.
 fn read_header(bytes: &[u8]) -> Result<(Map<String, Value>, usize), String> {
     if bytes.len() < 8 {

@@ -29,6 +29,8 @@ pub struct System {
     nats: Child,
     pub nats_port: u16,
     nats_conf: Option<PathBuf>,
+    /// The HS256 key the API verifies tokens with (the harness acts as the token issuer).
+    auth_key: Vec<u8>,
     _dir: tempfile::TempDir,
 }
 
@@ -84,7 +86,11 @@ impl System {
         let db_url = format!("{}/{db_name}", admin_url.rsplit_once('/').map(|(a, _)| a).unwrap_or(&admin_url));
 
         let model = tiny_model(dir.path())?;
+        let auth_key = hex::encode(rand::random::<[u8; 32]>()).into_bytes();
+        let key_file = dir.path().join("api-jwt.key");
+        std::fs::write(&key_file, &auth_key)?;
         let mut env: Vec<(String, String)> = vec![
+            ("GMMAS_AUTH_KEY_FILE".into(), key_file.display().to_string()),
             ("GMMAS_NATS_URL".into(), nats_url.clone()),
             ("GMMAS_DATABASE_URL".into(), db_url.clone()),
             ("GMMAS_MODEL_PATH".into(), model.display().to_string()),
@@ -107,6 +113,7 @@ impl System {
             nats,
             nats_port: port,
             nats_conf: None,
+            auth_key,
             _dir: dir,
         };
         for name in services {
@@ -162,19 +169,71 @@ impl System {
         e.context(text)
     }
 
-    /// Uploads files (form field name -> bytes) as one case.
+    /// A signed API token for `tenant` with `role` (clinician, ml-engineer, admin), valid 1 h.
+    pub fn token(&self, tenant: &str, role: &str) -> String {
+        use gmmas_runtime::auth;
+        let role = auth::Role::parse(role).expect("a GMMAS role");
+        let t = gmmas_contracts::TenantId::new(tenant).expect("a valid tenant id");
+        auth::issue(
+            &self.auth_key,
+            &auth::AuthConfig::default(),
+            &format!("test-{role}"),
+            &t,
+            role,
+            Duration::from_secs(3600),
+        )
+        .expect("signing a token")
+    }
+
+    /// Signs arbitrary claims with the system's key (for expired or otherwise unusual tokens).
+    pub fn sign(&self, claims: &gmmas_runtime::auth::Claims) -> String {
+        gmmas_runtime::auth::sign(&self.auth_key, claims).expect("signing claims")
+    }
+
+    /// The value of an environment variable the services are started with.
+    pub fn env_value(&self, key: &str) -> Option<String> {
+        self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    /// The token the harness sends to `path`: a clinician of the tenant the path names, an
+    /// ml-engineer for the registry, training runs and metrics, an admin for `/api/v1/admin`.
+    pub fn token_for_path(&self, path: &str) -> String {
+        let segs: Vec<&str> = path.split('?').next().unwrap_or("").split('/').collect();
+        match segs.as_slice() {
+            ["", "api", "v1", "tenants", t, ..] => self.token(t, "clinician"),
+            ["", "api", "v1", "admin", ..] => self.token("admin", "admin"),
+            _ => self.token("ops", "ml-engineer"),
+        }
+    }
+
+    /// A request to the API at `path` carrying [`System::token_for_path`].
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new().request(method, format!("{}{path}", self.api)).bearer_auth(self.token_for_path(path))
+    }
+
+    /// Creates a tenant (as an administrator would); an existing one is left as it is.
+    pub async fn create_tenant(&self, tenant: &str) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO tenants (id, created_by) VALUES ($1, 'test') ON CONFLICT DO NOTHING")
+            .bind(tenant)
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Uploads files (form field name -> bytes) as one case (creating the tenant when needed).
     pub async fn upload(
         &self,
         tenant: &str,
         case_ref: &str,
         files: Vec<(&str, Vec<u8>)>,
     ) -> anyhow::Result<(u16, Value)> {
+        self.create_tenant(tenant).await?;
         let mut form = reqwest::multipart::Form::new().text("case_ref", case_ref.to_string());
         for (name, bytes) in files {
             form = form.part(name.to_string(), reqwest::multipart::Part::bytes(bytes).file_name("x.nii.gz"));
         }
-        let resp = reqwest::Client::new()
-            .post(format!("{}/api/v1/tenants/{tenant}/cases", self.api))
+        let resp = self
+            .request(reqwest::Method::POST, &format!("/api/v1/tenants/{tenant}/cases"))
             .multipart(form)
             .send()
             .await?;
@@ -183,7 +242,7 @@ impl System {
     }
 
     pub async fn get_json(&self, path: &str) -> anyhow::Result<(u16, Value)> {
-        let resp = reqwest::get(format!("{}{path}", self.api)).await?;
+        let resp = self.request(reqwest::Method::GET, path).send().await?;
         let status = resp.status().as_u16();
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
@@ -312,7 +371,8 @@ impl System {
     /// A service's Prometheus text.
     pub async fn metrics(&mut self, name: &str) -> anyhow::Result<String> {
         let addr = self.service(name).http_addr.clone();
-        Ok(reqwest::get(format!("http://{addr}/metrics")).await?.text().await?)
+        let token = self.token("ops", "ml-engineer");
+        Ok(reqwest::Client::new().get(format!("http://{addr}/metrics")).bearer_auth(token).send().await?.text().await?)
     }
 
     /// Objects the ledger and the store disagree on for a case's prefix: (in the store but not

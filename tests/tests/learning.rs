@@ -176,8 +176,7 @@ async fn unlabeled_cases_train_a_model_the_gate_promotes_infer_switches_and_a_ro
     curated(&sys, after["case_id"].as_str().unwrap()).await;
 
     // Rollback over the API: the parent is current again, the candidate's pseudo-labels stale.
-    let resp =
-        reqwest::Client::new().post(format!("{}/api/v1/models/complete/rollback", sys.api)).send().await.unwrap();
+    let resp = sys.request(reqwest::Method::POST, "/api/v1/models/complete/rollback").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -204,8 +203,7 @@ async fn unlabeled_cases_train_a_model_the_gate_promotes_infer_switches_and_a_ro
     let api = sys.metrics("api").await.unwrap();
     assert!(api.contains("gmmas_model_changes_total{change=\"rolled_back\",service=\"api\"} 1"), "{api}");
     // A second rollback has nothing left to return to: 409 with the reason.
-    let resp =
-        reqwest::Client::new().post(format!("{}/api/v1/models/complete/rollback", sys.api)).send().await.unwrap();
+    let resp = sys.request(reqwest::Method::POST, "/api/v1/models/complete/rollback").send().await.unwrap();
     assert_eq!(resp.status(), 409);
     sys.shutdown().await;
 }

@@ -26,6 +26,7 @@ async fn concurrent_uploads_all_succeed_with_backpressure_and_bounded_memory() {
     let n: usize = std::env::var("GMMAS_LOAD_UPLOADS").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
     // Only the upload path runs: nothing downstream competes for the two cores.
     let mut sys = System::start_with(&[("GMMAS_MAX_CONCURRENT_UPLOADS", "4")], &["ingest", "api"]).await.unwrap();
+    sys.create_tenant(TENANT).await.unwrap();
     let (_, files) = phantom_files(77, [160, 160, 120]);
     let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
     let started = Instant::now();
@@ -35,6 +36,7 @@ async fn concurrent_uploads_all_succeed_with_backpressure_and_bounded_memory() {
         // Half through the API, half straight to ingest: both run the same upload path.
         let base = if i % 2 == 0 { format!("{}/api/v1", sys.api) } else { ingest.clone() };
         let files = files.clone();
+        let token = sys.token(TENANT, "clinician");
         tasks.spawn(async move {
             let client = reqwest::Client::new();
             let mut throttled = 0u32;
@@ -44,7 +46,12 @@ async fn concurrent_uploads_all_succeed_with_backpressure_and_bounded_memory() {
                     form =
                         form.part(name.to_string(), reqwest::multipart::Part::bytes(b.clone()).file_name("x.nii.gz"));
                 }
-                let resp = client.post(format!("{base}/tenants/{TENANT}/cases")).multipart(form).send().await;
+                let resp = client
+                    .post(format!("{base}/tenants/{TENANT}/cases"))
+                    .bearer_auth(&token)
+                    .multipart(form)
+                    .send()
+                    .await;
                 match resp {
                     Ok(r) if r.status() == 201 => return Ok(throttled),
                     Ok(r) if r.status() == 429 => {

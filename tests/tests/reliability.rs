@@ -156,7 +156,11 @@ async fn two_concurrent_attempts_leave_one_consistent_analysis() {
         (analyzed.segmentation.key.as_str(), analyzed.segmentation.sha256.as_str()),
         (key.as_str(), sha.as_str())
     );
-    let seg = reqwest::get(format!("{}/api/v1/tenants/{TENANT}/cases/{id}/segmentation", sys.api)).await.unwrap();
+    let seg = sys
+        .request(reqwest::Method::GET, &format!("/api/v1/tenants/{TENANT}/cases/{id}/segmentation"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(seg.status(), 200);
     assert_eq!(gmmas_runtime::bus::sha256_hex(&seg.bytes().await.unwrap()), sha);
     let (extra, missing) = sys.object_mismatch(TENANT, &id).await.unwrap();
@@ -295,8 +299,8 @@ async fn a_slowloris_client_is_cut_off_and_a_full_backlog_answers_429() {
     for (name, bytes) in files {
         form = form.part(name.to_string(), reqwest::multipart::Part::bytes(bytes).file_name("x.nii.gz"));
     }
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/v1/tenants/{TENANT}/cases", sys.api))
+    let resp = sys
+        .request(reqwest::Method::POST, &format!("/api/v1/tenants/{TENANT}/cases"))
         .multipart(form)
         .send()
         .await

@@ -133,7 +133,11 @@ async fn phantom_case_report_through_ollama_is_validated_and_served() {
     }
 
     // The same report as a page in the chart layout.
-    let resp = reqwest::get(format!("{}/api/v1/tenants/{TENANT}/cases/{case}/report.html", sys.api)).await.unwrap();
+    let resp = sys
+        .request(reqwest::Method::GET, &format!("/api/v1/tenants/{TENANT}/cases/{case}/report.html"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let page = resp.text().await.unwrap();

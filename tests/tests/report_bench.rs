@@ -183,7 +183,9 @@ async fn report_bench() {
     let first = &cases[0];
     std::fs::write(format!("{out_dir}/example-report.json"), serde_json::to_string_pretty(&reports[0]).unwrap())
         .unwrap();
-    let page = reqwest::get(format!("{}/api/v1/tenants/{TENANT}/cases/{first}/report.html", sys.api))
+    let page = sys
+        .request(reqwest::Method::GET, &format!("/api/v1/tenants/{TENANT}/cases/{first}/report.html"))
+        .send()
         .await
         .unwrap()
         .text()

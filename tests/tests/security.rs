@@ -103,6 +103,8 @@ async fn every_service_runs_least_privileged_on_the_bus_and_in_the_database() {
         "CREATE TABLE intruder (i int)",
         "ALTER TABLE cases ADD COLUMN intruder int",
         "DROP TABLE audit_log",
+        "UPDATE audit_log SET actor = 'someone else'",
+        "DELETE FROM audit_log",
         "DELETE FROM _sqlx_migrations",
         "TRUNCATE cases",
     ] {

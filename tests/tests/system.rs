@@ -36,7 +36,7 @@ async fn uploaded_case_is_analyzed_and_readable_from_the_api() {
 
     // The segmentation downloads as NIfTI on exactly the input grid, with BraTS labels only,
     // and the stored volumes agree with it.
-    let seg = reqwest::get(format!("{}{}", sys.api, a["segmentation_url"].as_str().unwrap())).await.unwrap();
+    let seg = sys.request(reqwest::Method::GET, a["segmentation_url"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(seg.status(), 200);
     let seg = gmmas_imaging::read_labels(&seg.bytes().await.unwrap(), &Limits::default()).unwrap();
     let input_grid = &phantom.volumes[0].1.grid;
@@ -243,7 +243,7 @@ async fn flair_only_case_with_mc_dropout_reports_missing_sequences_and_uncertain
         assert!((0.0..=0.5).contains(&v), "{p} std {v}");
     }
     let url = a["uncertainty_url"].as_str().unwrap();
-    let bytes = reqwest::get(format!("{}{url}", sys.api)).await.unwrap().bytes().await.unwrap();
+    let bytes = sys.request(reqwest::Method::GET, &url).send().await.unwrap().bytes().await.unwrap();
     let map = gmmas_imaging::read_volume(&bytes, &Limits::default()).unwrap();
     gmmas_imaging::same_grid(&map.grid, &phantom.volumes[0].1.grid).unwrap();
     assert!(map.data.iter().all(|v| (0.0..=0.5).contains(v)));

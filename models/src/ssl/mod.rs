@@ -234,7 +234,10 @@ mod tests {
             assert_eq!(a.version(), format!("{}@{}", meta.name, &meta.weights_sha256[..12]));
             let out = tmp.path().join(format!("{name}.safetensors"));
             a.save(&out).unwrap();
-            assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&path).unwrap(), "{name} bytes changed");
+            let (got, want) = (std::fs::read(&out).unwrap(), std::fs::read(&path).unwrap());
+            if got != want {
+                panic!("{name} bytes changed: {}", crate::weights::describe_difference(&want, &got));
+            }
             let card: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
             assert!(card["config"].get("decoder_dropout").is_none());

@@ -4,10 +4,11 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::Utc;
 use gmmas_contracts::{self as contracts, DatasetUpdated, Event, LabelSource, TenantId};
 use gmmas_imaging::Limits;
+use gmmas_runtime::auth::Identity;
 use gmmas_runtime::http::ApiError;
 use gmmas_runtime::registry::{self, ModelRow, RegistryError};
 use gmmas_runtime::worker::StageRuntime;
@@ -23,7 +24,8 @@ pub struct ClassLabels {
     pub idh_mutant: Option<bool>,
     pub codel_1p19q: Option<bool>,
     pub mgmt_methylated: Option<bool>,
-    /// Who labelled (kept in the audit log; not a patient identifier).
+    /// Who labelled: the token's subject (a value sent here is replaced by it).
+    #[serde(default)]
     pub author: String,
 }
 
@@ -65,13 +67,12 @@ async fn analyzed_case(rt: &StageRuntime, t: &TenantId, id: Uuid) -> Result<(), 
 
 async fn put_classes(
     State(rt): State<StageRuntime>,
+    Extension(who): Extension<Identity>,
     Path((t, id)): Path<(String, Uuid)>,
-    Json(labels): Json<ClassLabels>,
+    Json(mut labels): Json<ClassLabels>,
 ) -> Result<Json<LabelsStored>, ApiError> {
     let t = tenant(&t)?;
-    if labels.author.trim().is_empty() || labels.author.len() > 128 {
-        return Err(ApiError::BadRequest("field author: expected 1-128 characters".into()));
-    }
+    labels.author = who.subject.clone();
     analyzed_case(&rt, &t, id).await?;
     let mut tx = rt.db.begin().await?;
     sqlx::query(
@@ -110,6 +111,7 @@ async fn put_classes(
 
 async fn put_segmentation(
     State(rt): State<StageRuntime>,
+    Extension(who): Extension<Identity>,
     Path((t, id)): Path<(String, Uuid)>,
     body: Bytes,
 ) -> Result<Json<LabelsStored>, ApiError> {
@@ -140,16 +142,17 @@ async fn put_segmentation(
         .map_err(ApiError::Internal)?;
     let mut tx = rt.db.begin().await?;
     sqlx::query(
-        "INSERT INTO clinician_labels (case_id, seg_object_key, seg_sha256, author) VALUES ($1, $2, $3, 'segmentation upload')
-         ON CONFLICT (case_id) DO UPDATE SET seg_object_key = $2, seg_sha256 = $3, updated_at = now()",
+        "INSERT INTO clinician_labels (case_id, seg_object_key, seg_sha256, author) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (case_id) DO UPDATE SET seg_object_key = $2, seg_sha256 = $3, author = $4, updated_at = now()",
     )
     .bind(id)
     .bind(&stored.key)
     .bind(&stored.sha256)
+    .bind(&who.subject)
     .execute(&mut *tx)
     .await?;
     objects::mark_live(&mut tx, owner).await?;
-    announce(&mut tx, &t, id, vec!["segmentation".into()], "segmentation upload").await?;
+    announce(&mut tx, &t, id, vec!["segmentation".into()], &who.subject).await?;
     tx.commit().await?;
     rt.relay.kick();
     Ok(Json(LabelsStored { case_id: id, segmentation_sha256: Some(stored.sha256), classes: ClassLabels::default() }))
@@ -193,11 +196,15 @@ async fn list_models(State(rt): State<StageRuntime>) -> Result<Json<Vec<ModelRow
     Ok(Json(registry::list(&rt.db).await?))
 }
 
-async fn rollback(State(rt): State<StageRuntime>, Path(role): Path<String>) -> Result<Json<RolledBack>, ApiError> {
+async fn rollback(
+    State(rt): State<StageRuntime>,
+    Extension(who): Extension<Identity>,
+    Path(role): Path<String>,
+) -> Result<Json<RolledBack>, ApiError> {
     if !matches!(role.as_str(), "complete" | "incomplete") {
         return Err(ApiError::BadRequest(format!("role {role:?}: expected complete or incomplete")));
     }
-    match registry::rollback(&rt.db, &role, "api").await {
+    match registry::rollback(&rt.db, &role, &who.subject).await {
         Ok((from, to)) => {
             rt.relay.kick();
             rt.metrics.model_change("rolled_back");

@@ -1,11 +1,13 @@
 //! The clinicians' API: upload a case, read a case with each stage's status, timing and result,
 //! list a tenant's cases, download the segmentation. JSON over HTTP (axum) on PostgreSQL.
 
+pub mod admin;
 pub mod learning;
 pub mod report;
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -35,6 +37,9 @@ pub struct ApiConfig {
     /// Admission limits of uploads.
     #[serde(flatten)]
     pub admission: gmmas_ingest::AdmissionConfig,
+    /// Bearer tokens (GMMAS-issued or the hospital's OIDC provider's), hosts and CORS.
+    #[serde(flatten)]
+    pub auth: gmmas_runtime::auth::AuthConfig,
 }
 
 impl Default for ApiConfig {
@@ -44,6 +49,7 @@ impl Default for ApiConfig {
             max_upload_mib: 1024,
             max_voxels: 512 * 512 * 512,
             admission: gmmas_ingest::AdmissionConfig::default(),
+            auth: gmmas_runtime::auth::AuthConfig::default(),
         }
     }
 }
@@ -292,10 +298,17 @@ async fn download(
     ))
 }
 
-/// The API's routes (without health/metrics), under `/api`.
-pub fn routes(db: PgPool, bus: Bus, ingestor: Arc<Ingestor>) -> Router {
+/// The API's routes (without health/metrics), under `/api`; [`gmmas_runtime::access::protect`]
+/// puts them behind the token guard.
+pub fn routes(
+    db: PgPool,
+    bus: Bus,
+    ingestor: Arc<Ingestor>,
+    auth: gmmas_runtime::auth::AuthConfig,
+) -> anyhow::Result<Router> {
     let learning = learning::routes(ingestor.rt.clone(), ingestor.limits.max_file_bytes as usize);
     let reports = report::routes(db.clone());
+    let admin = admin::routes(db.clone(), auth)?;
     let state = AppState { db, bus };
     let reads = Router::new()
         .route("/v1/tenants/{tenant}/cases", get(list_cases))
@@ -303,7 +316,8 @@ pub fn routes(db: PgPool, bus: Bus, ingestor: Arc<Ingestor>) -> Router {
         .route("/v1/tenants/{tenant}/cases/{case_id}/segmentation", get(segmentation))
         .route("/v1/tenants/{tenant}/cases/{case_id}/uncertainty", get(uncertainty))
         .with_state(state);
-    Router::new().nest("/api", gmmas_ingest::routes(ingestor).merge(reads).merge(learning).merge(reports))
+    Ok(Router::new()
+        .nest("/api", gmmas_ingest::routes(ingestor).merge(reads).merge(learning).merge(reports).merge(admin)))
 }
 
 /// Runs the API service until SIGTERM.
@@ -313,7 +327,11 @@ pub async fn run(config: ApiConfig) -> anyhow::Result<()> {
     let rt = StageRuntime::start(&config.common, "api", &shutdown).await?;
     let health = rt.health_routes();
     let (pool, bus) = (rt.db.clone(), rt.bus.clone());
+    let access = gmmas_runtime::access::Access::new(&config.auth, &config.common.http_addr, pool.clone())
+        .await
+        .context("setting up the API's token verification")?;
     let ingestor = Arc::new(Ingestor::with_admission(rt, config.max_upload_mib, config.max_voxels, config.admission));
-    let router = routes(pool, bus, ingestor).merge(health);
+    let router = routes(pool, bus, ingestor, config.auth.clone())?.merge(health);
+    let router = gmmas_runtime::access::protect(router, access, &config.auth);
     gmmas_runtime::http::serve_until_shutdown(&config.common, router, shutdown).await
 }

@@ -1,6 +1,7 @@
 //! The `gmmas` command line: one-process analysis of a case folder, phantom generation,
 //! the local system (`gmmas up`), training and evaluation, the model registry, and the benchmark.
 
+mod access;
 mod analyze;
 mod bench;
 mod calibrate;
@@ -82,6 +83,12 @@ enum Command {
     /// The model registry: list, roll back.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Bearer tokens for the API (standalone install: signed with the API's key file).
+    #[command(subcommand)]
+    Token(access::TokenCommand),
+    /// Tenants (hospitals): create, list.
+    #[command(subcommand)]
+    Tenant(access::TenantCommand),
     /// Apply the database migrations (run with the migrations role; services may then run as
     /// the least-privilege service role with migrate_on_start=false).
     Migrate {
@@ -143,6 +150,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::NatsConfig(args) => natsconf::run(args),
         Command::Models(cmd) => tokio::runtime::Runtime::new()?.block_on(models::run(cmd)),
+        Command::Token(cmd) => access::token(cmd),
+        Command::Tenant(cmd) => tokio::runtime::Runtime::new()?.block_on(access::tenant(cmd)),
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),

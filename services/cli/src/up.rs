@@ -44,12 +44,19 @@ pub struct UpArgs {
     /// CA certificate of the secured NATS server.
     #[arg(long, env = "GMMAS_UP_NATS_CA")]
     pub nats_ca: Option<PathBuf>,
+    /// HS256 key that signs and verifies the API's tokens; made (0600) under
+    /// `<state-dir>/secrets/api-jwt.key` when unset and missing.
+    #[arg(long, env = "GMMAS_AUTH_KEY_FILE")]
+    pub auth_key_file: Option<PathBuf>,
 }
 
 impl UpArgs {
     /// The environment of one service: its database role and its own bus user, when set up.
-    fn service_env(&self, name: &str) -> Vec<(String, String)> {
+    fn service_env(&self, name: &str, key_file: &std::path::Path) -> Vec<(String, String)> {
         let mut env = vec![("GMMAS_LOG_FORMAT".to_string(), "json".to_string())];
+        if matches!(name, "api" | "ingest") {
+            env.push(("GMMAS_AUTH_KEY_FILE".into(), key_file.display().to_string()));
+        }
         if let Some(url) = &self.service_database_url {
             env.push(("GMMAS_DATABASE_URL".into(), url.clone()));
             env.push(("GMMAS_MIGRATE_ON_START".into(), "false".into()));
@@ -71,12 +78,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let logs = args.state_dir.join("logs");
     let mut services = Vec::new();
     let result = async {
-        if args.service_database_url.is_some() {
-            // The services may not run DDL: apply the migrations with the migrations role first.
-            let url = std::env::var("GMMAS_DATABASE_URL")
-                .unwrap_or_else(|_| gmmas_runtime::CommonConfig::default().database_url);
-            gmmas_runtime::db::connect_with(&url, Duration::from_secs(30), true).await?.close().await;
-        }
+        let key_file = match &args.auth_key_file {
+            Some(k) => k.clone(),
+            None => ensure_key_file(&args.state_dir.join("secrets").join("api-jwt.key"))?,
+        };
+        // Migrations (the services may not run DDL) and the example tenant, as the migrations role.
+        let url =
+            std::env::var("GMMAS_DATABASE_URL").unwrap_or_else(|_| gmmas_runtime::CommonConfig::default().database_url);
+        let admin_db = gmmas_runtime::db::connect_with(&url, Duration::from_secs(30), true).await?;
+        sqlx::query("INSERT INTO tenants (id, created_by) VALUES ($1, 'gmmas up') ON CONFLICT DO NOTHING")
+            .bind(&args.tenant)
+            .execute(&admin_db)
+            .await
+            .context("creating the example tenant")?;
+        admin_db.close().await;
         let secured = if args.secure_nats_url.is_some() { ", each as its own NATS user over TLS" } else { "" };
         let role = if args.service_database_url.is_some() { " and the database role without DDL" } else { "" };
         if !secured.is_empty() || !role.is_empty() {
@@ -84,7 +99,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         for (i, name) in supervise::UP_SERVICES.iter().enumerate() {
             let addr = if *name == "api" { args.api_addr.clone() } else { format!("127.0.0.1:{}", 8081 + i) };
-            let env = args.service_env(name);
+            let env = args.service_env(name, &key_file);
             let mut svc = supervise::start(name, &addr, &env, &logs)?;
             supervise::wait_ready(&mut svc, Duration::from_secs(120)).await?;
             println!("  {name:<10} ready on http://{addr}  (log {})", svc.log.display());
@@ -92,19 +107,29 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         // The report service (local LLM when configured, deterministic fallback otherwise).
         let addr = "127.0.0.1:8086".to_string();
-        let mut svc = supervise::start("report", &addr, &args.service_env("report"), &logs)?;
+        let mut svc = supervise::start("report", &addr, &args.service_env("report", &key_file), &logs)?;
         supervise::wait_ready(&mut svc, Duration::from_secs(120)).await?;
         println!("  {:<10} ready on http://{addr}  (log {})", "report", svc.log.display());
         services.push(svc);
         let api = format!("http://{}", args.api_addr);
-        let (case, truth) = submit_example(&args, &api).await?;
+        let client = clinician_client(&args, &key_file)?;
+        let (case, truth) = submit_example(&client, &args, &api).await?;
         println!("\nExample case {case} submitted; waiting for the analysis...");
-        let view = wait_done(&api, &args.tenant, &case, Duration::from_secs(900)).await?;
+        let view = wait_done(&client, &api, &args.tenant, &case, Duration::from_secs(900)).await?;
         print_result(&view, &api, &args.tenant);
         if let Some(truth) = truth {
-            compare_with_truth(&view, &api, &truth).await?;
+            compare_with_truth(&client, &view, &api, &truth).await?;
         }
-        print_report(&api, &args.tenant, &case).await;
+        print_report(&client, &api, &args.tenant, &case).await;
+        let token_file = args.state_dir.join("secrets").join("viewer-clinician.token");
+        let token = issue(&key_file, &args.tenant, "viewer", Duration::from_secs(8 * 3600))?;
+        write_private(&token_file, token.as_bytes())?;
+        println!("viewer           {api}/viewer/  (log in with the token in {}, valid 8 h;", token_file.display());
+        println!(
+            "                 more: gmmas token issue --tenant {} --role clinician --key-file {})",
+            args.tenant,
+            key_file.display()
+        );
         if !args.once {
             println!("\nServing. API: {api}/api/v1/tenants/{}/cases   Ctrl-C stops everything.", args.tenant);
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -123,11 +148,50 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     result
 }
 
+/// The API's signing key at `path`, made (32 random bytes, hex, mode 0600) when missing.
+fn ensure_key_file(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if !path.exists() {
+        let key: [u8; 32] = rand::random();
+        write_private(path, hex::encode(key).as_bytes())?;
+    }
+    Ok(path.to_path_buf())
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn issue(key_file: &std::path::Path, tenant: &str, subject: &str, ttl: Duration) -> anyhow::Result<String> {
+    use gmmas_runtime::auth;
+    let key = auth::read_key_file(key_file)?;
+    let t = gmmas_contracts::TenantId::new(tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+    Ok(auth::issue(&key, &auth::AuthConfig::default(), subject, &t, auth::Role::Clinician, ttl)?)
+}
+
+/// An HTTP client that sends a clinician token of the example tenant on every request.
+fn clinician_client(args: &UpArgs, key_file: &std::path::Path) -> anyhow::Result<reqwest::Client> {
+    let token = issue(key_file, &args.tenant, "gmmas-up", Duration::from_secs(3600))?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+    Ok(reqwest::Client::builder().default_headers(headers).build()?)
+}
+
 /// Waits for the case's report and says which path wrote it and where to read it.
-async fn print_report(api: &str, tenant: &str, case: &str) {
+async fn print_report(client: &reqwest::Client, api: &str, tenant: &str, case: &str) {
     let url = format!("{api}/api/v1/tenants/{tenant}/cases/{case}/report");
     let start = Instant::now();
-    let client = reqwest::Client::new();
     while start.elapsed() < Duration::from_secs(600) {
         if let Ok(resp) = client.get(&url).send().await
             && resp.status().is_success()
@@ -153,7 +217,11 @@ async fn print_report(api: &str, tenant: &str, case: &str) {
 }
 
 /// Uploads the example; returns its case id and, for the phantom, its true segmentation.
-async fn submit_example(args: &UpArgs, api: &str) -> anyhow::Result<(String, Option<LabelVolume>)> {
+async fn submit_example(
+    client: &reqwest::Client,
+    args: &UpArgs,
+    api: &str,
+) -> anyhow::Result<(String, Option<LabelVolume>)> {
     let mut form = reqwest::multipart::Form::new();
     let case_ref;
     let mut truth = None;
@@ -176,7 +244,7 @@ async fn submit_example(args: &UpArgs, api: &str) -> anyhow::Result<(String, Opt
         truth = Some(case.seg);
     }
     form = form.text("case_ref", case_ref);
-    let resp = reqwest::Client::new()
+    let resp = client
         .post(format!("{api}/api/v1/tenants/{}/cases", args.tenant))
         .multipart(form)
         .send()
@@ -192,9 +260,14 @@ async fn submit_example(args: &UpArgs, api: &str) -> anyhow::Result<(String, Opt
 }
 
 /// Downloads the segmentation and scores it against the phantom's known tumor.
-async fn compare_with_truth(view: &serde_json::Value, api: &str, truth: &LabelVolume) -> anyhow::Result<()> {
+async fn compare_with_truth(
+    client: &reqwest::Client,
+    view: &serde_json::Value,
+    api: &str,
+    truth: &LabelVolume,
+) -> anyhow::Result<()> {
     let url = format!("{api}{}", view["analysis"]["segmentation_url"].as_str().unwrap_or_default());
-    let bytes = reqwest::get(&url).await?.error_for_status()?.bytes().await?;
+    let bytes = client.get(&url).send().await?.error_for_status()?.bytes().await?;
     let pred = gmmas_imaging::read_labels(&bytes, &gmmas_imaging::Limits::default())?;
     gmmas_imaging::same_grid(&pred.grid, &truth.grid).context("segmentation grid")?;
     let dice = |set: &dyn Fn(u8) -> bool| {
@@ -217,9 +290,14 @@ async fn compare_with_truth(view: &serde_json::Value, api: &str, truth: &LabelVo
     Ok(())
 }
 
-async fn wait_done(api: &str, tenant: &str, case: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+async fn wait_done(
+    client: &reqwest::Client,
+    api: &str,
+    tenant: &str,
+    case: &str,
+    timeout: Duration,
+) -> anyhow::Result<serde_json::Value> {
     let start = Instant::now();
-    let client = reqwest::Client::new();
     loop {
         let view: serde_json::Value =
             client.get(format!("{api}/api/v1/tenants/{tenant}/cases/{case}")).send().await?.json().await?;

@@ -34,6 +34,9 @@ pub struct IngestConfig {
     /// Admission limits.
     #[serde(flatten)]
     pub admission: AdmissionConfig,
+    /// Bearer tokens and request checks of the upload endpoint.
+    #[serde(flatten)]
+    pub auth: gmmas_runtime::auth::AuthConfig,
 }
 
 impl Default for IngestConfig {
@@ -43,6 +46,7 @@ impl Default for IngestConfig {
             max_upload_mib: 1024,
             max_voxels: 512 * 512 * 512,
             admission: AdmissionConfig::default(),
+            auth: gmmas_runtime::auth::AuthConfig::default(),
         }
     }
 }
@@ -204,6 +208,17 @@ impl Ingestor {
         })
     }
 
+    /// Tenants are created by an administrator; an upload to an unknown one is refused (404).
+    pub async fn tenant_exists(&self, tenant: &str) -> Result<(), ApiError> {
+        let t = TenantId::new(tenant).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM tenants WHERE id = $1").bind(t.as_str()).fetch_optional(&self.rt.db).await?;
+        match row {
+            Some(_) => Ok(()),
+            None => Err(ApiError::NotFound(format!("tenant {t} does not exist (an administrator creates tenants)"))),
+        }
+    }
+
     /// A case with this reference: 409, unless it failed at ingest (then the upload replaces it).
     async fn existing_case(&self, tenant: &TenantId, case_ref: &str) -> Result<Option<Uuid>, ApiError> {
         let row: Option<(Uuid, String, Option<String>)> =
@@ -282,10 +297,6 @@ impl Ingestor {
             .await?;
             sqlx::query("DELETE FROM cases WHERE id = $1 AND status = 'failed'").bind(old).execute(&mut *tx).await?;
         }
-        sqlx::query("INSERT INTO tenants (id) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(tenant.as_str())
-            .execute(&mut *tx)
-            .await?;
         let inserted = sqlx::query(
             "INSERT INTO cases (id, tenant_id, case_ref, status) VALUES ($1, $2, $3, 'received')
              ON CONFLICT (tenant_id, case_ref) DO NOTHING",
@@ -404,11 +415,15 @@ async fn upload(
     Path(tenant): Path<String>,
     mut form: Multipart,
 ) -> Result<(axum::http::StatusCode, Json<CaseCreated>), ApiError> {
-    let _permit = match ingestor.admission.admit(&ingestor.rt, &tenant).await {
+    let admitted = match ingestor.tenant_exists(&tenant).await {
+        Ok(()) => ingestor.admission.admit(&ingestor.rt, &tenant).await,
+        Err(e) => Err(e),
+    };
+    let _permit = match admitted {
         Ok(p) => p,
         Err(e) => {
             // Read the body to its end without keeping it, so that the client, which is still
-            // sending, receives the 429 instead of a reset connection.
+            // sending, receives the 404 or 429 instead of a reset connection.
             while let Ok(Some(mut field)) = form.next_field().await {
                 while let Ok(Some(_)) = field.chunk().await {}
             }
@@ -439,7 +454,10 @@ pub async fn run(config: IngestConfig) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals();
     let rt = StageRuntime::start(&config.common, "ingest", &shutdown).await?;
     let health = rt.health_routes();
+    let access = gmmas_runtime::access::Access::new(&config.auth, &config.common.http_addr, rt.db.clone())
+        .await
+        .context("setting up the API's token verification")?;
     let ingestor = Arc::new(Ingestor::with_admission(rt, config.max_upload_mib, config.max_voxels, config.admission));
-    let router = routes(ingestor).merge(health);
+    let router = gmmas_runtime::access::protect(routes(ingestor).merge(health), access, &config.auth);
     gmmas_runtime::http::serve_until_shutdown(&config.common, router, shutdown).await
 }

@@ -159,6 +159,15 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// No valid bearer token: 401 with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token without the role the route needs.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The `Host` header names no host this listener serves.
+    #[error("{0}")]
+    MisdirectedRequest(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -183,6 +192,9 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -194,6 +206,13 @@ impl IntoResponse for ApiError {
         };
         let body = serde_json::json!({ "error": self.to_string(), "status": status.as_u16() });
         let mut response = (status, axum::Json(body)).into_response();
+        if let ApiError::Unauthorized(reason) = &self {
+            let challenge =
+                format!("Bearer error=\"invalid_token\", error_description=\"{}\"", reason.replace('"', "'"));
+            if let Ok(v) = axum::http::HeaderValue::from_str(&challenge) {
+                response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, v);
+            }
+        }
         if let ApiError::TooManyRequests { retry_after_s, .. } = self {
             response
                 .headers_mut()

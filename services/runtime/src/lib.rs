@@ -2,6 +2,8 @@
 //! object store, the PostgreSQL pool, the stage worker with its outbox and sweeper, health,
 //! metrics and shutdown.
 
+pub mod access;
+pub mod auth;
 pub mod bus;
 pub mod bus_auth;
 pub mod config;

@@ -1,6 +1,8 @@
 //! The only wire types shared by GMMAS services: messages, subjects, stream and bucket names.
 //! MessagePack with named fields; fields are only ever added, and new ones carry `#[serde(default)]`.
 
+pub mod http;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
@@ -284,7 +286,7 @@ pub struct ScanPreprocessed {
 }
 
 /// Class probabilities of the four classification tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Probabilities {
     pub grade_gbm: f32,
     pub idh_mutant: f32,
@@ -293,7 +295,7 @@ pub struct Probabilities {
 }
 
 /// Volumes (mL) and proportions of the tumor sub-regions.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegionVolumes {
     pub ncr_ml: f64,
     pub ed_ml: f64,

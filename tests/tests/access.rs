@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use gmmas_contracts::http::{AuditEntry, IssuedToken, LabelsStored};
 use gmmas_e2e::{System, phantom_files};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -117,8 +118,9 @@ async fn tenants_are_isolated_roles_enforced_and_every_request_audited() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let stored: Value = resp.json().await.unwrap();
-    assert_eq!(stored["classes"]["author"], "test-clinician", "the author is the token's subject: {stored}");
+    let stored: LabelsStored = resp.json().await.unwrap();
+    assert_eq!(stored.classes.author, "test-clinician", "the author is the token's subject: {stored:?}");
+    assert_eq!(stored.classes.idh_mutant, Some(true));
 
     // Bad tokens: missing, wrongly signed, expired, unsigned.
     let list_a = format!("/api/v1/tenants/{A}/cases");
@@ -172,8 +174,8 @@ async fn tenants_are_isolated_roles_enforced_and_every_request_audited() {
         .await
         .unwrap();
     assert_eq!(issued.status(), 200);
-    let issued: Value = issued.json().await.unwrap();
-    let tok = issued["token"].as_str().unwrap();
+    let issued: IssuedToken = issued.json().await.unwrap();
+    let tok = issued.token.as_str();
     assert_eq!(call(&sys, Method::GET, &format!("/api/v1/tenants/{B}/cases"), Some(tok)).await.0, 200);
     let (status, _) = call(&sys, Method::POST, "/api/v1/admin/tokens", Some(&admin)).await;
     assert!(status == 400 || status == 415, "no body: {status}");
@@ -206,18 +208,18 @@ async fn tenants_are_isolated_roles_enforced_and_every_request_audited() {
         .await
         .unwrap();
     assert_eq!(resp.headers()["x-request-id"], "audit-read-1");
-    let trail: Vec<Value> = resp.json().await.unwrap();
-    let has = |action: &str, outcome: i64| trail.iter().any(|e| e["action"] == action && e["outcome"] == outcome);
+    let trail: Vec<AuditEntry> = resp.json().await.unwrap();
+    let has = |action: &str, outcome: i32| trail.iter().any(|e| e.action == action && e.outcome == Some(outcome));
     assert!(has("GET /api/v1/tenants/{tenant}/cases/{id}", 200), "{trail:?}");
     assert!(has("GET /api/v1/tenants/{tenant}/cases/{id}/segmentation", 404), "B's probe is in A's trail");
     assert!(has("PUT /api/v1/tenants/{tenant}/cases/{id}/labels", 200));
     assert!(has("GET /api/v1/tenants/{tenant}/cases", 401));
     // Every request row names its request; the domain events (case received, labels updated)
     // that handlers record beside them are there too.
-    let requests: Vec<&Value> =
-        trail.iter().filter(|e| e["action"].as_str().is_some_and(|a| a.starts_with("GET ") || a.starts_with("PUT "))).collect();
-    assert!(requests.iter().all(|e| e["request_id"].as_str().is_some_and(|r| !r.is_empty())), "{requests:?}");
-    assert!(trail.iter().any(|e| e["action"] == "labels.updated" && e["actor"] == "test-clinician"), "{trail:?}");
+    let requests: Vec<&AuditEntry> =
+        trail.iter().filter(|e| e.action.starts_with("GET ") || e.action.starts_with("PUT ")).collect();
+    assert!(requests.iter().all(|e| e.request_id.as_deref().is_some_and(|r| !r.is_empty())), "{requests:?}");
+    assert!(trail.iter().any(|e| e.action == "labels.updated" && e.actor == "test-clinician"), "{trail:?}");
     // B's trail holds nothing of A's: about A's case, only B's own refused guesses.
     let (_, b_trail) = call(&sys, Method::GET, &format!("/api/v1/tenants/{B}/audit"), Some(&b)).await;
     let about_a: Vec<&Value> = b_trail.as_array().unwrap().iter().filter(|e| e["case_id"] == id.as_str()).collect();
@@ -289,4 +291,32 @@ fn b64url(b: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The served OpenAPI document needs no token, is the committed one, and every operation it
+/// lists is routed: no 405 and no "no such route" for any documented path and method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_is_routed() {
+    let sys = System::start_with(&[], &["api"]).await.unwrap();
+    let doc: Value = reqwest::get(format!("{}/api/v1/openapi.json", sys.api)).await.unwrap().json().await.unwrap();
+    let committed: Value =
+        serde_json::from_str(include_str!("../../services/api/openapi.json")).expect("committed document");
+    assert_eq!(doc, committed, "the served document differs from services/api/openapi.json");
+    let case = uuid::Uuid::new_v4().to_string();
+    let mut checked = 0;
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        let path = template.replace("{tenant}", A).replace("{case_id}", &case).replace("{role}", "incomplete");
+        for method in item.as_object().unwrap().keys() {
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let resp = sys.request(m.clone(), &path).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            assert_ne!(status, 405, "{m} {template} is documented but not routed for that method");
+            let unrouted = status == 404 && (body.is_empty() || body.contains("no such route"));
+            assert!(!unrouted, "{m} {template} is documented but not routed: {body}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "{checked}");
+    sys.shutdown().await;
 }

@@ -102,6 +102,7 @@ async fn a_crash_between_commit_and_publish_still_completes() {
             })
             .collect(),
     };
+    sys.create_tenant(TENANT).await.unwrap();
     let created = ingestor.ingest(upload).await.unwrap();
     let id = created.case_id.to_string();
     let view = sys.wait_case(TENANT, &id, Duration::from_secs(120)).await.unwrap();

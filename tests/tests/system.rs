@@ -64,12 +64,13 @@ async fn uploaded_case_is_analyzed_and_readable_from_the_api() {
         "{metrics}"
     );
 
-    // The audit log saw the case created and analyzed.
-    let actions: Vec<(String,)> = sqlx::query_as("SELECT action FROM audit_log WHERE case_id = $1::uuid ORDER BY id")
-        .bind(&id)
-        .fetch_all(&sys.db)
-        .await
-        .unwrap();
+    // The audit log saw the case created and analyzed (beside the API's reads of it).
+    let actions: Vec<(String,)> =
+        sqlx::query_as("SELECT action FROM audit_log WHERE case_id = $1::uuid AND action NOT LIKE 'GET %' ORDER BY id")
+            .bind(&id)
+            .fetch_all(&sys.db)
+            .await
+            .unwrap();
     assert_eq!(actions.into_iter().map(|(a,)| a).collect::<Vec<_>>(), ["case.created", "case.analyzed"]);
     sys.shutdown().await;
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use gmmas_contracts::TenantId;
 use gmmas_runtime::auth::{self, AuthConfig, Identity, Role};
 use gmmas_runtime::http::ApiError;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -18,74 +18,37 @@ use uuid::Uuid;
 pub const MAX_TOKEN_TTL_S: u64 = 30 * 24 * 3600;
 
 #[derive(Clone)]
-struct AdminState {
+pub(crate) struct AdminState {
     db: PgPool,
     cfg: AuthConfig,
     /// The signing key when GMMAS issues its own tokens (none with an identity provider).
     key: Option<Vec<u8>>,
 }
 
-/// A tenant (a hospital).
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
-pub struct Tenant {
-    pub id: String,
-    pub created_at: DateTime<Utc>,
-    pub created_by: Option<String>,
-}
+use gmmas_contracts::http::ErrorBody;
+pub use gmmas_contracts::http::{AuditEntry, IssuedToken, NewTenant, NewToken, Tenant};
 
-/// Body of `POST /v1/admin/tenants`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewTenant {
-    pub id: String,
-}
-
-/// Body of `POST /v1/admin/tokens`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewToken {
-    pub tenant: String,
-    pub role: String,
-    /// Who the token is for (a user or service name; not a patient identifier).
-    pub subject: String,
-    /// Lifetime in seconds (at most 30 days).
-    pub ttl_s: u64,
-}
-
-/// An issued token.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct IssuedToken {
-    pub token: String,
-    pub expires_at: DateTime<Utc>,
-}
-
-/// One row of a tenant's audit trail.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    pub actor: String,
-    pub roles: Option<String>,
-    pub action: String,
-    pub case_id: Option<Uuid>,
-    pub outcome: Option<i32>,
-    pub request_id: Option<String>,
-}
+type TenantRow = (String, DateTime<Utc>, Option<String>);
+type AuditRow = (i64, DateTime<Utc>, String, Option<String>, String, Option<Uuid>, Option<i32>, Option<String>);
 
 #[derive(Debug, Deserialize)]
-struct AuditQuery {
+pub(crate) struct AuditQuery {
     limit: Option<i64>,
     /// Only entries older than this id (paging backwards).
     before: Option<i64>,
 }
 
-async fn create_tenant(
+#[utoipa::path(post, path = "/api/v1/admin/tenants", tag = "admin", request_body = NewTenant,
+    responses((status = 201, body = Tenant), (status = 400, body = ErrorBody), (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody),
+        (status = 409, description = "The tenant exists", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn create_tenant(
     State(s): State<AdminState>,
     Extension(who): Extension<Identity>,
     Json(body): Json<NewTenant>,
 ) -> Result<(axum::http::StatusCode, Json<Tenant>), ApiError> {
     let t = TenantId::new(&body.id).map_err(|e| ApiError::BadRequest(format!("id: {e}")))?;
-    let row: Option<Tenant> = sqlx::query_as(
+    let row: Option<TenantRow> = sqlx::query_as(
         "INSERT INTO tenants (id, created_by) VALUES ($1, $2) ON CONFLICT DO NOTHING
          RETURNING id, created_at, created_by",
     )
@@ -93,16 +56,28 @@ async fn create_tenant(
     .bind(&who.subject)
     .fetch_optional(&s.db)
     .await?;
-    let row = row.ok_or_else(|| ApiError::Conflict(format!("tenant {t} exists already")))?;
-    Ok((axum::http::StatusCode::CREATED, Json(row)))
+    let (id, created_at, created_by) = row.ok_or_else(|| ApiError::Conflict(format!("tenant {t} exists already")))?;
+    Ok((axum::http::StatusCode::CREATED, Json(Tenant { id, created_at, created_by })))
 }
 
-async fn list_tenants(State(s): State<AdminState>) -> Result<Json<Vec<Tenant>>, ApiError> {
-    let rows = sqlx::query_as("SELECT id, created_at, created_by FROM tenants ORDER BY id").fetch_all(&s.db).await?;
-    Ok(Json(rows))
+#[utoipa::path(get, path = "/api/v1/admin/tenants", tag = "admin",
+    responses((status = 200, body = Vec<Tenant>), (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn list_tenants(State(s): State<AdminState>) -> Result<Json<Vec<Tenant>>, ApiError> {
+    let rows: Vec<TenantRow> =
+        sqlx::query_as("SELECT id, created_at, created_by FROM tenants ORDER BY id").fetch_all(&s.db).await?;
+    Ok(Json(rows.into_iter().map(|(id, created_at, created_by)| Tenant { id, created_at, created_by }).collect()))
 }
 
-async fn issue_token(State(s): State<AdminState>, Json(body): Json<NewToken>) -> Result<Json<IssuedToken>, ApiError> {
+#[utoipa::path(post, path = "/api/v1/admin/tokens", tag = "admin", request_body = NewToken,
+    responses((status = 200, body = IssuedToken), (status = 400, body = ErrorBody), (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody),
+        (status = 404, description = "Unknown tenant", body = ErrorBody),
+        (status = 409, description = "Tokens come from the hospital's identity provider here", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn issue_token(
+    State(s): State<AdminState>,
+    Json(body): Json<NewToken>,
+) -> Result<Json<IssuedToken>, ApiError> {
     let Some(key) = &s.key else {
         return Err(ApiError::Conflict("tokens are issued by the hospital's identity provider here".into()));
     };
@@ -125,13 +100,18 @@ async fn issue_token(State(s): State<AdminState>, Json(body): Json<NewToken>) ->
     Ok(Json(IssuedToken { token, expires_at }))
 }
 
-async fn audit_trail(
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/audit", tag = "admin",
+    params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant"), ("limit" = Option<i64>, Query, description = "At most this many (1-1000, default 100)"),
+        ("before" = Option<i64>, Query, description = "Only entries older than this id")),
+    responses((status = 200, description = "The tenant's audit trail, newest first", body = Vec<AuditEntry>), (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn audit_trail(
     State(s): State<AdminState>,
     Path(t): Path<String>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     let t = TenantId::new(&t).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let rows = sqlx::query_as(
+    let rows: Vec<AuditRow> = sqlx::query_as(
         "SELECT id, at, actor, roles, action, case_id, outcome, request_id FROM audit_log
          WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
     )
@@ -140,7 +120,20 @@ async fn audit_trail(
     .bind(q.limit.unwrap_or(100).clamp(1, 1000))
     .fetch_all(&s.db)
     .await?;
-    Ok(Json(rows))
+    Ok(Json(
+        rows.into_iter()
+            .map(|(id, at, actor, roles, action, case_id, outcome, request_id)| AuditEntry {
+                id,
+                at,
+                actor,
+                roles,
+                action,
+                case_id,
+                outcome,
+                request_id,
+            })
+            .collect(),
+    ))
 }
 
 /// `POST|GET /v1/admin/tenants`, `POST /v1/admin/tokens`, `GET /v1/tenants/{tenant}/audit`.

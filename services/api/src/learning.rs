@@ -13,37 +13,10 @@ use gmmas_runtime::http::ApiError;
 use gmmas_runtime::registry::{self, ModelRow, RegistryError};
 use gmmas_runtime::worker::StageRuntime;
 use gmmas_runtime::{db, objects, outbox};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Class labels a clinician attaches to a case (absent = unknown, not negative).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClassLabels {
-    pub grade_gbm: Option<bool>,
-    pub idh_mutant: Option<bool>,
-    pub codel_1p19q: Option<bool>,
-    pub mgmt_methylated: Option<bool>,
-    /// Who labelled: the token's subject (a value sent here is replaced by it).
-    #[serde(default)]
-    pub author: String,
-}
-
-/// Answer to a label upload.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LabelsStored {
-    pub case_id: Uuid,
-    pub segmentation_sha256: Option<String>,
-    pub classes: ClassLabels,
-}
-
-/// Answer to a rollback.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RolledBack {
-    pub role: String,
-    pub rolled_back: String,
-    pub current: String,
-}
+use gmmas_contracts::http::ErrorBody;
+pub use gmmas_contracts::http::{ClassLabels, LabelsStored, RolledBack};
 
 fn tenant(s: &str) -> Result<TenantId, ApiError> {
     TenantId::new(s).map_err(|e| ApiError::BadRequest(e.to_string()))
@@ -65,7 +38,12 @@ async fn analyzed_case(rt: &StageRuntime, t: &TenantId, id: Uuid) -> Result<(), 
     }
 }
 
-async fn put_classes(
+#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/cases/{case_id}/labels", tag = "labels",
+    params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant"), ("case_id" = Uuid, Path, description = "Case id")), request_body = ClassLabels,
+    responses((status = 200, description = "Stored; feeds the learning loop as ground truth", body = LabelsStored),
+        (status = 400, body = ErrorBody), (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody), (status = 404, description = "No such case for this tenant (another tenant's case looks the same)", body = ErrorBody), (status = 409, description = "The case is not analyzed yet", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn put_classes(
     State(rt): State<StageRuntime>,
     Extension(who): Extension<Identity>,
     Path((t, id)): Path<(String, Uuid)>,
@@ -109,7 +87,14 @@ async fn put_classes(
     Ok(Json(LabelsStored { case_id: id, segmentation_sha256: seg.and_then(|s| s.0), classes: labels }))
 }
 
-async fn put_segmentation(
+#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/cases/{case_id}/labels/segmentation", tag = "labels",
+    params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant"), ("case_id" = Uuid, Path, description = "Case id")),
+    request_body(content_type = "application/gzip", description = "Corrected segmentation NIfTI on the case's grid, labels 0/1/2/4"),
+    responses((status = 200, description = "Stored; feeds the learning loop as ground truth", body = LabelsStored),
+        (status = 400, description = "Not a label volume on the case's grid", body = ErrorBody), (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody), (status = 404, description = "No such case for this tenant (another tenant's case looks the same)", body = ErrorBody),
+        (status = 409, description = "The case is not analyzed yet", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn put_segmentation(
     State(rt): State<StageRuntime>,
     Extension(who): Extension<Identity>,
     Path((t, id)): Path<(String, Uuid)>,
@@ -192,11 +177,19 @@ async fn announce(
     Ok(())
 }
 
-async fn list_models(State(rt): State<StageRuntime>) -> Result<Json<Vec<ModelRow>>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/models", tag = "models",
+    responses((status = 200, description = "Every registered model: role, status, parent, data snapshot, gate decision", body = Vec<gmmas_runtime::registry::ModelRow>), (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn list_models(State(rt): State<StageRuntime>) -> Result<Json<Vec<ModelRow>>, ApiError> {
     Ok(Json(registry::list(&rt.db).await?))
 }
 
-async fn rollback(
+#[utoipa::path(post, path = "/api/v1/models/{role}/rollback", tag = "models",
+    params(("role" = String, Path, description = "`complete` or `incomplete`")),
+    responses((status = 200, description = "The previous model is current again", body = RolledBack), (status = 400, body = ErrorBody),
+        (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody), (status = 409, description = "Nothing to roll back to", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn rollback(
     State(rt): State<StageRuntime>,
     Extension(who): Extension<Identity>,
     Path(role): Path<String>,

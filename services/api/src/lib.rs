@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod learning;
+pub mod openapi;
 pub mod report;
 
 use std::sync::Arc;
@@ -60,68 +61,8 @@ struct AppState {
     bus: Bus,
 }
 
-/// One stage of a case as the API reports it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct StageView {
-    pub stage: String,
-    pub status: String,
-    pub attempts: i32,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub duration_ms: Option<i64>,
-    pub error: Option<String>,
-}
-
-/// The analysis of a case, with what produced it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct AnalysisView {
-    pub analysis_id: Uuid,
-    pub model_version: String,
-    pub device: String,
-    pub input_sha256: serde_json::Value,
-    pub segmentation_sha256: String,
-    pub segmentation_url: String,
-    pub regions: RegionVolumes,
-    pub probabilities: Probabilities,
-    pub missing_modalities: Vec<String>,
-    pub inference_ms: i64,
-    pub created_at: DateTime<Utc>,
-    /// MC-Dropout passes (0 = one deterministic pass).
-    pub mc_passes: i32,
-    /// Std of each probability over the MC passes (eq. 6), when passes > 1.
-    pub probabilities_std: Option<serde_json::Value>,
-    /// Mean per-voxel uncertainty inside the predicted tumor.
-    pub mean_uncertainty_wt: Option<f32>,
-    /// Download of the per-voxel uncertainty map (NIfTI), when computed.
-    pub uncertainty_url: Option<String>,
-}
-
-/// A case: status, inputs, stages and (when done) the analysis.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CaseView {
-    pub case_id: Uuid,
-    pub tenant: String,
-    pub case_ref: String,
-    pub status: String,
-    pub error_stage: Option<String>,
-    pub error: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub modalities: Vec<String>,
-    pub stages: Vec<StageView>,
-    pub analysis: Option<AnalysisView>,
-}
-
-/// One row of a tenant's case list.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
-pub struct CaseSummary {
-    pub case_id: Uuid,
-    pub case_ref: String,
-    pub status: String,
-    pub error: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
+use gmmas_contracts::http::ErrorBody;
+pub use gmmas_contracts::http::{AnalysisView, CaseSummary, CaseView, StageView};
 
 #[derive(Debug, Deserialize)]
 struct ListQuery {
@@ -133,15 +74,20 @@ fn tenant(s: &str) -> Result<TenantId, ApiError> {
     TenantId::new(s).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-async fn list_cases(
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/cases", tag = "cases",
+    params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant"), ("limit" = Option<i64>, Query, description = "At most this many (1-1000, default 100)"),
+        ("status" = Option<String>, Query, description = "Only cases with this status")),
+    responses((status = 200, description = "The tenant's cases, newest first", body = Vec<CaseSummary>), (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn list_cases(
     State(s): State<AppState>,
     Path(t): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<CaseSummary>>, ApiError> {
     let t = tenant(&t)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let rows: Vec<CaseSummary> = sqlx::query_as(
-        "SELECT id AS case_id, case_ref, status, error, created_at, updated_at FROM cases
+    let rows: Vec<SummaryRow> = sqlx::query_as(
+        "SELECT id, case_ref, status, error, created_at, updated_at FROM cases
          WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
          ORDER BY created_at DESC LIMIT $3",
     )
@@ -150,13 +96,32 @@ async fn list_cases(
     .bind(limit)
     .fetch_all(&s.db)
     .await?;
-    Ok(Json(rows))
+    Ok(Json(
+        rows.into_iter()
+            .map(|(case_id, case_ref, status, error, created_at, updated_at)| CaseSummary {
+                case_id,
+                case_ref,
+                status,
+                error,
+                created_at,
+                updated_at,
+            })
+            .collect(),
+    ))
 }
 
+type SummaryRow = (Uuid, String, String, Option<String>, DateTime<Utc>, DateTime<Utc>);
 type CaseRow = (Uuid, String, String, Option<String>, Option<String>, DateTime<Utc>, DateTime<Utc>);
 type StageRow = (String, String, i32, DateTime<Utc>, Option<DateTime<Utc>>, Option<String>);
 
-async fn get_case(State(s): State<AppState>, Path((t, id)): Path<(String, Uuid)>) -> Result<Json<CaseView>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/cases/{case_id}", tag = "cases",
+    params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant"), ("case_id" = Uuid, Path, description = "Case id")),
+    responses((status = 200, description = "The case with its stages and analysis", body = CaseView), (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody), (status = 404, description = "No such case for this tenant (another tenant's case looks the same)", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn get_case(
+    State(s): State<AppState>,
+    Path((t, id)): Path<(String, Uuid)>,
+) -> Result<Json<CaseView>, ApiError> {
     let t = tenant(&t)?;
     let row: Option<CaseRow> = sqlx::query_as(
         "SELECT id, case_ref, status, error_stage, error, created_at, updated_at FROM cases WHERE id = $1 AND tenant_id = $2",
@@ -255,11 +220,27 @@ async fn load_analysis(db: &PgPool, t: &TenantId, case_id: Uuid) -> Result<Optio
     }))
 }
 
-async fn segmentation(state: State<AppState>, path: Path<(String, Uuid)>) -> Result<impl IntoResponse, ApiError> {
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/cases/{case_id}/segmentation", tag = "cases",
+    params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant"), ("case_id" = Uuid, Path, description = "Case id")),
+    responses((status = 200, description = "Segmentation NIfTI (gzip) on the input grid, BraTS labels 0/1/2/4; ETag = sha256", content_type = "application/gzip"),
+        (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody), (status = 404, description = "No such case for this tenant (another tenant's case looks the same)", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn segmentation(
+    state: State<AppState>,
+    path: Path<(String, Uuid)>,
+) -> Result<impl IntoResponse, ApiError> {
     download(state, path, "seg_object_key", "seg_sha256", "seg").await
 }
 
-async fn uncertainty(state: State<AppState>, path: Path<(String, Uuid)>) -> Result<impl IntoResponse, ApiError> {
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/cases/{case_id}/uncertainty", tag = "cases",
+    params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant"), ("case_id" = Uuid, Path, description = "Case id")),
+    responses((status = 200, description = "Per-voxel MC-Dropout uncertainty NIfTI (gzip); ETag = sha256", content_type = "application/gzip"),
+        (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody), (status = 404, description = "No such case for this tenant (another tenant's case looks the same)", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn uncertainty(
+    state: State<AppState>,
+    path: Path<(String, Uuid)>,
+) -> Result<impl IntoResponse, ApiError> {
     download(state, path, "uncertainty_key", "uncertainty_sha256", "uncertainty").await
 }
 
@@ -316,8 +297,8 @@ pub fn routes(
         .route("/v1/tenants/{tenant}/cases/{case_id}/segmentation", get(segmentation))
         .route("/v1/tenants/{tenant}/cases/{case_id}/uncertainty", get(uncertainty))
         .with_state(state);
-    Ok(Router::new()
-        .nest("/api", gmmas_ingest::routes(ingestor).merge(reads).merge(learning).merge(reports).merge(admin)))
+    let api = gmmas_ingest::routes(ingestor).merge(reads).merge(learning).merge(reports).merge(admin);
+    Ok(Router::new().nest("/api", api).merge(openapi::routes()))
 }
 
 /// Runs the API service until SIGTERM.

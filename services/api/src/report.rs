@@ -7,13 +7,14 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use gmmas_contracts::TenantId;
+use gmmas_contracts::http::ErrorBody;
 use gmmas_runtime::http::ApiError;
 use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 #[derive(Debug, Deserialize)]
-struct VersionQuery {
+pub(crate) struct VersionQuery {
     version: Option<i32>,
 }
 
@@ -42,7 +43,12 @@ async fn load(db: &PgPool, t: &str, id: Uuid, version: Option<i32>) -> Result<(s
     })
 }
 
-async fn report_json(
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/cases/{case_id}/report", tag = "reports",
+    params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant"), ("case_id" = Uuid, Path, description = "Case id"), ("version" = Option<i32>, Query, description = "A stored version (default: the newest)")),
+    responses((status = 200, description = "The report as stored (sections, citations, how it was written)", body = Object),
+        (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody), (status = 404, description = "No such case, or no report yet", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn report_json(
     State(db): State<PgPool>,
     Path((t, id)): Path<(String, Uuid)>,
     Query(q): Query<VersionQuery>,
@@ -50,7 +56,12 @@ async fn report_json(
     Ok(Json(load(&db, &t, id, q.version).await?.0))
 }
 
-async fn report_html(
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/cases/{case_id}/report.html", tag = "reports",
+    params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant"), ("case_id" = Uuid, Path, description = "Case id"), ("version" = Option<i32>, Query, description = "A stored version (default: the newest)")),
+    responses((status = 200, description = "Printable self-contained page (chart layout)", content_type = "text/html"),
+        (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody), (status = 404, description = "No such case, or no report yet", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn report_html(
     State(db): State<PgPool>,
     Path((t, id)): Path<(String, Uuid)>,
     Query(q): Query<VersionQuery>,

@@ -83,6 +83,8 @@ enum Command {
     /// The model registry: list, roll back.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Print the API's OpenAPI 3 document (JSON).
+    Openapi,
     /// Bearer tokens for the API (standalone install: signed with the API's key file).
     #[command(subcommand)]
     Token(access::TokenCommand),
@@ -151,6 +153,10 @@ fn main() -> anyhow::Result<()> {
         Command::NatsConfig(args) => natsconf::run(args),
         Command::Models(cmd) => tokio::runtime::Runtime::new()?.block_on(models::run(cmd)),
         Command::Token(cmd) => access::token(cmd),
+        Command::Openapi => {
+            println!("{}", gmmas_api::openapi::document());
+            Ok(())
+        }
         Command::Tenant(cmd) => tokio::runtime::Runtime::new()?.block_on(access::tenant(cmd)),
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),

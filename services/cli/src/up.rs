@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use gmmas_contracts::http::{CaseCreated, CaseView};
 use gmmas_imaging::LabelVolume;
 use gmmas_imaging::phantom::{PhantomConfig, generate};
 use gmmas_runtime::supervise;
@@ -251,22 +252,22 @@ async fn submit_example(
         .await
         .context("uploading the example case")?;
     let status = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
     if !status.is_success() {
-        bail!("upload refused ({status}): {body}");
+        bail!("upload refused ({status}): {}", resp.text().await.unwrap_or_default());
     }
-    let id = body["case_id"].as_str().map(str::to_string).context("upload answer without case_id")?;
-    Ok((id, truth))
+    let created: CaseCreated = resp.json().await.context("reading the upload answer")?;
+    Ok((created.case_id.to_string(), truth))
 }
 
 /// Downloads the segmentation and scores it against the phantom's known tumor.
 async fn compare_with_truth(
     client: &reqwest::Client,
-    view: &serde_json::Value,
+    view: &CaseView,
     api: &str,
     truth: &LabelVolume,
 ) -> anyhow::Result<()> {
-    let url = format!("{api}{}", view["analysis"]["segmentation_url"].as_str().unwrap_or_default());
+    let analysis = view.analysis.as_ref().context("the case has no analysis")?;
+    let url = format!("{api}{}", analysis.segmentation_url);
     let bytes = client.get(&url).send().await?.error_for_status()?.bytes().await?;
     let pred = gmmas_imaging::read_labels(&bytes, &gmmas_imaging::Limits::default())?;
     gmmas_imaging::same_grid(&pred.grid, &truth.grid).context("segmentation grid")?;
@@ -296,53 +297,52 @@ async fn wait_done(
     tenant: &str,
     case: &str,
     timeout: Duration,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<CaseView> {
     let start = Instant::now();
     loop {
-        let view: serde_json::Value =
-            client.get(format!("{api}/api/v1/tenants/{tenant}/cases/{case}")).send().await?.json().await?;
-        match view["status"].as_str() {
-            Some("done") => return Ok(view),
-            Some("failed") => bail!("the case failed at {}: {}", view["error_stage"], view["error"]),
-            _ if start.elapsed() > timeout => bail!("no result after {timeout:?}: {view}"),
+        let resp = client.get(format!("{api}/api/v1/tenants/{tenant}/cases/{case}")).send().await?;
+        if !resp.status().is_success() {
+            bail!("reading the case: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+        }
+        let view: CaseView = resp.json().await.context("reading the case view")?;
+        match view.status.as_str() {
+            "done" => return Ok(view),
+            "failed" => {
+                bail!("the case failed at {}: {}", view.error_stage.unwrap_or_default(), view.error.unwrap_or_default())
+            }
+            s if start.elapsed() > timeout => bail!("no result after {timeout:?} (status {s})"),
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
 }
 
-fn print_result(view: &serde_json::Value, api: &str, tenant: &str) {
-    let a = &view["analysis"];
-    let r = &a["regions"];
-    let p = &a["probabilities"];
-    println!("\n== Analysis of case {} ==", view["case_id"].as_str().unwrap_or("?"));
-    println!("model            {}", a["model_version"].as_str().unwrap_or("?"));
-    for s in view["stages"].as_array().into_iter().flatten() {
-        println!(
-            "stage {:<10} {:<8} {} ms",
-            s["stage"].as_str().unwrap_or("?"),
-            s["status"].as_str().unwrap_or("?"),
-            s["duration_ms"]
-        );
+fn print_result(view: &CaseView, api: &str, tenant: &str) {
+    println!("\n== Analysis of case {} ==", view.case_id);
+    let Some(a) = &view.analysis else {
+        println!("no analysis");
+        return;
+    };
+    println!("model            {}", a.model_version);
+    for s in &view.stages {
+        let ms = s.duration_ms.map_or_else(|| "-".to_string(), |d| d.to_string());
+        println!("stage {:<10} {:<8} {ms} ms", s.stage, s.status);
     }
-    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let (r, p) = (&a.regions, &a.probabilities);
     println!(
         "whole tumor      {:.1} mL  (NCR {:.1} mL {:.0}%, ED {:.1} mL {:.0}%, ET {:.1} mL {:.0}%)",
-        f(&r["wt_ml"]),
-        f(&r["ncr_ml"]),
-        100.0 * f(&r["ncr_fraction"]),
-        f(&r["ed_ml"]),
-        100.0 * f(&r["ed_fraction"]),
-        f(&r["et_ml"]),
-        100.0 * f(&r["et_fraction"])
+        r.wt_ml,
+        r.ncr_ml,
+        100.0 * r.ncr_fraction,
+        r.ed_ml,
+        100.0 * r.ed_fraction,
+        r.et_ml,
+        100.0 * r.et_fraction
     );
     println!(
         "P(GBM) {:.2}   P(IDH-mutant) {:.2}   P(1p/19q codeleted) {:.2}   P(MGMT methylated) {:.2}",
-        f(&p["grade_gbm"]),
-        f(&p["idh_mutant"]),
-        f(&p["codel_1p19q"]),
-        f(&p["mgmt_methylated"])
+        p.grade_gbm, p.idh_mutant, p.codel_1p19q, p.mgmt_methylated
     );
-    println!("case JSON        {api}/api/v1/tenants/{tenant}/cases/{}", view["case_id"].as_str().unwrap_or(""));
-    println!("segmentation     {api}{}", a["segmentation_url"].as_str().unwrap_or(""));
+    println!("case JSON        {api}/api/v1/tenants/{tenant}/cases/{}", view.case_id);
+    println!("segmentation     {api}{}", a.segmentation_url);
     println!("Research use only: not a medical device; results must be reviewed by a clinician.");
 }

@@ -139,14 +139,8 @@ pub struct Upload {
     pub files: Vec<(Modality, Spooled)>,
 }
 
-/// Answer to a successful upload.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CaseCreated {
-    pub case_id: Uuid,
-    pub tenant: String,
-    pub status: String,
-    pub modalities: Vec<String>,
-}
+pub use gmmas_contracts::http::CaseCreated;
+use gmmas_contracts::http::ErrorBody;
 
 /// Validates and stores cases; shared by the ingest service and the API.
 #[derive(Clone, Debug)]
@@ -410,7 +404,17 @@ pub async fn read_multipart(
     Ok(Upload { tenant, case_ref: case_ref.trim().to_string(), files })
 }
 
-async fn upload(
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/cases", tag = "cases",
+    params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant")),
+    request_body(content_type = "multipart/form-data", description = "Form fields `case_ref` (the hospital's reference) and one NIfTI file (.nii or .nii.gz) for each sequence present: `t1`, `t1ce`, `t2`, `flair`"),
+    responses((status = 201, description = "Case stored and queued", body = CaseCreated),
+        (status = 400, description = "Invalid form or volume (names the field and the problem)", body = ErrorBody),
+        (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 404, description = "Unknown tenant (an administrator creates tenants)", body = ErrorBody),
+        (status = 409, description = "The tenant has a case with that reference", body = ErrorBody),
+        (status = 413, description = "A file or the upload is too large", body = ErrorBody),
+        (status = 429, description = "Too much work queued; retry after the Retry-After seconds", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn upload(
     State(ingestor): State<Arc<Ingestor>>,
     Path(tenant): Path<String>,
     mut form: Multipart,

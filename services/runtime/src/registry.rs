@@ -14,7 +14,7 @@ use crate::{db, outbox};
 const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('gmmas.model_registry'))";
 
 /// One registered model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ModelRow {
     pub version: String,
     pub name: String,
@@ -25,6 +25,7 @@ pub struct ModelRow {
     pub sha256: String,
     pub parent_version: Option<String>,
     pub data_sha256: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub metrics: Option<serde_json::Value>,
     pub decision: Option<String>,
     pub run_id: Option<Uuid>,

@@ -3,6 +3,7 @@
 
 pub mod learning;
 pub mod report;
+pub mod viewer;
 
 use std::sync::Arc;
 
@@ -292,10 +293,11 @@ async fn download(
     ))
 }
 
-/// The API's routes (without health/metrics), under `/api`.
+/// The API's routes (without health/metrics), under `/api`, and the viewer's.
 pub fn routes(db: PgPool, bus: Bus, ingestor: Arc<Ingestor>) -> Router {
     let learning = learning::routes(ingestor.rt.clone(), ingestor.limits.max_file_bytes as usize);
     let reports = report::routes(db.clone());
+    let viewer = viewer::routes(db.clone(), bus.clone());
     let state = AppState { db, bus };
     let reads = Router::new()
         .route("/v1/tenants/{tenant}/cases", get(list_cases))
@@ -303,7 +305,7 @@ pub fn routes(db: PgPool, bus: Bus, ingestor: Arc<Ingestor>) -> Router {
         .route("/v1/tenants/{tenant}/cases/{case_id}/segmentation", get(segmentation))
         .route("/v1/tenants/{tenant}/cases/{case_id}/uncertainty", get(uncertainty))
         .with_state(state);
-    Router::new().nest("/api", gmmas_ingest::routes(ingestor).merge(reads).merge(learning).merge(reports))
+    Router::new().nest("/api", gmmas_ingest::routes(ingestor).merge(reads).merge(learning).merge(reports)).merge(viewer)
 }
 
 /// Runs the API service until SIGTERM.

@@ -440,6 +440,7 @@
         continue;
       }
       if (seq !== openSeq) return;
+      $('case-error').textContent = '';
       renderCaseHead(c);
       if (c.status === 'failed') {
         $('case-error').textContent = `Failed${c.error_stage ? ` at ${c.error_stage}` : ''}: ${c.error || 'no reason recorded'}`;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything GMMAS needs on a Debian 12 machine with Rust and Python: the libtorch venv,
-# nats-server, PostgreSQL and Chromium with chromedriver (installed when missing, started under .gmmas/ when nothing
-# answers on the configured URLs), and the release build. Safe to run again.
+# nats-server and PostgreSQL (installed when missing, started under .gmmas/ when nothing
+# answers on the configured URLs), Chromium and chromedriver for the viewer's browser tests
+# (installed when missing), and the release build. Safe to run again.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -257,8 +257,14 @@
     const okRef = /^[A-Za-z0-9._-]{1,128}$/.test(ref);
     const n = Object.keys(upload.files).length;
     $('upload-button').disabled = !(okRef && n > 0);
-    if (n > 0 && !okRef) $('upload-status').textContent = 'Case reference: 1-128 letters, digits, ".", "_" or "-".';
-    else if ($('upload-status').dataset.kind === 'hint') $('upload-status').textContent = '';
+    const status = $('upload-status');
+    if (n > 0 && !okRef) {
+      status.textContent = 'Case reference: 1-128 letters, digits, ".", "_" or "-".';
+      status.dataset.kind = 'hint';
+    } else if (status.dataset.kind === 'hint') {
+      status.textContent = '';
+      status.dataset.kind = '';
+    }
   }
 
   async function doUpload() {
@@ -267,6 +273,7 @@
     for (const s of SEQUENCES) if (upload.files[s]) form.append(s, upload.files[s], upload.files[s].name);
     $('upload-button').disabled = true;
     $('upload-status').textContent = 'Uploading…';
+    $('upload-status').dataset.kind = '';
     try {
       const created = await apiJson(`${tenantPath()}/cases`, { method: 'POST', body: form });
       $('upload-status').textContent = `Uploaded: case ${created.case_id} (${created.modalities.join(', ')})`;
@@ -504,8 +511,7 @@
       view.modality = first;
       sel.value = first;
       applyWindow();
-      layoutPlanes();
-      renderAll();
+      layoutPlanes(); // sizes the canvases and draws the planes
       view.firstRenderMs = Math.round(performance.now() - started);
       $('open-time').textContent = `opened in ${view.firstRenderMs} ms`;
       console.info(`gmmas viewer: case ${c.case_id} first planes in ${view.firstRenderMs} ms`);

@@ -76,7 +76,8 @@ impl Browser {
         });
         let Value::Object(caps) = caps else { unreachable!() };
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let client = ClientBuilder::new(connector).capabilities(caps).connect(&format!("http://127.0.0.1:{port}")).await?;
+        let client =
+            ClientBuilder::new(connector).capabilities(caps).connect(&format!("http://127.0.0.1:{port}")).await?;
         let shots = dir.join("screenshots");
         std::fs::create_dir_all(&shots)?;
         Ok(Browser { client, _driver: driver, shots, taken: 0 })
@@ -124,12 +125,21 @@ impl Browser {
             .then(PointerAction::MoveTo { duration: None, x: x.round(), y: y.round() })
             .then(PointerAction::Down { button: MOUSE_BUTTON_LEFT })
             .then(PointerAction::Up { button: MOUSE_BUTTON_LEFT });
-        self.client.perform_actions(mouse).await.unwrap();
+        if let Err(e) = self.client.perform_actions(mouse).await {
+            let page = self.js("return [innerWidth, innerHeight, scrollX, scrollY];", vec![]).await;
+            panic!("click at ({x}, {y}), viewport and scroll {page}: {e}");
+        }
     }
 
     /// Clicks the plane canvas at the centre of a voxel.
     async fn click_voxel(&self, plane: &str, v: [usize; 3]) {
-        let at = self.js("return gmmasViewer.voxelToClient(arguments[0], arguments[1]);", vec![json!(plane), json!(v)]).await;
+        let at = self
+            .js(
+                "document.getElementById('cross-' + arguments[0]).scrollIntoView({ block: 'center' });
+                 return gmmasViewer.voxelToClient(arguments[0], arguments[1]);",
+                vec![json!(plane), json!(v)],
+            )
+            .await;
         self.click_at(at["x"].as_f64().unwrap(), at["y"].as_f64().unwrap()).await;
     }
 
@@ -301,8 +311,11 @@ async fn a_clinician_uploads_reads_and_corrects_a_case_in_the_browser() {
     let case_id = hash.as_str().unwrap().trim_start_matches("#/case/").to_string();
 
     // The page polls until the analysis is there and shows the planes.
-    b.wait_for("window.gmmasViewer.ready || document.getElementById('case-error').textContent", Duration::from_secs(900))
-        .await;
+    b.wait_for(
+        "window.gmmasViewer.ready || document.getElementById('case-error').textContent",
+        Duration::from_secs(900),
+    )
+    .await;
     assert_eq!(b.text("case-error").await, "", "the case failed on the page");
     b.wait_for("window.gmmasViewer.allLoaded", Duration::from_secs(60)).await;
     let first_open = b.js("return gmmasViewer.timings;", vec![]).await;
@@ -424,8 +437,11 @@ async fn a_clinician_uploads_reads_and_corrects_a_case_in_the_browser() {
     b.click_voxel("axial", v0).await;
     assert_eq!(b.crosshair().await, v0, "painting moved the crosshair");
     assert_eq!(b.js("return gmmasViewer.labelAt(arguments[0]);", vec![json!(v0)]).await, json!(1));
-    b.wait_for("document.getElementById('seg-status').textContent.includes('5 voxels changed')", Duration::from_secs(5))
-        .await;
+    b.wait_for(
+        "document.getElementById('seg-status').textContent.includes('5 voxels changed')",
+        Duration::from_secs(5),
+    )
+    .await;
     b.js("gmmasViewer.setCrosshair(gmmasViewer.crosshair);", vec![]).await;
     assert_eq!(b.drawn("axial", v0).await.0, Some(1));
     b.by_id("seg-save").await.click().await.unwrap();
@@ -463,7 +479,7 @@ async fn a_clinician_uploads_reads_and_corrects_a_case_in_the_browser() {
     assert_eq!(rows.len(), 1);
     assert!(rows[0].text().await.unwrap().contains("done"));
     rows[0].click().await.unwrap();
-    b.wait_for("window.gmmasViewer.ready", Duration::from_secs(60)).await;
+    b.wait_for("window.gmmasViewer.allLoaded", Duration::from_secs(60)).await;
     let reopen = b.js("return gmmasViewer.timings;", vec![]).await;
 
     let first_ms = first_open["firstRenderMs"].as_f64().unwrap();

@@ -1,11 +1,11 @@
 //! The clinicians' web viewer: its static page, script and style (built into the binary, no
 //! remote resources), and the read of a case's stored input volumes that it displays.
 
+use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::Router;
 use gmmas_contracts::TenantId;
 use gmmas_imaging::Modality;
 use gmmas_runtime::bus::Bus;

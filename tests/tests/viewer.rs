@@ -230,7 +230,14 @@ async fn a_clinician_uploads_reads_and_corrects_a_case_in_the_browser() {
         eprintln!("SKIPPED viewer browser test: {CHROMEDRIVER} is absent (scripts/setup.sh installs chromium-driver)");
         return;
     }
-    let sys = System::start(&[("GMMAS_MC_PASSES", "3")]).await.unwrap();
+    // GMMAS_VIEWER_MODEL runs another model than the tiny seeded one (docs/viewer.png was taken
+    // with the released `models/weights/gmmas-small.safetensors`).
+    let model = std::env::var("GMMAS_VIEWER_MODEL").ok();
+    let mut env = vec![("GMMAS_MC_PASSES", "3")];
+    if let Some(m) = &model {
+        env.push(("GMMAS_MODEL_PATH", m.as_str()));
+    }
+    let sys = System::start(&env).await.unwrap();
     let tok = token(&sys, TENANT, "clinician").await;
     let api = sys.api.clone();
 
@@ -320,6 +327,9 @@ async fn a_clinician_uploads_reads_and_corrects_a_case_in_the_browser() {
     b.wait_for("window.gmmasViewer.allLoaded", Duration::from_secs(60)).await;
     let first_open = b.js("return gmmasViewer.timings;", vec![]).await;
     b.shot("case-open").await;
+    b.by_id("uncertainty-toggle").await.click().await.unwrap();
+    b.shot("uncertainty").await;
+    b.by_id("uncertainty-toggle").await.click().await.unwrap();
 
     // The numbers on the page are the API's.
     let (status, _, body) = get(&format!("{api}/api/v1/tenants/{TENANT}/cases/{case_id}"), &tok, &[]).await;

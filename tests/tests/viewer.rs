@@ -301,6 +301,28 @@ async fn a_clinician_uploads_reads_and_corrects_a_case_in_the_browser() {
     let who = b.text("session-who").await;
     assert!(who.contains("dr-viewer") && who.contains("clinician") && who.contains(TENANT), "{who}");
 
+    // Dropping files on the page recognises BraTS 2018-2021 names (a drop built in the page:
+    // WebDriver cannot drag files from the disk).
+    b.js(
+        "const dt = new DataTransfer();
+         for (const n of ['Case7_t1ce.nii.gz', 'Case7_flair.nii', 'Case7_t2.nii.gz', 'notes.pdf'])
+           dt.items.add(new File([new Uint8Array(8)], n));
+         document.getElementById('drop-zone').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));",
+        vec![],
+    )
+    .await;
+    b.wait_for("document.getElementById('case-ref').value === 'Case7'", Duration::from_secs(5)).await;
+    for (seq, want) in
+        [("t1", "missing"), ("t1ce", "Case7_t1ce.nii.gz"), ("t2", "Case7_t2.nii.gz"), ("flair", "Case7_flair.nii")]
+    {
+        let row = b.client.find(Locator::Css(&format!("[data-testid=\"recognised-{seq}\"]"))).await.unwrap();
+        let text = row.text().await.unwrap();
+        assert!(text.contains(want), "{seq}: {text}");
+    }
+    assert!(b.text("ignored-files").await.contains("notes.pdf"));
+    // An emptied reference is proposed again from the next files.
+    b.by_id("case-ref").await.clear().await.unwrap();
+
     // Upload through the file input: each file recognised by its name.
     let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     b.by_id("file-input").await.send_keys(&list.join("\n")).await.unwrap();

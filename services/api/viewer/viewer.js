@@ -1103,7 +1103,11 @@
     });
     $('file-input').addEventListener('change', (ev) => chooseFiles([...ev.target.files]));
     $('folder-input').addEventListener('change', (ev) => chooseFiles([...ev.target.files]));
-    $('case-ref').addEventListener('input', () => { upload.refEdited = true; updateUploadButton(); });
+    // A reference typed by hand is kept; an emptied one is proposed again from the file names.
+    $('case-ref').addEventListener('input', () => {
+      upload.refEdited = $('case-ref').value.trim() !== '';
+      updateUploadButton();
+    });
     $('upload-button').addEventListener('click', doUpload);
 
     $('sequence-select').addEventListener('change', (ev) => {

@@ -58,7 +58,10 @@
   function checkClaims(c) {
     if (typeof c.sub !== 'string' || !c.sub) throw new Error('the token has no subject (sub)');
     if (typeof c.tenant !== 'string' || !c.tenant) throw new Error('the token names no tenant (hospital)');
-    if (!ROLES.includes(c.role)) throw new Error(`unknown role ${JSON.stringify(c.role)}: expected ${ROLES.join(', ')}`);
+    // The role claim is a name or (from a hospital's identity provider) a list of names.
+    const roles = (Array.isArray(c.role) ? c.role : [c.role]).filter((r) => ROLES.includes(r));
+    if (!roles.length) throw new Error(`no GMMAS role in ${JSON.stringify(c.role)}: expected ${ROLES.join(', ')}`);
+    c.roles = roles;
     if (typeof c.exp !== 'number') throw new Error('the token has no expiry (exp)');
     if (c.exp * 1000 <= Date.now()) throw new Error(`the token expired at ${new Date(c.exp * 1000).toLocaleString()}`);
   }
@@ -71,7 +74,7 @@
     session.claims = claims;
     sessionStorage.setItem(TOKEN_KEY, token);
     $('session-who').textContent =
-      `${claims.sub} · ${claims.role} · ${claims.tenant} · until ${new Date(claims.exp * 1000).toLocaleString()}`;
+      `${claims.sub} · ${claims.roles.join(', ')} · ${claims.tenant} · until ${new Date(claims.exp * 1000).toLocaleString()}`;
     $('session').hidden = false;
     clearTimeout(session.expiryTimer);
     const left = claims.exp * 1000 - Date.now();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything GMMAS needs on a Debian 12 machine with Rust and Python: the libtorch venv,
 # nats-server and PostgreSQL (installed when missing, started under .gmmas/ when nothing
-# answers on the configured URLs), and the release build. Safe to run again.
+# answers on the configured URLs), Chromium and chromedriver for the viewer's browser tests
+# (installed when missing), and the release build. Safe to run again.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -26,6 +27,9 @@ command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v pg_isready >/dev/null 2>&1 || need+=(postgresql-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# Headless Chromium and its WebDriver, for the viewer's browser tests (tests/tests/viewer.rs).
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod learning;
 pub mod openapi;
 pub mod report;
+pub mod viewer;
 
 use std::sync::Arc;
 
@@ -290,6 +291,7 @@ pub fn routes(
     let learning = learning::routes(ingestor.rt.clone(), ingestor.limits.max_file_bytes as usize);
     let reports = report::routes(db.clone());
     let admin = admin::routes(db.clone(), auth)?;
+    let viewer = viewer::routes(db.clone(), bus.clone());
     let state = AppState { db, bus };
     let reads = Router::new()
         .route("/v1/tenants/{tenant}/cases", get(list_cases))
@@ -298,7 +300,7 @@ pub fn routes(
         .route("/v1/tenants/{tenant}/cases/{case_id}/uncertainty", get(uncertainty))
         .with_state(state);
     let api = gmmas_ingest::routes(ingestor).merge(reads).merge(learning).merge(reports).merge(admin);
-    Ok(Router::new().nest("/api", api).merge(openapi::routes()))
+    Ok(Router::new().nest("/api", api).merge(openapi::routes()).merge(viewer))
 }
 
 /// Runs the API service until SIGTERM.

@@ -244,7 +244,7 @@ async fn flair_only_case_with_mc_dropout_reports_missing_sequences_and_uncertain
         assert!((0.0..=0.5).contains(&v), "{p} std {v}");
     }
     let url = a["uncertainty_url"].as_str().unwrap();
-    let bytes = sys.request(reqwest::Method::GET, &url).send().await.unwrap().bytes().await.unwrap();
+    let bytes = sys.request(reqwest::Method::GET, url).send().await.unwrap().bytes().await.unwrap();
     let map = gmmas_imaging::read_volume(&bytes, &Limits::default()).unwrap();
     gmmas_imaging::same_grid(&map.grid, &phantom.volumes[0].1.grid).unwrap();
     assert!(map.data.iter().all(|v| (0.0..=0.5).contains(v)));

@@ -9,6 +9,7 @@ use clap::Args;
 use gmmas_contracts::http::{CaseCreated, CaseView};
 use gmmas_imaging::LabelVolume;
 use gmmas_imaging::phantom::{PhantomConfig, generate};
+use gmmas_runtime::auth::Role;
 use gmmas_runtime::supervise;
 
 #[derive(Args)]
@@ -123,8 +124,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         print_report(&client, &api, &args.tenant, &case).await;
         let token_file = args.state_dir.join("secrets").join("viewer-clinician.token");
-        let token = issue(&key_file, &args.tenant, "viewer", Duration::from_secs(8 * 3600))?;
+        let token = issue(&key_file, &args.tenant, "viewer", Role::Clinician, Duration::from_secs(8 * 3600))?;
         write_private(&token_file, token.as_bytes())?;
+        // Prometheus reads the API's and ingest's /metrics with an ml-engineer token (deploy/prometheus.yml).
+        let metrics = issue(&key_file, &args.tenant, "prometheus", Role::MlEngineer, Duration::from_secs(30 * 86_400))?;
+        write_private(&args.state_dir.join("secrets").join("metrics-ml-engineer.token"), metrics.as_bytes())?;
         println!("viewer           {api}/viewer/  (log in with the token in {}, valid 8 h;", token_file.display());
         println!(
             "                 more: gmmas token issue --tenant {} --role clinician --key-file {})",
@@ -174,16 +178,16 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     f.write_all(bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-fn issue(key_file: &std::path::Path, tenant: &str, subject: &str, ttl: Duration) -> anyhow::Result<String> {
+fn issue(key_file: &std::path::Path, tenant: &str, subject: &str, role: Role, ttl: Duration) -> anyhow::Result<String> {
     use gmmas_runtime::auth;
     let key = auth::read_key_file(key_file)?;
     let t = gmmas_contracts::TenantId::new(tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
-    Ok(auth::issue(&key, &auth::AuthConfig::default(), subject, &t, auth::Role::Clinician, ttl)?)
+    Ok(auth::issue(&key, &auth::AuthConfig::default(), subject, &t, role, ttl)?)
 }
 
 /// An HTTP client that sends a clinician token of the example tenant on every request.
 fn clinician_client(args: &UpArgs, key_file: &std::path::Path) -> anyhow::Result<reqwest::Client> {
-    let token = issue(key_file, &args.tenant, "gmmas-up", Duration::from_secs(3600))?;
+    let token = issue(key_file, &args.tenant, "gmmas-up", Role::Clinician, Duration::from_secs(3600))?;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
     Ok(reqwest::Client::builder().default_headers(headers).build()?)

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -50,12 +50,23 @@ fn uniform(rng: &mut ChaCha8Rng, n: usize, bound: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-bound..bound)).collect()
 }
 
-/// Serialises all variables of `vs` as safetensors bytes (F32, names sorted).
+/// One entry of a safetensors header. Its fields are declared in the order the bytes carry
+/// them (alphabetical), so the header does not depend on whether serde_json keeps insertion
+/// order (its `preserve_order` feature, turned on by other crates in a workspace build).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum HeaderEntry<'a> {
+    Metadata(&'a BTreeMap<String, String>),
+    Tensor { data_offsets: [usize; 2], dtype: &'static str, shape: Vec<i64> },
+}
+
+/// Serialises all variables of `vs` as safetensors bytes (F32, names sorted, header keys
+/// sorted at every level: equal weights always give equal bytes and sha256).
 pub fn to_safetensors(vs: &nn::VarStore, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>, ModelError> {
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    let mut header = Map::new();
+    let mut header: BTreeMap<String, HeaderEntry> = BTreeMap::new();
     if !metadata.is_empty() {
-        header.insert("__metadata__".into(), json!(metadata));
+        header.insert("__metadata__".into(), HeaderEntry::Metadata(metadata));
     }
     let mut blobs = Vec::with_capacity(vars.len());
     let mut offset = 0usize;
@@ -63,11 +74,14 @@ pub fn to_safetensors(vs: &nn::VarStore, metadata: &BTreeMap<String, String>) ->
         let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
         let data = Vec::<f32>::try_from(&t.flatten(0, -1))?;
         let len = data.len() * 4;
-        header.insert(name.clone(), json!({"dtype": "F32", "shape": t.size(), "data_offsets": [offset, offset + len]}));
+        header.insert(
+            name.clone(),
+            HeaderEntry::Tensor { data_offsets: [offset, offset + len], dtype: "F32", shape: t.size() },
+        );
         offset += len;
         blobs.push(data);
     }
-    let mut head = serde_json::to_vec(&Value::Object(header)).map_err(|e| ModelError::Internal(e.to_string()))?;
+    let mut head = serde_json::to_vec(&header).map_err(|e| ModelError::Internal(e.to_string()))?;
     while head.len() % 8 != 0 {
         head.push(b' ');
     }
@@ -231,4 +245,27 @@ pub fn load_safetensors(vs: &nn::VarStore, bytes: &[u8]) -> Result<(), String> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Header keys are sorted at every level whatever serde_json's map order is (a workspace
+    /// build turns its `preserve_order` on), so a save never changes a model's sha256.
+    #[test]
+    fn header_keys_are_sorted_at_every_level() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let _b = root.zeros("b_bias", &[2]);
+        let _a = root.zeros("a_weight", &[3, 1]);
+        let meta = BTreeMap::from([("format".to_string(), "x".to_string()), ("alpha".to_string(), "y".to_string())]);
+        let bytes = to_safetensors(&vs, &meta).unwrap();
+        let (_, start) = read_header(&bytes).unwrap();
+        let head = String::from_utf8(bytes[8..start].to_vec()).unwrap();
+        assert_eq!(
+            head.trim_end(),
+            r#"{"__metadata__":{"alpha":"y","format":"x"},"a_weight":{"data_offsets":[0,12],"dtype":"F32","shape":[3,1]},"b_bias":{"data_offsets":[12,20],"dtype":"F32","shape":[2]}}"#
+        );
+    }
 }

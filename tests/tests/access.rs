@@ -32,21 +32,23 @@ async fn tenants_are_isolated_roles_enforced_and_every_request_audited() {
     let (status, body) =
         call(&sys, Method::GET, &format!("/api/v1/tenants/{A}/cases"), Some(&sys.token(A, "clinician"))).await;
     assert_eq!(status, 200, "{body}");
-    let form = |files: &[(&str, Vec<u8>)], case_ref: &str| {
-        let mut f = reqwest::multipart::Form::new().text("case_ref", case_ref.to_string());
-        for (n, b) in files {
-            f = f.part(n.to_string(), reqwest::multipart::Part::bytes(b.clone()).file_name("x.nii.gz"));
+    // An upload of A's files as "a-1" with A's clinician token, bypassing the harness (which
+    // would create the tenant): (status, body).
+    let post_a1 = || {
+        let mut form = reqwest::multipart::Form::new().text("case_ref", "a-1");
+        for (n, b) in &files {
+            form = form.part(n.to_string(), reqwest::multipart::Part::bytes(b.clone()).file_name("x.nii.gz"));
         }
-        f
+        let req = reqwest::Client::new()
+            .post(format!("{}/api/v1/tenants/{A}/cases", sys.api))
+            .bearer_auth(sys.token(A, "clinician"))
+            .multipart(form);
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
     };
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/v1/tenants/{A}/cases", sys.api))
-        .bearer_auth(sys.token(A, "clinician"))
-        .multipart(form(&files, "a-1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
+    assert_eq!(post_a1().await.0, 404);
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM tenants").fetch_one(&sys.db).await.unwrap();
     assert_eq!(n, 0, "an upload created a tenant");
     // A clinician cannot create tenants; an admin can (over the API), once.
@@ -68,15 +70,9 @@ async fn tenants_are_isolated_roles_enforced_and_every_request_audited() {
     let view = sys.wait_case(A, &id, Duration::from_secs(180)).await.unwrap();
     assert_eq!(view["status"], "done", "{view}");
     // A duplicate upload is a 409 that does not reveal the existing case's id.
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/v1/tenants/{A}/cases", sys.api))
-        .bearer_auth(sys.token(A, "clinician"))
-        .multipart(form(&files, "a-1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 409);
-    assert!(!resp.text().await.unwrap().contains(&id));
+    let (status, body) = post_a1().await;
+    assert_eq!(status, 409);
+    assert!(!body.contains(&id), "{body}");
 
     // Hospital B's clinician: every endpoint about A's case looks like a missing case.
     let b = sys.token(B, "clinician");

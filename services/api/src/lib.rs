@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::{Path, Query, State};
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -224,35 +224,40 @@ async fn load_analysis(db: &PgPool, t: &TenantId, case_id: Uuid) -> Result<Optio
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/cases/{case_id}/segmentation", tag = "cases",
     params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant"), ("case_id" = Uuid, Path, description = "Case id")),
     responses((status = 200, description = "Segmentation NIfTI (gzip) on the input grid, BraTS labels 0/1/2/4; ETag = sha256", content_type = "application/gzip"),
+        (status = 304, description = "Not modified (If-None-Match)"),
         (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody), (status = 404, description = "No such case for this tenant (another tenant's case looks the same)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn segmentation(
     state: State<AppState>,
     path: Path<(String, Uuid)>,
-) -> Result<impl IntoResponse, ApiError> {
-    download(state, path, "seg_object_key", "seg_sha256", "seg").await
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    download(state, path, &headers, "seg_object_key", "seg_sha256", "seg").await
 }
 
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/cases/{case_id}/uncertainty", tag = "cases",
     params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant"), ("case_id" = Uuid, Path, description = "Case id")),
     responses((status = 200, description = "Per-voxel MC-Dropout uncertainty NIfTI (gzip); ETag = sha256", content_type = "application/gzip"),
+        (status = 304, description = "Not modified (If-None-Match)"),
         (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody), (status = 404, description = "No such case for this tenant (another tenant's case looks the same)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn uncertainty(
     state: State<AppState>,
     path: Path<(String, Uuid)>,
-) -> Result<impl IntoResponse, ApiError> {
-    download(state, path, "uncertainty_key", "uncertainty_sha256", "uncertainty").await
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    download(state, path, &headers, "uncertainty_key", "uncertainty_sha256", "uncertainty").await
 }
 
-/// Streams one stored result volume of a case (columns name its key and hash).
+/// One stored result volume of a case (columns name its key and hash).
 async fn download(
     State(s): State<AppState>,
     Path((t, id)): Path<(String, Uuid)>,
+    headers: &HeaderMap,
     key_col: &'static str,
     sha_col: &'static str,
     what: &'static str,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let t = tenant(&t)?;
     let sql = format!(
         "SELECT a.{key_col}, a.{sha_col} FROM analyses a JOIN cases c ON c.id = a.case_id
@@ -263,21 +268,38 @@ async fn download(
     let Some((Some(key), Some(sha))) = row else {
         return Err(ApiError::NotFound(format!("case {id} has no {what} volume")));
     };
-    let obj = gmmas_contracts::ObjectRef {
-        bucket: gmmas_contracts::VOLUMES_BUCKET.into(),
-        key,
-        sha256: sha.clone(),
-        size: 0,
-    };
-    let bytes = s.bus.get_object(&obj).await.map_err(|e| ApiError::Internal(e.into()))?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/gzip".to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}_{what}.nii.gz\"")),
-            (header::ETAG, format!("\"{sha}\"")),
-        ],
-        bytes,
-    ))
+    serve_volume(&s.bus, key, sha, &format!("{id}_{what}"), headers).await
+}
+
+/// Answers with a stored NIfTI volume (verified against its sha256): `ETag` is the sha256 and a
+/// matching `If-None-Match` gets 304 without reading the object; gzip or plain by its key.
+pub(crate) async fn serve_volume(
+    bus: &Bus,
+    key: String,
+    sha: String,
+    file_stem: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let etag = format!("\"{sha}\"");
+    let cache = [(header::ETAG, etag.clone()), (header::CACHE_CONTROL, "private, no-cache".to_string())];
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"));
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
+    }
+    let (content_type, ext) =
+        if key.ends_with(".gz") { ("application/gzip", "nii.gz") } else { ("application/octet-stream", "nii") };
+    let obj = gmmas_contracts::ObjectRef { bucket: gmmas_contracts::VOLUMES_BUCKET.into(), key, sha256: sha, size: 0 };
+    let bytes = bus.get_object(&obj).await.map_err(|e| ApiError::Internal(e.into()))?;
+    let mut response = (cache, bytes).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file_stem}.{ext}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
 }
 
 /// The API's routes (without health/metrics), under `/api`; [`gmmas_runtime::access::protect`]

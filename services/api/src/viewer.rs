@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use gmmas_contracts::TenantId;
@@ -90,27 +90,7 @@ pub(crate) async fn volume(
     let Some((key, sha)) = row else {
         return Err(ApiError::NotFound(format!("case {id} has no {} volume", modality.as_str())));
     };
-    let etag = format!("\"{sha}\"");
-    let cache = [(header::ETAG, etag.clone()), (header::CACHE_CONTROL, "private, no-cache".to_string())];
-    let unchanged = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"));
-    if unchanged {
-        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
-    }
-    let gzip = key.ends_with(".gz");
-    let obj = gmmas_contracts::ObjectRef { bucket: gmmas_contracts::VOLUMES_BUCKET.into(), key, sha256: sha, size: 0 };
-    let bytes = s.bus.get_object(&obj).await.map_err(|e| ApiError::Internal(e.into()))?;
-    let (content_type, ext) = if gzip { ("application/gzip", "nii.gz") } else { ("application/octet-stream", "nii") };
-    let mut response = (cache, bytes).into_response();
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    let disposition = format!("attachment; filename=\"{id}_{}.{ext}\"", modality.as_str());
-    if let Ok(v) = HeaderValue::from_str(&disposition) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
-    Ok(response)
+    crate::serve_volume(&s.bus, key, sha, &format!("{id}_{}", modality.as_str()), &headers).await
 }
 
 /// The viewer's pages at `/viewer/` (and `/` leading there), and the volume read under `/api`.

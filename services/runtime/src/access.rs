@@ -87,11 +87,6 @@ impl Access {
         Ok(Access { verifier, db, hosts: Arc::new(cfg.allowed_hosts.clone()) })
     }
 
-    /// The token verifier (for routes that need more than the guard, e.g. issuing tokens).
-    pub fn verifier(&self) -> &Verifier {
-        &self.verifier
-    }
-
     fn host_allowed(&self, host: Option<&HeaderValue>) -> bool {
         if self.hosts.is_empty() {
             return true;

@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match a.as_str() {
             "--patch-window" => patch_window = true,
             "--params" => {
-                for name in ["tiny", "small", "paper"] {
+                for name in ["tiny", "small", "medium", "paper"] {
                     for (t, g) in [(true, true), (false, false)] {
                         let cfg = ModelConfig::profile(name)?.with_transformer(t).with_global_branch(g);
                         let a = Analyzer::new_seeded(cfg, 0, tch::Device::Cpu)?;

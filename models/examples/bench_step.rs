@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         present: vec![[true; 4]],
         tasks: vec![[Some(true), Some(false), None, Some(true)]],
         global: None,
+        soft: None,
     };
     let mut times = Vec::new();
     for _ in 0..steps.max(1) + 1 {

@@ -517,6 +517,51 @@ mod tests {
         assert!(a.analyze(&case(dims, [true; 4]), dims, [true; 4], &bad).is_err());
     }
 
+    /// Flip TTA averages over the whole mirroring group, so analysing a mirrored case gives
+    /// the mirrored result; and it is not a no-op.
+    #[test]
+    fn flip_tta_of_a_mirrored_case_is_the_mirrored_result() {
+        let a = Analyzer::new_seeded(ModelConfig::tiny(), 2, Device::Cpu).unwrap();
+        // One window, no padding: the only asymmetry would be the TTA itself.
+        let dims = [32, 32, 32];
+        let input = case(dims, [true; 4]);
+        let n = 32 * 32 * 32;
+        let mirror_x = |v: &[f32], channels: usize| -> Vec<f32> {
+            let mut out = v.to_vec();
+            for c in 0..channels {
+                for r in 0..32 * 32 {
+                    for x in 0..32 {
+                        out[c * n + r * 32 + x] = v[c * n + r * 32 + 31 - x];
+                    }
+                }
+            }
+            out
+        };
+        let tta = InferOptions { tta_flips: true, postprocess: crate::PostProcess::None, ..InferOptions::default() };
+        let p = a.analyze(&input, dims, [true; 4], &tta).unwrap();
+        let q = a.analyze(&mirror_x(&input, 4), dims, [true; 4], &tta).unwrap();
+        let back: Vec<f32> = mirror_x(&q.labels.iter().map(|&l| f32::from(l)).collect::<Vec<_>>(), 1);
+        let agree = p.labels.iter().zip(&back).filter(|(a, b)| f32::from(**a) == **b).count();
+        assert!(agree as f64 >= 0.999 * n as f64, "{agree} of {n}");
+        for (x, y) in p.probabilities.to_array().iter().zip(q.probabilities.to_array()) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+        let plain =
+            a.analyze(&input, dims, [true; 4], &InferOptions { postprocess: crate::PostProcess::None, ..tta }).unwrap();
+        let no_tta = a
+            .analyze(
+                &input,
+                dims,
+                [true; 4],
+                &InferOptions { tta_flips: false, postprocess: crate::PostProcess::None, ..tta },
+            )
+            .unwrap();
+        assert_eq!(plain.labels, p.labels);
+        let diff: f32 =
+            p.probabilities.to_array().iter().zip(no_tta.probabilities.to_array()).map(|(x, y)| (x - y).abs()).sum();
+        assert!(diff > 1e-6, "TTA changed nothing");
+    }
+
     #[test]
     fn save_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,5 @@
 //! Data augmentation of III-B and Fig. A13 and batch assembly: tumour-protect crop, flips,
-//! intensity shift / scale, modality drop or shuffle, Tumor-CutMix; run on a background thread.
+//! rotation / zoom, gamma, intensity shift / scale, modality drop or shuffle, Tumor-CutMix.
 //!
 //! Every batch is a pure function of `(seed, step)`: the cases of step `s` come from a
 //! per-epoch permutation seeded by `(seed, epoch)`, and each sample's augmentation from a
@@ -17,14 +17,19 @@
 //!   and `modality_permute_p` (the literal shuffle among present channels), both off by
 //!   default.
 //! - Tumor-CutMix pastes the donor's tumour voxels (its segmentation mask, image and
-//!   labels) into the host at the same position relative to the volume (donor bounding-box
-//!   centre as a fraction of the donor grid), so location cues survive. Both cases must
-//!   have the same modalities. The class target of each task becomes the tumour-volume
-//!   share `lambda` of the donor (`soft = lambda * donor + (1 - lambda) * host`, kept in
-//!   [`HostBatch::soft`]). [`crate::Batch`] takes hard labels only, so the hard target is
-//!   drawn from Bernoulli(`soft`): its cross-entropy equals the soft-target cross-entropy in
-//!   expectation (class weights aside). A mix with an unknown label stays unknown unless
-//!   one side's share is 0.
+//!   labels) into the host. `cutmix_placement = "donor"` (default) keeps the donor's
+//!   volume-relative position (location cues such as IDH's frontal preference survive);
+//!   `"random"` is the paper's paste at a random place whose centre lies in the host's
+//!   brain. Both cases must have the same modalities. The class target of each task becomes
+//!   the tumour-volume share `lambda` of the donor (`soft = lambda * donor + (1 - lambda) *
+//!   host`), which the classification loss consumes as a soft target ([`crate::Batch::soft`]);
+//!   the hard label (for metrics) is drawn from Bernoulli(`soft`). A mix with an unknown
+//!   label stays unknown unless one side's share is 0.
+//! - Rotation (about all three axes, `rotate_deg`) and isotropic zoom (`scale_range`) are
+//!   applied to the whole volume about its centre: trilinear for images, nearest for labels,
+//!   zero outside. Gamma (`gamma_range`) acts per present channel on the brain voxels,
+//!   rescaled to [0, 1] and back, so their range and order are kept. All three are off by
+//!   default (earlier configs train exactly as before).
 //! - When the volume is smaller than the patch along an axis, the patch starts at 0 and is
 //!   zero-padded at the end, as inference pads its window; the global-branch box then runs
 //!   past 1, as at inference.
@@ -64,6 +69,31 @@ pub struct AugmentConfig {
     pub modality_permute_p: f64,
     /// Probability of Tumor-CutMix with another training case.
     pub cutmix_p: f64,
+    /// Where CutMix pastes the donor's tumour.
+    pub cutmix_placement: CutMixPlacement,
+    /// Probability of a rotation about all three axes.
+    pub rotate_p: f64,
+    /// Largest rotation per axis, degrees (drawn from `U(-d, d)`).
+    pub rotate_deg: f64,
+    /// Probability of an isotropic zoom.
+    pub scale_p: f64,
+    /// Zoom factor range (> 1 enlarges the anatomy).
+    pub scale_range: [f64; 2],
+    /// Probability of a gamma change per present channel.
+    pub gamma_p: f64,
+    /// Gamma range (drawn uniformly).
+    pub gamma_range: [f64; 2],
+}
+
+/// Where Tumor-CutMix pastes the donor's tumour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CutMixPlacement {
+    /// At the donor's volume-relative position.
+    #[default]
+    Donor,
+    /// At a random position whose centre is a brain voxel of the host.
+    Random,
 }
 
 impl Default for AugmentConfig {
@@ -76,6 +106,13 @@ impl Default for AugmentConfig {
             modality_drop_p: 0.0,
             modality_permute_p: 0.0,
             cutmix_p: 0.3,
+            cutmix_placement: CutMixPlacement::Donor,
+            rotate_p: 0.0,
+            rotate_deg: 15.0,
+            scale_p: 0.0,
+            scale_range: [0.85, 1.15],
+            gamma_p: 0.0,
+            gamma_range: [0.7, 1.5],
         }
     }
 }
@@ -91,6 +128,13 @@ impl AugmentConfig {
             modality_drop_p: 0.0,
             modality_permute_p: 0.0,
             cutmix_p: 0.0,
+            cutmix_placement: CutMixPlacement::Donor,
+            rotate_p: 0.0,
+            rotate_deg: 0.0,
+            scale_p: 0.0,
+            scale_range: [1.0, 1.0],
+            gamma_p: 0.0,
+            gamma_range: [1.0, 1.0],
         }
     }
 
@@ -104,6 +148,9 @@ impl AugmentConfig {
             ("modality_drop_p", self.modality_drop_p),
             ("modality_permute_p", self.modality_permute_p),
             ("cutmix_p", self.cutmix_p),
+            ("rotate_p", self.rotate_p),
+            ("scale_p", self.scale_p),
+            ("gamma_p", self.gamma_p),
         ];
         for (name, p) in probs {
             if !(0.0..=1.0).contains(&p) {
@@ -115,6 +162,19 @@ impl AugmentConfig {
                 "augment.intensity_scale = {} / intensity_shift = {}: expected scale in [0, 1) and shift >= 0",
                 self.intensity_scale, self.intensity_shift
             )));
+        }
+        if !(0.0..=90.0).contains(&self.rotate_deg) {
+            return Err(ModelError::Config(format!(
+                "augment.rotate_deg = {}: expected degrees in [0, 90]",
+                self.rotate_deg
+            )));
+        }
+        for (name, [lo, hi], min) in [("scale_range", self.scale_range, 0.5), ("gamma_range", self.gamma_range, 0.1)] {
+            if !(lo >= min && hi >= lo && hi <= 4.0) {
+                return Err(ModelError::Config(format!(
+                    "augment.{name} = [{lo}, {hi}]: expected an increasing range within [{min}, 4]"
+                )));
+            }
         }
         Ok(())
     }
@@ -157,9 +217,14 @@ pub struct CutMixInfo {
     pub offset: [usize; 3],
 }
 
-/// Pastes `donor`'s tumour voxels into `host` at the same volume-relative position.
-/// Returns None when the donor has no tumour or other modalities.
-pub fn tumor_cutmix(host: &mut Volume4, donor: &CaseData) -> Option<CutMixInfo> {
+/// Pastes `donor`'s tumour voxels into `host` (where: `placement`; `rng` draws the random
+/// place). Returns None when the donor has no tumour or other modalities.
+pub fn tumor_cutmix(
+    host: &mut Volume4,
+    donor: &CaseData,
+    placement: CutMixPlacement,
+    rng: &mut impl Rng,
+) -> Option<CutMixInfo> {
     let (lo, hi) = donor.tumor_bbox?;
     if donor.present != host.present {
         return None;
@@ -176,6 +241,20 @@ pub fn tumor_cutmix(host: &mut Volume4, donor: &CaseData) -> Option<CutMixInfo> 
         let centre = (lo[a] as f64 + size[a] as f64 / 2.0) / donor.dims[a] as f64;
         let start = (centre * host.dims[a] as f64 - size[a] as f64 / 2.0).round();
         offset[a] = (start.max(0.0) as usize).min(host.dims[a] - size[a]);
+    }
+    if placement == CutMixPlacement::Random {
+        // A few tries for a box whose centre is a brain voxel; else the donor's position.
+        let n = host.voxels();
+        let [hx, hy, _] = host.dims;
+        for _ in 0..32 {
+            let cand: [usize; 3] = std::array::from_fn(|a| rng.random_range(0..=host.dims[a] - size[a]));
+            let c: [usize; 3] = std::array::from_fn(|a| cand[a] + size[a] / 2);
+            let i = c[0] + hx * (c[1] + hy * c[2]);
+            if (0..MODALITIES).any(|ch| host.present[ch] && host.image[ch * n + i] != 0.0) {
+                offset = cand;
+                break;
+            }
+        }
     }
     let [dx, dy, _] = donor.dims;
     let [hx, hy, _] = host.dims;
@@ -260,6 +339,94 @@ pub fn flip(v: &mut Volume4, axis: usize) {
                 }
             }
         }
+    }
+}
+
+/// Rotates the volume by `degrees` about the x, y and z axes (in that order) and zooms it
+/// by `zoom` about its centre: trilinear for the images, nearest for the labels, zero
+/// outside the source.
+pub fn rotate_zoom(v: &mut Volume4, degrees: [f64; 3], zoom: f64) {
+    let [nx, ny, nz] = v.dims;
+    let n = v.voxels();
+    let (sx, cx) = degrees[0].to_radians().sin_cos();
+    let (sy, cy) = degrees[1].to_radians().sin_cos();
+    let (sz, cz) = degrees[2].to_radians().sin_cos();
+    let rx = [[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]];
+    let ry = [[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]];
+    let rz = [[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]];
+    let mul = |a: [[f64; 3]; 3], b: [[f64; 3]; 3]| -> [[f64; 3]; 3] {
+        std::array::from_fn(|i| std::array::from_fn(|j| (0..3).map(|k| a[i][k] * b[k][j]).sum()))
+    };
+    let r = mul(rz, mul(ry, rx));
+    // Output voxel p samples the source at c + R^T (p - c) / zoom.
+    let inv: [[f64; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|j| r[j][i] / zoom));
+    let centre = [(nx as f64 - 1.0) / 2.0, (ny as f64 - 1.0) / 2.0, (nz as f64 - 1.0) / 2.0];
+    let present: Vec<usize> = (0..MODALITIES).filter(|&c| v.present[c]).collect();
+    let mut image = vec![0f32; v.image.len()];
+    let mut seg = vec![0u8; n];
+    let at = |x: usize, y: usize, z: usize| x + nx * (y + ny * z);
+    for z in 0..nz {
+        for y in 0..ny {
+            for x in 0..nx {
+                let d = [x as f64 - centre[0], y as f64 - centre[1], z as f64 - centre[2]];
+                let s: [f64; 3] =
+                    std::array::from_fn(|i| centre[i] + inv[i][0] * d[0] + inv[i][1] * d[1] + inv[i][2] * d[2]);
+                let o = at(x, y, z);
+                let near = s.map(f64::round);
+                if (0..3).all(|i| near[i] >= 0.0 && near[i] <= [nx, ny, nz][i] as f64 - 1.0) {
+                    seg[o] = v.seg[at(near[0] as usize, near[1] as usize, near[2] as usize)];
+                }
+                let lo = s.map(f64::floor);
+                if (0..3).any(|i| lo[i] < 0.0 || lo[i] + 1.0 > [nx, ny, nz][i] as f64 - 1.0) {
+                    // Border: nearest neighbour inside, zero outside.
+                    if (0..3).all(|i| near[i] >= 0.0 && near[i] <= [nx, ny, nz][i] as f64 - 1.0) {
+                        let src = at(near[0] as usize, near[1] as usize, near[2] as usize);
+                        for &c in &present {
+                            image[c * n + o] = v.image[c * n + src];
+                        }
+                    }
+                    continue;
+                }
+                let f = [s[0] - lo[0], s[1] - lo[1], s[2] - lo[2]];
+                let (x0, y0, z0) = (lo[0] as usize, lo[1] as usize, lo[2] as usize);
+                for &c in &present {
+                    let ch = &v.image[c * n..(c + 1) * n];
+                    let mut acc = 0.0f64;
+                    for (dz, wz) in [(0, 1.0 - f[2]), (1, f[2])] {
+                        for (dy, wy) in [(0, 1.0 - f[1]), (1, f[1])] {
+                            for (dx, wx) in [(0, 1.0 - f[0]), (1, f[0])] {
+                                acc += wx * wy * wz * f64::from(ch[at(x0 + dx, y0 + dy, z0 + dz)]);
+                            }
+                        }
+                    }
+                    image[c * n + o] = acc as f32;
+                }
+            }
+        }
+    }
+    v.image = image;
+    v.seg = seg;
+}
+
+/// Gamma change of channel `c`: its brain (non-zero) voxels are rescaled to [0, 1] by their
+/// range, raised to `g`, and mapped back, so range, order and background are kept.
+pub fn gamma(v: &mut Volume4, c: usize, g: f64) {
+    let n = v.voxels();
+    let ch = &mut v.image[c * n..(c + 1) * n];
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for &x in ch.iter().filter(|x| **x != 0.0) {
+        lo = lo.min(x);
+        hi = hi.max(x);
+    }
+    if !(hi > lo) {
+        return;
+    }
+    let span = f64::from(hi - lo);
+    for x in ch.iter_mut().filter(|x| **x != 0.0) {
+        let t = f64::from(*x - lo) / span;
+        let y = (f64::from(lo) + t.powf(g) * span) as f32;
+        // A brain voxel must stay non-zero (zero marks background).
+        *x = if y == 0.0 { f32::MIN_POSITIVE } else { y };
     }
 }
 
@@ -396,6 +563,7 @@ impl HostBatch {
                     boxes: g.boxes.clone(),
                 }
             }),
+            soft: Some(self.soft.clone()),
         }
     }
 }
@@ -499,7 +667,7 @@ impl Sampler {
             if !donors.is_empty() {
                 let j = donors[((donor_pick * donors.len() as f64) as usize).min(donors.len() - 1)];
                 let donor = &self.data.cases[j];
-                if let Some(info) = tumor_cutmix(&mut v, donor) {
+                if let Some(info) = tumor_cutmix(&mut v, donor, a.cutmix_placement, rng) {
                     let (h, s) = mix_targets(case.tasks, donor.tasks, info.share, rng);
                     tasks = h;
                     soft = s;
@@ -511,6 +679,26 @@ impl Sampler {
         for axis in 0..3 {
             if rng.random::<f64>() < a.flip_p[axis] {
                 flip(&mut v, axis);
+            }
+        }
+        // Rotation / zoom and gamma draw from the stream only when configured, so that a
+        // config without them sees the batches it saw before they existed.
+        if a.rotate_p > 0.0 || a.scale_p > 0.0 {
+            let do_rot = rng.random::<f64>() < a.rotate_p;
+            let angles: [f64; 3] = std::array::from_fn(|_| (2.0 * rng.random::<f64>() - 1.0) * a.rotate_deg);
+            let do_zoom = rng.random::<f64>() < a.scale_p;
+            let zoom = a.scale_range[0] + (a.scale_range[1] - a.scale_range[0]) * rng.random::<f64>();
+            if do_rot || do_zoom {
+                rotate_zoom(&mut v, if do_rot { angles } else { [0.0; 3] }, if do_zoom { zoom } else { 1.0 });
+            }
+        }
+        if a.gamma_p > 0.0 {
+            for c in 0..MODALITIES {
+                let on = rng.random::<f64>() < a.gamma_p;
+                let g = a.gamma_range[0] + (a.gamma_range[1] - a.gamma_range[0]) * rng.random::<f64>();
+                if on && v.present[c] {
+                    gamma(&mut v, c, g);
+                }
             }
         }
         // Intensity shift / scale per present channel, brain (non-zero) voxels only.
@@ -765,7 +953,7 @@ mod tests {
         let host = case("host", [40, 40, 32], [5, 5, 5], [17, 15, 13], 3.0);
         let donor = case("donor", [36, 40, 32], [8, 10, 8], [18, 24, 16], 9.0);
         let mut v = Volume4::of(&host);
-        let info = tumor_cutmix(&mut v, &donor).unwrap();
+        let info = tumor_cutmix(&mut v, &donor, CutMixPlacement::Donor, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
         let tumour: Vec<usize> = (0..v.seg.len()).filter(|&i| v.seg[i] != 0).collect();
         let from_donor = tumour.iter().filter(|&&i| v.image[i] == 9.0).count();
         assert_eq!(info.donor_voxels, donor.tumor_voxels);
@@ -796,6 +984,113 @@ mod tests {
         let positives =
             (0..draws).filter(|_| mix_targets(host.tasks, d.tasks, info.share, &mut rng).0[0] == Some(true)).count();
         assert!((positives as f64 / draws as f64 - (1.0 - info.share)).abs() < 0.03);
+    }
+
+    #[test]
+    fn random_cutmix_lands_in_the_brain_and_varies() {
+        let mut host = case("host", [48, 48, 32], [20, 20, 10], [26, 26, 16], 3.0);
+        let dims = host.dims;
+        let n: usize = dims.iter().product();
+        // Brain = x in 12..36, y in 12..36 (everything else background zero).
+        for z in 0..dims[2] {
+            for y in 0..dims[1] {
+                for x in 0..dims[0] {
+                    if !(12..36).contains(&x) || !(12..36).contains(&y) {
+                        for c in 0..4 {
+                            host.image[c * n + x + dims[0] * (y + dims[1] * z)] = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+        let donor = case("donor", [48, 48, 32], [2, 2, 2], [8, 10, 6], 9.0);
+        let mut offsets = std::collections::BTreeSet::new();
+        for seed in 0..20 {
+            let mut v = Volume4::of(&host);
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let info = tumor_cutmix(&mut v, &donor, CutMixPlacement::Random, &mut rng).unwrap();
+            let centre = [info.offset[0] + 3, info.offset[1] + 4];
+            assert!((12..36).contains(&centre[0]) && (12..36).contains(&centre[1]), "{:?}", info.offset);
+            assert_eq!(info.donor_voxels, donor.tumor_voxels);
+            offsets.insert(info.offset);
+        }
+        assert!(offsets.len() > 5, "random placement should vary: {offsets:?}");
+        // The donor placement keeps the corner position (outside this host's brain).
+        let mut v = Volume4::of(&host);
+        let info = tumor_cutmix(&mut v, &donor, CutMixPlacement::Donor, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+        assert!(info.offset[0] < 12);
+    }
+
+    #[test]
+    fn rotate_zoom_identity_quarter_turn_and_zoom() {
+        let c = case("a", [24, 24, 16], [3, 5, 4], [9, 14, 10], 7.0);
+        let mut v = Volume4::of(&c);
+        // Distinct values per voxel to see where each one goes.
+        let n = v.seg.len();
+        for i in 0..n {
+            v.image[i] = 1.0 + i as f32;
+        }
+        let orig = v.clone();
+        rotate_zoom(&mut v, [0.0; 3], 1.0);
+        assert_eq!(v.seg, orig.seg);
+        assert!(v.image.iter().zip(&orig.image).all(|(a, b)| (a - b).abs() < 1e-3));
+        // 90 degrees about z on a square slice: out[x, y] = in[y, 23 - x].
+        let mut r = orig.clone();
+        rotate_zoom(&mut r, [0.0, 0.0, 90.0], 1.0);
+        let at = |x: usize, y: usize, z: usize| x + 24 * (y + 24 * z);
+        for z in 0..16 {
+            for y in 0..24 {
+                for x in 0..24 {
+                    assert_eq!(r.seg[at(x, y, z)], orig.seg[at(y, 23 - x, z)]);
+                    assert!((r.image[at(x, y, z)] - orig.image[at(y, 23 - x, z)]).abs() < 1e-2);
+                }
+            }
+        }
+        // Zoom 1.5 about the centre: the tumour grows by about 1.5^3 (it stays inside).
+        let c = case("b", [32, 32, 32], [12, 12, 12], [20, 20, 20], 7.0);
+        let mut z = Volume4::of(&c);
+        rotate_zoom(&mut z, [0.0; 3], 1.5);
+        let grown = z.seg.iter().filter(|&&s| s != 0).count() as f64 / c.tumor_voxels as f64;
+        assert!((grown - 3.375).abs() < 0.6, "{grown}");
+        // Absent channels stay zero.
+        let mut p = Volume4::of(&c);
+        p.present[1] = false;
+        p.image[32 * 32 * 32..2 * 32 * 32 * 32].fill(0.0);
+        rotate_zoom(&mut p, [10.0, -5.0, 20.0], 1.1);
+        assert!(p.image[32 * 32 * 32..2 * 32 * 32 * 32].iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn gamma_keeps_background_range_and_order() {
+        let c = case("a", [16, 16, 8], [3, 3, 2], [8, 8, 6], 7.0);
+        let mut v = Volume4::of(&c);
+        let n = v.seg.len();
+        for i in 0..n {
+            v.image[i] = if i % 5 == 0 { 0.0 } else { -2.0 + (i % 97) as f32 * 0.05 };
+        }
+        let before = v.image[..n].to_vec();
+        gamma(&mut v, 0, 1.7);
+        let after = &v.image[..n];
+        let brain: Vec<usize> = (0..n).filter(|&i| before[i] != 0.0).collect();
+        assert!((0..n).filter(|i| i % 5 == 0).all(|i| after[i] == 0.0));
+        assert!(brain.iter().all(|&i| after[i] != 0.0));
+        let range = |xs: &[f32]| {
+            brain.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &i| (lo.min(xs[i]), hi.max(xs[i])))
+        };
+        let (a, b) = (range(&before), range(after));
+        assert!((a.0 - b.0).abs() < 1e-5 && (a.1 - b.1).abs() < 1e-5);
+        for &i in &brain {
+            for &j in &brain[..50] {
+                if before[i] < before[j] {
+                    assert!(after[i] <= after[j]);
+                }
+            }
+        }
+        assert!(brain.iter().any(|&i| (after[i] - before[i]).abs() > 1e-3), "gamma 1.7 must change something");
+        // Other channels untouched.
+        assert_eq!(v.image[n..], Volume4::of(&c).image[n..]);
+        assert!(AugmentConfig { gamma_range: [2.0, 1.0], ..AugmentConfig::default() }.validate().is_err());
+        assert!(AugmentConfig { rotate_deg: 120.0, ..AugmentConfig::default() }.validate().is_err());
     }
 
     #[test]

@@ -127,6 +127,12 @@ pub struct DataConfig {
     /// Loader threads (0 = available parallelism).
     #[serde(default)]
     pub threads: usize,
+    /// Folders (like `dirs`) whose cases are always training cases: never in a k-fold
+    /// validation fold and kept even when a split file does not name them (e.g. the
+    /// whole-tumour-only cases added to every fold). The k-fold assignment of the other
+    /// cases is the same as without them.
+    #[serde(default)]
+    pub train_only_dirs: Vec<PathBuf>,
 }
 
 impl Default for DataConfig {
@@ -141,6 +147,7 @@ impl Default for DataConfig {
             max_case_voxels: None,
             max_cases: None,
             threads: 0,
+            train_only_dirs: Vec::new(),
         }
     }
 }
@@ -151,6 +158,7 @@ impl DataConfig {
         let fix = |p: &mut PathBuf| *p = join_clean(base, p);
         self.dirs.iter_mut().for_each(fix);
         self.labels.iter_mut().for_each(fix);
+        self.train_only_dirs.iter_mut().for_each(fix);
         if let SplitConfig::File { path } = &mut self.split {
             fix(path);
         }
@@ -683,6 +691,9 @@ impl Dataset {
         };
 
         let mut found = discover(&cfg.dirs, &mut problems);
+        let extra = discover(&cfg.train_only_dirs, &mut problems);
+        let train_only: std::collections::BTreeSet<String> = extra.iter().map(|(_, f)| f.name.clone()).collect();
+        found.extend(extra);
         found.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         let mut seen = BTreeMap::new();
         found.retain(|(dir, f)| {
@@ -695,7 +706,7 @@ impl Dataset {
         });
         if let Some(map) = &split_map {
             let before = found.len();
-            found.retain(|(_, f)| map.contains_key(&f.name));
+            found.retain(|(_, f)| map.contains_key(&f.name) || train_only.contains(&f.name));
             if found.len() < before {
                 warnings.push(format!("{} case(s) not named in the split file are left out", before - found.len()));
             }
@@ -787,12 +798,28 @@ impl Dataset {
                 .push(format!("{unlabelled} case(s) have no row in the labels CSV(s): their task labels are unknown"));
         }
         let subsets = match (&cfg.split, &split_map) {
-            (SplitConfig::File { .. }, Some(map)) => {
-                cases.iter().map(|c| map.get(&c.name).copied().unwrap_or(Subset::Test)).collect()
-            }
+            (SplitConfig::File { .. }, Some(map)) => cases
+                .iter()
+                .map(|c| match map.get(&c.name) {
+                    Some(s) => *s,
+                    None if train_only.contains(&c.name) => Subset::Train,
+                    None => Subset::Test,
+                })
+                .collect(),
             (SplitConfig::KFold { k, fold, seed }, _) => {
-                let names: Vec<String> = cases.iter().map(|c| c.name.clone()).collect();
-                kfold_assign(&names, *k, *fold, *seed)
+                let names: Vec<String> =
+                    cases.iter().filter(|c| !train_only.contains(&c.name)).map(|c| c.name.clone()).collect();
+                let mut folded = kfold_assign(&names, *k, *fold, *seed).into_iter();
+                cases
+                    .iter()
+                    .map(|c| {
+                        if train_only.contains(&c.name) {
+                            Subset::Train
+                        } else {
+                            folded.next().unwrap_or(Subset::Train)
+                        }
+                    })
+                    .collect()
             }
             _ => vec![Subset::Train; cases.len()],
         };
@@ -950,6 +977,49 @@ mod tests {
         assert!(case.spacing[0] > 1.0 && case.voxels() < ds.cases[0].voxels(), "{:?}", case.spacing);
         assert_eq!(case.seg.len(), case.voxels());
         assert!(small.warnings.iter().any(|w| w.contains("max_case_voxels")));
+    }
+
+    /// Train-only folders join every fold's training cases and leave the k-fold assignment
+    /// of the other cases as it was; a split file need not name them.
+    #[test]
+    fn train_only_cases_are_always_training_cases() {
+        let d = phantoms(5, [24, 24, 16]);
+        let extra = tempfile::tempdir().unwrap();
+        gmmas_imaging::phantom::write_dataset(2, 9, [24, 24, 16], extra.path()).unwrap();
+        for i in 0..2 {
+            let old = extra.path().join(format!("Phantom_000{i}"));
+            for f in std::fs::read_dir(&old).unwrap() {
+                let f = f.unwrap().path();
+                let name = f.file_name().unwrap().to_string_lossy().replace("Phantom", "Extra");
+                std::fs::rename(&f, old.join(name)).unwrap();
+            }
+            std::fs::rename(&old, extra.path().join(format!("Extra_000{i}"))).unwrap();
+        }
+        for fold in 0..5 {
+            let mut plain = cfg(d.path());
+            plain.split = SplitConfig::KFold { k: 5, fold, seed: 2 };
+            let base = Dataset::load(&plain).unwrap();
+            let mut with = plain.clone();
+            with.train_only_dirs = vec![extra.path().to_path_buf()];
+            let ds = Dataset::load(&with).unwrap();
+            assert_eq!(ds.cases.len(), 7);
+            let subset_of =
+                |ds: &Dataset, name: &str| ds.subsets[ds.cases.iter().position(|c| c.name == name).unwrap()];
+            for c in &base.cases {
+                assert_eq!(subset_of(&ds, &c.name), subset_of(&base, &c.name), "fold {fold} {}", c.name);
+            }
+            assert_eq!(subset_of(&ds, "Extra_0000"), Subset::Train);
+            assert_eq!(subset_of(&ds, "Extra_0001"), Subset::Train);
+        }
+        let split = d.path().join("split.csv");
+        std::fs::write(&split, "case,subset\nPhantom_0000,val\nPhantom_0001,train\n").unwrap();
+        let mut file = cfg(d.path());
+        file.split = SplitConfig::File { path: split };
+        file.train_only_dirs = vec![extra.path().to_path_buf()];
+        let ds = Dataset::load(&file).unwrap();
+        let names: Vec<&str> = ds.cases.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["Extra_0000", "Extra_0001", "Phantom_0000", "Phantom_0001"]);
+        assert_eq!(ds.subsets, [Subset::Train, Subset::Train, Subset::Val, Subset::Train]);
     }
 
     #[test]

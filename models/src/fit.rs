@@ -232,6 +232,10 @@ pub struct TrainSection {
     /// single-task ablation).
     #[serde(default)]
     pub tasks: Option<[bool; TASKS]>,
+    /// Decay of the exponential moving average of the weights that the saved model gets
+    /// (e.g. 0.999; unset = the last weights).
+    #[serde(default)]
+    pub weight_ema: Option<f64>,
 }
 
 impl Default for TrainSection {
@@ -261,6 +265,7 @@ impl Default for TrainSection {
             checkpoint_every: 1,
             segmentation: None,
             tasks: None,
+            weight_ema: None,
         }
     }
 }
@@ -290,6 +295,7 @@ impl TrainSection {
         t.uncertainty_weighting = self.uncertainty_weighting.unwrap_or(t.uncertainty_weighting);
         t.segmentation = self.segmentation.unwrap_or(t.segmentation);
         t.tasks = self.tasks.unwrap_or(t.tasks);
+        t.weight_ema = self.weight_ema;
         t
     }
 
@@ -343,6 +349,12 @@ pub struct TrainRunConfig {
     pub validate_max_cases: Option<usize>,
     /// Stop early once the validation WT Dice reaches this.
     pub stop_at_wt_dice: Option<f64>,
+    /// Training-time budget in seconds (all processes of a resumed run together): the
+    /// learning-rate schedule follows the elapsed share of it (or of the steps, whichever is
+    /// further along) and the run ends, validated and saved, when it is spent. The steps
+    /// are then an upper bound.
+    #[serde(default)]
+    pub max_train_seconds: Option<f64>,
     /// Data.
     pub data: DataConfig,
     /// Network.
@@ -411,6 +423,16 @@ impl TrainRunConfig {
             && !(lr.is_finite() && lr > 0.0)
         {
             return bad(format!("train.lr = {lr}: expected a positive number"));
+        }
+        if let Some(m) = self.max_train_seconds
+            && !(m.is_finite() && m > 0.0)
+        {
+            return bad(format!("max_train_seconds = {m}: expected a positive number of seconds"));
+        }
+        if let Some(d) = t.weight_ema
+            && !(0.0..1.0).contains(&d)
+        {
+            return bad(format!("train.weight_ema = {d}: expected a decay in [0, 1)"));
         }
         if let Some(n) = &self.name
             && (n.is_empty() || n.contains(['@', '/', '\\']))
@@ -690,6 +712,9 @@ pub struct FitReport {
     pub final_validation: Option<ValidationSummary>,
     /// Whether `stop_at_wt_dice` ended the run early.
     pub stopped_early: bool,
+    /// Whether `max_train_seconds` ended the run before its last step.
+    #[serde(default)]
+    pub stopped_at_time_budget: bool,
 }
 
 /// Validation numbers logged per epoch.
@@ -730,9 +755,10 @@ pub struct CheckpointState {
     pub not_restored: Vec<String>,
 }
 
-const NOT_RESTORED: [&str; 2] = [
+const NOT_RESTORED: [&str; 3] = [
     "optimizer state (SGD momentum / AdamW moments restart from zero)",
     "libtorch RNG stream (dropout masks; reseeded with seed + step)",
+    "weight average of train.weight_ema (restarts from the checkpoint's raw weights)",
 ];
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FitError> {
@@ -1078,7 +1104,9 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
     let mut step_seconds = 0.0;
     let mut last_val = None;
     let mut stopped_early = false;
+    let mut stopped_at_time_budget = false;
     let peak_lr = tcfg.lr;
+    let seconds_before = state.train_seconds;
     for step in start_step..total_steps {
         let tw = Instant::now();
         let hb = match stream.next_batch() {
@@ -1095,7 +1123,13 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
             Some(None) => return Err(FitError::Training(format!("unlabeled stream ended early at step {step}"))),
         };
         wait += tw.elapsed().as_secs_f64();
-        let lr = cfg.train.lr_at(peak_lr, step, total_steps);
+        // With a time budget the schedule runs on whichever is further: steps or seconds.
+        let elapsed = seconds_before + t_run.elapsed().as_secs_f64();
+        let sched_step = match cfg.max_train_seconds {
+            Some(m) => step.max(((elapsed / m) * total_steps as f64) as usize).min(total_steps - 1),
+            None => step,
+        };
+        let lr = cfg.train.lr_at(peak_lr, sched_step, total_steps);
         trainer.set_lr(lr);
         let losses = trainer.step_with(&hb.to_batch(), unl.as_ref()).map_err(|e| {
             FitError::Training(format!(
@@ -1108,14 +1142,17 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
         step_seconds += tw.elapsed().as_secs_f64();
         state.step = step + 1;
         state.lr = lr;
-        let end_of_epoch = state.step % spe == 0 || state.step == total_steps;
+        let time_up = cfg
+            .max_train_seconds
+            .is_some_and(|m| seconds_before + t_run.elapsed().as_secs_f64() >= m && state.step < total_steps);
+        let end_of_epoch = state.step % spe == 0 || state.step == total_steps || time_up;
         if !end_of_epoch {
             continue;
         }
         state.epoch = state.step.div_ceil(spe);
         let epoch_secs = epoch_start.elapsed().as_secs_f64();
         let steps_in_epoch = acc.n;
-        let last = state.step == total_steps;
+        let last = state.step == total_steps || time_up;
         let due = last || (cfg.validate_every > 0 && state.epoch.is_multiple_of(cfg.validate_every));
         let mut val = None;
         if due && !val_idx.is_empty() {
@@ -1179,7 +1216,7 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
             stopped_early = cfg.stop_at_wt_dice.is_some_and(|t| v.dice[0] >= t);
         }
         if last || stopped_early || state.epoch.is_multiple_of(cfg.train.checkpoint_every.max(1)) {
-            trainer.analyzer(&name, notes(&state, serde_json::Value::Null))?.save(&paths.ckpt)?;
+            trainer.raw_analyzer(&name, notes(&state, serde_json::Value::Null))?.save(&paths.ckpt)?;
             write_atomic(&paths.state, &json_bytes(&state))?;
         }
         if val.is_some() {
@@ -1195,6 +1232,11 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
             ));
             break;
         }
+        if time_up {
+            stopped_at_time_budget = true;
+            say(&format!("max_train_seconds spent after {} of {} steps: stopping", state.step, total_steps));
+            break;
+        }
     }
     drop(stream);
     drop(unl_stream);
@@ -1206,6 +1248,7 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
         serde_json::json!({
             "final_validation": last_val,
             "stopped_early": stopped_early,
+            "stopped_at_time_budget": stopped_at_time_budget,
             "seconds_per_step_last_run": sps,
             "run_config": cfg,
             "device": format!("{device:?}"),
@@ -1233,6 +1276,7 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
         data_sha256: data_sha,
         final_validation: last_val,
         stopped_early,
+        stopped_at_time_budget,
     })
 }
 
@@ -1364,6 +1408,34 @@ cutmix_p = 0.5
         cfg.train.steps = Some(8);
         let e = fit(&cfg, &FitOptions { resume: true, quiet: true }).unwrap_err().to_string();
         assert!(e.contains("data changed"), "{e}");
+    }
+
+    /// A tiny time budget ends a run of many steps early, with a saved, validated model;
+    /// the decayed learning rate shows the schedule followed the clock, not the steps.
+    #[test]
+    fn time_budget_stops_the_run_and_the_schedule_follows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = phantom_config(
+            dir.path(),
+            3,
+            [32, 32, 32],
+            "validate_every = 0\nmax_train_seconds = 1.5\n[train]\nsteps = 100000\nsteps_per_epoch = 1000\n\
+             batch_size = 1\nschedule = \"cosine\"\nweight_ema = 0.9\n",
+        );
+        cfg.data.split = crate::data::SplitConfig::KFold { k: 3, fold: 0, seed: 0 };
+        let r = fit(&cfg, &FitOptions { resume: false, quiet: true }).unwrap();
+        assert!(r.stopped_at_time_budget);
+        assert!(r.steps > 0 && r.steps < 100_000, "{}", r.steps);
+        assert!(r.final_validation.is_some());
+        let log = std::fs::read_to_string(cfg.out.join("train_log.jsonl")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        // Step-based cosine would still be at the peak (r.steps / 100000 of the way).
+        let lr = last["lr"].as_f64().unwrap();
+        assert!(lr < 0.5e-3, "lr {lr} should have decayed with the clock");
+        let a = Analyzer::load(&cfg.out.join("model.safetensors"), Device::Cpu).unwrap();
+        assert_eq!(a.training_notes()["weights"], "ema");
+        let bad = phantom_config(dir.path(), 3, [32, 32, 32], "max_train_seconds = 0\n[train]\nsteps = 2\n");
+        assert!(fit(&bad, &FitOptions::default()).unwrap_err().to_string().contains("max_train_seconds"));
     }
 
     #[test]

@@ -47,12 +47,47 @@ pub struct InferOptions {
     pub batch: usize,
     /// Cleanup of the predicted labels (default: the tumor filter of Algorithm 1).
     pub postprocess: crate::PostProcess,
+    /// Test-time augmentation: the case is analysed in all eight mirrorings (x, y, z flips)
+    /// and the un-mirrored class and task probabilities are averaged (8x the time).
+    pub tta_flips: bool,
+    /// Small-ET rule: when the predicted enhancing tumour has fewer voxels than this, it is
+    /// relabelled as necrosis (0 = off). Applied after `postprocess`.
+    pub min_et_voxels: usize,
 }
 
 impl Default for InferOptions {
     fn default() -> Self {
-        Self { overlap: 0.5, mc_passes: 0, batch: 1, postprocess: crate::PostProcess::default() }
+        Self {
+            overlap: 0.5,
+            mc_passes: 0,
+            batch: 1,
+            postprocess: crate::PostProcess::default(),
+            tta_flips: false,
+            min_et_voxels: 0,
+        }
     }
+}
+
+/// The eight mirrorings `[x, y, z]` of flip test-time augmentation, identity first.
+pub const FLIPS: [[bool; 3]; 8] = [
+    [false, false, false],
+    [true, false, false],
+    [false, true, false],
+    [false, false, true],
+    [true, true, false],
+    [true, false, true],
+    [false, true, true],
+    [true, true, true],
+];
+
+/// Tensor dimensions of mirroring `f` for a tensor whose last three dimensions are z, y, x.
+fn flip_dims(f: [bool; 3], rank: i64) -> Vec<i64> {
+    [(f[0], rank - 1), (f[1], rank - 2), (f[2], rank - 3)].iter().filter(|(on, _)| *on).map(|(_, d)| *d).collect()
+}
+
+fn mirrored(t: Tensor, f: [bool; 3]) -> Tensor {
+    let dims = flip_dims(f, t.dim() as i64);
+    if dims.is_empty() { t } else { t.flip(dims.as_slice()) }
 }
 
 /// Result of analysing one case.
@@ -299,13 +334,54 @@ pub fn run(
     temperature: [f64; TASKS],
     opts: &InferOptions,
 ) -> Result<Prediction, ModelError> {
-    let (engine, weight_sum) = setup(net, device, input, dims, present, temperature, opts)?;
     let passes = opts.mc_passes.max(1);
-    let acc = engine.run(passes, opts.mc_passes > 0)?;
-    drop(engine);
-    let mut probs = acc.probs;
-    let _ = probs.g_div_(&(&weight_sum * passes as f64));
-    finish(probs, acc.fg, acc.tasks, weight_sum, dims, opts)
+    let flips: &[[bool; 3]] = if opts.tta_flips { &FLIPS } else { &FLIPS[..1] };
+    let [nx, ny, nz] = dims.map(|v| v as i64);
+    let mut probs: Option<Tensor> = None;
+    let mut fg: Vec<Tensor> = Vec::new();
+    let mut tasks = vec![[0f64; TASKS]; passes];
+    let mut ones = None;
+    for &f in flips {
+        // The mirrored input (the volume is channel-major [4, z, y, x]).
+        let flipped;
+        let src = if f.contains(&true) {
+            let t = Tensor::from_slice(input).view([MODALITIES as i64, nz, ny, nx]);
+            flipped = Vec::<f32>::try_from(&mirrored(t, f).contiguous().flatten(0, -1))?;
+            &flipped[..]
+        } else {
+            input
+        };
+        let (engine, weight_sum) = setup(net, device, src, dims, present, temperature, opts)?;
+        let acc = engine.run(passes, opts.mc_passes > 0)?;
+        drop(engine);
+        // Normalised per mirroring, then mirrored back and summed.
+        let p = mirrored(acc.probs / (&weight_sum * passes as f64), f);
+        probs = Some(match probs {
+            Some(sum) => sum + p,
+            None => p,
+        });
+        for (k, x) in acc.fg.into_iter().enumerate() {
+            let x = mirrored(x / &weight_sum, f);
+            if k < fg.len() {
+                fg[k] = &fg[k] + x;
+            } else {
+                fg.push(x);
+            }
+        }
+        for (k, t) in acc.tasks.iter().enumerate() {
+            for j in 0..TASKS {
+                tasks[k][j] += t[j];
+            }
+        }
+        ones.get_or_insert_with(|| weight_sum.ones_like());
+    }
+    let (Some(probs), Some(ones)) = (probs, ones) else {
+        return Err(ModelError::Internal("no inference pass ran".into()));
+    };
+    let n = flips.len() as f64;
+    let fg = fg.into_iter().map(|x| x / n).collect();
+    let tasks = tasks.into_iter().map(|t| t.map(|v| v / n)).collect();
+    finish(probs / n, fg, tasks, ones, dims, opts)
 }
 
 /// Per-voxel and per-task statistics over MC-Dropout passes (for Stage I pseudo-labels,
@@ -460,6 +536,7 @@ fn finish(
         }
     }
     crate::postprocess::apply(opts.postprocess, &mut labels, dims);
+    crate::postprocess::small_et_to_ncr(&mut labels, opts.min_et_voxels);
     Ok(Prediction {
         labels,
         probabilities: TaskProbabilities::from_array(tasks.map(|v| v as f32)),

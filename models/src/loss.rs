@@ -58,6 +58,17 @@ pub fn weighted_cross_entropy(logits: &Tensor, target: &Tensor, weights: &[f64])
     -(picked * w.index_select(0, target)).mean(Kind::Float)
 }
 
+/// Cross-entropy of two-class logits `[N, 2]` against soft targets `soft` `[N]` (the
+/// probability of the positive class, e.g. a Tumor-CutMix mix `q = [1 - s, s]`):
+/// mean over samples of `-(w_0 (1 - s) log p_0 + w_1 s log p_1)`. With `s` in {0, 1} this is
+/// [`weighted_cross_entropy`].
+pub fn soft_weighted_cross_entropy(logits: &Tensor, soft: &Tensor, weights: &[f64; 2]) -> Tensor {
+    let logp = logits.log_softmax(-1, Kind::Float);
+    let s = soft.to_kind(Kind::Float).to_device(logits.device());
+    let q = Tensor::stack(&[(1.0 - &s) * weights[0], s * weights[1]], 1);
+    -(logp * q).sum_dim_intlist([1i64].as_slice(), false, Kind::Float).mean(Kind::Float)
+}
+
 /// Uncertainty-weighted multi-task loss of eq. (7) with `s_i = log sigma_i`:
 /// `sum_i exp(-2 s_i) / 2 * L_i + s_i` over the tasks that have a loss (None contributes
 /// nothing, so neither the task nor its sigma receives gradient).
@@ -114,6 +125,22 @@ mod tests {
         let p0 = (2f64.exp() / (2f64.exp() + 1.0)).ln();
         let want = (0.5 * 2f64.ln() + 2.0 * -p0) / 2.0;
         assert!((l - want).abs() < 1e-5, "{l} vs {want}");
+    }
+
+    #[test]
+    fn soft_ce_equals_hard_ce_at_hard_targets_and_mixes_linearly() {
+        let logits = Tensor::from_slice(&[0.3f32, -1.0, 2.0, 0.5, -0.7, 0.1]).view([3, 2]);
+        let w = [0.8, 1.7];
+        let hard = Tensor::from_slice(&[1i64, 0, 1]);
+        let a = weighted_cross_entropy(&logits, &hard, &w).double_value(&[]);
+        let b = soft_weighted_cross_entropy(&logits, &Tensor::from_slice(&[1.0f32, 0.0, 1.0]), &w).double_value(&[]);
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        // A 30 % target is the 30/70 mix of the two hard losses, sample by sample.
+        let one = logits.narrow(0, 0, 1);
+        let pos = weighted_cross_entropy(&one, &Tensor::from_slice(&[1i64]), &w).double_value(&[]);
+        let neg = weighted_cross_entropy(&one, &Tensor::from_slice(&[0i64]), &w).double_value(&[]);
+        let mix = soft_weighted_cross_entropy(&one, &Tensor::from_slice(&[0.3f32]), &w).double_value(&[]);
+        assert!((mix - (0.3 * pos + 0.7 * neg)).abs() < 1e-6, "{mix}");
     }
 
     #[test]

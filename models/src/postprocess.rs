@@ -42,6 +42,24 @@ pub fn apply(pp: PostProcess, labels: &mut [u8], dims: [usize; 3]) -> usize {
     }
 }
 
+/// Small-ET rule: when fewer than `min_voxels` voxels are predicted enhancing tumour (BraTS
+/// label 4), they become necrosis (label 1), the usual correction for lower-grade tumours
+/// where a few enhancing voxels are more often noise than enhancement. Returns the voxels
+/// relabelled (0 when the rule is off or the ET region is large enough).
+pub fn small_et_to_ncr(labels: &mut [u8], min_voxels: usize) -> usize {
+    if min_voxels == 0 {
+        return 0;
+    }
+    let et = labels.iter().filter(|&&l| l == 4).count();
+    if et == 0 || et >= min_voxels {
+        return 0;
+    }
+    for l in labels.iter_mut().filter(|l| **l == 4) {
+        *l = 1;
+    }
+    et
+}
+
 /// 26-connected components of non-zero voxels: (component id per voxel, 0 = background; sizes).
 fn components(labels: &[u8], dims: [usize; 3]) -> (Vec<u32>, Vec<usize>) {
     let [nx, ny, nz] = dims;
@@ -154,6 +172,18 @@ fn remove_unkept(labels: &mut [u8], comp: &[u32], keep: &[bool]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_et_becomes_necrosis_only_below_the_threshold() {
+        let mut labels = vec![0u8, 4, 4, 2, 1, 4, 0];
+        assert_eq!(small_et_to_ncr(&mut labels.clone(), 0), 0);
+        assert_eq!(small_et_to_ncr(&mut labels.clone(), 3), 0);
+        assert_eq!(small_et_to_ncr(&mut labels, 4), 3);
+        assert_eq!(labels, vec![0, 1, 1, 2, 1, 1, 0]);
+        let mut none = vec![0u8, 2, 1];
+        assert_eq!(small_et_to_ncr(&mut none, 10), 0);
+        assert_eq!(none, vec![0, 2, 1]);
+    }
 
     const D: [usize; 3] = [64, 64, 48];
 

@@ -68,6 +68,11 @@ pub struct TrainConfig {
     /// contributes nothing, like a missing label (single-task ablations).
     #[serde(default = "all_enabled")]
     pub tasks: [bool; TASKS],
+    /// Decay of an exponential moving average of the weights (e.g. 0.999); the average is
+    /// what [`Trainer::analyzer`] hands out and so what a run saves as its model, while
+    /// checkpoints keep the raw weights. None = off.
+    #[serde(default)]
+    pub weight_ema: Option<f64>,
 }
 
 fn enabled() -> bool {
@@ -94,6 +99,7 @@ impl Default for TrainConfig {
             uncertainty_weighting: true,
             segmentation: true,
             tasks: [true; TASKS],
+            weight_ema: None,
         }
     }
 }
@@ -131,6 +137,9 @@ pub struct Batch {
     pub present: Vec<[bool; MODALITIES]>,
     /// Whole-volume inputs for the global branch; None = treat each patch as the volume.
     pub global: Option<GlobalBatch>,
+    /// Soft targets P(positive) per sample and task (a Tumor-CutMix mix); when given, the
+    /// classification loss uses them instead of `tasks` (a row's None = no label).
+    pub soft: Option<Vec<[Option<f32>; TASKS]>>,
 }
 
 impl Batch {
@@ -156,6 +165,14 @@ impl Batch {
             && (g.boxes.len() as i64 != b || g.image.size()[0] != b || g.seg.size()[0] != b)
         {
             return bad("global batch does not match the batch size".into());
+        }
+        if let Some(soft) = &self.soft {
+            if soft.len() as i64 != b {
+                return bad(format!("batch of {b} has {} soft-target rows", soft.len()));
+            }
+            if let Some(v) = soft.iter().flatten().flatten().find(|v| !(0.0..=1.0).contains(*v)) {
+                return bad(format!("soft target {v} is not a probability in [0, 1]"));
+            }
         }
         Ok(b)
     }
@@ -222,6 +239,8 @@ pub struct Trainer {
     ssl: Option<Ssl>,
     frozen: Vec<String>,
     consistency: Option<crate::ssl::Consistency>,
+    /// Exponential moving average of the weights (`TrainConfig::weight_ema`).
+    averaged: Option<crate::ssl::EmaTeacher>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -271,6 +290,10 @@ impl Trainer {
         let log_sigma = mtl_vs.root().var("log_sigma", &[TASKS as i64 + 1], nn::Init::Const(0.0));
         let opt = optimizer(&vs, tcfg.optimizer, tcfg.lr, tcfg.momentum, tcfg.weight_decay)?;
         let mtl_opt = optimizer(&mtl_vs, tcfg.optimizer, tcfg.sigma_lr, tcfg.momentum, 0.0)?;
+        let averaged = match tcfg.weight_ema {
+            Some(d) => Some(crate::ssl::EmaTeacher::new(&vs, &cfg, d)?),
+            None => None,
+        };
         Ok(Self {
             cfg,
             tcfg,
@@ -287,6 +310,7 @@ impl Trainer {
             ssl: None,
             frozen: Vec::new(),
             consistency: None,
+            averaged,
         })
     }
 
@@ -472,20 +496,24 @@ impl Trainer {
         let mut losses: Vec<Option<Tensor>> = vec![t.segmentation.then(|| seg_loss.shallow_clone())];
         let mut task_values = [None; TASKS];
         for (task, value) in task_values.iter_mut().enumerate() {
-            let (idx, labels): (Vec<i64>, Vec<i64>) = batch
-                .tasks
-                .iter()
-                .enumerate()
-                .filter_map(|(i, row)| row[task].map(|y| (i as i64, i64::from(y))))
-                .unzip();
+            // Soft targets when the batch has them (hard labels are 0 / 1), else the labels.
+            let (idx, targets): (Vec<i64>, Vec<f32>) = match &batch.soft {
+                Some(soft) => soft.iter().enumerate().filter_map(|(i, row)| row[task].map(|s| (i as i64, s))).unzip(),
+                None => batch
+                    .tasks
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, row)| row[task].map(|y| (i as i64, f32::from(u8::from(y)))))
+                    .unzip(),
+            };
             if idx.is_empty() || !t.tasks[task] {
                 losses.push(None);
                 continue;
             }
             let idx = Tensor::from_slice(&idx).to_device(device);
-            let labels = Tensor::from_slice(&labels).to_device(device);
+            let targets = Tensor::from_slice(&targets).to_device(device);
             let logits = out.tasks.select(1, task as i64).index_select(0, &idx);
-            let l = loss::weighted_cross_entropy(&logits, &labels, &t.task_class_weights[task]);
+            let l = loss::soft_weighted_cross_entropy(&logits, &targets, &t.task_class_weights[task]);
             *value = Some(l.double_value(&[]));
             losses.push(Some(l));
         }
@@ -629,17 +657,46 @@ impl Trainer {
         if let Some(c) = &mut self.consistency {
             c.teacher.update(&self.vs)?;
         }
+        if let Some(a) = &mut self.averaged {
+            a.update(&self.vs)?;
+        }
         self.steps += 1;
         Ok(report)
     }
 
-    /// An [`Analyzer`] holding a copy of the current weights, named `name`; the training
-    /// notes get the step count, seed and configs added.
+    /// An [`Analyzer`] holding a copy of the model's weights, named `name`: the weight
+    /// average when `weight_ema` is set, else the current weights. The training notes get
+    /// the step count, seed, configs and which weights these are.
     pub fn analyzer(&self, name: &str, notes: serde_json::Value) -> Result<Analyzer, ModelError> {
+        match &self.averaged {
+            Some(a) => self.analyzer_of(a.var_store(), "ema", name, notes),
+            None => self.analyzer_of(&self.vs, "raw", name, notes),
+        }
+    }
+
+    /// Like [`Trainer::analyzer`] but always the current (raw) weights: what a checkpoint
+    /// keeps so that a resumed run continues exactly.
+    pub fn raw_analyzer(&self, name: &str, notes: serde_json::Value) -> Result<Analyzer, ModelError> {
+        self.analyzer_of(&self.vs, "raw", name, notes)
+    }
+
+    /// The weight average, when `weight_ema` is set.
+    pub fn weight_average(&self) -> Option<&crate::ssl::EmaTeacher> {
+        self.averaged.as_ref()
+    }
+
+    fn analyzer_of(
+        &self,
+        src: &nn::VarStore,
+        which: &str,
+        name: &str,
+        notes: serde_json::Value,
+    ) -> Result<Analyzer, ModelError> {
         let (vs, net) = net::build(&self.cfg, self.vs.device(), None)?;
         let mut vs = vs;
-        vs.copy(&self.vs)?;
+        vs.copy(src)?;
         let notes = serde_json::json!({
+            "weights": which,
             "steps": self.steps,
             "seed": self.seed,
             "train_config": self.tcfg,
@@ -720,6 +777,7 @@ mod tests {
             present: vec![[true; MODALITIES]; items.len()],
             tasks,
             global: None,
+            soft: None,
         }
     }
 
@@ -732,6 +790,7 @@ mod tests {
             present: vec![[true; MODALITIES]; b as usize],
             tasks,
             global: None,
+            soft: None,
         }
     }
 
@@ -792,6 +851,7 @@ mod tests {
             present: vec![[true; 4]],
             tasks: vec![[Some(true), None, None, None]],
             global: None,
+            soft: None,
         };
         let out = tch::no_grad(|| trainer.net().forward(&batch.image, &batch.present, None, false, false)).unwrap();
         let want = loss::weighted_cross_entropy(
@@ -803,6 +863,65 @@ mod tests {
         let (_, rb) = tch::no_grad(|| trainer.objective(&batch, false)).unwrap();
         assert!((r0.tasks[0].unwrap() - want.double_value(&[])).abs() < 1e-5);
         assert!((rb.tasks[0].unwrap() - want.double_value(&[])).abs() < 1e-5);
+    }
+
+    #[test]
+    fn soft_targets_reach_the_classification_loss() {
+        let trainer = Trainer::new(ModelConfig::tiny(), TrainConfig::default(), 5, Device::Cpu).unwrap();
+        let mut batch = random_batch(vec![[Some(true), None, None, None]]);
+        let loss_at = |batch: &Batch| tch::no_grad(|| trainer.objective(batch, false)).unwrap().1.tasks[0].unwrap();
+        let hard_pos = loss_at(&batch);
+        batch.soft = Some(vec![[Some(0.0), None, None, None]]);
+        let hard_neg = loss_at(&batch);
+        batch.soft = Some(vec![[Some(0.25), None, None, None]]);
+        let mixed = loss_at(&batch);
+        assert!((hard_pos - hard_neg).abs() > 1e-4, "the two classes must differ: {hard_pos} {hard_neg}");
+        assert!((mixed - (0.25 * hard_pos + 0.75 * hard_neg)).abs() < 1e-5, "{mixed}");
+        // Soft rows replace the hard labels: no soft value = no loss for the task.
+        batch.soft = Some(vec![[None; TASKS]]);
+        assert!(tch::no_grad(|| trainer.objective(&batch, false)).unwrap().1.tasks[0].is_none());
+        batch.soft = Some(vec![[Some(1.5), None, None, None]]);
+        assert!(trainer.objective(&batch, false).is_err());
+    }
+
+    #[test]
+    fn weight_average_is_what_the_model_gets_and_checkpoints_keep_the_raw_weights() {
+        let tcfg = TrainConfig { weight_ema: Some(0.5), ..TrainConfig::default() };
+        let mut trainer = Trainer::new(ModelConfig::tiny(), tcfg, 6, Device::Cpu).unwrap();
+        let start = snapshot(trainer.var_store(), "");
+        let batch = random_batch(vec![[Some(true), Some(false), None, None]]);
+        trainer.step(&batch).unwrap();
+        let raw = snapshot(trainer.var_store(), "");
+        let avg = snapshot(trainer.weight_average().unwrap().var_store(), "");
+        let weights_of = |a: Analyzer| {
+            let (mut vs, _) = net::build(&ModelConfig::tiny(), Device::Cpu, None).unwrap();
+            a.copy_weights_into(&mut vs).unwrap();
+            snapshot(&vs, "")
+        };
+        let saved = weights_of(trainer.analyzer("m", serde_json::Value::Null).unwrap());
+        let ckpt = weights_of(trainer.raw_analyzer("m", serde_json::Value::Null).unwrap());
+        assert_eq!(saved, avg);
+        assert_eq!(ckpt, raw);
+        assert_ne!(avg, raw);
+        // After one step with decay 0.5 the average is halfway between the start and the step.
+        let conv = "encoder.stem";
+        let pick = |s: &[(String, Vec<u8>)]| -> Vec<f32> {
+            let (_, bytes) = s.iter().find(|(n, _)| n.starts_with(conv) && n.ends_with("weight")).unwrap();
+            bytes.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        };
+        let (s0, s1, m) = (pick(&start), pick(&raw), pick(&avg));
+        for i in 0..s0.len() {
+            assert!((m[i] - 0.5 * (s0[i] + s1[i])).abs() < 1e-6);
+        }
+        assert!(
+            Trainer::new(
+                ModelConfig::tiny(),
+                TrainConfig { weight_ema: Some(1.0), ..TrainConfig::default() },
+                6,
+                Device::Cpu
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -27,9 +27,41 @@ pub struct AnalyzeArgs {
     /// MC-Dropout passes (0 = one deterministic pass).
     #[arg(long, default_value_t = 0)]
     pub mc_passes: usize,
+    #[command(flatten)]
+    pub infer: InferFlags,
+}
+
+/// Inference settings shared by `analyze`, `eval` and `eval-missing`.
+#[derive(Args, Debug, Clone)]
+pub struct InferFlags {
     /// Label cleanup: tumor-filter (Algorithm 1), largest-component or none.
     #[arg(long, default_value = "tumor-filter")]
     pub postprocess: String,
+    /// Flip test-time augmentation: average the eight mirrorings of the case (8x the time).
+    #[arg(long)]
+    pub tta: bool,
+    /// Small-ET rule: a predicted enhancing tumour of fewer voxels becomes necrosis (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub min_et_voxels: usize,
+}
+
+impl InferFlags {
+    /// The inference options these flags select (`mc_passes` as given).
+    pub fn options(&self, mc_passes: usize) -> anyhow::Result<InferOptions> {
+        let postprocess = match self.postprocess.as_str() {
+            "tumor-filter" => gmmas_models::PostProcess::TumorFilter,
+            "largest-component" => gmmas_models::PostProcess::LargestComponent,
+            "none" => gmmas_models::PostProcess::None,
+            other => anyhow::bail!("--postprocess {other:?}: expected tumor-filter, largest-component or none"),
+        };
+        Ok(InferOptions {
+            mc_passes,
+            postprocess,
+            tta_flips: self.tta,
+            min_et_voxels: self.min_et_voxels,
+            ..InferOptions::default()
+        })
+    }
 }
 
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
@@ -64,13 +96,7 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         }
     });
     let model = Analyzer::load(&model_path, device)?;
-    let postprocess = match args.postprocess.as_str() {
-        "tumor-filter" => gmmas_models::PostProcess::TumorFilter,
-        "largest-component" => gmmas_models::PostProcess::LargestComponent,
-        "none" => gmmas_models::PostProcess::None,
-        other => anyhow::bail!("--postprocess {other:?}: expected tumor-filter, largest-component or none"),
-    };
-    let opts = InferOptions { mc_passes: args.mc_passes, postprocess, ..InferOptions::default() };
+    let opts = args.infer.options(args.mc_passes)?;
     let out = gmmas_infer::analyze_prepared(&model, &prepared, &opts)?;
 
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
@@ -99,6 +125,9 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         "regions": out.regions,
         "probabilities": out.probabilities,
         "mc_passes": args.mc_passes,
+        "tta_flips": opts.tta_flips,
+        "min_et_voxels": opts.min_et_voxels,
+        "postprocess": args.infer.postprocess,
         "probabilities_std": out.probabilities_std,
         "uncertainty": uncertainty_file,
         "mean_uncertainty_wt": out.mean_uncertainty_wt,

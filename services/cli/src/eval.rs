@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use gmmas_models::Analyzer;
 use gmmas_models::fit::{EvalOptions, evaluate};
-use gmmas_models::{Analyzer, InferOptions};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -43,6 +43,8 @@ pub struct EvalArgs {
     /// libtorch threads (0 = default).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    #[command(flatten)]
+    pub infer: crate::analyze::InferFlags,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
@@ -57,11 +59,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         args.threads,
     )?;
     let indices = crate::cases::chosen(&data, args.subset.as_deref(), "evaluate")?;
-    let opts = EvalOptions {
-        infer: InferOptions { mc_passes: args.mc_passes, ..InferOptions::default() },
-        hd95: !args.no_hd95,
-        ..EvalOptions::default()
-    };
+    let opts =
+        EvalOptions { infer: args.infer.options(args.mc_passes)?, hd95: !args.no_hd95, ..EvalOptions::default() };
     eprintln!("evaluating {} on {} case(s)", model.version(), indices.len());
     let report = evaluate(&model, &data, &indices, &opts, |c| {
         eprintln!(
@@ -74,6 +73,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     json["data_sha256"] = serde_json::json!(data.sha256());
     json["subset"] = serde_json::json!(args.subset);
     json["skipped"] = serde_json::json!(data.skipped);
+    json["inference"] = serde_json::json!({
+        "postprocess": args.infer.postprocess,
+        "tta_flips": args.infer.tta,
+        "min_et_voxels": args.infer.min_et_voxels,
+        "mc_passes": args.mc_passes,
+    });
     let json_path = args.out.join("eval.json");
     std::fs::write(&json_path, serde_json::to_vec_pretty(&json)?)
         .with_context(|| format!("writing {}", json_path.display()))?;

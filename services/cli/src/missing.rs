@@ -13,12 +13,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use gmmas_models::Analyzer;
 use gmmas_models::config::{MODALITIES, TASK_NAMES, TASKS};
 use gmmas_models::data::{SplitConfig, Subset, read_split_file};
 use gmmas_models::fit::{EvalOptions, evaluate};
 use gmmas_models::metrics::{Region, Summary, TaskMetrics, roc_curve};
 use gmmas_models::missing::{self, DropMask};
-use gmmas_models::{Analyzer, InferOptions};
 use serde::Serialize;
 
 /// An arm: a name and the run folders whose held-out results it pools.
@@ -97,6 +97,8 @@ pub struct EvalMissingArgs {
     /// Leave out unreadable cases with a warning instead of failing.
     #[arg(long)]
     pub skip_bad_cases: bool,
+    #[command(flatten)]
+    pub infer: crate::analyze::InferFlags,
 }
 
 /// One case under one combination.
@@ -179,6 +181,7 @@ pub fn run(args: EvalMissingArgs) -> anyhow::Result<()> {
     gmmas_models::set_threads(args.threads);
     let device = gmmas_models::parse_device(&args.device)?;
     let hd95 = args.hd95;
+    let infer_opts = args.infer.options(0)?;
     let mut names = BTreeSet::new();
     for a in &args.arms {
         anyhow::ensure!(names.insert(a.name.clone()), "arm {} given twice", a.name);
@@ -278,7 +281,7 @@ pub fn run(args: EvalMissingArgs) -> anyhow::Result<()> {
             }
             for (k, drop) in combos.iter().enumerate() {
                 let t = Instant::now();
-                let opts = EvalOptions { infer: InferOptions::default(), hd95, drop: *drop };
+                let opts = EvalOptions { infer: infer_opts, hd95, drop: *drop };
                 let report = evaluate(&model, &data, &indices, &opts, |_| {})?;
                 let skipped = indices.len() - report.cases_evaluated;
                 let wt = report.dice(Region::WT);

@@ -41,6 +41,10 @@ pub struct TrainArgs {
     /// Override the Stage I labelling model (`ssl.labeller`) of an `ssl-pseudo` run.
     #[arg(long)]
     pub labeller: Option<PathBuf>,
+    /// Override `max_train_seconds`: stop (validated, saved) when this much training time is
+    /// spent; the learning-rate schedule follows the clock.
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
     /// No per-epoch lines on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -71,6 +75,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 "--mode {m:?}: expected supervised, distill, contrastive, finetune, ssl-pseudo, ssl-consistency or fixmatch"
             )
         })?;
+    }
+    if let Some(m) = args.max_seconds {
+        cfg.max_train_seconds = Some(m);
     }
     if let Some(l) = args.labeller {
         cfg.ssl.labeller = Some(l);

@@ -43,6 +43,10 @@ pub struct InferConfig {
     pub threads: usize,
     /// Label cleanup: `tumor_filter` (Algorithm 1), `largest_component` or `none`.
     pub postprocess: gmmas_models::PostProcess,
+    /// Flip test-time augmentation (the eight mirrorings averaged; 8x the inference time).
+    pub tta_flips: bool,
+    /// Small-ET rule: a predicted enhancing tumour of fewer voxels becomes necrosis (0 = off).
+    pub min_et_voxels: usize,
     /// Seconds one inference may take before the attempt is abandoned and retried (0 = no limit).
     pub inference_deadline_s: f64,
     /// Seconds between checks of the registry for a newly promoted model (besides the
@@ -63,6 +67,8 @@ impl Default for InferConfig {
             mc_passes: 0,
             threads: 0,
             postprocess: gmmas_models::PostProcess::default(),
+            tta_flips: false,
+            min_et_voxels: 0,
             inference_deadline_s: 900.0,
             model_poll_s: 30.0,
         }
@@ -326,6 +332,8 @@ pub async fn run(config: InferConfig) -> anyhow::Result<()> {
             overlap: config.overlap,
             mc_passes: config.mc_passes,
             postprocess: config.postprocess,
+            tta_flips: config.tta_flips,
+            min_et_voxels: config.min_et_voxels,
             ..InferOptions::default()
         },
         (config.inference_deadline_s > 0.0).then(|| Duration::from_secs_f64(config.inference_deadline_s)),

@@ -89,14 +89,16 @@ one_fold() {
   fi
   # The base model.
   local base="$d/base/model.safetensors"
+  # A model is its weights and the card beside them (model.json).
+  copy_model() { cp "$1.safetensors" "$2.safetensors.tmp" && cp "$1.json" "$2.json" && mv "$2.safetensors.tmp" "$2.safetensors"; }
   if [ ! -f "$base" ]; then
     if [ "$f" = 0 ] && [ "$base_fold0" = bundled ]; then
-      cp "$root/models/weights/gmmas-small.safetensors" "$base"
+      copy_model "$root/models/weights/gmmas-small" "$d/base/model"
     elif [ -f "$root/out/cv/fold$f/vanilla/model.safetensors" ]; then
-      cp "$root/out/cv/fold$f/vanilla/model.safetensors" "$base"
+      copy_model "$root/out/cv/fold$f/vanilla/model" "$d/base/model"
     else
       train "$f" base-train "$cfg/release-small-cpu.toml" --fold "$f"
-      cp "$d/base-train/model.safetensors" "$base"
+      copy_model "$d/base-train/model" "$d/base/model"
     fi
   fi
   local arm

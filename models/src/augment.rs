@@ -418,7 +418,7 @@ pub fn gamma(v: &mut Volume4, c: usize, g: f64) {
         lo = lo.min(x);
         hi = hi.max(x);
     }
-    if !(hi > lo) {
+    if hi <= lo || !hi.is_finite() || !lo.is_finite() {
         return;
     }
     let span = f64::from(hi - lo);

@@ -407,7 +407,8 @@ impl TrainRunConfig {
         toml::to_string_pretty(self).map_err(|e| FitError::Config(e.to_string()))
     }
 
-    pub(crate) fn check(&self) -> Result<(), FitError> {
+    /// Checks the settings that parsing cannot (ranges, exclusive fields, the network config).
+    pub fn check(&self) -> Result<(), FitError> {
         let t = &self.train;
         let bad = |m: String| Err(FitError::Config(m));
         match (t.epochs, t.steps) {

@@ -5,6 +5,7 @@
 #   scripts/gpu-train.sh [--seconds 240] [--ssl-seconds 60] [--folds "0 1 2 3 4"]
 #                        [--ablation-folds "0 1 2 3 4"] [--device cuda] [--threads 1]
 #                        [--out out/gpu-train] [--results models/results/v2] [--smoke]
+#                        [--data-root ../shared/data]
 #
 # Phase 1 (side by side, --seconds of training each):
 #   release       v2/release-medium-cpu.toml on every labelled case (the model to bundle)
@@ -18,6 +19,9 @@
 #   fold-0 models on the unseen phantom test set, and gmmas uncertainty (Fig. 5c) on fold 0.
 # Phase 4: scripts/v2-tables.py writes --results (JSON + Markdown per table, with this command).
 #
+# On a lent GPU machine the real data does not travel with the checkout: scripts/gpu-pack.sh
+# packs it (and the binary) into parts, scripts/gpu-unpack.sh unpacks them there into
+# out/gpu-data, and --data-root points here (see gpu-pack.sh for the device calls).
 # --smoke checks the whole script on a CPU in a few minutes: the tiny profile, 48^3 phantoms
 # instead of the real data, 20 s per run, folds "0 1", one ablation fold; its tables say so.
 # Every step logs to OUT/logs/; a failed run is named with its log and the script exits 1.
@@ -32,6 +36,7 @@ threads=1
 out="$root/out/gpu-train"
 results="$root/models/results/v2"
 smoke=0
+data_root="$root/../shared/data"
 command_line="scripts/gpu-train.sh $*"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,6 +49,7 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --results) results="$2"; shift 2 ;;
     --smoke) smoke=1; shift ;;
+    --data-root) data_root="$2"; shift 2 ;;
     *) echo "gpu-train.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -54,7 +60,7 @@ if [ "$smoke" = 1 ]; then
 fi
 if [ -z "${GMMAS_BIN:-}" ]; then source "$root/scripts/env.sh"; fi
 gmmas="$GMMAS_BIN/gmmas"
-shared="$(cd "$root/../shared/data" && pwd)"
+shared="$(cd "$data_root" && pwd)"
 mkdir -p "$out/logs" "$out/cfg" "$results"
 log() { printf '[gpu-train %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 t_start=$(date +%s)

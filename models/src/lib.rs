@@ -12,6 +12,7 @@ pub mod adapt;
 pub mod analyzer;
 pub mod augment;
 pub mod calibrate;
+pub mod case;
 pub mod config;
 pub mod data;
 pub mod device;
@@ -29,6 +30,7 @@ pub mod uncertainty;
 pub mod weights;
 
 pub use analyzer::{Analyzer, ModelMeta};
+pub use case::{CaseAnalysis, analyze_prepared};
 pub use config::ModelConfig;
 pub use device::{
     Device, default_adapted_model_path, default_model_path, needs_adapted_model, parse_device, set_threads,

@@ -97,7 +97,7 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
     });
     let model = Analyzer::load(&model_path, device)?;
     let opts = args.infer.options(args.mc_passes)?;
-    let out = gmmas_infer::analyze_prepared(&model, &prepared, &opts)?;
+    let out = gmmas_models::analyze_prepared(&model, &prepared, &opts)?;
 
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let seg_path = args.out.join(format!("{}_seg.nii.gz", files.name));

@@ -144,7 +144,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let model = Analyzer::load(&model_path, gmmas_models::parse_device("auto")?)?;
     stage(&format!("load model {}", model.version()), t.elapsed());
     let t = Instant::now();
-    let out = gmmas_infer::analyze_prepared(&model, &prepared, &InferOptions::default())?;
+    let out = gmmas_models::analyze_prepared(&model, &prepared, &InferOptions::default())?;
     stage(&format!("inference + restore + NIfTI encode (inference {} ms)", out.inference_ms), t.elapsed());
     println!("end-to-end (decode .. segmentation file): {:.2} s", t_pipeline.elapsed().as_secs_f64());
     let ours_peak = peak_rss_mib();

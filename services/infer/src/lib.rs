@@ -6,7 +6,7 @@ use gmmas_modelstore::{self as registry, Role};
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
@@ -388,53 +388,38 @@ pub fn analyze(model: &Analyzer, prepared: &[u8], opts: &InferOptions) -> Result
     analyze_prepared(model, &case, opts)
 }
 
-/// Runs the model on a prepared case (shared by the service and `gmmas analyze`).
+/// Runs the model on a prepared case ([`gmmas_models::analyze_prepared`]) and puts the result
+/// in the service's wire types.
 pub fn analyze_prepared(
     model: &Analyzer,
     case: &PreparedCase,
     opts: &InferOptions,
 ) -> Result<AnalysisOutput, AnalyzeError> {
-    let started = Instant::now();
-    let pred = model
-        .analyze(&case.data, case.dims, case.present, opts)
-        .map_err(|e| AnalyzeError::classify("inference failed", e))?;
-    let inference_ms = started.elapsed().as_millis();
-    let seg = gmmas_imaging::restore_labels(&pred.labels, &case.geometry);
-    let stats = gmmas_imaging::region_stats(&seg);
+    let out =
+        gmmas_models::analyze_prepared(model, case, opts).map_err(|e| AnalyzeError::classify("inference failed", e))?;
     let to_probs = |t: gmmas_models::TaskProbabilities| Probabilities {
         grade_gbm: t.grade_gbm,
         idh_mutant: t.idh_mutant,
         codel_1p19q: t.codel_1p19q,
         mgmt_methylated: t.mgmt_methylated,
     };
-    let (uncertainty_nifti, mean_uncertainty_wt) = match &pred.uncertainty {
-        Some(u) => {
-            let (sum, n) = u
-                .iter()
-                .zip(&pred.labels)
-                .filter(|(_, l)| **l != 0)
-                .fold((0.0f64, 0usize), |(s, n), (v, _)| (s + *v as f64, n + 1));
-            let map = gmmas_imaging::restore_map(u, &case.geometry);
-            (Some(gmmas_imaging::write_volume(&map, true)), (n > 0).then(|| (sum / n as f64) as f32))
-        }
-        None => (None, None),
-    };
+    let r = out.regions;
     Ok(AnalysisOutput {
-        probabilities_std: pred.task_std.map(to_probs),
-        uncertainty_nifti,
-        mean_uncertainty_wt,
-        seg_nifti: gmmas_imaging::write_labels(&seg, true),
+        probabilities_std: out.probabilities_std.map(to_probs),
+        uncertainty_nifti: out.uncertainty_nifti,
+        mean_uncertainty_wt: out.mean_uncertainty_wt,
+        seg_nifti: out.seg_nifti,
         regions: RegionVolumes {
-            ncr_ml: stats.ncr_ml,
-            ed_ml: stats.ed_ml,
-            et_ml: stats.et_ml,
-            wt_ml: stats.wt_ml,
-            tc_ml: stats.tc_ml,
-            ncr_fraction: stats.ncr_fraction,
-            ed_fraction: stats.ed_fraction,
-            et_fraction: stats.et_fraction,
+            ncr_ml: r.ncr_ml,
+            ed_ml: r.ed_ml,
+            et_ml: r.et_ml,
+            wt_ml: r.wt_ml,
+            tc_ml: r.tc_ml,
+            ncr_fraction: r.ncr_fraction,
+            ed_fraction: r.ed_fraction,
+            et_fraction: r.et_fraction,
         },
-        probabilities: to_probs(pred.probabilities),
-        inference_ms,
+        probabilities: to_probs(out.probabilities),
+        inference_ms: out.inference_ms,
     })
 }

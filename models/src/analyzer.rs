@@ -416,7 +416,9 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+/// Writes `bytes` to `path` through a temporary file beside it and a rename, so a reader
+/// never sees half a file.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     let io = |source| ModelError::Io { path: path.to_path_buf(), source };
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{MODALITIES, TASK_NAMES, TASKS};
 use crate::partial::{SEG_IGNORE, SEG_TUMOUR, SegSupervision};
+use crate::weights::sha256_hex;
 
 /// Which part of the data a case belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -309,10 +310,6 @@ pub struct Dataset {
     pub warnings: Vec<String>,
     /// Problems of the cases left out with `skip_bad_cases`.
     pub skipped: Vec<CaseProblem>,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 fn problem(case: &str, path: &Path, message: impl Into<String>) -> CaseProblem {

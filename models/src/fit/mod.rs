@@ -159,11 +159,7 @@ const NOT_RESTORED: [&str; 3] = [
 ];
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FitError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    Ok(crate::analyzer::write_atomic(path, bytes)?)
 }
 
 fn json_bytes(v: &impl Serialize) -> Vec<u8> {

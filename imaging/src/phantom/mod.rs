@@ -189,6 +189,18 @@ pub fn write_dataset_kind(
     kind: PhantomKind,
     out: &Path,
 ) -> Result<Vec<String>, ImagingError> {
+    write_dataset_with_progress(n, seed, dims, kind, out, |_, _| {})
+}
+
+/// [`write_dataset_kind`], calling `written(i, name)` after each case is on disk.
+pub fn write_dataset_with_progress(
+    n: usize,
+    seed: u64,
+    dims: [usize; 3],
+    kind: PhantomKind,
+    out: &Path,
+    mut written: impl FnMut(usize, &str),
+) -> Result<Vec<String>, ImagingError> {
     std::fs::create_dir_all(out).map_err(|e| ImagingError::io(out, e))?;
     let mut names = Vec::with_capacity(n);
     let mut labels = BTreeMap::new();
@@ -197,6 +209,7 @@ pub fn write_dataset_kind(
         let case = try_generate_kind(&PhantomConfig { dims, seed: case_seed(seed, i) }, kind)?;
         write_brats_case(&case, out, &name)?;
         labels.insert(name.clone(), case.labels);
+        written(i, &name);
         names.push(name);
     }
     write_labels_csv(&out.join("labels.csv"), &labels)?;

@@ -488,6 +488,21 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
     };
 
     let start_step = state.step;
+    // A step bar with loss and ETA on a terminal; plain per-epoch lines otherwise.
+    let bar = if !opts.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let b = indicatif::ProgressBar::new(total_steps as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} step {pos}/{len} [{bar:30}] {msg} | {elapsed_precise} elapsed, eta {eta}",
+        ) {
+            b.set_style(style.progress_chars("=> "));
+        }
+        b.set_position(start_step as u64);
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    // Lines printed while the bar runs go above it.
+    let say = |m: &str| bar.suspend(|| say(m));
     let t_run = Instant::now();
     let mut stream = BatchStream::spawn(sampler, start_step, total_steps, cfg.train.prefetch);
     let mut unl_stream = ssl.unlabeled.map(|s| BatchStream::spawn(s, start_step, total_steps, cfg.train.prefetch));
@@ -534,6 +549,8 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
         acc.add(&losses);
         step_seconds += tw.elapsed().as_secs_f64();
         state.step = step + 1;
+        bar.set_position(state.step as u64);
+        bar.set_message(format!("loss {:.3} lr {lr:.1e}", losses.total));
         state.lr = lr;
         let time_up = cfg
             .max_train_seconds
@@ -631,6 +648,7 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
             break;
         }
     }
+    bar.finish_and_clear();
     drop(stream);
     drop(unl_stream);
     let seconds = t_run.elapsed().as_secs_f64();

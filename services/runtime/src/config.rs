@@ -104,10 +104,52 @@ pub fn load_config<T: Serialize + DeserializeOwned + Default>() -> anyhow::Resul
         None => None,
     };
     let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("GMMAS_")).collect();
+    // Before any logger exists: a misspelt variable would otherwise be ignored silently.
+    if let Ok(Value::Object(keys)) = serde_json::to_value(T::default()) {
+        for w in misspelt(&env, keys.keys().map(String::as_str)) {
+            eprintln!("warning: {w}");
+        }
+    }
     load_from(text.as_deref(), &env).with_context(|| match file {
         Some(f) => format!("configuration (file {f} and GMMAS_* variables)"),
         None => "configuration (GMMAS_* variables)".to_string(),
     })
+}
+
+/// `GMMAS_*` variables that are no setting of this service but one or two letters away from
+/// one (another service's settings, further away, are left alone), each with the setting it
+/// probably meant.
+pub fn misspelt<'a>(env: &[(String, String)], keys: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let keys: Vec<&str> = keys.collect();
+    let mut out = Vec::new();
+    for (name, _) in env {
+        let Some(key) = name.strip_prefix("GMMAS_") else { continue };
+        let key = key.to_ascii_lowercase();
+        if keys.contains(&key.as_str()) {
+            continue;
+        }
+        if let Some(best) = keys.iter().filter(|k| edit_distance(&key, k) <= 2).min_by_key(|k| edit_distance(&key, k)) {
+            out.push(format!(
+                "{name} is not a setting of this service (ignored); did you mean GMMAS_{}?",
+                best.to_ascii_uppercase()
+            ));
+        }
+    }
+    out
+}
+
+/// Levenshtein distance of two ASCII strings.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, &ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// The merge behind [`load_config`], separated for tests.
@@ -207,6 +249,25 @@ mod tests {
         let secs: Vec<f64> = (1..=6).map(|a| c.backoff(a).as_secs_f64()).collect();
         assert_eq!(secs, vec![2.0, 4.0, 8.0, 16.0, 20.0, 20.0]);
         assert_eq!(c.backoff(0).as_secs_f64(), 2.0);
+    }
+
+    #[test]
+    fn misspelt_variables_are_named_with_the_setting_they_meant() {
+        let keys = ["mc_passes", "nats_url", "database_url"];
+        let w = misspelt(
+            &env(&[
+                ("GMMAS_MC_PASES", "8"),
+                ("GMMAS_NATS_URL", "x"),
+                ("GMMAS_DATABSE_URL", "y"),
+                ("GMMAS_MODEL_PATH", "z"),
+                ("OTHER", "1"),
+            ]),
+            keys.into_iter(),
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("GMMAS_MC_PASES") && w[0].contains("GMMAS_MC_PASSES"), "{w:?}");
+        assert!(w[1].contains("GMMAS_DATABSE_URL") && w[1].contains("GMMAS_DATABASE_URL"), "{w:?}");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

@@ -35,6 +35,19 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# Prometheus and promtool, for the operations checks (alert rules, live /metrics, a real scrape
+# in tests/tests/ops.rs). Installed without starting Debian's own prometheus service.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  log "installing prometheus (promtool)"
+  export DEBIAN_FRONTEND=noninteractive
+  policy=/usr/sbin/policy-rc.d
+  [ -e "$policy" ] && cp "$policy" "$policy.gmmas-saved"
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || rc=$?
+  rm -f "$policy"
+  [ -e "$policy.gmmas-saved" ] && mv "$policy.gmmas-saved" "$policy"
+  [ "${rc:-0}" = 0 ] || { log "installing prometheus failed"; exit 1; }
+fi
 
 # host and port out of a URL like scheme://[user@]host:port/...
 hostport() { local u="${1#*://}"; u="${u#*@}"; u="${u%%/*}"; echo "$u"; }

@@ -2,7 +2,7 @@
 # The test suite: set up, check formatting and lints, then every unit, integration and
 # end-to-end test against a real nats-server (one per test, on a free port) and real
 # PostgreSQL (a fresh database per test).
-# GMMAS_SKIP_LINT=1 skips the gates (for quick local reruns).
+# GMMAS_SKIP_LINT=1 skips the gates, GMMAS_SKIP_OPS=1 the operations checks (quick local reruns).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 "$GMMAS_ROOT/scripts/setup.sh"
@@ -14,6 +14,12 @@ if [ "${GMMAS_SKIP_LINT:-0}" != 1 ]; then
   cargo fmt --all -- --check
   echo "[test] cargo clippy --all-targets -- -D warnings" >&2
   cargo clippy --release --workspace --all-targets --quiet -- -D warnings
+fi
+# The operations checks: Dockerfile lint, the Helm chart against the Kubernetes schemas, the
+# alert rules' unit tests and the dashboard (real tools, offline; scripts/ops-check.sh).
+if [ "${GMMAS_SKIP_OPS:-0}" != 1 ]; then
+  echo "[test] scripts/ops-check.sh" >&2
+  "$GMMAS_ROOT/scripts/ops-check.sh" "$GMMAS_ROOT/out/ops/chart"
 fi
 # Unit, integration and end-to-end tests (the crates have no doc tests).
 exec cargo test --release --workspace --lib --bins --tests "$@"

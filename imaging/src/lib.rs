@@ -12,6 +12,7 @@ pub mod plot;
 pub mod png;
 pub mod prep;
 pub mod regions;
+pub mod share;
 mod types;
 
 pub use error::ImagingError;
@@ -22,4 +23,5 @@ pub use nifti::{
 pub use orient::Orientation;
 pub use prep::{Geometry, PrepOptions, PreparedCase, prepare, prepare_labels, restore_labels, restore_map};
 pub use regions::{RegionStats, region_stats};
+pub use share::share_dir;
 pub use types::{Grid, LabelVolume, Limits, Modality, Volume, same_grid};

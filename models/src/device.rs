@@ -40,22 +40,31 @@ pub fn set_threads(n: usize) {
     }
 }
 
-/// The bundled model: `GMMAS_MODEL_PATH` when set, else `models/weights/gmmas-small.safetensors`
-/// of this source tree.
+/// Where the bundled weights are: `weights/` of an installation's data folder
+/// ([`gmmas_imaging::share_dir`]) when there is one, else `models/weights` of this source tree.
+pub fn weights_dir() -> PathBuf {
+    match gmmas_imaging::share_dir() {
+        Some(share) => share.join("weights"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights"),
+    }
+}
+
+/// The bundled model: `GMMAS_MODEL_PATH` when set, else `gmmas-small.safetensors` in
+/// [`weights_dir`].
 pub fn default_model_path() -> PathBuf {
     if let Ok(p) = std::env::var("GMMAS_MODEL_PATH") {
         return PathBuf::from(p);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights").join(DEFAULT_MODEL_FILE)
+    weights_dir().join(DEFAULT_MODEL_FILE)
 }
 
 /// The bundled model for incomplete inputs: `GMMAS_INCOMPLETE_MODEL_PATH` when set (empty = none),
-/// else `models/weights/gmmas-small-adapted.safetensors` of this source tree when it exists.
+/// else `gmmas-small-adapted.safetensors` in [`weights_dir`] when it exists.
 pub fn default_adapted_model_path() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("GMMAS_INCOMPLETE_MODEL_PATH") {
         return (!p.is_empty()).then(|| PathBuf::from(p));
     }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights").join(ADAPTED_MODEL_FILE);
+    let p = weights_dir().join(ADAPTED_MODEL_FILE);
     p.exists().then_some(p)
 }
 

@@ -33,7 +33,7 @@ pub use analyzer::{Analyzer, ModelMeta};
 pub use case::{CaseAnalysis, analyze_prepared};
 pub use config::ModelConfig;
 pub use device::{
-    Device, default_adapted_model_path, default_model_path, needs_adapted_model, parse_device, set_threads,
+    Device, default_adapted_model_path, default_model_path, needs_adapted_model, parse_device, set_threads, weights_dir,
 };
 pub use infer::{InferOptions, Prediction, TaskProbabilities};
 pub use postprocess::PostProcess;

@@ -132,13 +132,28 @@ impl System {
 
     /// [`System::start_service`] with environment of this service alone on top.
     pub async fn start_service_with(&mut self, name: &str, extra: &[(String, String)]) -> anyhow::Result<()> {
+        let bin = supervise::bin_dir()?;
+        self.start_service_from(&bin, name, extra, None).await
+    }
+
+    /// [`System::start_service_with`] with the binary from `bin_dir`, run in `cwd` when given.
+    pub async fn start_service_from(
+        &mut self,
+        bin_dir: &std::path::Path,
+        name: &str,
+        extra: &[(String, String)],
+        cwd: Option<&std::path::Path>,
+    ) -> anyhow::Result<()> {
         self.services.retain(|s| s.name != name);
         let addr = format!("127.0.0.1:{}", supervise::free_port()?);
         let mut env = self.env.clone();
         env.extend(extra.iter().cloned());
-        let mut svc = supervise::start(name, &addr, &env, &self.logs)?;
+        let mut svc = supervise::start_from(bin_dir, name, &addr, &env, &self.logs, cwd)?;
         supervise::wait_ready(&mut svc, Duration::from_secs(60)).await.map_err(|e| self.with_logs(e))?;
         self.services.push(svc);
+        if name == "api" {
+            self.api = format!("http://{addr}");
+        }
         Ok(())
     }
 

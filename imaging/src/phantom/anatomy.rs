@@ -523,6 +523,9 @@ fn candidates() -> Vec<PathBuf> {
     if let Some(v) = std::env::var_os(TEMPLATE_ENV).filter(|v| !v.is_empty()) {
         out.push(PathBuf::from(v));
     }
+    if let Some(share) = crate::share_dir() {
+        out.push(share.join("templates").join(TEMPLATE_FILE));
+    }
     if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
         let lib = Path::new(&venv).join("lib");
         let mut pythons: Vec<PathBuf> = std::fs::read_dir(&lib)

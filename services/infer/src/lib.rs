@@ -2,6 +2,8 @@
 //! for cases missing a sequence, when registered), maps the segmentation back to the input grid,
 //! records the analysis with model version and input hashes, publishes `scan.analyzed`.
 
+pub mod metrics;
+
 use gmmas_modelstore::{self as registry, Role};
 
 use std::path::Path;
@@ -103,11 +105,19 @@ pub struct Inferrer {
     pub opts: InferOptions,
     /// Longest one inference may take before the attempt is abandoned and retried.
     pub deadline: Option<Duration>,
+    /// Network-time series (None in tests that run the worker without a registry).
+    pub metrics: Option<metrics::InferMetrics>,
 }
 
 impl Inferrer {
     pub fn new(model: Analyzer, incomplete: Option<Analyzer>, opts: InferOptions, deadline: Option<Duration>) -> Self {
-        Inferrer { model: ModelSlot::new(model), incomplete_model: incomplete.map(ModelSlot::new), opts, deadline }
+        Inferrer {
+            model: ModelSlot::new(model),
+            incomplete_model: incomplete.map(ModelSlot::new),
+            opts,
+            deadline,
+            metrics: None,
+        }
     }
 
     /// The model for a case with these sequences present.
@@ -167,7 +177,11 @@ fn follow_registry(
                 match registry::load_current(&rt.bus, &rt.db, None, device, role).await {
                     Ok(Some(model)) => {
                         tracing::info!(from = %serving, to = model.version(), role = role.as_str(), "switching model");
+                        let version = model.version().to_string();
                         slot.replace(model);
+                        if let Some(m) = &worker.metrics {
+                            report_serving(&rt, m, role, &version).await;
+                        }
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -232,6 +246,14 @@ impl StageWorker for Inferrer {
         let mut inputs = msg.input_sha256.clone();
         inputs.push(("preprocessed".into(), msg.prepared.sha256.clone()));
         tracing::info!(model_version = %model_version, inference_ms = out.inference_ms as u64, "analyzed");
+        if let Some(m) = &self.metrics {
+            let mirrorings = if self.opts.tta_flips { 8 } else { 1 };
+            m.observe_case(
+                &device.to_lowercase(),
+                out.inference_ms as f64 / 1000.0,
+                self.opts.mc_passes.max(1) * mirrorings,
+            );
+        }
         Ok(ScanAnalyzed {
             schema_version: contracts::SCHEMA_VERSION,
             tenant: msg.tenant.clone(),
@@ -325,7 +347,15 @@ pub async fn run(config: InferConfig) -> anyhow::Result<()> {
         None => tracing::info!("no model for incomplete inputs: the complete model serves every case"),
     }
     gmmas_runtime::http::serve(&config.common.http_addr, rt.health_routes(), shutdown.clone()).await?;
-    let worker = Arc::new(Inferrer::new(
+    let infer_metrics = metrics::InferMetrics::register(&rt.metrics.registry).context("registering metrics")?;
+    report_serving(&rt, &infer_metrics, Role::Complete, model.version()).await;
+    if let Some(m) = &incomplete {
+        report_serving(&rt, &infer_metrics, Role::Incomplete, m.version()).await;
+    }
+    if device.is_cuda() {
+        metrics::spawn_cuda_memory(infer_metrics.clone(), Duration::from_secs(10), shutdown.clone());
+    }
+    let mut worker = Inferrer::new(
         model,
         incomplete,
         InferOptions {
@@ -337,10 +367,21 @@ pub async fn run(config: InferConfig) -> anyhow::Result<()> {
             ..InferOptions::default()
         },
         (config.inference_deadline_s > 0.0).then(|| Duration::from_secs_f64(config.inference_deadline_s)),
-    ));
+    );
+    worker.metrics = Some(infer_metrics);
+    let worker = Arc::new(worker);
     let poll = Duration::from_secs_f64(config.model_poll_s.max(0.5));
     follow_registry(rt.clone(), worker.clone(), device, poll, shutdown.clone());
     worker::run(rt, worker, shutdown).await
+}
+
+/// Puts the model now served for `role` and its promotion time into the metrics.
+async fn report_serving(rt: &StageRuntime, m: &metrics::InferMetrics, role: Role, version: &str) {
+    let promoted = match gmmas_runtime::registry::current(&rt.db, role.as_str()).await {
+        Ok(Some(row)) if row.version == version => row.promoted_at.map(|t| t.timestamp() as f64),
+        _ => None,
+    };
+    m.serving(role.as_str(), version, promoted);
 }
 
 /// Why an analysis failed: the input (permanent) or the machine (memory; worth retrying).

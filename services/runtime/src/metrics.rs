@@ -2,13 +2,15 @@
 //! outbox, the sweeper and object cleanup. Rendered by `/metrics` (see [`crate::http`]).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Metrics of one service process (cheap to clone; clones share the counters).
 #[derive(Clone, Debug)]
 pub struct Metrics {
     pub registry: Registry,
+    /// The service these metrics belong to (the `service` label of every series).
+    pub service: String,
     messages: IntCounterVec,
     duration: HistogramVec,
     outbox_published: IntCounter,
@@ -21,6 +23,13 @@ pub struct Metrics {
     pseudo_labels: IntCounterVec,
     training_runs: IntCounterVec,
     model_changes: IntCounterVec,
+    consumer_pending: IntGaugeVec,
+    consumer_ack_pending: IntGaugeVec,
+    redeliveries: IntCounterVec,
+    stale_cases: IntGauge,
+    js_storage: IntGauge,
+    js_storage_limit: IntGauge,
+    object_store: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -33,6 +42,12 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry.register(Box::new(c.clone())).expect("register metric");
     c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("register metric");
+    g
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -105,8 +120,72 @@ impl Metrics {
                 "Registry changes by kind (candidate, promoted, rejected, rolled_back)",
                 &["change"],
             ),
+            consumer_pending: gauge_vec(
+                &registry,
+                "consumer_pending_messages",
+                "Messages in the stream not yet delivered to this durable consumer (lag)",
+                &["consumer"],
+            ),
+            consumer_ack_pending: gauge_vec(
+                &registry,
+                "consumer_ack_pending_messages",
+                "Messages delivered to this durable consumer and not yet acknowledged",
+                &["consumer"],
+            ),
+            redeliveries: counter_vec(
+                &registry,
+                "redeliveries_total",
+                "Messages received that the bus had delivered before, by stage",
+                &["stage"],
+            ),
+            stale_cases: gauge(
+                &registry,
+                "stale_cases",
+                "Cases past the stale threshold with no live attempt, at the last sweep of this process",
+            ),
+            js_storage: gauge(
+                &registry,
+                "jetstream_storage_bytes",
+                "JetStream storage used by the account that holds the stream and the object store",
+            ),
+            js_storage_limit: gauge(
+                &registry,
+                "jetstream_storage_limit_bytes",
+                "JetStream storage limit of that account (-1 or 0: no limit)",
+            ),
+            object_store: gauge_vec(
+                &registry,
+                "object_store_bytes",
+                "Bytes held by each object-store bucket",
+                &["bucket"],
+            ),
             registry,
+            service: service.to_string(),
         }
+    }
+
+    /// The lag of a durable consumer as the bus last reported it.
+    pub fn set_consumer_lag(&self, consumer: &str, pending: u64, ack_pending: u64) {
+        self.consumer_pending.with_label_values(&[consumer]).set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.consumer_ack_pending.with_label_values(&[consumer]).set(i64::try_from(ack_pending).unwrap_or(i64::MAX));
+    }
+
+    pub fn redelivered(&self, stage: &str) {
+        self.redeliveries.with_label_values(&[stage]).inc();
+    }
+
+    pub fn set_stale_cases(&self, n: u64) {
+        self.stale_cases.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Storage of the JetStream account: bytes used and the limit (-1 when unlimited).
+    pub fn set_jetstream_storage(&self, used: u64, limit: i64) {
+        self.js_storage.set(i64::try_from(used).unwrap_or(i64::MAX));
+        self.js_storage_limit.set(limit);
+    }
+
+    pub fn set_object_store_bytes(&self, bucket: &str, bytes: u64) {
+        self.object_store.with_label_values(&[bucket]).set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn observe_message(&self, stage: &str, outcome: &str, seconds: f64) {

@@ -47,11 +47,28 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 
 /// Starts `gmmas-<name>` with `env` plus `GMMAS_HTTP_ADDR=http_addr`, logging to `log_dir/<name>.log`.
 pub fn start(name: &str, http_addr: &str, env: &[(String, String)], log_dir: &Path) -> anyhow::Result<Service> {
-    let bin = bin_dir()?.join(format!("gmmas-{name}"));
+    start_from(&bin_dir()?, name, http_addr, env, log_dir, None)
+}
+
+/// [`start`] with the binary taken from `bin_dir` and, when given, run in `cwd` (an installed
+/// layout such as the container image's, away from any source tree).
+pub fn start_from(
+    bin_dir: &Path,
+    name: &str,
+    http_addr: &str,
+    env: &[(String, String)],
+    log_dir: &Path,
+    cwd: Option<&Path>,
+) -> anyhow::Result<Service> {
+    let bin = bin_dir.join(format!("gmmas-{name}"));
     std::fs::create_dir_all(log_dir)?;
     let log = log_dir.join(format!("{name}.log"));
     let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-    let child = Command::new(&bin)
+    let mut cmd = Command::new(&bin);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let child = cmd
         .envs(env.iter().cloned())
         .env("GMMAS_HTTP_ADDR", http_addr)
         .stdin(Stdio::null())

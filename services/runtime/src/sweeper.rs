@@ -57,6 +57,7 @@ async fn sweep_locked(rt: &StageRuntime) -> anyhow::Result<SweepReport> {
     .bind(cfg.stale_after_s as f64)
     .fetch_all(&rt.db)
     .await?;
+    rt.metrics.set_stale_cases(stale.len() as u64);
     for (case_id, tenant, redrives) in stale {
         let Ok(tenant) = TenantId::new(&tenant) else { continue };
         // The last finished stage of the pipeline and the stage waiting on its event.
@@ -132,6 +133,31 @@ pub fn spawn(rt: StageRuntime, shutdown: Shutdown) {
             if let Err(e) = sweep(&rt).await {
                 tracing::warn!(error = format!("{e:#}"), "sweep failed; will try again");
             }
+            match tokio::time::timeout(Duration::from_secs(10), storage_stats(&rt)).await {
+                Ok(Err(e)) => tracing::debug!(error = format!("{e:#}"), "storage statistics unavailable"),
+                Err(_) => tracing::debug!("storage statistics timed out"),
+                Ok(Ok(())) => {}
+            }
         }
     });
+}
+
+/// Reads the JetStream account's storage use and the size of each object-store bucket this
+/// service may read into the metrics (operators alert on a filling store).
+pub async fn storage_stats(rt: &StageRuntime) -> anyhow::Result<()> {
+    let account = rt.bus.js.query_account().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    rt.metrics.set_jetstream_storage(account.storage, account.limits.max_storage.unwrap_or(-1));
+    let buckets: Vec<String> = match crate::bus_auth::grant(&rt.metrics.service) {
+        Some(g) if !rt.config.nats_user.is_empty() => g.buckets.iter().map(|(b, _)| b.to_string()).collect(),
+        _ => vec![gmmas_contracts::VOLUMES_BUCKET.to_string(), gmmas_contracts::MODELS_BUCKET.to_string()],
+    };
+    for bucket in buckets {
+        // A bucket nobody wrote to yet has no stream; that is not an error.
+        if let Ok(stream) = rt.bus.js.get_stream(format!("OBJ_{bucket}")).await
+            && let Ok(info) = stream.get_info().await
+        {
+            rt.metrics.set_object_store_bytes(&bucket, info.state.bytes);
+        }
+    }
+    Ok(())
 }

@@ -422,6 +422,31 @@ fn heartbeat_every(cfg: &CommonConfig) -> Duration {
     Duration::from_secs_f64((cfg.ack_wait_s.max(3) as f64 / 3.0).min(20.0))
 }
 
+/// Reports the durable consumer's lag (undelivered and unacknowledged messages) every few
+/// seconds until shutdown.
+fn spawn_lag_monitor(
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    durable: &'static str,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) {
+    tokio::spawn(async move {
+        loop {
+            match consumer.get_info().await {
+                Ok(info) => metrics.set_consumer_lag(durable, info.num_pending, info.num_ack_pending as u64),
+                Err(e) => tracing::debug!(consumer = durable, error = %e, "consumer info unavailable"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LAG_POLL) => {}
+                _ = shutdown.wait() => break,
+            }
+        }
+    });
+}
+
+/// How often the consumer's lag is read from the bus.
+const LAG_POLL: Duration = Duration::from_secs(5);
+
 /// Consumes the worker's input events until shutdown: at most `workers` messages at once,
 /// each kept (progress acks) while it is handled; on shutdown no new message is taken, those
 /// in hand are finished, and the outbox gets a last pass.
@@ -431,6 +456,7 @@ pub async fn run<W: StageWorker>(rt: StageRuntime, worker: Arc<W>, shutdown: Shu
     let workers = rt.config.workers.max(1);
     let consumer = rt.bus.consumer(spec.durable, &spec.input.all_tenants(), ack_wait, workers as i64 * 4).await?;
     tracing::info!(consumer = spec.durable, stage = spec.stage.as_str(), "consuming");
+    spawn_lag_monitor(consumer.clone(), spec.durable, rt.metrics.clone(), shutdown.clone());
     let permits = Arc::new(tokio::sync::Semaphore::new(workers));
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -458,6 +484,9 @@ pub async fn run<W: StageWorker>(rt: StageRuntime, worker: Arc<W>, shutdown: Shu
             }
             Some(Ok(m)) => m,
         };
+        if msg.info().is_ok_and(|i| i.delivered > 1) {
+            rt.metrics.redelivered(spec.stage.as_str());
+        }
         let rt = rt.clone();
         let worker = worker.clone();
         tasks.spawn(async move {

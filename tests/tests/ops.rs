@@ -62,6 +62,8 @@ fn install_image_layout(root: &Path, model: &Path) -> anyhow::Result<Vec<(String
     // The image's bundled model, replaced by a tiny one: fast, and its version proves which file ran.
     let bundled = env["GMMAS_MODEL_PATH"].replace("/opt/gmmas", &prefix.display().to_string());
     std::fs::copy(model, &bundled).with_context(|| format!("copying the model to {bundled}"))?;
+    // Its description beside it (architecture, version), as every bundled model has.
+    std::fs::copy(model.with_extension("json"), Path::new(&bundled).with_extension("json"))?;
     let status = Command::new("chmod").args(["-R", "a-w"]).arg(&prefix).status()?;
     assert!(status.success());
     let prefix_s = prefix.display().to_string();
@@ -106,6 +108,8 @@ async fn the_image_layout_runs_and_prometheus_scrapes_it() {
     // The image's settings, with this test's bus and database; run from a folder of no source tree.
     let mut extra = env.clone();
     extra.retain(|(k, _)| k != "GMMAS_MIGRATE_ON_START" && k != "GMMAS_INCOMPLETE_MODEL_PATH");
+    // Sweeps (and the storage statistics read with them) every two seconds.
+    extra.push(("GMMAS_SWEEP_INTERVAL_S".into(), "2".into()));
     for name in SERVICES {
         sys.start_service_from(&bin, name, &extra, Some(root.path())).await.unwrap();
     }
@@ -134,13 +138,31 @@ async fn the_image_layout_runs_and_prometheus_scrapes_it() {
         assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics on {name}: {said}");
     }
     let infer = sys.metrics("infer").await.unwrap();
-    assert!(
-        infer.contains(&format!(r#"gmmas_model_info{{role="complete",service="infer",version="{tiny_version}"}} 1"#)),
-        "{infer}"
-    );
-    assert!(infer.contains(r#"gmmas_inference_pass_seconds_count{device="cpu",service="infer"} 1"#), "{infer}");
-    assert!(infer.contains(r#"gmmas_consumer_pending_messages{consumer="infer""#), "{infer}");
-
+    let has = |name: &str, labels: &[&str], value: &str| {
+        infer.lines().any(|l| {
+            l.starts_with(&format!("{name}{{"))
+                && labels.iter().all(|x| l.contains(x))
+                && l.ends_with(&format!(" {value}"))
+        })
+    };
+    let version = format!(r#"version="{tiny_version}""#);
+    assert!(has("gmmas_model_info", &[r#"role="complete""#, &version], "1"), "{infer}");
+    assert!(has("gmmas_inference_pass_seconds_count", &[r#"device="cpu""#], "1"), "{infer}");
+    assert!(has("gmmas_consumer_pending_messages", &[r#"consumer="infer""#], "0"), "{infer}");
+    // The object store holds the case's volumes, and the bus's storage counts them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ingest = sys.metrics("ingest").await.unwrap();
+    let gauge = |name: &str| -> f64 {
+        ingest
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let logs = || sys.with_logs(anyhow::anyhow!("storage statistics"));
+    assert!(gauge("gmmas_object_store_bytes{bucket=\"gmmas-volumes\"") > 1000.0, "{ingest}\n{:#}", logs());
+    assert!(gauge("gmmas_jetstream_storage_bytes") > 1000.0, "{ingest}\n{:#}", logs());
     // A real Prometheus scrapes every service (API and ingest with an ml-engineer token).
     let token = dir.join("token");
     std::fs::write(&token, sys.token("ops", "ml-engineer")).unwrap();
@@ -179,12 +201,28 @@ async fn the_image_layout_runs_and_prometheus_scrapes_it() {
     assert_eq!(up, SERVICES.len() as f64, "every target up; prometheus log:\n{log}");
     assert_eq!(done, 1.0, "the case counter as Prometheus scraped it");
     // With GMMAS_DASHBOARD_PNG set, the operations dashboard is drawn from this Prometheus.
+    // More traffic first: a stream of cases over a few minutes, one of them bad input.
     if let Ok(png) = std::env::var("GMMAS_DASHBOARD_PNG") {
+        let mut ids = Vec::new();
+        for seed in 0..8u64 {
+            let (_, mut files) = phantom_files(20 + seed, [64, 64, 48]);
+            if seed == 5 {
+                files[0].1 = b"not a NIfTI file".to_vec();
+            }
+            let (status, created) = sys.upload(TENANT, &format!("ops-load-{seed}"), files).await.unwrap();
+            if status == 201 {
+                ids.push(created["case_id"].as_str().unwrap().to_string());
+            }
+            tokio::time::sleep(Duration::from_secs(15)).await;
+        }
+        for id in ids {
+            sys.wait_case(TENANT, &id, Duration::from_secs(180)).await.unwrap();
+        }
         tokio::time::sleep(Duration::from_secs(20)).await;
         let python = std::env::var("GMMAS_OPS_PYTHON").unwrap_or_else(|_| "python3".into());
         let status = Command::new(python)
             .arg(repo().join("scripts/render-dashboard.py"))
-            .args(["--prometheus", &base, "--minutes", "3", "--out", &png])
+            .args(["--prometheus", &base, "--minutes", "5", "--out", &png])
             .arg("--dashboard")
             .arg(repo().join("helm/gmmas/files/dashboards/gmmas.json"))
             .status()

@@ -145,8 +145,16 @@ pub fn spawn(rt: StageRuntime, shutdown: Shutdown) {
 /// Reads the JetStream account's storage use and the size of each object-store bucket this
 /// service may read into the metrics (operators alert on a filling store).
 pub async fn storage_stats(rt: &StageRuntime) -> anyhow::Result<()> {
-    let account = rt.bus.js.query_account().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    rt.metrics.set_jetstream_storage(account.storage, account.limits.max_storage.unwrap_or(-1));
+    // The account info read as plain JSON: only the two fields used, whatever else the server
+    // version adds (the client's typed answer does not parse every server's).
+    let reply = rt.bus.client.request("$JS.API.INFO", bytes::Bytes::new()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let info: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+    if let Some(err) = info.get("error") {
+        anyhow::bail!("JetStream account info: {err}");
+    }
+    let used = info["storage"].as_u64().unwrap_or(0);
+    let limit = info["limits"]["max_storage"].as_i64().unwrap_or(-1);
+    rt.metrics.set_jetstream_storage(used, limit);
     let buckets: Vec<String> = match crate::bus_auth::grant(&rt.metrics.service) {
         Some(g) if !rt.config.nats_user.is_empty() => g.buckets.iter().map(|(b, _)| b.to_string()).collect(),
         _ => vec![gmmas_contracts::VOLUMES_BUCKET.to_string(), gmmas_contracts::MODELS_BUCKET.to_string()],

@@ -166,11 +166,15 @@ async fn the_image_layout_runs_and_prometheus_scrapes_it() {
     // A real Prometheus scrapes every service (API and ingest with an ml-engineer token).
     let token = dir.join("token");
     std::fs::write(&token, sys.token("ops", "ml-engineer")).unwrap();
-    let targets: Vec<String> = sys.services.iter().map(|s| format!("\"{}\"", s.http_addr)).collect();
+    // One static target per service, labelled with its name as the chart's ServiceMonitors do.
+    let targets: String = sys
+        .services
+        .iter()
+        .map(|s| format!("      - targets: [\"{}\"]\n        labels: {{ service: {} }}\n", s.http_addr, s.name))
+        .collect();
     let config = format!(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: gmmas\n    authorization:\n      type: Bearer\n      credentials_file: {}\n    static_configs:\n      - targets: [{}]\n",
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: gmmas\n    honor_labels: true\n    authorization:\n      type: Bearer\n      credentials_file: {}\n    static_configs:\n{targets}",
         token.display(),
-        targets.join(", ")
     );
     let conf = write(&dir, "prometheus.yml", &config);
     let port = supervise::free_port().unwrap();

@@ -90,15 +90,15 @@ async fn a_crash_between_commit_and_publish_still_completes() {
     // An ingest that commits and then never publishes (its process "died"): the outbox row is
     // all that is left, and the running services' relays must carry the case on.
     let rt = sys.runtime(|_| {}).await.unwrap();
-    let ingestor = gmmas_ingest::Ingestor::new(rt, 64, 1 << 24);
+    let ingestor = gmmas_upload::Ingestor::new(rt, 64, 1 << 24);
     let (_, files) = phantom_files(4, DIMS);
-    let upload = gmmas_ingest::Upload {
+    let upload = gmmas_upload::Upload {
         tenant: TenantId::new(TENANT).unwrap(),
         case_ref: "crash-after-commit".into(),
         files: files
             .into_iter()
             .map(|(m, b)| {
-                (Modality::parse(m).unwrap(), gmmas_ingest::Spooled::from_bytes(&std::env::temp_dir(), &b).unwrap())
+                (Modality::parse(m).unwrap(), gmmas_upload::Spooled::from_bytes(&std::env::temp_dir(), &b).unwrap())
             })
             .collect(),
     };

@@ -17,11 +17,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use gmmas_contracts::{Probabilities, RegionVolumes, TenantId};
-use gmmas_ingest::Ingestor;
 use gmmas_runtime::bus::Bus;
 use gmmas_runtime::http::ApiError;
 use gmmas_runtime::worker::StageRuntime;
 use gmmas_runtime::{CommonConfig, Shutdown};
+use gmmas_upload::Ingestor;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -38,7 +38,7 @@ pub struct ApiConfig {
     pub max_voxels: u64,
     /// Admission limits of uploads.
     #[serde(flatten)]
-    pub admission: gmmas_ingest::AdmissionConfig,
+    pub admission: gmmas_upload::AdmissionConfig,
     /// Bearer tokens (GMMAS-issued or the hospital's OIDC provider's), hosts and CORS.
     #[serde(flatten)]
     pub auth: gmmas_runtime::auth::AuthConfig,
@@ -50,7 +50,7 @@ impl Default for ApiConfig {
             common: CommonConfig { http_addr: "127.0.0.1:8080".into(), ..Default::default() },
             max_upload_mib: 1024,
             max_voxels: 512 * 512 * 512,
-            admission: gmmas_ingest::AdmissionConfig::default(),
+            admission: gmmas_upload::AdmissionConfig::default(),
             auth: gmmas_runtime::auth::AuthConfig::default(),
         }
     }
@@ -321,7 +321,7 @@ pub fn routes(
         .route("/v1/tenants/{tenant}/cases/{case_id}/segmentation", get(segmentation))
         .route("/v1/tenants/{tenant}/cases/{case_id}/uncertainty", get(uncertainty))
         .with_state(state);
-    let api = gmmas_ingest::routes(ingestor).merge(reads).merge(learning).merge(reports).merge(admin);
+    let api = gmmas_upload::routes(ingestor).merge(reads).merge(learning).merge(reports).merge(admin);
     Ok(Router::new().nest("/api", api).merge(openapi::routes()).merge(viewer))
 }
 

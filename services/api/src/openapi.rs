@@ -21,7 +21,7 @@ pub const PATH: &str = "/api/v1/openapi.json";
                        /healthz and /readyz needs a bearer token (JWT) whose tenant is the path's."
     ),
     paths(
-        gmmas_ingest::upload,
+        gmmas_upload::upload,
         crate::list_cases,
         crate::get_case,
         crate::segmentation,
@@ -82,14 +82,14 @@ mod tests {
     use super::*;
 
     /// The committed document is the generated one: a route or type change that is not
-    /// reflected in `services/api/openapi.json` fails here (regenerate with `gmmas openapi`).
+    /// reflected in `services/api/openapi.json` fails here (regenerate with `gmmas-api openapi`).
     #[test]
     fn committed_document_is_current() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             committed.trim_end() == document().trim_end(),
-            "{} is out of date: run `gmmas openapi > services/api/openapi.json`",
+            "{} is out of date: run `gmmas-api openapi > services/api/openapi.json`",
             path.display()
         );
     }

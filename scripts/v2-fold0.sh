@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The model v2 recipe against the v1 recipe on fold 0 of the real cases, sized for this CPU:
+# both continue the bundled gmmas-small (trained on fold 0's training cases) for the same steps;
+# the v2 arm (models/configs/v2/finetune-fold0.toml) adds the weak cases and the v2
+# augmentation. Scored on fold 0's 4 held-out real cases with every single and paired missing
+# sequence (gmmas eval-missing --combos paper), then flip TTA and the small-ET rule measured on
+# the v2 model. Results in models/results/v2-fold0/.
+#
+#   scripts/v2-fold0.sh [--steps 200] [--device auto]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+steps=200
+device=auto
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --steps) steps="$2"; shift 2 ;;
+    --device) device="$2"; shift 2 ;;
+    *) echo "v2-fold0.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+if [ -z "${GMMAS_BIN:-}" ]; then source "$root/scripts/env.sh"; fi
+gmmas="$GMMAS_BIN/gmmas"
+shared="$(cd "$root/../shared/data" && pwd)"
+out="$root/out/v2-fold0"
+results="$root/models/results/v2-fold0"
+mkdir -p "$out/logs" "$results"
+log() { printf '[v2-fold0 %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+[ -f "$root/out/phantoms/labels.csv" ] || {
+  log "making the configs' phantoms (out/phantoms)"
+  "$gmmas" phantom --n 24 --seed 1 --out "$root/out/phantoms" >/dev/null
+}
+# Fold 0's split (the supervised config's k-fold assignment), read off a one-step run.
+if [ ! -f "$out/split.csv" ]; then
+  "$gmmas" train --config "$root/models/configs/release-small-cpu.toml" --fold 0 --steps 1 --out "$out/split-run" \
+    --device "$device" --quiet > /dev/null 2> "$out/logs/split-run.log"
+  cp "$out/split-run/split.csv" "$out/split.csv"
+  rm -rf "$out/split-run"
+fi
+copy_model() { cp "$1.safetensors" "$2.safetensors" && cp "$1.json" "$2.json"; }
+mkdir -p "$out/base"
+[ -f "$out/base/model.safetensors" ] || { copy_model "$root/models/weights/gmmas-small" "$out/base/model"; cp "$out/split.csv" "$out/base/split.csv"; }
+if [ ! -f "$out/v2/model.safetensors" ]; then
+  log "training the v2 arm: $steps steps from the bundled model"
+  t0=$(date +%s)
+  "$gmmas" train --config "$root/models/configs/v2/finetune-fold0.toml" --init "$out/base/model.safetensors" \
+    --steps "$steps" --out "$out/v2" --device "$device" --quiet > "$out/logs/v2.json" 2> "$out/logs/v2.log"
+  echo "$(( $(date +%s) - t0 ))" > "$out/train_seconds.txt"
+fi
+log "scoring base and v2 on the held-out cases with sequences missing"
+"$gmmas" eval-missing --arm "base=$out/base" --arm "v2=$out/v2" --data "$shared/brats" \
+  --labels "$shared/brats/labels.csv" --subset val --combos paper --device "$device" --out "$out/missing" \
+  > /dev/null 2> "$out/logs/eval-missing.log"
+cp "$out/missing/missing.md" "$results/missing.md"
+cp "$out/missing/missing.json" "$results/missing.json"
+# Test-time options on the v2 model: plain, flip TTA, small-ET rule (full input).
+for variant in plain tta small-et; do
+  extra=()
+  case "$variant" in tta) extra=(--tta) ;; small-et) extra=(--min-et-voxels 500) ;; esac
+  log "eval v2 ($variant)"
+  "$gmmas" eval --model "$out/v2/model.safetensors" --data "$shared/brats" --labels "$shared/brats/labels.csv" \
+    --split "$out/split.csv" --subset val --no-hd95 --device "$device" --out "$out/eval-$variant" "${extra[@]}" \
+    > /dev/null 2> "$out/logs/eval-$variant.log"
+  cp "$out/eval-$variant/eval.json" "$results/eval-v2-$variant.json"
+done
+cat > "$results/run.json" <<JSON
+{"command": "scripts/v2-fold0.sh --steps $steps --device $device", "steps": $steps, "train_seconds": $(cat "$out/train_seconds.txt"), "finished": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
+JSON
+log "done: $results"

@@ -1,0 +1,424 @@
+//! The upload path of GMMAS, shared by the ingest service and the API: one case (1-4 NIfTI
+//! modalities) over HTTP, every header and voxel validated, the volumes stored, the case
+//! recorded and `scan.ingested` published; admission limits in front.
+
+pub mod spool;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::Utc;
+use gmmas_contracts::{self as contracts, CaseStatus, Event, ScanIngested, Stage, TenantId, VolumeRef};
+use gmmas_imaging::{Limits, Modality};
+use gmmas_runtime::http::ApiError;
+use gmmas_runtime::worker::StageRuntime;
+use gmmas_runtime::{db, objects, outbox};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use spool::{SpoolError, Spooled, Spooler};
+
+/// How much work an upload endpoint lets in (shared by ingest and the API).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdmissionConfig {
+    /// Uploads read and validated at once by this process; more get 429.
+    pub max_concurrent_uploads: usize,
+    /// Open cases (received, preprocessing, analyzing) across tenants beyond which uploads get 429.
+    pub max_backlog: i64,
+    /// Open cases of one tenant beyond which its uploads get 429 (fairness between hospitals).
+    pub max_backlog_per_tenant: i64,
+    /// Where uploads are spooled while they arrive and are checked (the system's temporary
+    /// directory when unset). Needs room for `max_concurrent_uploads` x 4 x `max_upload_mib`.
+    pub spool_dir: Option<PathBuf>,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig { max_concurrent_uploads: 8, max_backlog: 1000, max_backlog_per_tenant: 300, spool_dir: None }
+    }
+}
+
+/// The admission state of one process.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    cfg: AdmissionConfig,
+    uploads: Arc<tokio::sync::Semaphore>,
+}
+
+impl Admission {
+    pub fn new(cfg: AdmissionConfig) -> Self {
+        let uploads = Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_uploads.max(1)));
+        Admission { cfg, uploads }
+    }
+
+    /// The directory uploads are spooled to.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.cfg.spool_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
+
+    /// Lets one upload of `tenant` in, or says 429 with a Retry-After: too many uploads in
+    /// progress here, or too many open cases overall or for this tenant.
+    pub async fn admit(&self, rt: &StageRuntime, tenant: &str) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let Ok(permit) = self.uploads.clone().try_acquire_owned() else {
+            rt.metrics.http_rejected("busy");
+            return Err(ApiError::TooManyRequests {
+                message: format!("{} uploads are in progress; try again shortly", self.cfg.max_concurrent_uploads),
+                retry_after_s: 5,
+            });
+        };
+        let (all, mine): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE tenant_id = $1) FROM cases
+             WHERE status IN ('received', 'preprocessing', 'analyzing')",
+        )
+        .bind(tenant)
+        .fetch_one(&rt.db)
+        .await?;
+        if all >= self.cfg.max_backlog {
+            rt.metrics.http_rejected("backlog");
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "{all} cases are waiting for analysis (limit {}); try again later",
+                    self.cfg.max_backlog
+                ),
+                retry_after_s: 30,
+            });
+        }
+        if mine >= self.cfg.max_backlog_per_tenant {
+            rt.metrics.http_rejected("tenant_backlog");
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "this tenant has {mine} cases waiting for analysis (limit {}); try again later",
+                    self.cfg.max_backlog_per_tenant
+                ),
+                retry_after_s: 30,
+            });
+        }
+        Ok(permit)
+    }
+}
+
+/// A case as uploaded: the tenant, the hospital's reference, and its files (spooled) by modality.
+#[derive(Debug)]
+pub struct Upload {
+    pub tenant: TenantId,
+    pub case_ref: String,
+    pub files: Vec<(Modality, Spooled)>,
+}
+
+pub use gmmas_contracts::http::CaseCreated;
+use gmmas_contracts::http::ErrorBody;
+
+/// Validates and stores cases; shared by the ingest service and the API.
+#[derive(Clone, Debug)]
+pub struct Ingestor {
+    pub rt: StageRuntime,
+    pub limits: Limits,
+    pub admission: Admission,
+}
+
+impl Ingestor {
+    pub fn new(rt: StageRuntime, max_upload_mib: u64, max_voxels: u64) -> Self {
+        Self::with_admission(rt, max_upload_mib, max_voxels, AdmissionConfig::default())
+    }
+
+    pub fn with_admission(rt: StageRuntime, max_upload_mib: u64, max_voxels: u64, admission: AdmissionConfig) -> Self {
+        Ingestor { rt, limits: Limits::from_settings(max_upload_mib, max_voxels), admission: Admission::new(admission) }
+    }
+
+    /// Validates, stores, records and announces one case. The case, its volumes and the
+    /// `scan.ingested` event are committed together (the event through the outbox), so a crash
+    /// at any point leaves either nothing or a case that will be processed.
+    pub async fn ingest(&self, upload: Upload) -> Result<CaseCreated, ApiError> {
+        contracts::validate_case_ref(&upload.case_ref).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if upload.files.is_empty() {
+            return Err(ApiError::BadRequest("no image files: expected 1-4 parts named t1, t1ce, t2, flair".into()));
+        }
+        let db = &self.rt.db;
+        let tenant = upload.tenant;
+        let replaced = self.existing_case(&tenant, &upload.case_ref).await?;
+
+        // Decode and check every file off the async threads (decompression is CPU work).
+        let limits = self.limits;
+        let files = upload.files;
+        let (files, grids) =
+            tokio::task::spawn_blocking(move || validate(files, &limits)).await.context("validation task")??;
+        // Objects are stored from the spool files, hashed as they arrived.
+
+        let case_id = Uuid::new_v4();
+        // The upload owns its objects until the commit; a refused or crashed upload leaves none.
+        let owner = Uuid::new_v4();
+        let stored = self.store_and_commit(&tenant, &upload.case_ref, case_id, owner, replaced, &files, &grids).await;
+        let refs = match stored {
+            Ok(refs) => refs,
+            Err(e) => {
+                objects::discard(&self.rt.bus, db, &self.rt.metrics, owner).await;
+                return Err(e);
+            }
+        };
+        self.rt.relay.kick();
+        if let Some(old) = replaced {
+            objects::discard_case(&self.rt.bus, db, &self.rt.metrics, old).await;
+        }
+        tracing::info!(case_id = %case_id, tenant = %tenant, modalities = refs.len(), "case ingested");
+        Ok(CaseCreated {
+            case_id,
+            tenant: tenant.to_string(),
+            status: CaseStatus::Received.as_str().into(),
+            modalities: refs.into_iter().map(|r| r.modality).collect(),
+        })
+    }
+
+    /// Tenants are created by an administrator; an upload to an unknown one is refused (404).
+    pub async fn tenant_exists(&self, tenant: &str) -> Result<(), ApiError> {
+        let t = TenantId::new(tenant).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM tenants WHERE id = $1").bind(t.as_str()).fetch_optional(&self.rt.db).await?;
+        match row {
+            Some(_) => Ok(()),
+            None => Err(ApiError::NotFound(format!("tenant {t} does not exist (an administrator creates tenants)"))),
+        }
+    }
+
+    /// A case with this reference: 409, unless it failed at ingest (then the upload replaces it).
+    async fn existing_case(&self, tenant: &TenantId, case_ref: &str) -> Result<Option<Uuid>, ApiError> {
+        let row: Option<(Uuid, String, Option<String>)> =
+            sqlx::query_as("SELECT id, status, error_stage FROM cases WHERE tenant_id = $1 AND case_ref = $2")
+                .bind(tenant.as_str())
+                .bind(case_ref)
+                .fetch_optional(&self.rt.db)
+                .await?;
+        match row {
+            None => Ok(None),
+            Some((id, status, stage))
+                if CaseStatus::parse(&status) == Some(CaseStatus::Failed)
+                    && stage.as_deref() == Some(Stage::Ingest.as_str()) =>
+            {
+                Ok(Some(id))
+            }
+            Some(_) => Err(ApiError::Conflict("this tenant already has a case with that reference".into())),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store_and_commit(
+        &self,
+        tenant: &TenantId,
+        case_ref: &str,
+        case_id: Uuid,
+        owner: Uuid,
+        replaced: Option<Uuid>,
+        files: &[(Modality, Spooled)],
+        grids: &[gmmas_imaging::Grid],
+    ) -> Result<Vec<VolumeRef>, ApiError> {
+        let db = &self.rt.db;
+        let mut refs = Vec::with_capacity(files.len());
+        for ((modality, spooled), grid) in files.iter().zip(grids) {
+            let ext = if spooled.gzip { "nii.gz" } else { "nii" };
+            let key = format!("{tenant}/{case_id}/input/{}.{ext}", modality.as_str());
+            let mut reader = tokio::fs::File::open(spooled.path())
+                .await
+                .with_context(|| format!("reopening the spooled {}", modality.as_str()))?;
+            let source = objects::Source { reader: &mut reader, sha256: &spooled.sha256, size: spooled.size };
+            let object = objects::put_owned_from(
+                &self.rt.bus,
+                db,
+                contracts::VOLUMES_BUCKET,
+                &key,
+                Some(case_id),
+                owner,
+                source,
+            )
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the object store is unavailable ({e:#}); try again later")))?;
+            refs.push(VolumeRef {
+                modality: modality.as_str().into(),
+                object,
+                dims: grid.dims.map(|d| d as u32),
+                voxel_mm: grid.pixdim,
+            });
+        }
+        let msg = ScanIngested {
+            schema_version: contracts::SCHEMA_VERSION,
+            tenant: tenant.clone(),
+            case_id,
+            volumes: refs.clone(),
+            ingested_at: Utc::now(),
+        };
+        let encoded = contracts::encode(&msg).context("encoding scan.ingested")?;
+
+        let mut tx = db.begin().await?;
+        if let Some(old) = replaced {
+            // The failed case's rows go; its objects are deleted after the commit.
+            sqlx::query(
+                "UPDATE objects SET state = 'pending', created_at = now() - interval '1 day' WHERE case_id = $1",
+            )
+            .bind(old)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM cases WHERE id = $1 AND status = 'failed'").bind(old).execute(&mut *tx).await?;
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO cases (id, tenant_id, case_ref, status) VALUES ($1, $2, $3, 'received')
+             ON CONFLICT (tenant_id, case_ref) DO NOTHING",
+        )
+        .bind(case_id)
+        .bind(tenant.as_str())
+        .bind(case_ref)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(ApiError::Conflict("this tenant already has a case with that reference".into()));
+        }
+        for r in &refs {
+            sqlx::query(
+                "INSERT INTO volumes (case_id, modality, object_key, sha256, size_bytes, dims, voxel_mm)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(case_id)
+            .bind(&r.modality)
+            .bind(&r.object.key)
+            .bind(&r.object.sha256)
+            .bind(r.object.size as i64)
+            .bind(r.dims.iter().map(|&d| d as i32).collect::<Vec<_>>())
+            .bind(r.voxel_mm.to_vec())
+            .execute(&mut *tx)
+            .await?;
+        }
+        db::stage_done(&mut tx, case_id, Stage::Ingest, &encoded).await?;
+        objects::mark_live(&mut tx, owner).await?;
+        outbox::enqueue(&mut tx, &Event::ScanIngested.subject(tenant), &Event::ScanIngested.msg_id(case_id), &encoded)
+            .await?;
+        db::audit(
+            &mut tx,
+            "ingest",
+            "case.created",
+            Some(tenant.as_str()),
+            Some(case_id),
+            serde_json::json!({ "modalities": refs.iter().map(|r| &r.modality).collect::<Vec<_>>(), "replaced": replaced }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(refs)
+    }
+}
+
+type Validated = (Vec<(Modality, Spooled)>, Vec<gmmas_imaging::Grid>);
+
+/// Reads every file completely (headers, body, voxel values) from its spool file, one chunk at a
+/// time, and checks the grids agree.
+fn validate(mut files: Vec<(Modality, Spooled)>, limits: &Limits) -> Result<Validated, ApiError> {
+    files.sort_by_key(|(m, _)| m.index());
+    for pair in files.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            return Err(ApiError::BadRequest(format!("modality {} was uploaded twice", pair[0].0.as_str())));
+        }
+    }
+    let mut grids: Vec<gmmas_imaging::Grid> = Vec::with_capacity(files.len());
+    for (modality, spooled) in &files {
+        let file = std::fs::File::open(spooled.path())
+            .with_context(|| format!("reopening the spooled {}", modality.as_str()))?;
+        let grid = gmmas_imaging::check_volume_from(std::io::BufReader::with_capacity(1 << 16, file), limits)
+            .map_err(|e| ApiError::BadRequest(format!("{}: {e}", modality.as_str())))?;
+        if let Some(first) = grids.first() {
+            gmmas_imaging::same_grid(first, &grid).map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "{} is not on the grid of {}: {e}",
+                    modality.as_str(),
+                    files[0].0.as_str()
+                ))
+            })?;
+        }
+        grids.push(grid);
+    }
+    Ok((files, grids))
+}
+
+/// Reads a multipart upload: a `case_ref` text field and files named by modality, each spooled
+/// to `spool_dir` chunk by chunk and refused past `max_file_bytes`.
+pub async fn read_multipart(
+    tenant: &str,
+    mut form: Multipart,
+    spool_dir: &std::path::Path,
+    max_file_bytes: u64,
+) -> Result<Upload, ApiError> {
+    let tenant = TenantId::new(tenant).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut case_ref = None;
+    let mut files = Vec::new();
+    while let Some(mut field) = form.next_field().await.map_err(|e| ApiError::BadRequest(format!("multipart: {e}")))? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "case_ref" {
+            case_ref = Some(field.text().await.map_err(|e| ApiError::BadRequest(format!("case_ref: {e}")))?);
+            continue;
+        }
+        let modality = Modality::parse(&name).ok_or_else(|| {
+            ApiError::BadRequest(format!("unknown form field {name:?}: expected case_ref, t1, t1ce, t2 or flair"))
+        })?;
+        let mut spooler = Spooler::create(spool_dir, max_file_bytes).map_err(|e| anyhow::anyhow!(e))?;
+        while let Some(chunk) = field.chunk().await.map_err(|e| match e.status() {
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!("{name}: upload too large")),
+            _ => ApiError::BadRequest(format!("{name}: {e}")),
+        })? {
+            spooler.push(&chunk).map_err(|e| match e {
+                SpoolError::TooLarge { .. } => ApiError::PayloadTooLarge(format!("{name}: {e}")),
+                other => ApiError::Internal(anyhow::anyhow!(other)),
+            })?;
+        }
+        let spooled = spooler.finish().map_err(|e| anyhow::anyhow!(e))?;
+        files.push((modality, spooled));
+    }
+    let case_ref = case_ref.ok_or_else(|| ApiError::BadRequest("missing form field case_ref".into()))?;
+    Ok(Upload { tenant, case_ref: case_ref.trim().to_string(), files })
+}
+
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/cases", tag = "cases",
+    params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant")),
+    request_body(content_type = "multipart/form-data", description = "Form fields `case_ref` (the hospital's reference) and one NIfTI file (.nii or .nii.gz) for each sequence present: `t1`, `t1ce`, `t2`, `flair`"),
+    responses((status = 201, description = "Case stored and queued", body = CaseCreated),
+        (status = 400, description = "Invalid form or volume (names the field and the problem)", body = ErrorBody),
+        (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 404, description = "Unknown tenant (an administrator creates tenants)", body = ErrorBody),
+        (status = 409, description = "The tenant has a case with that reference", body = ErrorBody),
+        (status = 413, description = "A file or the upload is too large", body = ErrorBody),
+        (status = 429, description = "Too much work queued; retry after the Retry-After seconds", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn upload(
+    State(ingestor): State<Arc<Ingestor>>,
+    Path(tenant): Path<String>,
+    mut form: Multipart,
+) -> Result<(axum::http::StatusCode, Json<CaseCreated>), ApiError> {
+    let admitted = match ingestor.tenant_exists(&tenant).await {
+        Ok(()) => ingestor.admission.admit(&ingestor.rt, &tenant).await,
+        Err(e) => Err(e),
+    };
+    let _permit = match admitted {
+        Ok(p) => p,
+        Err(e) => {
+            // Read the body to its end without keeping it, so that the client, which is still
+            // sending, receives the 404 or 429 instead of a reset connection.
+            while let Ok(Some(mut field)) = form.next_field().await {
+                while let Ok(Some(_)) = field.chunk().await {}
+            }
+            return Err(e);
+        }
+    };
+    let _in_flight = ingestor.rt.metrics.in_flight();
+    let spool_dir = ingestor.admission.spool_dir();
+    let upload = read_multipart(&tenant, form, &spool_dir, ingestor.limits.max_file_bytes).await?;
+    let created = ingestor.ingest(upload).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(created)))
+}
+
+/// `POST /v1/tenants/{tenant}/cases` (multipart), with the body limit applied: four files of the
+/// per-file limit and the form's overhead; each file is limited on its own while it is spooled.
+pub fn routes(ingestor: Arc<Ingestor>) -> Router {
+    let limit =
+        usize::try_from(ingestor.limits.max_file_bytes.saturating_mul(4).saturating_add(1 << 20)).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/v1/tenants/{tenant}/cases", post(upload))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(ingestor)
+}

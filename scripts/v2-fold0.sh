@@ -40,15 +40,21 @@ fi
 copy_model() { cp "$1.safetensors" "$2.safetensors" && cp "$1.json" "$2.json"; }
 mkdir -p "$out/base"
 [ -f "$out/base/model.safetensors" ] || { copy_model "$root/models/weights/gmmas-small" "$out/base/model"; cp "$out/split.csv" "$out/base/split.csv"; }
-if [ ! -f "$out/v2/model.safetensors" ]; then
-  log "training the v2 arm: $steps steps from the bundled model"
+# One arm per step count (v2-200, v2-1000, ...): a rerun with other --steps adds an arm.
+arm=v2-$steps
+if [ ! -f "$out/$arm/model.safetensors" ]; then
+  log "training the $arm arm: $steps steps from the bundled model"
   t0=$(date +%s)
   "$gmmas" train --config "$root/models/configs/v2/finetune-fold0.toml" --init "$out/base/model.safetensors" \
-    --steps "$steps" --out "$out/v2" --device "$device" --quiet > "$out/logs/v2.json" 2> "$out/logs/v2.log"
-  echo "$(( $(date +%s) - t0 ))" > "$out/train_seconds.txt"
+    --steps "$steps" --out "$out/$arm" --device "$device" --quiet > "$out/logs/$arm.json" 2> "$out/logs/$arm.log"
+  echo "$(( $(date +%s) - t0 ))" > "$out/$arm/train_seconds.txt"
 fi
-log "scoring base and v2 on the held-out cases with sequences missing"
-"$gmmas" eval-missing --arm "base=$out/base" --arm "v2=$out/v2" --data "$shared/brats" \
+arms=(--arm "base=$out/base")
+for d in "$out"/v2-*/; do
+  [ -f "$d/model.safetensors" ] && arms+=(--arm "$(basename "$d")=${d%/}")
+done
+log "scoring ${arms[*]} on the held-out cases with sequences missing"
+"$gmmas" eval-missing "${arms[@]}" --data "$shared/brats" \
   --labels "$shared/brats/labels.csv" --subset val --combos paper --device "$device" --out "$out/missing" \
   > /dev/null 2> "$out/logs/eval-missing.log"
 cp "$out/missing/missing.md" "$results/missing.md"
@@ -58,12 +64,12 @@ for variant in plain tta small-et; do
   extra=()
   case "$variant" in tta) extra=(--tta) ;; small-et) extra=(--min-et-voxels 500) ;; esac
   log "eval v2 ($variant)"
-  "$gmmas" eval --model "$out/v2/model.safetensors" --data "$shared/brats" --labels "$shared/brats/labels.csv" \
-    --split "$out/split.csv" --subset val --no-hd95 --device "$device" --out "$out/eval-$variant" "${extra[@]}" \
-    > /dev/null 2> "$out/logs/eval-$variant.log"
-  cp "$out/eval-$variant/eval.json" "$results/eval-v2-$variant.json"
+  "$gmmas" eval --model "$out/$arm/model.safetensors" --data "$shared/brats" --labels "$shared/brats/labels.csv" \
+    --split "$out/split.csv" --subset val --no-hd95 --device "$device" --out "$out/eval-$arm-$variant" "${extra[@]}" \
+    > /dev/null 2> "$out/logs/eval-$arm-$variant.log"
+  cp "$out/eval-$arm-$variant/eval.json" "$results/eval-$arm-$variant.json"
 done
-cat > "$results/run.json" <<JSON
-{"command": "scripts/v2-fold0.sh --steps $steps --device $device", "steps": $steps, "train_seconds": $(cat "$out/train_seconds.txt"), "finished": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
+cat > "$results/run-$arm.json" <<JSON
+{"command": "scripts/v2-fold0.sh --steps $steps --device $device", "steps": $steps, "train_seconds": $(cat "$out/$arm/train_seconds.txt"), "finished": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
 JSON
 log "done: $results"

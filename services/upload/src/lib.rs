@@ -422,3 +422,109 @@ pub fn routes(ingestor: Arc<Ingestor>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .with_state(ingestor)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::FromRequest;
+    use gmmas_imaging::{Grid, Volume};
+
+    fn nifti(dims: [usize; 3]) -> Vec<u8> {
+        let grid = Grid::axis_aligned(dims, [1.0; 3], [0.0; 3]);
+        let n = dims.iter().product::<usize>();
+        gmmas_imaging::write_volume(&Volume::new(grid, (0..n).map(|i| (i % 7) as f32).collect()).unwrap(), true)
+    }
+
+    fn spooled(bytes: &[u8]) -> Spooled {
+        Spooled::from_bytes(&std::env::temp_dir(), bytes).unwrap()
+    }
+
+    fn bad_request(r: Result<Validated, ApiError>) -> String {
+        match r {
+            Err(ApiError::BadRequest(m)) => m,
+            other => panic!("expected 400, got {:?}", other.map(|(_, g)| g)),
+        }
+    }
+
+    #[test]
+    fn files_on_one_grid_pass_and_come_back_in_modality_order() {
+        let files = vec![(Modality::Flair, spooled(&nifti([8, 8, 6]))), (Modality::T1, spooled(&nifti([8, 8, 6])))];
+        let (files, grids) = validate(files, &Limits::default()).unwrap();
+        assert_eq!(files.iter().map(|(m, _)| *m).collect::<Vec<_>>(), [Modality::T1, Modality::Flair]);
+        assert_eq!(grids[0].dims, [8, 8, 6]);
+    }
+
+    #[test]
+    fn a_file_that_is_not_nifti_is_refused_naming_its_sequence() {
+        let files = vec![(Modality::T1, spooled(&nifti([8, 8, 6]))), (Modality::T2, spooled(b"not an image"))];
+        let m = bad_request(validate(files, &Limits::default()));
+        assert!(m.starts_with("t2:"), "{m}");
+    }
+
+    #[test]
+    fn grids_that_differ_are_refused_naming_both_sequences() {
+        let files = vec![(Modality::T1, spooled(&nifti([8, 8, 6]))), (Modality::T1ce, spooled(&nifti([8, 8, 5])))];
+        let m = bad_request(validate(files, &Limits::default()));
+        assert!(m.contains("t1ce is not on the grid of t1"), "{m}");
+    }
+
+    #[test]
+    fn a_sequence_uploaded_twice_is_refused() {
+        let files = vec![(Modality::T2, spooled(&nifti([4, 4, 4]))), (Modality::T2, spooled(&nifti([4, 4, 4])))];
+        assert!(bad_request(validate(files, &Limits::default())).contains("t2 was uploaded twice"));
+    }
+
+    /// A multipart request with the given (name, bytes) parts.
+    fn form(parts: &[(&str, &[u8])]) -> axum::extract::Request {
+        let boundary = "gmmas-test-boundary";
+        let mut body = Vec::new();
+        for (name, bytes) in parts {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}.nii.gz\"\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        axum::http::Request::builder()
+            .method("POST")
+            .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+            .body(axum::body::Body::from(body))
+            .unwrap()
+    }
+
+    async fn read(parts: &[(&str, &[u8])], max_file_bytes: u64) -> Result<Upload, ApiError> {
+        let multipart = Multipart::from_request(form(parts), &()).await.unwrap();
+        read_multipart("hospital-a", multipart, &std::env::temp_dir(), max_file_bytes).await
+    }
+
+    #[tokio::test]
+    async fn a_form_is_read_into_its_reference_and_files() {
+        let img = nifti([4, 4, 4]);
+        let up = read(&[("case_ref", b" case-7 "), ("t1", &img), ("flair", &img)], 1 << 20).await.unwrap();
+        assert_eq!(up.case_ref, "case-7");
+        assert_eq!(up.tenant.as_str(), "hospital-a");
+        assert_eq!(up.files.iter().map(|(m, _)| *m).collect::<Vec<_>>(), [Modality::T1, Modality::Flair]);
+        assert_eq!(std::fs::read(up.files[0].1.path()).unwrap(), img);
+    }
+
+    #[tokio::test]
+    async fn form_mistakes_are_named() {
+        let img = nifti([4, 4, 4]);
+        match read(&[("case_ref", b"c"), ("dwi", &img)], 1 << 20).await {
+            Err(ApiError::BadRequest(m)) => assert!(m.contains("unknown form field \"dwi\""), "{m}"),
+            other => panic!("{:?}", other.map(|u| u.case_ref)),
+        }
+        match read(&[("t1", &img)], 1 << 20).await {
+            Err(ApiError::BadRequest(m)) => assert!(m.contains("missing form field case_ref"), "{m}"),
+            other => panic!("{:?}", other.map(|u| u.case_ref)),
+        }
+        match read(&[("case_ref", b"c"), ("t2", &img)], 16).await {
+            Err(ApiError::PayloadTooLarge(m)) => assert!(m.starts_with("t2:"), "{m}"),
+            other => panic!("{:?}", other.map(|u| u.case_ref)),
+        }
+    }
+}

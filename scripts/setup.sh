@@ -30,6 +30,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # Headless Chromium and its WebDriver, for the viewer's browser tests (tests/tests/viewer.rs).
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+# The font chart text is drawn in (gmmas-plot; GMMAS_FONT names another).
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

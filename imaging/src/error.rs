@@ -62,12 +62,13 @@ pub enum ImagingError {
 }
 
 impl ImagingError {
-    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+    /// An I/O error on `path`.
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         ImagingError::Io { path: path.as_ref().display().to_string(), source }
     }
 
     /// Attaches the file path to an error (I/O errors already carry one).
-    pub(crate) fn in_file(self, path: impl AsRef<std::path::Path>) -> Self {
+    pub fn in_file(self, path: impl AsRef<std::path::Path>) -> Self {
         match self {
             e @ (ImagingError::Io { .. } | ImagingError::InFile { .. }) => e,
             e => ImagingError::InFile { path: path.as_ref().display().to_string(), source: Box::new(e) },
@@ -78,7 +79,8 @@ impl ImagingError {
         ImagingError::Header { field: field.into(), value: value.to_string(), expected: expected.into() }
     }
 
-    pub(crate) fn invalid(field: impl Into<String>, value: impl ToString, expected: impl Into<String>) -> Self {
+    /// A value outside what is accepted: which field, what it was, what was expected.
+    pub fn invalid(field: impl Into<String>, value: impl ToString, expected: impl Into<String>) -> Self {
         ImagingError::Invalid { field: field.into(), value: value.to_string(), expected: expected.into() }
     }
 }

@@ -1,15 +1,11 @@
-//! NIfTI I/O and validation, preprocessing, BraTS case layouts and the synthetic phantom generator.
+//! NIfTI I/O and validation, preprocessing and BraTS case layouts (pure Rust).
 //! Pure Rust; the services call [`read_volume`], [`prep::prepare`] and [`prep::restore_labels`].
 
 pub mod brats;
 mod error;
 pub mod nifti;
 pub mod orient;
-pub mod overlay;
-mod par;
-pub mod phantom;
-pub mod plot;
-pub mod png;
+pub mod par;
 pub mod prep;
 pub mod regions;
 pub mod share;

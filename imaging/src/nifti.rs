@@ -790,7 +790,7 @@ pub fn read_labels(bytes: &[u8], limits: &Limits) -> Result<LabelVolume, Imaging
 /// voxel, stored one whole component after another (a single 3-D volume reads as `n=1`). Calls
 /// `f(component, first_voxel, values)` with scaled f32 values in file order, never holding more
 /// than one chunk, and returns the header (spatial `dims`) and `n`. Limits apply to the whole body.
-pub(crate) fn read_components(
+pub fn read_components(
     bytes: &[u8],
     limits: &Limits,
     mut f: impl FnMut(usize, usize, &[f32]),

@@ -4,12 +4,12 @@
 use std::num::NonZeroUsize;
 
 /// Number of worker threads to use.
-pub(crate) fn threads() -> usize {
+pub fn threads() -> usize {
     std::thread::available_parallelism().map(NonZeroUsize::get).unwrap_or(1).clamp(1, 64)
 }
 
 /// Runs `f(i)` for `i in 0..n` on several threads and returns the results in index order.
-pub(crate) fn map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+pub fn map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let t = threads().min(n.max(1));
     if t <= 1 {
         return (0..n).map(f).collect();
@@ -36,7 +36,7 @@ pub(crate) fn map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
 }
 
 /// Calls `f(chunk_index, chunk)` for every `chunk`-sized piece of `data`, on several threads.
-pub(crate) fn for_chunks<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+pub fn for_chunks<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let chunk = chunk.max(1);
     let mut pieces: Vec<(usize, &mut [T])> = data.chunks_mut(chunk).enumerate().collect();
     let t = threads().min(pieces.len().max(1));

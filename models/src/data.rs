@@ -898,7 +898,7 @@ mod tests {
 
     fn phantoms(n: usize, dims: [usize; 3]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        gmmas_imaging::phantom::write_dataset(n, 5, dims, dir.path()).unwrap();
+        gmmas_phantom::write_dataset(n, 5, dims, dir.path()).unwrap();
         dir
     }
 
@@ -982,7 +982,7 @@ mod tests {
     fn train_only_cases_are_always_training_cases() {
         let d = phantoms(5, [24, 24, 16]);
         let extra = tempfile::tempdir().unwrap();
-        gmmas_imaging::phantom::write_dataset(2, 9, [24, 24, 16], extra.path()).unwrap();
+        gmmas_phantom::write_dataset(2, 9, [24, 24, 16], extra.path()).unwrap();
         for i in 0..2 {
             let old = extra.path().join(format!("Phantom_000{i}"));
             for f in std::fs::read_dir(&old).unwrap() {
@@ -1028,8 +1028,7 @@ mod tests {
         // 3: label value 7 in the segmentation; 4: good.
         std::fs::remove_file(case(0, "seg")).unwrap();
         std::fs::write(case(1, "t2"), b"not a nifti file at all").unwrap();
-        let other =
-            gmmas_imaging::phantom::generate(&gmmas_imaging::phantom::PhantomConfig { dims: [30, 32, 24], seed: 1 });
+        let other = gmmas_phantom::generate(&gmmas_phantom::PhantomConfig { dims: [30, 32, 24], seed: 1 });
         std::fs::write(case(2, "flair"), gmmas_imaging::write_volume(&other.volumes[3].1, true)).unwrap();
         let mut seg =
             gmmas_imaging::brats::read_seg_brats(&std::fs::read(case(3, "seg")).unwrap(), &Limits::default()).unwrap();

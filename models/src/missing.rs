@@ -155,7 +155,7 @@ mod tests {
         use crate::fit::{EvalOptions, evaluate};
         use crate::{Analyzer, ModelConfig};
         let dir = tempfile::tempdir().unwrap();
-        gmmas_imaging::phantom::write_dataset(2, 5, [32, 32, 24], dir.path()).unwrap();
+        gmmas_phantom::write_dataset(2, 5, [32, 32, 24], dir.path()).unwrap();
         let data = Dataset::load(&DataConfig {
             dirs: vec![dir.path().to_path_buf()],
             labels: vec![dir.path().join("labels.csv")],

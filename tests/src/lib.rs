@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use gmmas_imaging::phantom::{PhantomCase, PhantomConfig, generate};
+use gmmas_phantom::{PhantomCase, PhantomConfig, generate};
 use gmmas_runtime::supervise::{self, Service};
 use gmmas_runtime::worker::StageRuntime;
 use serde_json::Value;

@@ -17,8 +17,8 @@ const ALL: [&str; 6] = ["ingest", "preprocess", "infer", "api", "curate", "train
 fn training_files(dir: &Path) -> String {
     let labelled = dir.join("labelled");
     let eval = dir.join("eval");
-    gmmas_imaging::phantom::write_dataset(2, 100, DIMS, &labelled).unwrap();
-    gmmas_imaging::phantom::write_dataset(2, 200, DIMS, &eval).unwrap();
+    gmmas_phantom::write_dataset(2, 100, DIMS, &labelled).unwrap();
+    gmmas_phantom::write_dataset(2, 200, DIMS, &eval).unwrap();
     let config = dir.join("run.toml");
     std::fs::write(
         &config,

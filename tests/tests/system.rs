@@ -102,8 +102,7 @@ async fn bad_inputs_get_clear_errors_and_the_next_case_still_goes_through() {
     assert!(body["error"].as_str().unwrap().contains("grid"), "{body}");
 
     // A header claiming a 1000^3 volume: refused from the header alone.
-    let mut small =
-        gmmas_imaging::phantom::generate(&gmmas_imaging::phantom::PhantomConfig { dims: [16, 16, 16], seed: 1 });
+    let mut small = gmmas_phantom::generate(&gmmas_phantom::PhantomConfig { dims: [16, 16, 16], seed: 1 });
     let mut huge = gmmas_imaging::write_volume(&small.volumes.remove(0).1, false);
     for i in 0..3 {
         huge[42 + 2 * i..44 + 2 * i].copy_from_slice(&1000i16.to_le_bytes());
@@ -113,7 +112,7 @@ async fn bad_inputs_get_clear_errors_and_the_next_case_still_goes_through() {
     assert!(body["error"].as_str().unwrap().contains("1000"), "{body}");
 
     // NaN voxels
-    let mut nan_case = gmmas_imaging::phantom::generate(&gmmas_imaging::phantom::PhantomConfig { dims: DIMS, seed: 9 });
+    let mut nan_case = gmmas_phantom::generate(&gmmas_phantom::PhantomConfig { dims: DIMS, seed: 9 });
     let mut v = nan_case.volumes.remove(0).1;
     v.data[1234] = f32::NAN;
     let (status, body) =

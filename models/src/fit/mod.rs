@@ -699,7 +699,7 @@ mod tests {
     use crate::train::{OptimizerKind, TrainConfig};
 
     fn phantom_config(root: &Path, n: usize, dims: [usize; 3], extra: &str) -> TrainRunConfig {
-        gmmas_imaging::phantom::write_dataset(n, 11, dims, &root.join("data")).unwrap();
+        gmmas_phantom::write_dataset(n, 11, dims, &root.join("data")).unwrap();
         let text = format!(
             r#"
 seed = 3
@@ -866,7 +866,7 @@ cutmix_p = 0.5
     #[test]
     fn evaluate_scores_cases_and_renders_markdown() {
         let dir = tempfile::tempdir().unwrap();
-        gmmas_imaging::phantom::write_dataset(3, 2, [32, 32, 24], dir.path()).unwrap();
+        gmmas_phantom::write_dataset(3, 2, [32, 32, 24], dir.path()).unwrap();
         let data = Dataset::load(&DataConfig {
             dirs: vec![dir.path().to_path_buf()],
             labels: vec![dir.path().join("labels.csv")],

@@ -172,7 +172,7 @@ mod tests {
     use tch::Device;
 
     fn phantom_case(dims: [usize; 3]) -> (Vec<f32>, [usize; 3]) {
-        let case = gmmas_imaging::phantom::generate(&gmmas_imaging::phantom::PhantomConfig { dims, seed: 3 });
+        let case = gmmas_phantom::generate(&gmmas_phantom::PhantomConfig { dims, seed: 3 });
         let refs: Vec<_> = case.volumes.iter().map(|(m, v)| (*m, v)).collect();
         let p = gmmas_imaging::prepare(&refs, &gmmas_imaging::PrepOptions::default()).unwrap();
         (p.data, p.dims)
@@ -222,7 +222,7 @@ mod tests {
     #[test]
     fn forget_and_apply_pseudo_labels() {
         let d = tempfile::tempdir().unwrap();
-        gmmas_imaging::phantom::write_dataset(2, 5, [40, 40, 32], d.path()).unwrap();
+        gmmas_phantom::write_dataset(2, 5, [40, 40, 32], d.path()).unwrap();
         let data = load_unlabeled(&DataConfig {
             dirs: vec![d.path().to_path_buf()],
             labels: vec![d.path().join("labels.csv")],

@@ -166,8 +166,8 @@ decoder_dropout = 0.2
     fn ssl_modes_run_through_fit() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        gmmas_imaging::phantom::write_dataset(2, 11, [40, 40, 32], &r.join("labelled")).unwrap();
-        gmmas_imaging::phantom::write_dataset(3, 12, [40, 40, 32], &r.join("unlabeled")).unwrap();
+        gmmas_phantom::write_dataset(2, 11, [40, 40, 32], &r.join("labelled")).unwrap();
+        gmmas_phantom::write_dataset(3, 12, [40, 40, 32], &r.join("unlabeled")).unwrap();
         let quiet = FitOptions { resume: false, quiet: true };
         let base = fit(&config(r, "sup", "[train]\nsteps = 2\nbatch_size = 1\n"), &quiet).unwrap();
         let unl = "[ssl.unlabeled]\ndirs = [\"unlabeled\"]\n";

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use gmmas_imaging::phantom::{PhantomConfig, generate};
 use gmmas_imaging::{Limits, PrepOptions};
 use gmmas_models::{Analyzer, InferOptions};
+use gmmas_phantom::{PhantomConfig, generate};
 
 #[derive(Args)]
 pub struct BenchArgs {

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use gmmas_models::Analyzer;
 use gmmas_models::fit::{EvalOptions, evaluate};
+use gmmas_plot::{BLUE, Corner, Figure, GREY, Mark};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -89,13 +90,20 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     // (blue), the diagonal of perfect calibration (grey); dot size does not encode counts.
     for t in &report.tasks {
         let Some(cal) = &t.metrics.calibration else { continue };
-        let mut chart = gmmas_imaging::plot::Chart::new(360, 300, (0.0, 1.0), (0.0, 1.0));
-        chart.line(&[(0.0, 0.0), (1.0, 1.0)], [150, 150, 150]);
+        let mut chart = Figure::new(
+            format!("Reliability of {} ({})", t.task, model.version()),
+            "mean predicted probability (bin)",
+            "observed positive rate",
+        )
+        .size(560, 460)
+        .x_range(0.0, 1.0)
+        .y_range(0.0, 1.0)
+        .legend_at(Corner::UpperLeft);
+        chart.add("perfect calibration", &[(0.0, 0.0), (1.0, 1.0)], GREY, Mark::Dashed);
         let pts: Vec<(f64, f64)> = cal.curve.iter().map(|b| (b.mean_predicted, b.observed)).collect();
-        chart.line(&pts, [30, 90, 200]);
-        chart.dots(&pts, 3, [30, 90, 200]);
+        chart.add("model", &pts, BLUE, Mark::LineDots);
         let png = args.out.join(format!("reliability_{}.png", t.task));
-        std::fs::write(&png, chart.to_png()).with_context(|| format!("writing {}", png.display()))?;
+        std::fs::write(&png, chart.to_png()?).with_context(|| format!("writing {}", png.display()))?;
     }
     for r in &report.regions {
         println!(

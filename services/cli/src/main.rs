@@ -47,7 +47,7 @@ enum Command {
         /// glioma: `lesion-free`, or `non-glioma` (a sharply bounded lesion, bright on T1 and
         /// dark on T2 / FLAIR, no edema or enhancement).
         #[arg(long, default_value = "glioma", value_parser = parse_kind)]
-        kind: gmmas_imaging::phantom::PhantomKind,
+        kind: gmmas_phantom::PhantomKind,
     },
     /// Start every service locally, analyze the bundled example case, keep serving until Ctrl-C.
     Up(up::UpArgs),
@@ -114,9 +114,8 @@ enum Command {
     },
 }
 
-fn parse_kind(s: &str) -> Result<gmmas_imaging::phantom::PhantomKind, String> {
-    gmmas_imaging::phantom::PhantomKind::parse(s)
-        .ok_or_else(|| format!("expected glioma, lesion-free or non-glioma, got {s:?}"))
+fn parse_kind(s: &str) -> Result<gmmas_phantom::PhantomKind, String> {
+    gmmas_phantom::PhantomKind::parse(s).ok_or_else(|| format!("expected glioma, lesion-free or non-glioma, got {s:?}"))
 }
 
 pub fn parse_dims(s: &str) -> Result<[usize; 3], String> {
@@ -144,11 +143,10 @@ fn main() -> anyhow::Result<()> {
             } else {
                 None
             };
-            let names =
-                gmmas_imaging::phantom::write_dataset_with_progress(n, seed, dims, kind, &out, |i, name| match &bar {
-                    Some(b) => b.set_position(i as u64 + 1),
-                    None => eprintln!("phantom {}/{n}: {name}", i + 1),
-                })?;
+            let names = gmmas_phantom::write_dataset_with_progress(n, seed, dims, kind, &out, |i, name| match &bar {
+                Some(b) => b.set_position(i as u64 + 1),
+                None => eprintln!("phantom {}/{n}: {name}", i + 1),
+            })?;
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
@@ -221,11 +219,10 @@ fn overlay(
         Some(p) => Some(gmmas_imaging::brats::read_seg_brats(&read(p)?, &limits)?),
         None => None,
     };
-    let (w, h, rgb) = gmmas_imaging::overlay::render(&image, &predicted, truth.as_ref());
-    std::fs::write(out, gmmas_imaging::png::encode_rgb(w, h, &rgb))
-        .with_context(|| format!("writing {}", out.display()))?;
+    let png = gmmas_plot::overlay::render_png(&image, &predicted, truth.as_ref())?;
+    std::fs::write(out, png).with_context(|| format!("writing {}", out.display()))?;
     println!(
-        "wrote {} ({w}x{h}; columns: {modality}, prediction{})",
+        "wrote {} (columns: {modality}, prediction{})",
         out.display(),
         if truth.is_some() { ", expert" } else { "" }
     );

@@ -355,7 +355,7 @@ pub fn run(args: EvalMissingArgs) -> anyhow::Result<()> {
     for arm in &arms {
         for &t in &ROC_TASKS {
             let path = args.out.join(format!("roc_{}_{}.png", TASK_NAMES[t], arm.name));
-            std::fs::write(&path, roc_png(arm, t)).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, roc_png(arm, t)?).with_context(|| format!("writing {}", path.display()))?;
             pngs.push(path);
         }
     }
@@ -427,16 +427,22 @@ fn fmt_opt(v: Option<f64>) -> String {
 
 /// ROC figure of task `t` for one arm: full input and each single sequence missing, plus the
 /// diagonal (grey).
-fn roc_png(arm: &ArmResult, t: usize) -> Vec<u8> {
-    let mut chart = gmmas_imaging::plot::Chart::new(360, 320, (0.0, 1.0), (0.0, 1.0));
-    chart.line(&[(0.0, 0.0), (1.0, 1.0)], [170, 170, 170]);
+fn roc_png(arm: &ArmResult, t: usize) -> anyhow::Result<Vec<u8>> {
+    use gmmas_plot::{Corner, Figure, GREY, Mark};
+    let mut chart =
+        Figure::new(format!("ROC of {}: {}", TASK_NAMES[t], arm.name), "false positive rate", "true positive rate")
+            .size(560, 480)
+            .x_range(0.0, 1.0)
+            .y_range(0.0, 1.0)
+            .legend_at(Corner::LowerRight);
+    chart.add("chance", &[(0.0, 0.0), (1.0, 1.0)], GREY, Mark::Dashed);
     // Full input last, on top.
     for (key, rgb, _) in ROC_CURVES.iter().rev() {
         if let Some(roc) = arm.combinations.iter().find(|c| c.key == *key).and_then(|c| c.tasks[t].roc.as_ref()) {
-            chart.line(roc, *rgb);
+            chart.add(key, roc, *rgb, Mark::Line);
         }
     }
-    chart.to_png()
+    Ok(chart.to_png()?)
 }
 
 fn markdown(args: &EvalMissingArgs, command: &[String], combos: &[DropMask], arms: &[ArmResult], hd95: bool) -> String {

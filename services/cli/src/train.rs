@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use gmmas_models::data::SplitConfig;
 use gmmas_models::fit::{FitOptions, TrainRunConfig, fit};
+use gmmas_plot::{BLUE, Figure, Mark, ORANGE, RED};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -114,11 +115,14 @@ fn training_curves(dir: &std::path::Path) -> anyhow::Result<()> {
     let ys = total.iter().chain(&dice_loss).chain(&val_wt).map(|p| p.1);
     let (lo, hi) = ys.fold((0.0f64, 1.0f64), |(a, b), y| (a.min(y), b.max(y)));
     let epochs = rows.len().max(2) as f64;
-    let mut chart = gmmas_imaging::plot::Chart::new(480, 320, (1.0, epochs), (lo.floor(), hi.ceil()));
-    chart.line(&total, [200, 40, 40]);
-    chart.line(&dice_loss, [240, 150, 30]);
-    chart.dots(&val_wt, 3, [30, 90, 200]);
+    let mut chart = Figure::new("Training curves", "epoch", "loss / Dice")
+        .size(640, 420)
+        .x_range(1.0, epochs)
+        .y_range(lo.floor(), hi.ceil());
+    chart.add("total loss", &total, RED, Mark::Line);
+    chart.add("segmentation Dice loss", &dice_loss, ORANGE, Mark::Line);
+    chart.add("validation WT Dice", &val_wt, BLUE, Mark::Dots);
     let path = dir.join("training_curves.png");
-    std::fs::write(&path, chart.to_png()).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, chart.to_png()?).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

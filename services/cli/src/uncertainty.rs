@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use gmmas_imaging::plot::{Axes, Chart};
 use gmmas_models::Analyzer;
 use gmmas_models::config::TASK_NAMES;
 use gmmas_models::data::{CaseData, SplitConfig};
@@ -15,6 +14,7 @@ use gmmas_models::uncertainty::{
     Variant, VoxelMeasure, VoxelPool, brain_mask, case_uncertainty, case_voxel_scores, compare_scores, task_bins,
     top_label_ece,
 };
+use gmmas_plot::{BLUE, Figure, GREEN, Mark, ORANGE, RED};
 use serde::{Deserialize, Serialize};
 
 #[derive(Args)]
@@ -322,27 +322,22 @@ fn write_outputs(out: &Path, r: &Report, json: bool) -> anyhow::Result<()> {
     }
     write("uncertainty.md", markdown(r).as_bytes())?;
     if let Some(p) = &r.pooled {
-        write("fig5c_voxels.png", &voxel_chart(p, r).to_png())?;
+        write("fig5c_voxels.png", &voxel_chart(p, r).to_png()?)?;
     }
     if !r.task_bins.is_empty() {
         write(
             "fig5c_tasks.png",
-            &bins_chart(&r.task_bins, &task_title(r), "task uncertainty bin (std of P)").to_png(),
+            &bins_chart(&r.task_bins, &task_title(r), "task uncertainty bin (std of P)").to_png()?,
         )?;
     }
     for (score, file, label) in [
         ("brain_entropy", "ood_brain_entropy.png", "mean voxel entropy in brain"),
         ("task_std_mean", "ood_task_std.png", "mean task std of P"),
     ] {
-        write(file, &ood_chart(r, score, label).to_png())?;
+        write(file, &ood_chart(r, score, label).to_png()?)?;
     }
     Ok(())
 }
-
-const BLUE: [u8; 3] = [30, 90, 200];
-const RED: [u8; 3] = [200, 40, 40];
-const GREEN: [u8; 3] = [30, 150, 60];
-const ORANGE: [u8; 3] = [230, 130, 0];
 
 fn task_title(r: &Report) -> String {
     format!("Tasks: ECE and error by uncertainty ({} predictions)", r.task_points.len())
@@ -362,57 +357,48 @@ fn max_y(values: impl Iterator<Item = f64>) -> f64 {
 
 /// ECE and error rate against the uncertainty bin (1 = least uncertain) for the entropy and
 /// the class std voxel measures.
-fn voxel_chart(p: &PooledVoxelReport, r: &Report) -> Chart {
+fn voxel_chart(p: &PooledVoxelReport, r: &Report) -> Figure {
     let pick = |m: VoxelMeasure| p.bins.iter().find(|(k, _)| *k == m).map(|(_, b)| b.as_slice()).unwrap_or(&[]);
     let (ent, std) = (pick(VoxelMeasure::Entropy), pick(VoxelMeasure::ClassStd));
     let nb = ent.len().max(std.len()).max(1);
     let ymax = max_y(ent.iter().chain(std).flat_map(|b| [b.ece, b.error_rate]));
-    let axes = Axes {
-        title: format!("Voxels: ECE and error by uncertainty ({} passes)", r.mc_passes),
-        x_label: "uncertainty bin (equal counts, 1 = lowest)".into(),
-        y_label: "ECE / error rate".into(),
-        x_ticks: Some((1..=nb).map(|k| (k as f64, k.to_string())).collect()),
-    };
-    let mut c = Chart::with_axes(760, 480, (0.5, nb as f64 + 0.5), (0.0, ymax), &axes);
-    for (bins, ece_c, err_c) in [(ent, BLUE, RED), (std, GREEN, ORANGE)] {
+    let mut c = Figure::new(
+        format!("Voxels: ECE and error by uncertainty ({} passes)", r.mc_passes),
+        "uncertainty bin (equal counts, 1 = lowest)",
+        "ECE / error rate",
+    )
+    .size(760, 480)
+    .x_range(0.5, nb as f64 + 0.5)
+    .y_range(0.0, ymax)
+    .categories((1..=nb).map(|k| (k as f64, k.to_string())).collect())
+    .legend_at(gmmas_plot::Corner::UpperLeft);
+    for (bins, what, ece_c, err_c) in [(ent, "entropy", BLUE, RED), (std, "class-std", GREEN, ORANGE)] {
         let ece: Vec<(f64, f64)> = bins.iter().enumerate().map(|(k, b)| ((k + 1) as f64, b.ece)).collect();
         let err: Vec<(f64, f64)> = bins.iter().enumerate().map(|(k, b)| ((k + 1) as f64, b.error_rate)).collect();
-        c.line(&ece, ece_c);
-        c.dots(&ece, 4, ece_c);
-        c.line(&err, err_c);
-        c.dots(&err, 4, err_c);
+        c.add(&format!("ECE ({what} bins)"), &ece, ece_c, Mark::LineDots);
+        c.add(&format!("error ({what} bins)"), &err, err_c, Mark::LineDots);
     }
-    c.legend(&[
-        ("ECE (entropy bins)", BLUE),
-        ("error (entropy bins)", RED),
-        ("ECE (class-std bins)", GREEN),
-        ("error (class-std bins)", ORANGE),
-    ]);
     c
 }
 
-fn bins_chart(bins: &[UncertaintyBin], title: &str, x_label: &str) -> Chart {
+fn bins_chart(bins: &[UncertaintyBin], title: &str, x_label: &str) -> Figure {
     let nb = bins.len().max(1);
     let ymax = max_y(bins.iter().flat_map(|b| [b.ece, b.error_rate]));
-    let axes = Axes {
-        title: title.into(),
-        x_label: x_label.into(),
-        y_label: "ECE / error rate".into(),
-        x_ticks: Some((1..=nb).map(|k| (k as f64, k.to_string())).collect()),
-    };
-    let mut c = Chart::with_axes(760, 480, (0.5, nb as f64 + 0.5), (0.0, ymax), &axes);
+    let mut c = Figure::new(title, x_label, "ECE / error rate")
+        .size(760, 480)
+        .x_range(0.5, nb as f64 + 0.5)
+        .y_range(0.0, ymax)
+        .categories((1..=nb).map(|k| (k as f64, k.to_string())).collect())
+        .legend_at(gmmas_plot::Corner::UpperLeft);
     let ece: Vec<(f64, f64)> = bins.iter().enumerate().map(|(k, b)| ((k + 1) as f64, b.ece)).collect();
     let err: Vec<(f64, f64)> = bins.iter().enumerate().map(|(k, b)| ((k + 1) as f64, b.error_rate)).collect();
-    c.line(&ece, BLUE);
-    c.dots(&ece, 4, BLUE);
-    c.line(&err, RED);
-    c.dots(&err, 4, RED);
-    c.legend(&[("ECE", BLUE), ("error rate", RED)]);
+    c.add("ECE", &ece, BLUE, Mark::LineDots);
+    c.add("error rate", &err, RED, Mark::LineDots);
     c
 }
 
 /// Every input kind's case-level `score` as dots (one per case) with the mean as a bar.
-fn ood_chart(r: &Report, score: &str, label: &str) -> Chart {
+fn ood_chart(r: &Report, score: &str, label: &str) -> Figure {
     let mut columns: Vec<(String, Vec<f64>)> = Vec::new();
     let kinds = r.cases.first().map(|c| c.inputs.len()).unwrap_or(0);
     for k in 0..kinds {
@@ -423,25 +409,22 @@ fn ood_chart(r: &Report, score: &str, label: &str) -> Chart {
         columns.push((name.clone(), results.iter().filter_map(|(_, x)| x.uncertainty.score(score)).collect()));
     }
     let ymax = max_y(columns.iter().flat_map(|(_, v)| v.iter().copied()));
-    let axes = Axes {
-        title: format!("Case-level uncertainty by input ({} passes)", r.mc_passes),
-        x_label: "input".into(),
-        y_label: label.into(),
-        x_ticks: Some(columns.iter().enumerate().map(|(k, (n, _))| ((k + 1) as f64, n.clone())).collect()),
-    };
-    let width = (160 * columns.len() + 140).max(760);
-    let mut c = Chart::with_axes(width, 480, (0.5, columns.len() as f64 + 0.5), (0.0, ymax), &axes);
+    let width = (160 * columns.len() + 140).max(760) as u32;
+    let mut c = Figure::new(format!("Case-level uncertainty by input ({} passes)", r.mc_passes), "input", label)
+        .size(width, 480)
+        .x_range(0.5, columns.len() as f64 + 0.5)
+        .y_range(0.0, ymax)
+        .categories(columns.iter().enumerate().map(|(k, (n, _))| ((k + 1) as f64, n.clone())).collect());
     for (k, (_, v)) in columns.iter().enumerate() {
         let x = (k + 1) as f64;
         let pts: Vec<(f64, f64)> =
             v.iter().enumerate().map(|(i, &y)| (x - 0.15 + 0.3 * i as f64 / v.len().max(1) as f64, y)).collect();
-        c.dots(&pts, 3, BLUE);
+        c.add(if k == 0 { "one case" } else { "" }, &pts, BLUE, Mark::Dots);
         if !v.is_empty() {
             let mean = v.iter().sum::<f64>() / v.len() as f64;
-            c.line(&[(x - 0.25, mean), (x + 0.25, mean)], RED);
+            c.add(if k == 0 { "mean" } else { "" }, &[(x - 0.25, mean), (x + 0.25, mean)], RED, Mark::Line);
         }
     }
-    c.legend(&[("one case", BLUE), ("mean", RED)]);
     c
 }
 

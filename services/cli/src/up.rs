@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use gmmas_contracts::http::{CaseCreated, CaseView};
 use gmmas_imaging::LabelVolume;
-use gmmas_imaging::phantom::{PhantomConfig, generate};
+use gmmas_phantom::{PhantomConfig, generate};
 use gmmas_runtime::auth::Role;
 use gmmas_runtime::supervise;
 

@@ -95,7 +95,7 @@ fn analyze_writes_a_segmentation_on_the_input_grid() {
 fn analyze_reads_2023_names_and_a_subset_of_modalities() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
-    let case = gmmas_imaging::phantom::generate(&gmmas_imaging::phantom::PhantomConfig { dims: [48, 48, 40], seed: 2 });
+    let case = gmmas_phantom::generate(&gmmas_phantom::PhantomConfig { dims: [48, 48, 40], seed: 2 });
     let case_dir = dir.path().join("BraTS-GLI-00001-000");
     std::fs::create_dir_all(&case_dir).unwrap();
     for (m, v) in &case.volumes {

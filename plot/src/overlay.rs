@@ -1,14 +1,22 @@
 //! Overlay pictures of a segmentation on the image: axial, coronal and sagittal slices through
 //! the tumor, the image alone, the prediction and (when given) the expert mask side by side.
 
-use crate::{LabelVolume, Volume};
+use crate::PlotError;
+use crate::font::{FAMILY, ensure_registered};
+use gmmas_imaging::{LabelVolume, Volume};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// BraTS colours: NCR red, ED green, ET yellow.
+const NCR: [u8; 3] = [230, 40, 40];
+const ED: [u8; 3] = [40, 200, 60];
+const ET: [u8; 3] = [250, 220, 30];
+
 fn colour(label: u8) -> Option<[u8; 3]> {
     match label {
-        1 => Some([230, 40, 40]),
-        2 => Some([40, 200, 60]),
-        3 | 4 => Some([250, 220, 30]),
+        1 => Some(NCR),
+        2 => Some(ED),
+        3 | 4 => Some(ET),
         _ => None,
     }
 }
@@ -92,10 +100,50 @@ pub fn render(image: &Volume, pred: &LabelVolume, truth: Option<&LabelVolume>) -
     (width, height, rgb)
 }
 
+/// Height of the column-title strip above and the colour-key strip below the slices.
+const STRIP: usize = 30;
+
+/// [`render`] as a PNG with a title above each column (image, prediction, expert) and a key of
+/// the label colours below.
+pub fn render_png(image: &Volume, pred: &LabelVolume, truth: Option<&LabelVolume>) -> Result<Vec<u8>, PlotError> {
+    ensure_registered()?;
+    let (w, h, slices) = render(image, pred, truth);
+    let cols = 2 + usize::from(truth.is_some());
+    let width = w.max(420);
+    let height = h + 2 * STRIP;
+    let mut rgb = vec![255u8; width * height * 3];
+    for y in 0..h {
+        let o = ((y + STRIP) * width) * 3;
+        rgb[o..o + w * 3].copy_from_slice(&slices[y * w * 3..(y + 1) * w * 3]);
+    }
+    let draw_err = |e: &dyn std::fmt::Display| PlotError::Draw { title: "overlay".into(), reason: e.to_string() };
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (width as u32, height as u32)).into_drawing_area();
+        let top = TextStyle::from((FAMILY, 15).into_font()).pos(Pos::new(HPos::Center, VPos::Center));
+        let names = ["image", "prediction", "expert"];
+        let cell = w / cols;
+        for (c, name) in names.iter().take(cols).enumerate() {
+            let x = (c * cell + cell / 2) as i32;
+            root.draw(&Text::new(*name, (x, (STRIP / 2) as i32), top.clone())).map_err(|e| draw_err(&e))?;
+        }
+        let key = TextStyle::from((FAMILY, 14).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+        let y = (h + STRIP + STRIP / 2) as i32;
+        let mut x = 8i32;
+        for (name, c) in [("necrotic core", NCR), ("edema", ED), ("enhancing tumour", ET)] {
+            let fill = RGBColor(c[0], c[1], c[2]).filled();
+            root.draw(&Rectangle::new([(x, y - 6), (x + 12, y + 6)], fill)).map_err(|e| draw_err(&e))?;
+            root.draw(&Text::new(name, (x + 18, y), key.clone())).map_err(|e| draw_err(&e))?;
+            x += 18 + 9 * name.len() as i32 + 16;
+        }
+        root.present().map_err(|e| draw_err(&e))?;
+    }
+    crate::encode_rgb(width, height, &rgb)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Grid;
+    use gmmas_imaging::Grid;
 
     #[test]
     fn slices_go_through_the_tumor_and_colours_show() {
@@ -119,5 +167,7 @@ mod tests {
         assert!((0..h).all(|y| (0..20).all(|x| !is_tinted(px(x, y)))));
         assert!((0..h).any(|y| (20..40).any(|x| is_tinted(px(x, y)))));
         assert!((0..h).any(|y| (40..60).any(|x| is_tinted(px(x, y)))));
+        let (pw, ph, _) = crate::tests::decode(&render_png(&image, &seg, None).unwrap());
+        assert_eq!((pw, ph), (420, 16 + 12 + 12 + 2 * STRIP as u32));
     }
 }

@@ -3,9 +3,10 @@
 
 use super::PhantomCase;
 use super::anatomy::{CSF, WM};
-use super::spec::{CaseSpec, Enhancement, Relax, Tumor, Wave};
-use crate::par;
-use crate::types::{Grid, LabelVolume, Modality, Volume};
+use super::shapes::Wave;
+use super::spec::{CaseSpec, Enhancement, Relax, Tumor};
+use gmmas_imaging::par;
+use gmmas_imaging::{Grid, LabelVolume, Modality, Volume};
 
 fn waves_at(w: &[Wave], p: [f64; 3]) -> f64 {
     w.iter().map(|w| w.eval(p)).sum()

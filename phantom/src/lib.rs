@@ -3,14 +3,14 @@
 
 mod anatomy;
 mod render;
+mod shapes;
 mod spec;
 
 pub use anatomy::{AnatomySource, TEMPLATE_ENV, TEMPLATE_FILE};
 
-use crate::brats::{CaseLabels, write_labels_csv};
-use crate::error::ImagingError;
-use crate::nifti::{Datatype, write_labels, write_volume_as};
-use crate::types::{LabelVolume, Modality, Volume};
+use gmmas_imaging::brats::{CaseLabels, write_labels_csv};
+use gmmas_imaging::nifti::{Datatype, write_labels, write_volume_as};
+use gmmas_imaging::{ImagingError, LabelVolume, Modality, Volume};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -219,10 +219,10 @@ pub fn write_dataset_with_progress(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::brats::{discover_case, load_case, read_labels_csv};
-    use crate::nifti::write_volume;
-    use crate::regions::region_stats;
-    use crate::types::Limits;
+    use gmmas_imaging::Limits;
+    use gmmas_imaging::brats::{discover_case, load_case, read_labels_csv};
+    use gmmas_imaging::nifti::write_volume;
+    use gmmas_imaging::region_stats;
 
     const SMALL: [usize; 3] = [48, 48, 40];
 
@@ -235,7 +235,7 @@ mod tests {
         for (_, v) in &c.volumes {
             out.extend(write_volume(v, false));
         }
-        out.extend(crate::nifti::write_labels(&c.seg, false));
+        out.extend(gmmas_imaging::nifti::write_labels(&c.seg, false));
         out
     }
 

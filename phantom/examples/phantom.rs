@@ -1,8 +1,8 @@
 //! Writes a synthetic BraTS-style phantom dataset and reports the per-case generation time.
-//! Usage: `cargo run --release -p gmmas-imaging --example phantom -- OUT_DIR [N] [SEED] [NX NY NZ]`
+//! Usage: `cargo run --release -p gmmas-phantom --example phantom -- OUT_DIR [N] [SEED] [NX NY NZ]`
 
-use gmmas_imaging::phantom::{PhantomConfig, anatomy, anatomy_path, case_seed, try_generate, write_dataset};
 use gmmas_imaging::region_stats;
+use gmmas_phantom::{PhantomConfig, anatomy, anatomy_path, case_seed, try_generate, write_dataset};
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

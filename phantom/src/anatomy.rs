@@ -1,10 +1,9 @@
 //! The normal brain phantoms are built on: the asldro ICBM 2009a ground truth (tissue labels and
 //! T1 map) when found, else a procedural brain; held once per process as a tissue-fraction pyramid.
 
-use super::spec::{Ellipsoid, Wave, plane_waves, waves};
-use crate::error::ImagingError;
-use crate::nifti::read_components;
-use crate::types::Limits;
+use super::shapes::{Ellipsoid, Wave, plane_waves, waves};
+use gmmas_imaging::nifti::read_components;
+use gmmas_imaging::{ImagingError, Limits};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
@@ -523,7 +522,7 @@ fn candidates() -> Vec<PathBuf> {
     if let Some(v) = std::env::var_os(TEMPLATE_ENV).filter(|v| !v.is_empty()) {
         out.push(PathBuf::from(v));
     }
-    if let Some(share) = crate::share_dir() {
+    if let Some(share) = gmmas_imaging::share_dir() {
         out.push(share.join("templates").join(TEMPLATE_FILE));
     }
     if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {

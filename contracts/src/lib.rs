@@ -3,6 +3,13 @@
 
 pub mod http;
 
+/// Lowercase hex sha256 of `bytes`: the form every `*_sha256` field and content-addressed
+/// object name in these contracts takes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;

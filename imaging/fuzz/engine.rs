@@ -291,10 +291,6 @@ const ALL_DATATYPES: [Datatype; 8] = [
     Datatype::F64,
 ];
 
-fn is_gzip(b: &[u8]) -> bool {
-    b.len() >= 2 && b[0] == 0x1f && b[1] == 0x8b
-}
-
 /// The byte order a (possibly damaged) header claims; little-endian unless sizeof_hdr says otherwise.
 fn file_le(b: &[u8]) -> bool {
     !(b.len() >= 4 && i32::from_be_bytes([b[0], b[1], b[2], b[3]]) == 348)
@@ -618,7 +614,7 @@ pub fn outcome(t: Target, input: &[u8], r: &Result<String, ImagingError>) -> Str
         Ok(k) => k.clone(),
         Err(e) => error_class(e),
     };
-    format!("{} {} {}", t.name(), if is_gzip(input) { "gz" } else { "raw" }, body)
+    format!("{} {} {}", t.name(), if gmmas_imaging::nifti::is_gzip(input) { "gz" } else { "raw" }, body)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -852,7 +848,7 @@ struct Entry {
 
 impl Entry {
     fn new(bytes: Vec<u8>, cap: usize) -> Entry {
-        let inner = if is_gzip(&bytes) { gunzip(&bytes, cap) } else { None };
+        let inner = if gmmas_imaging::nifti::is_gzip(&bytes) { gunzip(&bytes, cap) } else { None };
         Entry { bytes, inner }
     }
 }
@@ -1256,7 +1252,7 @@ impl Worker<'_> {
             _ => {
                 let mut buf = bytes;
                 self.mutate_n(&mut buf, &donor);
-                if !is_gzip(&buf) && self.rng.chance(1, 12) { self.wrap(&buf) } else { buf }
+                if !gmmas_imaging::nifti::is_gzip(&buf) && self.rng.chance(1, 12) { self.wrap(&buf) } else { buf }
             }
         }
     }
@@ -1289,7 +1285,7 @@ impl Worker<'_> {
         rep.wide += u64::from(profile == "wide limits");
         rep.default_limits += u64::from(profile == "default limits");
         rep.per_target[t.index()] += 1;
-        rep.gzip_inputs += u64::from(is_gzip(input));
+        rep.gzip_inputs += u64::from(gmmas_imaging::nifti::is_gzip(input));
         rep.slowest = rep.slowest.max(dt);
         rep.max_alloc = rep.max_alloc.max(peak);
         let key = match &r {

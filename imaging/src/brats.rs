@@ -171,50 +171,24 @@ pub struct CaseLabels {
     pub mgmt_methylated: Option<bool>,
 }
 
-/// Splits CSV text into records (quoted fields, "" escapes, CRLF); returns (line number, fields).
-fn parse_csv(text: &str, delim: char) -> Vec<(usize, Vec<String>)> {
+/// Reads CSV records (quoted fields, "" escapes, CRLF; rows of only blank cells dropped) as
+/// (line number, fields).
+/// One CSV record: its line number and fields.
+type Record = (usize, Vec<String>);
+
+fn parse_csv(text: &str, delim: u8) -> Result<Vec<Record>, (usize, String)> {
+    let mut reader =
+        csv::ReaderBuilder::new().delimiter(delim).has_headers(false).flexible(true).from_reader(text.as_bytes());
     let mut rows = Vec::new();
-    let mut field = String::new();
-    let mut fields = Vec::new();
-    let mut in_quotes = false;
-    let mut line = 1;
-    let mut row_line = 1;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if in_quotes {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    field.push('"');
-                    chars.next();
-                }
-                '"' => in_quotes = false,
-                '\n' => {
-                    line += 1;
-                    field.push(c);
-                }
-                _ => field.push(c),
-            }
-            continue;
-        }
-        match c {
-            '"' => in_quotes = true,
-            c if c == delim => fields.push(std::mem::take(&mut field)),
-            '\r' => {}
-            '\n' => {
-                fields.push(std::mem::take(&mut field));
-                rows.push((row_line, std::mem::take(&mut fields)));
-                line += 1;
-                row_line = line;
-            }
-            _ => field.push(c),
+    for record in reader.records() {
+        let record = record.map_err(|e| (e.position().map_or(0, |p| p.line() as usize), e.to_string()))?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        let fields: Vec<String> = record.iter().map(str::to_string).collect();
+        if fields.iter().any(|f| !f.trim().is_empty()) {
+            rows.push((line, fields));
         }
     }
-    if !field.is_empty() || !fields.is_empty() {
-        fields.push(field);
-        rows.push((row_line, fields));
-    }
-    rows.retain(|(_, f)| f.iter().any(|x| !x.trim().is_empty()));
-    rows
+    Ok(rows)
 }
 
 fn norm(s: &str) -> String {
@@ -333,8 +307,8 @@ pub fn read_labels_csv(path: &Path) -> Result<BTreeMap<String, CaseLabels>, Imag
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let csv_err = |line: usize, detail: String| ImagingError::Csv { path: path.display().to_string(), line, detail };
     let first = text.lines().next().unwrap_or("");
-    let delim = [',', '\t', ';'].into_iter().max_by_key(|d| first.matches(*d).count()).unwrap_or(',');
-    let rows = parse_csv(text, delim);
+    let delim = [b',', b'\t', b';'].into_iter().max_by_key(|d| first.matches(char::from(*d)).count()).unwrap_or(b',');
+    let rows = parse_csv(text, delim).map_err(|(line, detail)| csv_err(line, detail))?;
     let Some(((hline, header), body)) = rows.split_first() else {
         return Err(csv_err(1, "empty file: expected a header row".into()));
     };
@@ -391,10 +365,6 @@ pub fn read_labels_csv(path: &Path) -> Result<BTreeMap<String, CaseLabels>, Imag
     Ok(out)
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
-}
-
 /// Writes `case_id,grade,idh,codel_1p19q,mgmt` with GBM/LGG, mutant/wildtype, codel/intact,
 /// methylated/unmethylated; unknown values are left blank.
 pub fn write_labels_csv(path: &Path, labels: &BTreeMap<String, CaseLabels>) -> Result<(), ImagingError> {
@@ -403,18 +373,22 @@ pub fn write_labels_csv(path: &Path, labels: &BTreeMap<String, CaseLabels>) -> R
         Some(false) => no,
         None => "",
     };
-    let mut s = String::from("case_id,grade,idh,codel_1p19q,mgmt\n");
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let csv_err =
+        |e: csv::Error| ImagingError::Csv { path: path.display().to_string(), line: 0, detail: e.to_string() };
+    w.write_record(["case_id", "grade", "idh", "codel_1p19q", "mgmt"]).map_err(csv_err)?;
     for (case, l) in labels {
-        s.push_str(&format!(
-            "{},{},{},{},{}\n",
-            csv_field(case),
+        w.write_record([
+            case.as_str(),
             pick(l.grade_gbm, "GBM", "LGG"),
             pick(l.idh_mutant, "mutant", "wildtype"),
             pick(l.codel_1p19q, "codel", "intact"),
             pick(l.mgmt_methylated, "methylated", "unmethylated"),
-        ));
+        ])
+        .map_err(csv_err)?;
     }
-    std::fs::write(path, s).map_err(|e| ImagingError::io(path, e))
+    let bytes = w.into_inner().map_err(|e| csv_err(e.into_error().into()))?;
+    std::fs::write(path, bytes).map_err(|e| ImagingError::io(path, e))
 }
 
 #[cfg(test)]

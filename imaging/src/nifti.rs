@@ -135,7 +135,8 @@ impl NiftiHeader {
     }
 }
 
-fn is_gzip(bytes: &[u8]) -> bool {
+/// Whether `bytes` start with the gzip magic number.
+pub fn is_gzip(bytes: &[u8]) -> bool {
     bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b
 }
 

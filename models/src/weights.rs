@@ -1,12 +1,11 @@
-//! Deterministic seeded initialisation and a byte-stable safetensors reader/writer for the
-//! variables of a `VarStore` (names sorted, so equal weights always give equal bytes and sha).
+//! Seeded initialisation of a `VarStore`, its byte-stable safetensors writer (names sorted: equal
+//! weights give equal bytes and sha) and loading through the `safetensors` crate.
 
 use std::collections::BTreeMap;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
+use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::ModelError;
@@ -98,57 +97,59 @@ pub fn to_safetensors(vs: &nn::VarStore, metadata: &BTreeMap<String, String>) ->
 
 /// First 12 hex digits of the sha256 of `bytes`.
 pub fn short_sha(bytes: &[u8]) -> String {
-    let digest = hex::encode(Sha256::digest(bytes));
+    let digest = sha256_hex(bytes);
     digest[..12].to_string()
 }
 
-/// Full hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use gmmas_contracts::sha256_hex;
 
 /// The `__metadata__` map of safetensors `bytes` (empty when absent). The error text does not
 /// include the file name (the caller adds it).
 pub fn read_metadata(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
-    let header = read_header(bytes)?.0;
-    match header.get("__metadata__") {
-        None => Ok(BTreeMap::new()),
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("corrupt safetensors metadata: {e}")),
-    }
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| format!("corrupt safetensors file: {e}"))?;
+    Ok(meta.metadata().clone().unwrap_or_default().into_iter().collect())
+}
+
+/// Each tensor's header entry as comparable text, and the metadata map, of a parsed header.
+fn header_entries(bytes: &[u8]) -> Result<(usize, BTreeMap<String, String>), String> {
+    let (n, meta) = SafeTensors::read_metadata(bytes).map_err(|e| format!("corrupt safetensors file: {e}"))?;
+    let mut entries: BTreeMap<String, String> =
+        meta.tensors().into_iter().map(|(name, info)| (name, format!("{info:?}"))).collect();
+    entries.insert("__metadata__".into(), format!("{:?}", read_metadata(bytes)?));
+    Ok((n, entries))
 }
 
 /// Where two safetensors files first differ, for error messages: the header, or the first
 /// tensor (by name) whose values differ, with its first differing element and how many differ.
 pub fn describe_difference(a: &[u8], b: &[u8]) -> String {
-    let (ha, sa) = match read_header(a) {
+    let (na, ha) = match header_entries(a) {
         Ok(h) => h,
         Err(e) => return format!("first file: {e}"),
     };
-    let (hb, sb) = match read_header(b) {
+    let (nb, hb) = match header_entries(b) {
         Ok(h) => h,
         Err(e) => return format!("second file: {e}"),
     };
-    if ha != hb {
+    if ha != hb || a[..8 + na] != b[..8 + nb] {
         let keys: Vec<&String> = ha.keys().chain(hb.keys()).filter(|k| ha.get(*k) != hb.get(*k)).take(3).collect();
         return format!("headers differ (first entries: {keys:?})");
     }
-    let (da, db) = (&a[sa..], &b[sb..]);
-    if da.len() != db.len() {
-        return format!("data lengths differ: {} vs {}", da.len(), db.len());
+    let (Ok(ta), Ok(tb)) = (SafeTensors::deserialize(a), SafeTensors::deserialize(b)) else {
+        return "a file's tensors do not fit its header".into();
+    };
+    if a.len() != b.len() {
+        return format!("data lengths differ: {} vs {}", a.len() - 8 - na, b.len() - 8 - nb);
     }
     let mut differing = Vec::new();
-    for (name, v) in &ha {
-        let Some(offs) = v.get("data_offsets").and_then(Value::as_array) else { continue };
-        let (Some(s), Some(e)) = (offs.first().and_then(Value::as_u64), offs.get(1).and_then(Value::as_u64)) else {
-            continue;
-        };
-        let (s, e) = (s as usize, (e as usize).min(da.len()));
-        if s >= e || da[s..e] == db[s..e] {
+    let views: BTreeMap<String, _> = ta.tensors().into_iter().collect();
+    for (name, va) in &views {
+        let Ok(vb) = tb.tensor(name) else { continue };
+        let (da, db) = (va.data(), vb.data());
+        if da == db {
             continue;
         }
         let f = |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        let pairs: Vec<(f32, f32)> =
-            da[s..e].chunks_exact(4).zip(db[s..e].chunks_exact(4)).map(|(x, y)| (f(x), f(y))).collect();
+        let pairs: Vec<(f32, f32)> = da.chunks_exact(4).zip(db.chunks_exact(4)).map(|(x, y)| (f(x), f(y))).collect();
         let n = pairs.iter().filter(|(x, y)| x.to_bits() != y.to_bits()).count();
         let (i, (x, y)) = pairs
             .iter()
@@ -164,82 +165,37 @@ pub fn describe_difference(a: &[u8], b: &[u8]) -> String {
     }
 }
 
-/// The parsed JSON header of safetensors `bytes` and the offset where the data starts.
-fn read_header(bytes: &[u8]) -> Result<(Map<String, Value>, usize), String> {
-    if bytes.len() < 8 {
-        return Err(format!("not a safetensors file: {} bytes", bytes.len()));
-    }
-    let mut n = [0u8; 8];
-    n.copy_from_slice(&bytes[..8]);
-    let n = u64::from_le_bytes(n);
-    if n > (bytes.len() - 8) as u64 {
-        return Err(format!("corrupt safetensors header: length {n} exceeds file size {}", bytes.len()));
-    }
-    let n = n as usize;
-    let header: Map<String, Value> =
-        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| format!("corrupt safetensors header: {e}"))?;
-    Ok((header, 8 + n))
-}
-
-/// One tensor entry of a parsed safetensors file.
-#[derive(Debug)]
-struct Entry {
-    shape: Vec<i64>,
-    start: usize,
-    end: usize,
-}
-
 /// Copies the tensors of safetensors `bytes` into the variables of `vs`. Every variable must
 /// be present with the same shape and no extra tensors may exist; errors name the offender.
 /// The returned error text does not include the file name (the caller adds it).
 pub fn load_safetensors(vs: &nn::VarStore, bytes: &[u8]) -> Result<(), String> {
-    let (header, start) = read_header(bytes)?;
-    let data = &bytes[start..];
+    let file = SafeTensors::deserialize(bytes).map_err(|e| format!("corrupt safetensors file: {e}"))?;
     let mut entries = BTreeMap::new();
-    for (name, v) in &header {
-        if name == "__metadata__" {
-            continue;
+    for (name, view) in file.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(format!("tensor {name}: dtype {:?}, expected F32", view.dtype()));
         }
-        let dtype = v.get("dtype").and_then(Value::as_str).unwrap_or("?");
-        if dtype != "F32" {
-            return Err(format!("tensor {name}: dtype {dtype}, expected F32"));
-        }
-        let shape: Option<Vec<i64>> =
-            v.get("shape").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_i64).collect());
-        let offs: Option<Vec<u64>> =
-            v.get("data_offsets").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect());
-        let (Some(shape), Some(offs)) = (shape, offs) else {
-            return Err(format!("tensor {name}: malformed header entry"));
-        };
-        let numel: i64 = shape.iter().product();
-        if offs.len() != 2
-            || offs[0] > offs[1]
-            || offs[1] > data.len() as u64
-            || shape.iter().any(|&d| d < 0)
-            || (offs[1] - offs[0]) != numel as u64 * 4
-        {
-            return Err(format!("tensor {name}: data offsets {offs:?} do not fit shape {shape:?} in the file"));
-        }
-        entries.insert(name.clone(), Entry { shape, start: offs[0] as usize, end: offs[1] as usize });
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        entries.insert(name, (shape, view));
     }
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     if let Some(extra) = entries.keys().find(|k| !vars.contains_key(*k)) {
         return Err(format!("unexpected tensor {extra} (not a variable of this model config)"));
     }
     for (name, var) in &vars {
-        let Some(e) = entries.get(name) else {
+        let Some((shape, _)) = entries.get(name) else {
             return Err(format!("missing tensor {name}"));
         };
-        if e.shape != var.size() {
-            return Err(format!("wrong shape for var {name}: file has {:?}, model expects {:?}", e.shape, var.size()));
+        if *shape != var.size() {
+            return Err(format!("wrong shape for var {name}: file has {shape:?}, model expects {:?}", var.size()));
         }
     }
     tch::no_grad(|| {
         for (name, var) in vars {
-            let e = &entries[&name];
+            let (shape, view) = &entries[&name];
             let values: Vec<f32> =
-                data[e.start..e.end].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            let src = Tensor::from_slice(&values).view(e.shape.as_slice()).to_device(var.device());
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let src = Tensor::from_slice(&values).view(shape.as_slice()).to_device(var.device());
             let mut var = var;
             var.f_copy_(&src).map_err(|err| format!("tensor {name}: {err}"))?;
         }
@@ -261,11 +217,36 @@ mod tests {
         let _a = root.zeros("a_weight", &[3, 1]);
         let meta = BTreeMap::from([("format".to_string(), "x".to_string()), ("alpha".to_string(), "y".to_string())]);
         let bytes = to_safetensors(&vs, &meta).unwrap();
-        let (_, start) = read_header(&bytes).unwrap();
+        let start = 8 + SafeTensors::read_metadata(&bytes).unwrap().0;
         let head = String::from_utf8(bytes[8..start].to_vec()).unwrap();
         assert_eq!(
             head.trim_end(),
             r#"{"__metadata__":{"alpha":"y","format":"x"},"a_weight":{"data_offsets":[0,12],"dtype":"F32","shape":[3,1]},"b_bias":{"data_offsets":[12,20],"dtype":"F32","shape":[2]}}"#
+        );
+    }
+
+    #[test]
+    fn written_weights_load_back_and_damage_is_named() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w = vs.root().randn("w", &[2, 3], 0.0, 1.0);
+        let meta = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        let bytes = to_safetensors(&vs, &meta).unwrap();
+        assert_eq!(read_metadata(&bytes).unwrap(), meta);
+        let other = nn::VarStore::new(Device::Cpu);
+        let w2 = other.root().zeros("w", &[2, 3]);
+        load_safetensors(&other, &bytes).unwrap();
+        assert!(w.equal(&w2));
+        let wrong = nn::VarStore::new(Device::Cpu);
+        let _ = wrong.root().zeros("w", &[3, 2]);
+        let e = load_safetensors(&wrong, &bytes).unwrap_err();
+        assert!(e.contains("wrong shape for var w"), "{e}");
+        let e = load_safetensors(&other, &bytes[..bytes.len() - 4]).unwrap_err();
+        assert!(e.contains("corrupt safetensors file"), "{e}");
+        let mut changed = bytes.clone();
+        let last = changed.len() - 1;
+        changed[last] ^= 0x40;
+        assert!(
+            describe_difference(&bytes, &changed).starts_with("1 tensors differ; w: 1/6 values differ, first at 5")
         );
     }
 }

@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// The knowledge base shipped with the service (`services/report/kb/glioma.toml`).
 pub const BUILTIN: &str = include_str!("../kb/glioma.toml");
@@ -82,7 +81,7 @@ impl KnowledgeBase {
         if file.passage.is_empty() {
             return Err(KbError::Invalid("no passages".into()));
         }
-        let digest = hex::encode(Sha256::digest(text.as_bytes()));
+        let digest = gmmas_contracts::sha256_hex(text.as_bytes());
         Ok(KnowledgeBase { passages: file.passage, version: format!("kb-{}", &digest[..16]) })
     }
 

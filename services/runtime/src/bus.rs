@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use async_nats::jetstream::{self, consumer::pull, object_store, stream};
 use gmmas_contracts as contracts;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::CommonConfig;
@@ -306,6 +305,4 @@ async fn ensure_bucket(js: &jetstream::Context, name: &str) -> anyhow::Result<ob
     }
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use gmmas_contracts::sha256_hex;

@@ -109,9 +109,8 @@ pub async fn http_status(addr: &str, path: &str) -> anyhow::Result<u16> {
 
 /// Sends SIGTERM, waits up to `grace`, then kills.
 pub async fn stop(svc: &mut Service, grace: Duration) {
-    if let Some(pid) = svc.child.id() {
-        // `kill` from the command line keeps this crate free of unsafe code.
-        let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    if let Some(pid) = svc.child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
     }
     if tokio::time::timeout(grace, svc.child.wait()).await.is_err() {
         let _ = svc.child.kill().await;

@@ -1,5 +1,6 @@
 //! A coverage-free mutational fuzzer for the NIfTI-1 reader (`read_volume`, `read_labels`, `read_header_with`).
 //! Shared by the `fuzz_nifti` example (long runs) and the `fuzz_smoke` test (a short run in the test suite).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "fuzzing tool: a broken invariant should stop it loudly")]
 
 // How it works (seeds, mutations, limit profiles, checks): imaging/fuzz/README.md.
 

@@ -1,5 +1,6 @@
 //! `fuzz_nifti`: fuzzes the NIfTI-1 reader on stable Rust (no libFuzzer) and prints the totals.
 //! Usage and measured runs: `imaging/fuzz/README.md`.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "fuzzing tool: a broken invariant should stop it loudly")]
 
 #[allow(dead_code)]
 mod engine;

@@ -920,6 +920,7 @@ fn build_header(grid: &Grid, dt: Datatype) -> Vec<u8> {
     h
 }
 
+#[allow(clippy::expect_used, clippy::unwrap_used, reason = "gzip into a Vec<u8> cannot fail")]
 fn finish(mut file: Vec<u8>, body: &[u8], gzip: bool) -> Vec<u8> {
     if gzip {
         let mut enc = GzEncoder::new(Vec::with_capacity((file.len() + body.len()) / 2), Compression::fast());

@@ -204,6 +204,7 @@ impl PreparedCase {
 
     /// `GMMASPC\0`, u32 LE header length, msgpack header (format version, dtype, channel order,
     /// present, dims, geometry), then the channel data as raw little-endian f32.
+    #[allow(clippy::expect_used, clippy::unwrap_used, reason = "MessagePack of a plain struct into memory cannot fail")]
     pub fn to_bytes(&self) -> Vec<u8> {
         let hdr = PreparedHeader {
             format_version: PREPARED_FORMAT_VERSION,

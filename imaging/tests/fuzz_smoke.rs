@@ -1,5 +1,6 @@
 //! Keeps the NIfTI reader fuzzer (`imaging/fuzz`) working: a short deterministic run on the
 //! committed corpus must find nothing, and the corpus must stay small and readable.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "fuzzing tool: a broken invariant should stop it loudly")]
 
 #[allow(dead_code)]
 #[path = "../fuzz/engine.rs"]

@@ -1,5 +1,6 @@
 //! GMMAS's NIfTI output read back by an independent reader (nibabel in the project's venv):
 //! the shape, the affine of an oblique grid and every voxel must be what was written.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 use std::path::PathBuf;
 use std::process::Command;

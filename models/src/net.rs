@@ -324,6 +324,11 @@ impl TransformerLayer {
         }
     }
 
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "the tokens tensor is built three-dimensional just above"
+    )]
     fn forward(&self, x: &Tensor, drop: bool) -> Tensor {
         let (b, n, e) = x.size3().expect("tokens are [B, N, E]");
         let h = self.heads;

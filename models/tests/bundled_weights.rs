@@ -2,6 +2,7 @@
 //!
 //! Its own test binary (one process, nothing else running in it): inside the library's
 //! concurrent unit tests this check once saw different bytes, which a run on its own never has.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 use gmmas_models::{Analyzer, Device, ModelMeta};
 

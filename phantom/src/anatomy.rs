@@ -487,6 +487,7 @@ fn brain_fractions(b: &Brain, p: [f64; 3]) -> [f64; 3] {
 }
 
 /// The procedural brain rasterized at 1 mm (always the same brain: a fixed seed).
+#[allow(clippy::expect_used, clippy::unwrap_used, reason = "the procedural anatomy is built from constants")]
 fn build_procedural() -> Anatomy {
     let mut rng = ChaCha8Rng::seed_from_u64(0x0062_7261_696e);
     let b = sample_brain(&mut rng);

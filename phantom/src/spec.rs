@@ -306,6 +306,7 @@ fn matmul(a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
 }
 
 /// Random rotation, anisotropic scale and deformation of the anatomy, fitted into `dims`.
+#[allow(clippy::expect_used, clippy::unwrap_used, reason = "constant distribution parameters")]
 fn sample_warp(rng: &mut ChaCha8Rng, anat: &Anatomy, dims: [usize; 3]) -> Warp {
     let angle = Normal::new(0.0, 0.045).expect("constant distribution parameters");
     let [ax, ay, az] = [0; 3].map(|_| f64::clamp(angle.sample(rng), -0.1, 0.1));
@@ -587,6 +588,7 @@ fn sample_tumor(
     }
 }
 
+#[allow(clippy::expect_used, clippy::unwrap_used, reason = "constant distribution parameters")]
 fn jitter(rng: &mut ChaCha8Rng, v: f64, sd: f64) -> f64 {
     let n = Normal::new(1.0, sd).expect("constant distribution parameters");
     v * n.sample(rng).clamp(1.0 - 3.0 * sd, 1.0 + 3.0 * sd)
@@ -662,6 +664,7 @@ fn sample_sequences(rng: &mut ChaCha8Rng, tissues: &Tissues) -> [Sequence; 4] {
 }
 
 /// Samples the whole case description from the config's seed.
+#[allow(clippy::expect_used, clippy::unwrap_used, reason = "constant distribution parameters")]
 pub(crate) fn sample(cfg: &PhantomConfig, anat: &'static Anatomy) -> CaseSpec {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let dims = cfg.dims;

@@ -1,5 +1,6 @@
 //! The end-to-end harness: a private nats-server on a free port, a fresh PostgreSQL database,
 //! and every service started as its own process from the release binaries (like `gmmas up`).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 pub mod llm;
 

@@ -6,6 +6,7 @@
 //!
 //! CI runs 12 cases; `GMMAS_CHAOS_CASES=50 cargo test --release -p gmmas-e2e --test chaos`
 //! runs the full version.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

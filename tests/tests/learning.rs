@@ -2,6 +2,7 @@
 //! pseudo-labels them, train produces a candidate, the gate decides, infer switches to the
 //! promoted model, a rollback switches back; a candidate that fails the gate is never served;
 //! a training run killed mid-way resumes from its stored checkpoint.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -4,6 +4,7 @@
 //!
 //! CI runs 24 uploads; `GMMAS_LOAD_UPLOADS=100 cargo test --release -p gmmas-e2e --test load
 //! -- --nocapture` runs the full version.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 use std::time::{Duration, Instant};
 

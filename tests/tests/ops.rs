@@ -1,6 +1,7 @@
 //! Operations, end to end: the services run from the container image's layout and settings
 //! (deploy/docker), every live `/metrics` passes `promtool check metrics`, and a real Prometheus
 //! scrapes the running system and answers a query for the case counter.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! No case lost, none stuck, none corrupted: the attempt cap, the outbox after a crash between
 //! commit and publish, two attempts racing on one case, forged messages, and the sweeper.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! Least privilege on the bus and in the database: every service as its own NATS user over TLS
 //! with only its subjects, and as the service database role that cannot change the schema.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,5 +1,6 @@
 //! End-to-end: HTTP upload -> ingest -> NATS JetStream -> preprocess -> infer (tch) ->
 //! PostgreSQL -> HTTP, with every service a real process, plus crash and bad-input behaviour.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 use std::time::Duration;
 

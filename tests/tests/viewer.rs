@@ -2,6 +2,7 @@
 //! upload the example case through the page, wait for the result, check the overlay drawn at
 //! tumour voxels and the numbers on the page against the API, correct a class label and paint a
 //! segmentation correction, each stored; screenshots are kept under `target/viewer-artifacts/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,5 +1,6 @@
 //! `gmmas analyze` and `gmmas phantom` through the real binary: folders in both BraTS namings,
 //! a modality subset, and a clear error for a folder without images.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 use std::path::Path;
 use std::process::Command;

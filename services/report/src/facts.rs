@@ -94,6 +94,7 @@ impl Facts {
         }
     }
 
+    #[allow(clippy::expect_used, clippy::unwrap_used, reason = "the four tasks are always present in a result")]
     pub fn task(&self, name: &str) -> &TaskFact {
         self.tasks.iter().find(|t| t.task == name).expect("the four tasks are always present")
     }

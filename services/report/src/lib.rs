@@ -245,6 +245,7 @@ impl Reporter {
         (retrieve::select(&self.kb, &queries, &scores, per_row), method.to_string())
     }
 
+    #[allow(clippy::expect_used, clippy::unwrap_used, reason = "the cache is filled just above")]
     async fn embedding_scores(&self, embedder: &Llm, queries: &[(kb::Row, String)]) -> Result<Vec<Vec<f64>>, LlmError> {
         let mut cached = self.passage_vectors.lock().await;
         if cached.is_none() {

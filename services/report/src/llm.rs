@@ -138,6 +138,11 @@ impl Llm {
         Ok((content, stats))
     }
 
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "this branch runs only with the ollama backend configured"
+    )]
     async fn chat_ollama(
         &self,
         system: &str,
@@ -210,6 +215,11 @@ impl Llm {
     }
 
     /// Embeddings of `texts`, one vector each.
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "this branch runs only with the ollama backend configured"
+    )]
     pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, LlmError> {
         let _permit = self.permits.acquire().await.map_err(|e| LlmError::Unavailable(e.to_string()))?;
         let call = async {

@@ -32,24 +32,44 @@ pub struct Metrics {
     object_store: IntGaugeVec,
 }
 
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "metric names and labels are constants; a bad one fails every test at start"
+)]
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
     registry.register(Box::new(c.clone())).expect("register metric");
     c
 }
 
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "metric names and labels are constants; a bad one fails every test at start"
+)]
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry.register(Box::new(c.clone())).expect("register metric");
     c
 }
 
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "metric names and labels are constants; a bad one fails every test at start"
+)]
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry.register(Box::new(g.clone())).expect("register metric");
     g
 }
 
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "metric names and labels are constants; a bad one fails every test at start"
+)]
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
     registry.register(Box::new(g.clone())).expect("register metric");
@@ -57,6 +77,11 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 impl Metrics {
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "metric names and labels are constants; a bad one fails every test at start"
+    )]
     pub fn new(service: &str) -> Metrics {
         let registry =
             Registry::new_custom(Some("gmmas".into()), Some([("service".to_string(), service.to_string())].into()))

@@ -23,6 +23,11 @@ impl Shutdown {
     }
 
     /// A signal that fires on SIGTERM or SIGINT.
+    #[allow(
+        clippy::expect_used,
+        clippy::unwrap_used,
+        reason = "a process that cannot watch for SIGTERM must not start"
+    )]
     pub fn on_signals() -> Self {
         let s = Self::new();
         let trigger = s.clone();

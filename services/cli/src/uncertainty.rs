@@ -413,7 +413,8 @@ fn ood_chart(r: &Report, score: &str, label: &str) -> Figure {
     let mut c = Figure::new(format!("Case-level uncertainty by input ({} passes)", r.mc_passes), "input", label)
         .size(width, 480)
         .x_range(0.5, columns.len() as f64 + 0.5)
-        .y_range(0.0, ymax)
+        // Headroom so that the legend (upper right) never covers a case.
+        .y_range(0.0, ymax * 1.25)
         .categories(columns.iter().enumerate().map(|(k, (n, _))| ((k + 1) as f64, n.clone())).collect());
     for (k, (_, v)) in columns.iter().enumerate() {
         let x = (k + 1) as f64;

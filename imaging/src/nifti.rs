@@ -162,6 +162,7 @@ impl Raw<'_> {
 }
 
 /// Parses and validates a 348-byte header block (no body-size limits checked here).
+// Long on purpose: the header's fields are read and checked in their on-disk order, so the function reads beside the NIfTI-1 layout; split up, that order would be scattered.
 fn parse_header(h: &[u8], limits: &Limits) -> Result<NiftiHeader, ImagingError> {
     if h.len() < HDR {
         return Err(ImagingError::NotNifti(format!(

@@ -273,6 +273,7 @@ impl PreparedCase {
 }
 
 /// Reorients, (optionally) resamples, crops and normalizes 1..=4 modalities of one case.
+// Long on purpose: the pipeline's steps in order (reorient, resample, crop, normalise), each recorded in the geometry that `restore_labels` inverts; one place keeps that order visible.
 pub fn prepare(inputs: &[(Modality, &Volume)], opts: &PrepOptions) -> Result<PreparedCase, ImagingError> {
     opts.validate()?;
     if inputs.is_empty() || inputs.len() > 4 {

@@ -640,6 +640,7 @@ impl Sampler {
     }
 
     /// One augmented sample of case `idx`, drawn from `rng`.
+    // Long on purpose: every random draw of one augmented sample happens here in a fixed order, which makes a run reproducible from its seed.
     #[allow(clippy::type_complexity)]
     fn sample(
         &self,

@@ -435,6 +435,7 @@ struct LoadOptions<'a> {
 }
 
 /// Reads, checks and prepares one case; every problem found is returned.
+// Long on purpose: one case's checks (files, headers, grids, labels, values) run in a row and each adds to the same problem list, so that a user sees every problem of a case at once.
 fn load_case(
     dir: &Path,
     files: &CaseFiles,
@@ -633,6 +634,7 @@ impl Dataset {
     /// Finds, reads, validates and prepares every case of `cfg`, then assigns subsets.
     /// All problems are returned together (or the bad cases skipped, see
     /// [`DataConfig::skip_bad_cases`]).
+    // Long on purpose: every case is read in parallel and every problem of every case is collected before deciding (report all, or skip the bad ones), then subsets are assigned; the phases share the per-case results.
     pub fn load(cfg: &DataConfig) -> Result<Self, DataError> {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();

@@ -575,6 +575,7 @@ impl Engine<'_> {
     /// mean, per-class std and mean single-pass entropy are blended across windows with the
     /// Gaussian weights (exact when the volume fits one window, the normal case of the
     /// `small` profile).
+    // Long on purpose: the sliding-window loop over MC passes with its running sums; the sums are the loop's shared state.
     fn run_voxel_mc(&self, passes: usize, mc: bool) -> Result<VoxelSums, ModelError> {
         let [nz, ny, nx] = self.shape.map(|v| v as i64);
         let w = self.plan.window.map(|v| v as i64);

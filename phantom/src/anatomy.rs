@@ -329,6 +329,7 @@ fn chamfer(dims: [usize; 3], vox: f64, outside: f64, zero: impl Fn(usize) -> boo
 
 /// Reads the template: the `t1` and `seg_label` quantities (indices from the sibling .json when
 /// present), cropped to the brain minus the lower brainstem.
+// Long on purpose: reads the template's quantities, their label indices and the crop in one pass over the file.
 fn load_template(path: &Path) -> Result<Anatomy, ImagingError> {
     let bytes = std::fs::read(path).map_err(|e| ImagingError::io(path, e))?;
     let (mut q_t1, mut q_seg, mut codes) = (2usize, 6usize, [1u8, 2, 3]);

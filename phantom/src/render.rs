@@ -107,6 +107,7 @@ struct Plane {
     tissue: Vec<u8>,
 }
 
+// Long on purpose: the per-voxel signal model (tissues, tumour, lesions, bias, noise) for one plane; every step reads the same voxel state.
 fn render_plane(s: &CaseSpec, sn: &[[f64; 3]; 4], z: usize) -> Plane {
     let [nx, ny, _] = s.dims;
     let mut plane =

@@ -436,6 +436,7 @@ fn offset(c: [f64; 3], d: [f64; 3], r: f64) -> [f64; 3] {
 
 /// Places and shapes one tumour; `size` scales the core radius (1 for the main focus); `zoom` is
 /// the output voxel size (mm) that sub-regions must stay visible at.
+// Long on purpose: every random draw of a tumour happens here in one fixed order; that order defines each phantom's bytes, so the draws are not spread over helpers.
 fn sample_tumor(
     rng: &mut ChaCha8Rng,
     t: &Truth,

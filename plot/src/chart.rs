@@ -148,6 +148,7 @@ impl Figure {
         encode_rgb(w as usize, h as usize, &rgb)
     }
 
+    // Long on purpose: plotters' drawing sequence (canvas, mesh, category ticks, series, legend) on one chart context.
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         let err = |e: &dyn std::fmt::Display| e.to_string();
         root.fill(&WHITE).map_err(|e| err(&e))?;

@@ -37,12 +37,12 @@ pub use self::eval::{CaseEval, EvalOptions, EvalReport, RegionSummary, TaskSumma
 use crate::ModelError;
 use crate::adapt::TrainMode;
 use crate::analyzer::{ModelMeta, sidecar_path};
-use crate::augment::{BatchStream, Sampler};
+use crate::augment::{BatchStream, HostBatch, Sampler};
 use crate::config::{ModelConfig, TASK_NAMES, TASKS};
-use crate::data::{DataError, Dataset, Subset};
+use crate::data::{ClassBalance, DataError, Dataset, Subset};
 use crate::infer::InferOptions;
 use crate::metrics::Region;
-use crate::train::{StepLosses, Trainer};
+use crate::train::{Batch, StepLosses, Trainer};
 
 /// Errors of a training or evaluation run.
 #[derive(Debug, thiserror::Error)]
@@ -321,77 +321,25 @@ fn restore_log_sigma(trainer: &Trainer, values: &[f64]) -> Result<(), FitError> 
     Ok(())
 }
 
-/// Trains a model as `cfg` says. See the module docs for the files written.
-pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitError> {
-    cfg.check()?;
-    let say = |m: &str| {
-        if !opts.quiet {
-            eprintln!("{m}");
-        }
-    };
-    let out = &cfg.out;
-    std::fs::create_dir_all(out).map_err(io_err(out))?;
-    let paths = Paths::new(out);
-    let resuming = opts.resume && paths.state.exists() && paths.ckpt.exists();
-    if opts.resume && !resuming {
-        say(&format!("no checkpoint in {}: starting a new run", out.display()));
-    }
-    if !opts.resume && (paths.ckpt.exists() || paths.model.exists()) {
-        return Err(FitError::Config(format!(
-            "{} already holds a run: pass --resume to continue it, or choose another out folder",
-            out.display()
-        )));
-    }
-    crate::device::set_threads(cfg.threads);
-    let device = crate::device::parse_device(&cfg.device)?;
-    let model_cfg = cfg.model.resolve()?;
+/// What a new or resumed trainer is built from.
+struct TrainerSetup<'a> {
+    tcfg: &'a crate::train::TrainConfig,
+    device: Device,
+    model_cfg: &'a ModelConfig,
+    data_sha: &'a str,
+}
 
-    // Data: everything is read and checked before the first step.
-    let t_load = Instant::now();
-    let mut data_cfg = cfg.data.clone();
-    if data_cfg.threads == 0 {
-        data_cfg.threads = cfg.threads;
-    }
-    let mut data = Dataset::load(&data_cfg)?;
-    for w in &data.warnings {
-        say(&format!("warning: {w}"));
-    }
-    // Semi-supervised modes: Stage I adds pseudo-labelled cases; Stage II gets a sampler.
-    let ssl = crate::ssl::run::prepare(cfg, &mut data, &model_cfg, device, out, &|m| say(m))?;
-    let data = Arc::new(data);
-    let data_sha = data.sha256();
-    let train_idx = data.indices(Subset::Train);
-    if train_idx.is_empty() {
-        return Err(FitError::Config("no case in the train subset".into()));
-    }
-    let mut val_idx = data.indices(cfg.validate_on);
-    if let Some(m) = cfg.validate_max_cases {
-        val_idx.truncate(m);
-    }
-    if val_idx.is_empty() {
-        say(&format!("note: no {} case: validation is off", cfg.validate_on.as_str()));
-    }
-    let balance = data.class_balance(&train_idx);
-    let tcfg = cfg.train.train_config(&balance);
-    say(&format!("mode: {}", cfg.train.mode.as_str()));
-    say(&format!(
-        "data: {} case(s) ({} train, {} {} for validation) loaded in {:.1} s; sha256 {}",
-        data.cases.len(),
-        train_idx.len(),
-        val_idx.len(),
-        cfg.validate_on.as_str(),
-        t_load.elapsed().as_secs_f64(),
-        &data_sha[..16]
-    ));
-
-    let sampler =
-        Sampler::new(data.clone(), train_idx.clone(), cfg.augment.clone(), &model_cfg, cfg.train.batch_size, cfg.seed)?;
-    let spe = cfg.train.steps_per_epoch.unwrap_or(sampler.steps_per_epoch());
-    let total_steps = cfg.train.steps.unwrap_or_else(|| cfg.train.epochs.unwrap_or(1) * spe);
-    let total_epochs = total_steps.div_ceil(spe);
-
-    // Trainer: fresh, fine-tuned or resumed.
-    let (mut trainer, mut state) = if resuming {
+/// The trainer and its checkpoint state: resumed from `paths` (after checking that the data,
+/// model config and checkpoint agree), fine-tuned from `model.init`, or fresh.
+fn open_trainer(
+    cfg: &TrainRunConfig,
+    paths: &Paths,
+    resuming: bool,
+    setup: &TrainerSetup<'_>,
+    say: &dyn Fn(&str),
+) -> Result<(Trainer, CheckpointState), FitError> {
+    let TrainerSetup { tcfg, device, model_cfg, data_sha } = *setup;
+    let opened = if resuming {
         let bytes = std::fs::read(&paths.state).map_err(io_err(&paths.state))?;
         let st: CheckpointState =
             serde_json::from_slice(&bytes).map_err(|e| FitError::Resume(format!("{}: {e}", paths.state.display())))?;
@@ -399,10 +347,10 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
             return Err(FitError::Resume(format!(
                 "the data changed since the checkpoint (sha256 {} then, {} now); start a new run",
                 &st.data_sha256[..16.min(st.data_sha256.len())],
-                &data_sha[..16]
+                &data_sha[..16.min(data_sha.len())]
             )));
         }
-        if st.model != model_cfg {
+        if st.model != *model_cfg {
             return Err(FitError::Resume("the model config differs from the checkpoint's".into()));
         }
         let meta: ModelMeta = std::fs::read(sidecar_path(&paths.ckpt))
@@ -432,7 +380,7 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
                 if let Some(d) = cfg.model.decoder_dropout {
                     t.set_decoder_dropout(d)?;
                 }
-                if *t.net().config() != model_cfg {
+                if t.net().config() != model_cfg {
                     say("note: model.init weights define the network; [model] sizes are ignored");
                 }
                 t
@@ -445,7 +393,7 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
             epoch: 0,
             log_sigma: sigma_values(t.log_sigma()),
             lr: tcfg.lr,
-            data_sha256: data_sha.clone(),
+            data_sha256: data_sha.to_string(),
             model: t.net().config().clone(),
             best_wt_dice: None,
             train_seconds: 0.0,
@@ -454,6 +402,230 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
         let _ = std::fs::remove_file(&paths.log);
         (t, st)
     };
+    Ok(opened)
+}
+
+/// The data of a run, read and checked before the first step.
+struct RunData {
+    data: Arc<Dataset>,
+    ssl: crate::ssl::run::SslSetup,
+    data_sha: String,
+    train_idx: Vec<usize>,
+    val_idx: Vec<usize>,
+    balance: ClassBalance,
+}
+
+/// Loads and checks the run's cases, adds the semi-supervised modes' pseudo-labelled cases or
+/// unlabeled sampler, and picks the train and validation indices.
+fn load_run_data(
+    cfg: &TrainRunConfig,
+    model_cfg: &ModelConfig,
+    device: Device,
+    say: &dyn Fn(&str),
+) -> Result<RunData, FitError> {
+    let out = &cfg.out;
+    let t_load = Instant::now();
+    let mut data_cfg = cfg.data.clone();
+    if data_cfg.threads == 0 {
+        data_cfg.threads = cfg.threads;
+    }
+    let mut data = Dataset::load(&data_cfg)?;
+    for w in &data.warnings {
+        say(&format!("warning: {w}"));
+    }
+    // Semi-supervised modes: Stage I adds pseudo-labelled cases; Stage II gets a sampler.
+    let ssl = crate::ssl::run::prepare(cfg, &mut data, model_cfg, device, out, say)?;
+    let data = Arc::new(data);
+    let data_sha = data.sha256();
+    let train_idx = data.indices(Subset::Train);
+    if train_idx.is_empty() {
+        return Err(FitError::Config("no case in the train subset".into()));
+    }
+    let mut val_idx = data.indices(cfg.validate_on);
+    if let Some(m) = cfg.validate_max_cases {
+        val_idx.truncate(m);
+    }
+    if val_idx.is_empty() {
+        say(&format!("note: no {} case: validation is off", cfg.validate_on.as_str()));
+    }
+    let balance = data.class_balance(&train_idx);
+    say(&format!("mode: {}", cfg.train.mode.as_str()));
+    say(&format!(
+        "data: {} case(s) ({} train, {} {} for validation) loaded in {:.1} s; sha256 {}",
+        data.cases.len(),
+        train_idx.len(),
+        val_idx.len(),
+        cfg.validate_on.as_str(),
+        t_load.elapsed().as_secs_f64(),
+        &data_sha[..16]
+    ));
+
+    Ok(RunData { data, ssl, data_sha, train_idx, val_idx, balance })
+}
+
+/// What one epoch did, for its log line.
+struct EpochStats<'a> {
+    lr: f64,
+    acc: &'a LossAccumulator,
+    val: Option<&'a ValidationSummary>,
+    seconds: f64,
+    steps: usize,
+    data_wait: f64,
+    total_epochs: usize,
+    total_steps: usize,
+}
+
+/// Appends the epoch's JSON line to `train_log.jsonl` and returns its one-line summary.
+fn log_epoch(
+    log: &mut std::fs::File,
+    log_path: &Path,
+    state: &CheckpointState,
+    e: &EpochStats<'_>,
+) -> Result<String, FitError> {
+    let per_step = e.seconds / e.steps.max(1) as f64;
+    let line = serde_json::json!({
+        "epoch": state.epoch,
+        "step": state.step,
+        "lr": e.lr,
+        "loss": e.acc.json(),
+        "sigma": e.acc.sigma,
+        "val": e.val,
+        "seconds": e.seconds,
+        "seconds_per_step": per_step,
+        "data_wait_seconds": e.data_wait,
+        "train_seconds": state.train_seconds,
+    });
+    writeln!(log, "{line}").map_err(io_err(log_path))?;
+    let val_text = e.val.map_or(String::new(), |v| {
+        format!(
+            " | {} Dice WT {:.3} TC {:.3} ET {:.3} (n={}, {:.1} s)",
+            v.on.as_str(),
+            v.dice[0],
+            v.dice[1],
+            v.dice[2],
+            v.n,
+            v.seconds
+        )
+    });
+    Ok(format!(
+        "epoch {}/{} step {}/{} lr {:.2e} {}{} | {:.1} s ({:.2} s/step, data wait {:.1} s)",
+        state.epoch,
+        e.total_epochs,
+        state.step,
+        e.total_steps,
+        e.lr,
+        e.acc.human(),
+        val_text,
+        e.seconds,
+        per_step,
+        e.data_wait
+    ))
+}
+
+/// The next labelled batch and, in semi-supervised mode, the next unlabeled one.
+fn next_batches(
+    stream: &mut BatchStream,
+    unlabeled: Option<&mut BatchStream>,
+    step: usize,
+) -> Result<(HostBatch, Option<Batch>), FitError> {
+    let hb = match stream.next_batch() {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return Err(FitError::Training(e)),
+        None => return Err(FitError::Training(format!("batch stream ended early at step {step}"))),
+    };
+    let unl = match unlabeled.map(BatchStream::next_batch) {
+        None => None,
+        Some(Some(Ok(b))) => Some(b.to_batch()),
+        Some(Some(Err(e))) => return Err(FitError::Training(e)),
+        Some(None) => return Err(FitError::Training(format!("unlabeled stream ended early at step {step}"))),
+    };
+    Ok((hb, unl))
+}
+
+/// Dice per region and AUC per task of the trainer's current (averaged) weights on `cases`.
+fn validate(
+    trainer: &Trainer,
+    name: &str,
+    data: &Dataset,
+    cases: &[usize],
+    on: Subset,
+) -> Result<ValidationSummary, FitError> {
+    let tv = Instant::now();
+    let opts = EvalOptions { infer: InferOptions::default(), hd95: false, ..EvalOptions::default() };
+    let a = trainer.analyzer(name, serde_json::Value::Null)?;
+    let r = evaluate(&a, data, cases, &opts, |_| {})?;
+    Ok(ValidationSummary {
+        on,
+        n: r.cases_evaluated,
+        dice: Region::ALL.map(|reg| r.dice(reg)),
+        auc: std::array::from_fn(|t| r.tasks[t].metrics.auc),
+        seconds: tv.elapsed().as_secs_f64(),
+    })
+}
+
+/// A step bar with loss and ETA on a terminal; hidden otherwise (plain per-epoch lines).
+fn step_bar(quiet: bool, start_step: usize, total_steps: usize) -> indicatif::ProgressBar {
+    if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(total_steps as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} step {pos}/{len} [{bar:30}] {msg} | {elapsed_precise} elapsed, eta {eta}",
+    ) {
+        b.set_style(style.progress_chars("=> "));
+    }
+    b.set_position(start_step as u64);
+    b
+}
+
+/// Trains a model as `cfg` says. See the module docs for the files written.
+///
+/// Longer than the house limit on purpose: this is the step loop itself, whose state (batch
+/// streams, loss accumulator, progress bar, checkpoint state, timers) is shared by every phase
+/// of an epoch; the phases are the functions above (`load_run_data`, `open_trainer`,
+/// `next_batches`, `validate`, `log_epoch`).
+pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitError> {
+    cfg.check()?;
+    let say = |m: &str| {
+        if !opts.quiet {
+            eprintln!("{m}");
+        }
+    };
+    let out = &cfg.out;
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let paths = Paths::new(out);
+    let resuming = opts.resume && paths.state.exists() && paths.ckpt.exists();
+    if opts.resume && !resuming {
+        say(&format!("no checkpoint in {}: starting a new run", out.display()));
+    }
+    if !opts.resume && (paths.ckpt.exists() || paths.model.exists()) {
+        return Err(FitError::Config(format!(
+            "{} already holds a run: pass --resume to continue it, or choose another out folder",
+            out.display()
+        )));
+    }
+    crate::device::set_threads(cfg.threads);
+    let device = crate::device::parse_device(&cfg.device)?;
+    let model_cfg = cfg.model.resolve()?;
+
+    // Data: everything is read and checked before the first step.
+    let RunData { data, ssl, data_sha, train_idx, val_idx, balance } = load_run_data(cfg, &model_cfg, device, &say)?;
+    let tcfg = cfg.train.train_config(&balance);
+
+    let sampler =
+        Sampler::new(data.clone(), train_idx.clone(), cfg.augment.clone(), &model_cfg, cfg.train.batch_size, cfg.seed)?;
+    let spe = cfg.train.steps_per_epoch.unwrap_or(sampler.steps_per_epoch());
+    let total_steps = cfg.train.steps.unwrap_or_else(|| cfg.train.epochs.unwrap_or(1) * spe);
+    let total_epochs = total_steps.div_ceil(spe);
+
+    // Trainer: fresh, fine-tuned or resumed.
+    let (mut trainer, mut state) = open_trainer(
+        cfg,
+        &paths,
+        resuming,
+        &TrainerSetup { tcfg: &tcfg, device, model_cfg: &model_cfg, data_sha: &data_sha },
+        &say,
+    )?;
     let model_cfg = trainer.net().config().clone();
     state.model = model_cfg.clone();
 
@@ -466,7 +638,6 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
 
     let name = cfg.name.clone().unwrap_or_else(|| model_cfg.name.clone());
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&paths.log).map_err(io_err(&paths.log))?;
-    let eval_opts = EvalOptions { infer: InferOptions::default(), hd95: false, ..EvalOptions::default() };
     let notes = |st: &CheckpointState, extra: serde_json::Value| {
         serde_json::json!({
             "step": st.step,
@@ -488,19 +659,7 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
     };
 
     let start_step = state.step;
-    // A step bar with loss and ETA on a terminal; plain per-epoch lines otherwise.
-    let bar = if !opts.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let b = indicatif::ProgressBar::new(total_steps as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} step {pos}/{len} [{bar:30}] {msg} | {elapsed_precise} elapsed, eta {eta}",
-        ) {
-            b.set_style(style.progress_chars("=> "));
-        }
-        b.set_position(start_step as u64);
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = step_bar(opts.quiet, start_step, total_steps);
     // Lines printed while the bar runs go above it.
     let say = |m: &str| bar.suspend(|| say(m));
     let t_run = Instant::now();
@@ -517,19 +676,7 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
     let seconds_before = state.train_seconds;
     for step in start_step..total_steps {
         let tw = Instant::now();
-        let hb = match stream.next_batch() {
-            Some(Ok(b)) => b,
-            Some(Err(e)) => return Err(FitError::Training(e)),
-            None => {
-                return Err(FitError::Training(format!("batch stream ended early at step {step}")));
-            }
-        };
-        let unl = match unl_stream.as_mut().map(BatchStream::next_batch) {
-            None => None,
-            Some(Some(Ok(b))) => Some(b.to_batch()),
-            Some(Some(Err(e))) => return Err(FitError::Training(e)),
-            Some(None) => return Err(FitError::Training(format!("unlabeled stream ended early at step {step}"))),
-        };
+        let (hb, unl) = next_batches(&mut stream, unl_stream.as_mut(), step)?;
         wait += tw.elapsed().as_secs_f64();
         // With a time budget the schedule runs on whichever is further: steps or seconds.
         let elapsed = seconds_before + t_run.elapsed().as_secs_f64();
@@ -566,57 +713,21 @@ pub fn fit(cfg: &TrainRunConfig, opts: &FitOptions) -> Result<FitReport, FitErro
         let due = last || (cfg.validate_every > 0 && state.epoch.is_multiple_of(cfg.validate_every));
         let mut val = None;
         if due && !val_idx.is_empty() {
-            let tv = Instant::now();
-            let a = trainer.analyzer(&name, serde_json::Value::Null)?;
-            let r = evaluate(&a, &data, &val_idx, &eval_opts, |_| {})?;
-            let v = ValidationSummary {
-                on: cfg.validate_on,
-                n: r.cases_evaluated,
-                dice: Region::ALL.map(|reg| r.dice(reg)),
-                auc: std::array::from_fn(|t| r.tasks[t].metrics.auc),
-                seconds: tv.elapsed().as_secs_f64(),
-            };
-            val = Some(v);
+            val = Some(validate(&trainer, &name, &data, &val_idx, cfg.validate_on)?);
         }
         state.train_seconds += epoch_secs;
         state.log_sigma = sigma_values(trainer.log_sigma());
-        let line = serde_json::json!({
-            "epoch": state.epoch,
-            "step": state.step,
-            "lr": lr,
-            "loss": acc.json(),
-            "sigma": acc.sigma,
-            "val": val,
-            "seconds": epoch_secs,
-            "seconds_per_step": epoch_secs / steps_in_epoch.max(1) as f64,
-            "data_wait_seconds": wait,
-            "train_seconds": state.train_seconds,
-        });
-        writeln!(log, "{line}").map_err(io_err(&paths.log))?;
-        let val_text = val.as_ref().map_or(String::new(), |v| {
-            format!(
-                " | {} Dice WT {:.3} TC {:.3} ET {:.3} (n={}, {:.1} s)",
-                v.on.as_str(),
-                v.dice[0],
-                v.dice[1],
-                v.dice[2],
-                v.n,
-                v.seconds
-            )
-        });
-        say(&format!(
-            "epoch {}/{} step {}/{} lr {:.2e} {}{} | {:.1} s ({:.2} s/step, data wait {:.1} s)",
-            state.epoch,
-            total_epochs,
-            state.step,
-            total_steps,
+        let stats = EpochStats {
             lr,
-            acc.human(),
-            val_text,
-            epoch_secs,
-            epoch_secs / steps_in_epoch.max(1) as f64,
-            wait
-        ));
+            acc: &acc,
+            val: val.as_ref(),
+            seconds: epoch_secs,
+            steps: steps_in_epoch,
+            data_wait: wait,
+            total_epochs,
+            total_steps,
+        };
+        say(&log_epoch(&mut log, &paths.log, &state, &stats)?);
         let improved = val.as_ref().is_some_and(|v| state.best_wt_dice.is_none_or(|b| v.dice[0] > b));
         if let Some(v) = &val {
             if improved {

@@ -272,6 +272,7 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 /// The Stage I decisions from MC-Dropout statistics (pure; see the module docs). When
 /// `aligner` is given (and `opts.align`), the case's mean raw prediction is added to its
 /// window first, then every pass is aligned with the updated running mean.
+// Long on purpose: the Stage I decision rule of the paper for one case, step by step on the same statistics.
 pub fn select(
     stats: &PassStats,
     dims: [usize; 3],

@@ -27,6 +27,7 @@ pub(crate) struct SslSetup {
 /// labeller, appends the cases to `data` as training cases and writes
 /// `<out>/pseudo_labels.json`; for `ssl-consistency` / `fixmatch`, loads the unlabeled set
 /// (labels discarded) and returns its sampler. Nothing for the other modes.
+// Long on purpose: the semi-supervised modes' set-up in the paper's order (labeller, pseudo labels, unlabeled sampler), sharing the loaded labeller.
 pub(crate) fn prepare(
     cfg: &TrainRunConfig,
     data: &mut Dataset,

@@ -64,6 +64,7 @@ impl InferFlags {
     }
 }
 
+// Long on purpose: a command's sequence: read, prepare, analyse, write outputs; its steps share the case.
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let files = gmmas_imaging::brats::discover_case(&args.case_dir)?;

@@ -61,9 +61,11 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     let indices = crate::cases::chosen(&data, args.subset.as_deref(), "calibrate on")?;
     let opts = EvalOptions { infer: InferOptions::default(), hd95: false, ..EvalOptions::default() };
     eprintln!("running {} on {} case(s) (deterministic pass)", model.version(), indices.len());
+    let progress = crate::progress::Progress::new(indices.len(), "cases");
     let report = evaluate(&model, &data, &indices, &opts, |c| {
-        eprintln!("  {}: P {:?} ({:.1} s)", c.name, c.probabilities, c.seconds);
+        progress.item(&format!("{}: P {:?} ({:.1} s)", c.name, c.probabilities, c.seconds));
     })?;
+    progress.finish();
     let pairs: [Vec<(f64, bool)>; TASKS] = std::array::from_fn(|t| {
         report.cases.iter().filter_map(|c| c.labels[t].map(|y| (f64::from(c.probabilities[t]), y))).collect()
     });

@@ -63,12 +63,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let opts =
         EvalOptions { infer: args.infer.options(args.mc_passes)?, hd95: !args.no_hd95, ..EvalOptions::default() };
     eprintln!("evaluating {} on {} case(s)", model.version(), indices.len());
+    let progress = crate::progress::Progress::new(indices.len(), "cases");
     let report = evaluate(&model, &data, &indices, &opts, |c| {
-        eprintln!(
-            "  {}: Dice WT {:.3} TC {:.3} ET {:.3} ({:.1} s)",
+        progress.item(&format!(
+            "{}: Dice WT {:.3} TC {:.3} ET {:.3} ({:.1} s)",
             c.name, c.dice[0], c.dice[1], c.dice[2], c.seconds
-        );
+        ));
     })?;
+    progress.finish();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let mut json = serde_json::to_value(&report)?;
     json["data_sha256"] = serde_json::json!(data.sha256());

@@ -10,6 +10,7 @@ mod eval;
 mod missing;
 mod models;
 mod natsconf;
+mod progress;
 mod train;
 mod uncertainty;
 mod up;
@@ -132,24 +133,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Analyze(args) => analyze::run(args),
         Command::Phantom { n, seed, out, dims, kind } => {
-            // A bar on a terminal; one line per case otherwise (logs of long scripts).
-            let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                let b = indicatif::ProgressBar::new(n as u64);
-                if let Ok(style) = indicatif::ProgressStyle::with_template("phantoms {pos}/{len} [{bar:30}] eta {eta}")
-                {
-                    b.set_style(style.progress_chars("=> "));
-                }
-                Some(b)
-            } else {
-                None
-            };
-            let names = gmmas_phantom::write_dataset_with_progress(n, seed, dims, kind, &out, |i, name| match &bar {
-                Some(b) => b.set_position(i as u64 + 1),
-                None => eprintln!("phantom {}/{n}: {name}", i + 1),
-            })?;
-            if let Some(b) = bar {
-                b.finish_and_clear();
-            }
+            let progress = progress::Progress::new(n, "phantoms");
+            let names =
+                gmmas_phantom::write_dataset_with_progress(n, seed, dims, kind, &out, |_, name| progress.item(name))?;
+            progress.finish();
             println!("wrote {} case(s) and labels.csv to {}", names.len(), out.display());
             Ok(())
         }

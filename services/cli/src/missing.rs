@@ -193,7 +193,35 @@ pub fn run(args: EvalMissingArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
 
-    // Each run's model and (for --subset val) its val cases.
+    let runs = plan_runs(&args)?;
+
+    // Load only the cases some run evaluates (all of --data with --subset all).
+    let split = match args.subset {
+        CaseChoice::All => SplitConfig::All,
+        CaseChoice::Val => {
+            let union: BTreeSet<&String> = runs.iter().flatten().filter_map(|r| r.2.as_ref()).flatten().collect();
+            let path = args.out.join("evaluated_cases.csv");
+            let text: String = std::iter::once("case,subset\n".to_string())
+                .chain(union.iter().map(|c| format!("{c},val\n")))
+                .collect();
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            SplitConfig::File { path }
+        }
+    };
+    let data = crate::cases::load(&args.data, &args.labels, split, args.skip_bad_cases, args.threads)?;
+    let by_name: BTreeMap<&str, usize> = data.cases.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
+
+    let ctx = ArmContext { data: &data, by_name: &by_name, combos: &combos, infer_opts, hd95, device };
+    let mut arms = Vec::new();
+    for (arm, arm_runs) in args.arms.iter().zip(&runs) {
+        arms.push(evaluate_arm(arm, arm_runs, &ctx)?);
+    }
+
+    write_outputs(&args, &combos, &arms, &data, t0)
+}
+
+/// Each arm's runs: the model file and, for `--subset val`, the run's split file and val cases.
+fn plan_runs(args: &EvalMissingArgs) -> anyhow::Result<Vec<Vec<RunPlan>>> {
     let mut runs: Vec<Vec<RunPlan>> = Vec::new();
     for arm in &args.arms {
         let mut list = Vec::new();
@@ -215,122 +243,131 @@ pub fn run(args: EvalMissingArgs) -> anyhow::Result<()> {
         }
         runs.push(list);
     }
+    Ok(runs)
+}
 
-    // Load only the cases some run evaluates (all of --data with --subset all).
-    let split = match args.subset {
-        CaseChoice::All => SplitConfig::All,
-        CaseChoice::Val => {
-            let union: BTreeSet<&String> = runs.iter().flatten().filter_map(|r| r.2.as_ref()).flatten().collect();
-            let path = args.out.join("evaluated_cases.csv");
-            let text: String = std::iter::once("case,subset\n".to_string())
-                .chain(union.iter().map(|c| format!("{c},val\n")))
-                .collect();
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            SplitConfig::File { path }
-        }
-    };
-    let data = crate::cases::load(&args.data, &args.labels, split, args.skip_bad_cases, args.threads)?;
-    let by_name: BTreeMap<&str, usize> = data.cases.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
+/// What every arm is evaluated on and with.
+struct ArmContext<'a> {
+    data: &'a gmmas_models::data::Dataset,
+    by_name: &'a BTreeMap<&'a str, usize>,
+    combos: &'a [DropMask],
+    infer_opts: gmmas_models::InferOptions,
+    hd95: bool,
+    device: gmmas_models::Device,
+}
 
-    let mut arms = Vec::new();
-    for (arm, arm_runs) in args.arms.iter().zip(&runs) {
-        let mut pooled: Vec<(Vec<CaseRow>, usize)> = vec![(Vec::new(), 0); combos.len()];
-        let mut infos = Vec::new();
-        let mut seen = BTreeMap::new();
-        for (r, (model_path, split, val)) in arm_runs.iter().enumerate() {
-            let model = Analyzer::load(model_path, device)
-                .with_context(|| format!("arm {}: loading {}", arm.name, model_path.display()))?;
-            let indices: Vec<usize> = match val {
-                None => (0..data.cases.len()).collect(),
-                Some(val) => {
-                    let missing: Vec<&String> = val.iter().filter(|c| !by_name.contains_key(c.as_str())).collect();
-                    if !missing.is_empty() {
-                        eprintln!(
-                            "warning: arm {} run {}: {} val case(s) not in --data (left out)",
-                            arm.name,
-                            arm.runs[r].display(),
-                            missing.len()
-                        );
-                    }
-                    val.iter().filter_map(|c| by_name.get(c.as_str()).copied()).collect()
-                }
-            };
-            if indices.is_empty() {
-                // A fold can hold none of --data's cases among its held-out ones.
-                eprintln!(
-                    "warning: arm {} run {}: no case of --data to evaluate (skipped)",
-                    arm.name,
-                    arm.runs[r].display()
-                );
-                infos.push(RunInfo {
-                    dir: arm.runs[r].clone(),
-                    model: model_path.clone(),
-                    version: model.version().to_string(),
-                    split: split.clone(),
-                    cases: Vec::new(),
-                });
-                continue;
-            }
-            for &i in &indices {
-                if let Some(prev) = seen.insert(i, r) {
+/// One arm: every run on its cases under every input combination, pooled per combination.
+// Long on purpose: a run's cases under every combination share the run's index list, the duplicate check and the pooled rows.
+fn evaluate_arm(arm: &Arm, arm_runs: &[RunPlan], ctx: &ArmContext<'_>) -> anyhow::Result<ArmResult> {
+    let mut pooled: Vec<(Vec<CaseRow>, usize)> = vec![(Vec::new(), 0); ctx.combos.len()];
+    let mut infos = Vec::new();
+    let mut seen = BTreeMap::new();
+    for (r, (model_path, split, val)) in arm_runs.iter().enumerate() {
+        let model = Analyzer::load(model_path, ctx.device)
+            .with_context(|| format!("arm {}: loading {}", arm.name, model_path.display()))?;
+        let indices: Vec<usize> = match val {
+            None => (0..ctx.data.cases.len()).collect(),
+            Some(val) => {
+                let missing: Vec<&String> = val.iter().filter(|c| !ctx.by_name.contains_key(c.as_str())).collect();
+                if !missing.is_empty() {
                     eprintln!(
-                        "warning: arm {}: case {} is evaluated by runs {prev} and {r} (pooled twice)",
-                        arm.name, data.cases[i].name
+                        "warning: arm {} run {}: {} val case(s) not in --data (left out)",
+                        arm.name,
+                        arm.runs[r].display(),
+                        missing.len()
                     );
                 }
+                val.iter().filter_map(|c| ctx.by_name.get(c.as_str()).copied()).collect()
             }
-            for (k, drop) in combos.iter().enumerate() {
-                let t = Instant::now();
-                let opts = EvalOptions { infer: infer_opts, hd95, drop: *drop };
-                let report = evaluate(&model, &data, &indices, &opts, |_| {})?;
-                let skipped = indices.len() - report.cases_evaluated;
-                let wt = report.dice(Region::WT);
-                let by_case: BTreeMap<&str, usize> =
-                    indices.iter().map(|&i| (data.cases[i].name.as_str(), i)).collect();
-                for c in report.cases {
-                    let present = data.cases[by_case[c.name.as_str()]].present;
-                    pooled[k].0.push(CaseRow {
-                        run: r,
-                        present: std::array::from_fn(|m| present[m] && !drop[m]),
-                        case: c.name,
-                        has_seg: c.has_seg,
-                        dice: c.dice,
-                        hd95: c.hd95,
-                        probabilities: c.probabilities,
-                        labels: c.labels,
-                        seconds: c.seconds,
-                    });
-                }
-                pooled[k].1 += skipped;
-                eprintln!(
-                    "[{}] run {}/{} ({}) combination {}/{} {}: {} case(s){}, WT Dice {:.3}, {:.1} s",
-                    arm.name,
-                    r + 1,
-                    arm_runs.len(),
-                    model.version(),
-                    k + 1,
-                    combos.len(),
-                    missing::label(drop),
-                    indices.len() - skipped,
-                    if skipped > 0 { format!(" ({skipped} skipped: nothing left)") } else { String::new() },
-                    wt,
-                    t.elapsed().as_secs_f64()
-                );
-            }
+        };
+        if indices.is_empty() {
+            // A fold can hold none of --data's cases among its held-out ones.
+            eprintln!(
+                "warning: arm {} run {}: no case of --data to evaluate (skipped)",
+                arm.name,
+                arm.runs[r].display()
+            );
             infos.push(RunInfo {
                 dir: arm.runs[r].clone(),
                 model: model_path.clone(),
                 version: model.version().to_string(),
                 split: split.clone(),
-                cases: indices.iter().map(|&i| data.cases[i].name.clone()).collect(),
+                cases: Vec::new(),
             });
+            continue;
         }
-        let combinations =
-            combos.iter().zip(pooled).map(|(drop, (cases, skipped))| summarise(drop, cases, skipped, hd95)).collect();
-        arms.push(ArmResult { name: arm.name.clone(), runs: infos, combinations });
+        for &i in &indices {
+            if let Some(prev) = seen.insert(i, r) {
+                eprintln!(
+                    "warning: arm {}: case {} is evaluated by runs {prev} and {r} (pooled twice)",
+                    arm.name, ctx.data.cases[i].name
+                );
+            }
+        }
+        for (k, drop) in ctx.combos.iter().enumerate() {
+            let t = Instant::now();
+            let opts = EvalOptions { infer: ctx.infer_opts, hd95: ctx.hd95, drop: *drop };
+            let report = evaluate(&model, ctx.data, &indices, &opts, |_| {})?;
+            let skipped = indices.len() - report.cases_evaluated;
+            let wt = report.dice(Region::WT);
+            let by_case: BTreeMap<&str, usize> =
+                indices.iter().map(|&i| (ctx.data.cases[i].name.as_str(), i)).collect();
+            for c in report.cases {
+                let present = ctx.data.cases[by_case[c.name.as_str()]].present;
+                pooled[k].0.push(CaseRow {
+                    run: r,
+                    present: std::array::from_fn(|m| present[m] && !drop[m]),
+                    case: c.name,
+                    has_seg: c.has_seg,
+                    dice: c.dice,
+                    hd95: c.hd95,
+                    probabilities: c.probabilities,
+                    labels: c.labels,
+                    seconds: c.seconds,
+                });
+            }
+            pooled[k].1 += skipped;
+            eprintln!(
+                "[{}] run {}/{} ({}) combination {}/{} {}: {} case(s){}, WT Dice {:.3}, {:.1} s",
+                arm.name,
+                r + 1,
+                arm_runs.len(),
+                model.version(),
+                k + 1,
+                ctx.combos.len(),
+                missing::label(drop),
+                indices.len() - skipped,
+                if skipped > 0 { format!(" ({skipped} skipped: nothing left)") } else { String::new() },
+                wt,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        infos.push(RunInfo {
+            dir: arm.runs[r].clone(),
+            model: model_path.clone(),
+            version: model.version().to_string(),
+            split: split.clone(),
+            cases: indices.iter().map(|&i| ctx.data.cases[i].name.clone()).collect(),
+        });
     }
+    let combinations = ctx
+        .combos
+        .iter()
+        .zip(pooled)
+        .map(|(drop, (cases, skipped))| summarise(drop, cases, skipped, ctx.hd95))
+        .collect();
+    Ok(ArmResult { name: arm.name.clone(), runs: infos, combinations })
+}
 
-    // Outputs.
+/// missing.json, missing.md, the ROC figures and one summary line per arm and combination.
+fn write_outputs(
+    args: &EvalMissingArgs,
+    combos: &[DropMask],
+    arms: &[ArmResult],
+    data: &gmmas_models::data::Dataset,
+    t0: Instant,
+) -> anyhow::Result<()> {
+    let hd95 = args.hd95;
     let command: Vec<String> = std::env::args().collect();
     let json = serde_json::json!({
         "command": command,
@@ -352,7 +389,7 @@ pub fn run(args: EvalMissingArgs) -> anyhow::Result<()> {
     std::fs::write(&json_path, serde_json::to_vec_pretty(&json)?)
         .with_context(|| format!("writing {}", json_path.display()))?;
     let mut pngs = Vec::new();
-    for arm in &arms {
+    for arm in arms {
         for &t in &ROC_TASKS {
             let path = args.out.join(format!("roc_{}_{}.png", TASK_NAMES[t], arm.name));
             std::fs::write(&path, roc_png(arm, t)?).with_context(|| format!("writing {}", path.display()))?;
@@ -360,9 +397,9 @@ pub fn run(args: EvalMissingArgs) -> anyhow::Result<()> {
         }
     }
     let md_path = args.out.join("missing.md");
-    std::fs::write(&md_path, markdown(&args, &command, &combos, &arms, hd95))
+    std::fs::write(&md_path, markdown(args, &command, combos, arms, hd95))
         .with_context(|| format!("writing {}", md_path.display()))?;
-    for arm in &arms {
+    for arm in arms {
         for c in &arm.combinations {
             let d = |reg: usize| c.regions[reg].dice;
             println!(
@@ -445,6 +482,7 @@ fn roc_png(arm: &ArmResult, t: usize) -> anyhow::Result<Vec<u8>> {
     Ok(chart.to_png()?)
 }
 
+// Long on purpose: a linear template of the report's sections, in the order a reader meets them.
 fn markdown(args: &EvalMissingArgs, command: &[String], combos: &[DropMask], arms: &[ArmResult], hd95: bool) -> String {
     let mut s = String::from("# Missing-sequence evaluation\n\n");
     s.push_str(&format!("Command: `{}`\n\n", command.join(" ")));

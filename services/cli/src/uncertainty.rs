@@ -177,6 +177,7 @@ fn run_input(
     Ok(InputResult { input: input.to_string(), uncertainty, voxel, seconds })
 }
 
+// Long on purpose: a command's sequence: load the model and cases, run every input kind, pool, write; its steps share the loaded cases.
 pub fn run(args: UncertaintyArgs) -> anyhow::Result<()> {
     if let Some(json) = &args.render {
         let bytes = std::fs::read(json).with_context(|| format!("reading {}", json.display()))?;
@@ -441,6 +442,7 @@ fn auroc_of(a: &[(VoxelMeasure, Option<f64>)], m: VoxelMeasure) -> Option<f64> {
     a.iter().find(|(k, _)| *k == m).and_then(|(_, v)| *v)
 }
 
+// Long on purpose: a linear template of the report's sections, in the order a reader meets them.
 fn markdown(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();

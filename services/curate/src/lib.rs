@@ -204,6 +204,7 @@ impl StageWorker for Curator {
         }
     }
 
+    // Long on purpose: one analysed case through the curation decision and its single database transaction; the steps share that transaction.
     async fn work(&self, attempt: &Attempt, msg: &ScanAnalyzed) -> Result<Curated, StageError> {
         let db = attempt.db();
         let clinician: ClinicianLabels = sqlx::query_as(

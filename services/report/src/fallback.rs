@@ -9,6 +9,7 @@ use crate::report::{Cell, Chart, ChartRow, DISCLAIMER, ReportBody};
 const DECIDED: f64 = 0.6;
 
 /// Builds the report; returns it with the ids of every passage it cites.
+// Long on purpose: a linear template of the deterministic report's sections.
 pub fn build(facts: &Facts, kb: &KnowledgeBase) -> (ReportBody, Vec<String>) {
     let mut used: Vec<String> = Vec::new();
     let mut cell = |parts: Vec<String>, ids: &[&str]| {

@@ -270,6 +270,7 @@ impl Reporter {
 
     /// Writes the report of one analysis: the LLM's when it answers with a valid report within
     /// the attempts, the deterministic fallback otherwise. Never fails.
+    // Long on purpose: the attempts at an LLM report and the fallback share the retrieved passages and the attempt log that the result records.
     pub async fn generate(&self, analysis: &ScanAnalyzed) -> Generated {
         let started = Instant::now();
         let facts = Facts::from_analysis(analysis);

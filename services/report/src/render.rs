@@ -48,6 +48,7 @@ fn cites(ids: &[String]) -> String {
 }
 
 /// The page.
+// Long on purpose: a linear HTML template of the report page.
 pub fn html(body: &ReportBody, facts: &Facts, kb: &KnowledgeBase, prov: &Provenance) -> String {
     let mut h = String::new();
     h.push_str("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">");

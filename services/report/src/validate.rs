@@ -169,6 +169,7 @@ pub fn numbers(text: &str) -> Vec<Written> {
 }
 
 /// Validates a report against the analysis it is about and the passages it was given.
+// Long on purpose: one independent check after another, in the order of the report's sections, all adding to the same findings.
 pub fn validate(body: &ReportBody, facts: &Facts, kb: &KnowledgeBase, retrieved: &[String]) -> Findings {
     let mut errs = Vec::new();
     let retrieved: HashSet<&str> = retrieved.iter().map(String::as_str).collect();

@@ -77,6 +77,7 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 impl Metrics {
+    // Long on purpose: every series is registered in one list, so /metrics and this list read alike.
     #[allow(
         clippy::expect_used,
         clippy::unwrap_used,

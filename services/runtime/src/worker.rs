@@ -259,6 +259,7 @@ pub async fn handle<W: StageWorker>(
     .await
 }
 
+// Long on purpose: one message's whole life (claim, work, commit, publish, ack or nack); the branches share the attempt so that every path ends in exactly one ack or nack.
 async fn handle_case<W: StageWorker>(
     rt: &StageRuntime,
     worker: &W,
@@ -450,6 +451,7 @@ const LAG_POLL: Duration = Duration::from_secs(5);
 /// Consumes the worker's input events until shutdown: at most `workers` messages at once,
 /// each kept (progress acks) while it is handled; on shutdown no new message is taken, those
 /// in hand are finished, and the outbox gets a last pass.
+// Long on purpose: the consumer loop with its shutdown, lag and in-flight bookkeeping in one select.
 pub async fn run<W: StageWorker>(rt: StageRuntime, worker: Arc<W>, shutdown: Shutdown) -> anyhow::Result<()> {
     let spec = worker.spec();
     let ack_wait = Duration::from_secs(rt.config.ack_wait_s.max(1));

@@ -223,6 +223,7 @@ impl Trainer {
         })
     }
 
+    // Long on purpose: a training run's stages in order, each checkpointed in the run row before the next; the lease check runs between all of them.
     async fn stages(&self, run: &Run, lost: &AtomicBool) -> anyhow::Result<()> {
         let tmp;
         let work = if self.cfg.work_dir.is_empty() {

@@ -204,6 +204,7 @@ impl Ingestor {
         }
     }
 
+    // Long on purpose: objects stored, then one transaction for the case, its volumes and its outbox event; the cleanup on failure needs every key stored so far.
     #[allow(clippy::too_many_arguments)]
     async fn store_and_commit(
         &self,

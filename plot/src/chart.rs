@@ -315,18 +315,12 @@ mod look {
         let Some(dir) = std::env::var_os("GMMAS_PLOT_SAMPLES") else { return };
         let dir = std::path::PathBuf::from(dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut f = Figure::new(
-            "Reliability of IDH (small@abc123)",
-            "mean predicted probability (bin)",
-            "observed positive rate",
-        )
-        .size(560, 460)
-        .x_range(0.0, 1.0)
-        .y_range(0.0, 1.0)
-        .legend_at(Corner::UpperLeft);
-        f.add("perfect calibration", &[(0.0, 0.0), (1.0, 1.0)], GREY, Mark::Dashed);
-        f.add("model", &[(0.05, 0.1), (0.3, 0.2), (0.55, 0.6), (0.8, 0.7), (0.95, 1.0)], BLUE, Mark::LineDots);
-        std::fs::write(dir.join("reliability.png"), f.to_png().unwrap()).unwrap();
+        let mut f = Figure::new("Training curves", "epoch", "loss / Dice").size(640, 420).x_range(1.0, 5.0);
+        let loss: Vec<(f64, f64)> = (1..=5).map(|e| (f64::from(e), 1.6 / f64::from(e))).collect();
+        let dice: Vec<(f64, f64)> = (1..=5).map(|e| (f64::from(e), 0.15 * f64::from(e))).collect();
+        f.add("total loss", &loss, RED, Mark::Line);
+        f.add("validation WT Dice", &dice, BLUE, Mark::Dots);
+        std::fs::write(dir.join("curves.png"), f.to_png().unwrap()).unwrap();
         let mut g = Figure::new("Case-level uncertainty by input (5 passes)", "input", "mean voxel entropy in brain")
             .size(760, 480)
             .x_range(0.5, 3.5)

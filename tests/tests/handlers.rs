@@ -1,19 +1,25 @@
-//! In-process tests of the API's handlers and routes: `gmmas_api::routes` served from this test
-//! process on a fresh database and a real NATS, with no service processes running.
+//! In-process tests of the services' handlers: the API's routes and the preprocess and infer
+//! stage workers run inside this test process on a fresh database and a real NATS, with no
+//! service process started.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use gmmas_contracts::http::{CaseCreated, CaseSummary, CaseView, ErrorBody};
-use gmmas_e2e::{System, phantom_files};
+use gmmas_e2e::{System, phantom_files, tiny_model};
+use gmmas_runtime::worker::StageRuntime;
+use gmmas_runtime::{CommonConfig, Shutdown};
 
-/// NATS and a migrated database, and the API's routes listening in this process.
-async fn api_in_process() -> (System, String) {
+fn common(sys: &System) -> CommonConfig {
+    CommonConfig { nats_url: sys.nats_url.clone(), database_url: sys.db_url.clone(), ..Default::default() }
+}
+
+/// NATS and a fresh database, and the API's routes listening in this process on a real stage
+/// runtime (migrations, outbox relay) that stops with `shutdown`.
+async fn api_in_process(shutdown: &Shutdown) -> (System, String) {
     let sys = System::start_with(&[], &[]).await.unwrap();
-    // No service ran the migrations on this fresh database.
-    gmmas_runtime::db::connect_with(&sys.db_url, Duration::from_secs(10), true).await.unwrap();
-    let rt = sys.runtime(|_| {}).await.unwrap();
+    let rt = StageRuntime::start(&common(&sys), "api", shutdown).await.unwrap();
     let ingestor = Arc::new(gmmas_upload::Ingestor::new(rt.clone(), 64, 50_000_000));
     let router =
         gmmas_api::routes(rt.db.clone(), rt.bus.clone(), ingestor, gmmas_runtime::auth::AuthConfig::default()).unwrap();
@@ -34,7 +40,8 @@ fn form(files: Vec<(&str, Vec<u8>)>) -> reqwest::multipart::Form {
 
 #[tokio::test]
 async fn upload_then_read_the_case_through_the_routes() {
-    let (sys, base) = api_in_process().await;
+    let shutdown = Shutdown::new();
+    let (sys, base) = api_in_process(&shutdown).await;
     let http = reqwest::Client::new();
     let (_, files) = phantom_files(3, [32, 32, 24]);
     let resp = http.post(format!("{base}/api/v1/tenants/acme/cases")).multipart(form(files)).send().await.unwrap();
@@ -68,12 +75,14 @@ async fn upload_then_read_the_case_through_the_routes() {
     // Another tenant sees nothing of it.
     let resp = http.get(format!("{base}/api/v1/tenants/other/cases/{}", created.case_id)).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 404);
+    shutdown.trigger();
     sys.shutdown().await;
 }
 
 #[tokio::test]
 async fn bad_input_is_refused_with_the_file_named_and_nothing_stored() {
-    let (sys, base) = api_in_process().await;
+    let shutdown = Shutdown::new();
+    let (sys, base) = api_in_process(&shutdown).await;
     let http = reqwest::Client::new();
     let (_, mut files) = phantom_files(4, [32, 32, 24]);
     files[1].1 = b"not a nifti file".to_vec();
@@ -88,5 +97,58 @@ async fn bad_input_is_refused_with_the_file_named_and_nothing_stored() {
 
     let resp = http.get(format!("{base}/api/v1/tenants/acme/cases/not-a-uuid")).send().await.unwrap();
     assert_eq!(resp.status().as_u16() / 100, 4);
+    shutdown.trigger();
+    sys.shutdown().await;
+}
+
+#[tokio::test]
+async fn preprocess_and_infer_workers_analyse_a_case_in_process() {
+    let shutdown = Shutdown::new();
+    let (sys, base) = api_in_process(&shutdown).await;
+    let dir = tempfile::tempdir().unwrap();
+    let model = gmmas_models::Analyzer::load(&tiny_model(dir.path()).unwrap(), gmmas_models::Device::Cpu).unwrap();
+    let version = model.version().to_string();
+
+    let rt = StageRuntime::start(&common(&sys), "preprocess", &shutdown).await.unwrap();
+    let preprocessor = gmmas_preprocess::Preprocessor {
+        opts: gmmas_imaging::PrepOptions::default(),
+        limits: gmmas_imaging::Limits::default(),
+    };
+    let pre = tokio::spawn(gmmas_runtime::worker::run(rt, Arc::new(preprocessor), shutdown.clone()));
+    let rt = StageRuntime::start(&common(&sys), "infer", &shutdown).await.unwrap();
+    let inferrer = gmmas_infer::Inferrer::new(model, None, gmmas_models::InferOptions::default(), None);
+    let inf = tokio::spawn(gmmas_runtime::worker::run(rt, Arc::new(inferrer), shutdown.clone()));
+
+    let http = reqwest::Client::new();
+    let (_, files) = phantom_files(5, [32, 32, 24]);
+    let resp = http.post(format!("{base}/api/v1/tenants/acme/cases")).multipart(form(files)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let created: CaseCreated = resp.json().await.unwrap();
+
+    let url = format!("{base}/api/v1/tenants/acme/cases/{}", created.case_id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let case = loop {
+        let case: CaseView = http.get(&url).send().await.unwrap().json().await.unwrap();
+        if case.status == "done" || case.status == "failed" {
+            break case;
+        }
+        assert!(std::time::Instant::now() < deadline, "case still {} after 180 s", case.status);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(case.status, "done", "error: {:?}", case.error);
+    let analysis = case.analysis.expect("a done case has its analysis");
+    assert_eq!(analysis.model_version, version, "the result records the model that produced it");
+    let hashes = analysis.input_sha256.as_object().expect("input hashes by name");
+    for name in ["t1", "t1ce", "t2", "flair", "preprocessed"] {
+        let h = hashes.get(name).and_then(|v| v.as_str()).unwrap_or_default();
+        assert_eq!(h.len(), 64, "the result records the sha256 of {name}: {hashes:?}");
+    }
+    let stages: Vec<&str> = case.stages.iter().map(|s| s.stage.as_str()).collect();
+    assert!(stages.contains(&"preprocess") && stages.contains(&"infer"), "{stages:?}");
+
+    // Shutdown: both workers stop taking work and return cleanly.
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(30), pre).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), inf).await.unwrap().unwrap().unwrap();
     sys.shutdown().await;
 }

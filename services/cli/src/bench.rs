@@ -67,6 +67,25 @@ fn ours_load_prep(case: &Path) -> anyhow::Result<(f64, [usize; 3])> {
     Ok((t.elapsed().as_secs_f64(), prepared.dims))
 }
 
+/// Fails with the command that installs `module` when `python` cannot import it (the bench does
+/// not change the user's environment itself).
+fn ensure_module(python: &str, module: &str, requirement: &str) -> anyhow::Result<()> {
+    let status = Command::new(python)
+        .args(["-c", &format!("import {module}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("running {python}"))?;
+    if !status.success() {
+        bail!(
+            "--monai needs the Python package {module} in {python}, which cannot import it; install it \
+             beside torch 2.11 with `{python} -m pip install {requirement}` (or pass --python with an \
+             interpreter that has it)"
+        );
+    }
+    Ok(())
+}
+
 /// Runs a Python script under a wrapper that reports its peak RSS; returns (wall s, peak MiB, stdout).
 fn python_run(python: &str, script: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<(f64, f64, String)> {
     // VmHWM belongs to the process image (reset by exec); ru_maxrss would include the
@@ -150,6 +169,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let ours_peak = peak_rss_mib();
     if args.monai {
         println!("## MONAI BraTS-bundle SegResNet over a full case (segmentation only), same machine, same run");
+        ensure_module(&args.python, "monai", "monai==1.5.1")?;
         let (wall, peak, text) = python_run(&args.python, &args.monai_script, &[])?;
         let secs = text
             .split_whitespace()

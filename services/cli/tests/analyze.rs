@@ -55,8 +55,8 @@ fn analyze_writes_a_segmentation_on_the_input_grid() {
     assert_eq!(report["missing_modalities"].as_array().unwrap().len(), 0);
     assert_eq!(report["regions"]["wt_ml"].as_f64().unwrap(), gmmas_imaging::region_stats(&seg).wt_ml);
 
-    // The overlay picture of image, prediction and expert mask: three 60-voxel columns, widened
-    // to 420 px so that the colour key below fits.
+    // The overlay picture of image, prediction and expert mask: three 60-voxel columns (180 px),
+    // widened to the 420 px the colour key below needs.
     let png = dir.path().join("overlay.png");
     let out = gmmas()
         .args(["overlay", "--case"])
@@ -70,7 +70,7 @@ fn analyze_writes_a_segmentation_on_the_input_grid() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
-    assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), (3 * 60).max(420));
+    assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), 420);
 
     // `gmmas eval` on the same folder: JSON, Markdown and reliability plots.
     let eval_dir = dir.path().join("eval");

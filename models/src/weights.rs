@@ -103,16 +103,25 @@ pub fn short_sha(bytes: &[u8]) -> String {
 
 pub use gmmas_contracts::sha256_hex;
 
+/// A parse failure in words: too short to be safetensors at all, or a damaged file.
+fn parse_error(bytes: &[u8], e: &safetensors::SafeTensorError) -> String {
+    if bytes.len() < 8 {
+        format!("not a safetensors file: {} bytes", bytes.len())
+    } else {
+        format!("corrupt safetensors file: {e}")
+    }
+}
+
 /// The `__metadata__` map of safetensors `bytes` (empty when absent). The error text does not
 /// include the file name (the caller adds it).
 pub fn read_metadata(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| format!("corrupt safetensors file: {e}"))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| parse_error(bytes, &e))?;
     Ok(meta.metadata().clone().unwrap_or_default().into_iter().collect())
 }
 
 /// Each tensor's header entry as comparable text, and the metadata map, of a parsed header.
 fn header_entries(bytes: &[u8]) -> Result<(usize, BTreeMap<String, String>), String> {
-    let (n, meta) = SafeTensors::read_metadata(bytes).map_err(|e| format!("corrupt safetensors file: {e}"))?;
+    let (n, meta) = SafeTensors::read_metadata(bytes).map_err(|e| parse_error(bytes, &e))?;
     let mut entries: BTreeMap<String, String> =
         meta.tensors().into_iter().map(|(name, info)| (name, format!("{info:?}"))).collect();
     entries.insert("__metadata__".into(), format!("{:?}", read_metadata(bytes)?));
@@ -169,7 +178,7 @@ pub fn describe_difference(a: &[u8], b: &[u8]) -> String {
 /// be present with the same shape and no extra tensors may exist; errors name the offender.
 /// The returned error text does not include the file name (the caller adds it).
 pub fn load_safetensors(vs: &nn::VarStore, bytes: &[u8]) -> Result<(), String> {
-    let file = SafeTensors::deserialize(bytes).map_err(|e| format!("corrupt safetensors file: {e}"))?;
+    let file = SafeTensors::deserialize(bytes).map_err(|e| parse_error(bytes, &e))?;
     let mut entries = BTreeMap::new();
     for (name, view) in file.tensors() {
         if view.dtype() != Dtype::F32 {

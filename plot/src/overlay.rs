@@ -103,9 +103,14 @@ pub fn render(image: &Volume, pred: &LabelVolume, truth: Option<&LabelVolume>) -
 /// Height of the column-title strip above and the colour-key strip below the slices.
 const STRIP: usize = 30;
 
-/// [`render`] as a PNG with a title above each column (image, prediction, expert) and a key of
-/// the label colours below.
-pub fn render_png(image: &Volume, pred: &LabelVolume, truth: Option<&LabelVolume>) -> Result<Vec<u8>, PlotError> {
+/// [`render`] as a PNG with a title above each column (`image_name`, prediction, expert) and a
+/// key of the label colours below.
+pub fn render_png(
+    image: &Volume,
+    image_name: &str,
+    pred: &LabelVolume,
+    truth: Option<&LabelVolume>,
+) -> Result<Vec<u8>, PlotError> {
     ensure_registered()?;
     let (w, h, slices) = render(image, pred, truth);
     let cols = 2 + usize::from(truth.is_some());
@@ -120,7 +125,7 @@ pub fn render_png(image: &Volume, pred: &LabelVolume, truth: Option<&LabelVolume
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (width as u32, height as u32)).into_drawing_area();
         let top = TextStyle::from((FAMILY, 15).into_font()).pos(Pos::new(HPos::Center, VPos::Center));
-        let names = ["image", "prediction", "expert"];
+        let names = [image_name, "prediction", "expert"];
         let cell = w / cols;
         for (c, name) in names.iter().take(cols).enumerate() {
             let x = (c * cell + cell / 2) as i32;
@@ -167,7 +172,7 @@ mod tests {
         assert!((0..h).all(|y| (0..20).all(|x| !is_tinted(px(x, y)))));
         assert!((0..h).any(|y| (20..40).any(|x| is_tinted(px(x, y)))));
         assert!((0..h).any(|y| (40..60).any(|x| is_tinted(px(x, y)))));
-        let (pw, ph, _) = crate::tests::decode(&render_png(&image, &seg, None).unwrap());
+        let (pw, ph, _) = crate::tests::decode(&render_png(&image, "FLAIR", &seg, None).unwrap());
         assert_eq!((pw, ph), (420, 16 + 12 + 12 + 2 * STRIP as u32));
     }
 }

@@ -206,7 +206,7 @@ fn overlay(
         Some(p) => Some(gmmas_imaging::brats::read_seg_brats(&read(p)?, &limits)?),
         None => None,
     };
-    let png = gmmas_plot::overlay::render_png(&image, &predicted, truth.as_ref())?;
+    let png = gmmas_plot::overlay::render_png(&image, &modality.to_uppercase(), &predicted, truth.as_ref())?;
     std::fs::write(out, png).with_context(|| format!("writing {}", out.display()))?;
     println!(
         "wrote {} (columns: {modality}, prediction{})",

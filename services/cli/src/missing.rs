@@ -388,6 +388,10 @@ fn write_outputs(
     let json_path = args.out.join("missing.json");
     std::fs::write(&json_path, serde_json::to_vec_pretty(&json)?)
         .with_context(|| format!("writing {}", json_path.display()))?;
+    let md_path = args.out.join("missing.md");
+    std::fs::write(&md_path, markdown(args, &command, combos, arms, hd95))
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    // Figures last: the numbers are on disk even when a chart cannot be drawn.
     let mut pngs = Vec::new();
     for arm in arms {
         for &t in &ROC_TASKS {
@@ -396,9 +400,6 @@ fn write_outputs(
             pngs.push(path);
         }
     }
-    let md_path = args.out.join("missing.md");
-    std::fs::write(&md_path, markdown(args, &command, combos, arms, hd95))
-        .with_context(|| format!("writing {}", md_path.display()))?;
     for arm in arms {
         for c in &arm.combinations {
             let d = |reg: usize| c.regions[reg].dice;

@@ -94,7 +94,7 @@ fn eval_missing_writes_tables_figures_and_json() {
     for task in ["grade_gbm", "idh_mutant"] {
         let png = std::fs::read(out_dir.join(format!("roc_{task}_vanilla.png"))).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 360);
+        assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 560);
     }
 
     let json: serde_json::Value =

@@ -1,5 +1,5 @@
-//! In-process tests of the services' handlers: the API's routes and the preprocess and infer
-//! stage workers run inside this test process on a fresh database and a real NATS, with no
+//! In-process tests of the services' handlers: the API's routes and the preprocess, infer and
+//! curate stage workers run inside this test process on a fresh database and a real NATS, with no
 //! service process started.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
@@ -102,12 +102,11 @@ async fn bad_input_is_refused_with_the_file_named_and_nothing_stored() {
 }
 
 #[tokio::test]
-async fn preprocess_and_infer_workers_analyse_a_case_in_process() {
+async fn stage_workers_analyse_and_curate_a_case_in_process() {
     let shutdown = Shutdown::new();
     let (sys, base) = api_in_process(&shutdown).await;
     let dir = tempfile::tempdir().unwrap();
-    let model = gmmas_models::Analyzer::load(&tiny_model(dir.path()).unwrap(), gmmas_models::Device::Cpu).unwrap();
-    let version = model.version().to_string();
+    let weights = tiny_model(dir.path()).unwrap();
 
     let rt = StageRuntime::start(&common(&sys), "preprocess", &shutdown).await.unwrap();
     let preprocessor = gmmas_preprocess::Preprocessor {
@@ -116,8 +115,24 @@ async fn preprocess_and_infer_workers_analyse_a_case_in_process() {
     };
     let pre = tokio::spawn(gmmas_runtime::worker::run(rt, Arc::new(preprocessor), shutdown.clone()));
     let rt = StageRuntime::start(&common(&sys), "infer", &shutdown).await.unwrap();
+    // Registered as the current model, as the infer service does, so that curate finds it.
+    let model = gmmas_modelstore::load_current(
+        &rt.bus,
+        &rt.db,
+        Some(weights.as_path()),
+        gmmas_models::Device::Cpu,
+        gmmas_modelstore::Role::Complete,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let version = model.version().to_string();
     let inferrer = gmmas_infer::Inferrer::new(model, None, gmmas_models::InferOptions::default(), None);
     let inf = tokio::spawn(gmmas_runtime::worker::run(rt, Arc::new(inferrer), shutdown.clone()));
+    let curate_cfg = gmmas_curate::CurateConfig { mc_passes: 2, device: "cpu".into(), ..Default::default() };
+    let curator = gmmas_curate::Curator::new(&curate_cfg).unwrap();
+    let rt = StageRuntime::start(&common(&sys), "curate", &shutdown).await.unwrap();
+    let cur = tokio::spawn(gmmas_runtime::worker::run(rt, Arc::new(curator), shutdown.clone()));
 
     let http = reqwest::Client::new();
     let (_, files) = phantom_files(5, [32, 32, 24]);
@@ -146,9 +161,26 @@ async fn preprocess_and_infer_workers_analyse_a_case_in_process() {
     let stages: Vec<&str> = case.stages.iter().map(|s| s.stage.as_str()).collect();
     assert!(stages.contains(&"preprocess") && stages.contains(&"infer"), "{stages:?}");
 
-    // Shutdown: both workers stop taking work and return cleanly.
+    // Curate decides on the analysed case: one pseudo-label row per task, by the same model.
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let versions: Vec<String> = loop {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT model_version FROM pseudo_labels WHERE case_id = $1")
+            .bind(created.case_id)
+            .fetch_all(&sys.db)
+            .await
+            .unwrap();
+        if !rows.is_empty() {
+            break rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "no pseudo-label decision after 180 s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(versions.iter().all(|v| *v == version), "{versions:?}");
+
+    // Shutdown: every worker stops taking work and returns cleanly.
     shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(30), pre).await.unwrap().unwrap().unwrap();
-    tokio::time::timeout(Duration::from_secs(30), inf).await.unwrap().unwrap().unwrap();
+    for worker in [pre, inf, cur] {
+        tokio::time::timeout(Duration::from_secs(30), worker).await.unwrap().unwrap().unwrap();
+    }
     sys.shutdown().await;
 }

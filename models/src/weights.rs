@@ -124,7 +124,8 @@ fn header_entries(bytes: &[u8]) -> Result<(usize, BTreeMap<String, String>), Str
     let (n, meta) = SafeTensors::read_metadata(bytes).map_err(|e| parse_error(bytes, &e))?;
     let mut entries: BTreeMap<String, String> =
         meta.tensors().into_iter().map(|(name, info)| (name, format!("{info:?}"))).collect();
-    entries.insert("__metadata__".into(), format!("{:?}", read_metadata(bytes)?));
+    let metadata: BTreeMap<&String, &String> = meta.metadata().iter().flatten().collect();
+    entries.insert("__metadata__".into(), format!("{metadata:?}"));
     Ok((n, entries))
 }
 

@@ -111,16 +111,6 @@ impl Figure {
         self
     }
 
-    /// Number of series added so far.
-    pub fn len(&self) -> usize {
-        self.series.len()
-    }
-
-    /// Whether no series has been added.
-    pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
-    }
-
     /// Data range along one axis: the set one, else the data's, padded by 5 % (never empty).
     fn range(&self, set: Option<(f64, f64)>, pick: fn(&(f64, f64)) -> f64) -> (f64, f64) {
         if let Some(r) = set {
@@ -159,7 +149,7 @@ impl Figure {
         }
         let x_area = if self.categories.is_some() { 56 } else { 50 };
         let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, (FAMILY, 20).into_font().style(FontStyle::Bold))
+            .caption(&self.title, (FAMILY, 20))
             .margin(14)
             .x_label_area_size(x_area)
             .y_label_area_size(70)

@@ -60,8 +60,5 @@ fn register() -> Result<(), FontError> {
     let bytes = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
     // plotters keeps registered fonts for the life of the process; this happens once.
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    for style in [FontStyle::Normal, FontStyle::Bold] {
-        plotters::style::register_font(FAMILY, style, bytes).map_err(|_| bad("not a TrueType font".into()))?;
-    }
-    Ok(())
+    plotters::style::register_font(FAMILY, FontStyle::Normal, bytes).map_err(|_| bad("not a TrueType font".into()))
 }

@@ -138,7 +138,8 @@ pub fn render_png(
             let fill = RGBColor(c[0], c[1], c[2]).filled();
             root.draw(&Rectangle::new([(x, y - 6), (x + 12, y + 6)], fill)).map_err(|e| draw_err(&e))?;
             root.draw(&Text::new(name, (x + 18, y), key.clone())).map_err(|e| draw_err(&e))?;
-            x += 18 + 9 * name.len() as i32 + 16;
+            let (text_w, _) = root.estimate_text_size(name, &key).map_err(|e| draw_err(&e))?;
+            x += 18 + text_w as i32 + 24;
         }
         root.present().map_err(|e| draw_err(&e))?;
     }

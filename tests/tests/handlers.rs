@@ -30,12 +30,13 @@ async fn api_in_process(shutdown: &Shutdown) -> (System, String) {
     (sys, base)
 }
 
-fn form(files: Vec<(&str, Vec<u8>)>) -> reqwest::multipart::Form {
+/// Uploads `files` (form field name -> bytes) as one case of tenant `acme`.
+async fn post_case(http: &reqwest::Client, base: &str, files: Vec<(&str, Vec<u8>)>) -> reqwest::Response {
     let mut form = reqwest::multipart::Form::new().text("case_ref", "in-process-1");
     for (name, bytes) in files {
         form = form.part(name.to_string(), reqwest::multipart::Part::bytes(bytes).file_name(format!("{name}.nii.gz")));
     }
-    form
+    http.post(format!("{base}/api/v1/tenants/acme/cases")).multipart(form).send().await.unwrap()
 }
 
 #[tokio::test]
@@ -44,7 +45,7 @@ async fn upload_then_read_the_case_through_the_routes() {
     let (sys, base) = api_in_process(&shutdown).await;
     let http = reqwest::Client::new();
     let (_, files) = phantom_files(3, [32, 32, 24]);
-    let resp = http.post(format!("{base}/api/v1/tenants/acme/cases")).multipart(form(files)).send().await.unwrap();
+    let resp = post_case(&http, &base, files).await;
     assert_eq!(resp.status().as_u16(), 201);
     let created: CaseCreated = resp.json().await.unwrap();
     assert_eq!(created.tenant, "acme");
@@ -87,7 +88,7 @@ async fn bad_input_is_refused_with_the_file_named_and_nothing_stored() {
     let (_, mut files) = phantom_files(4, [32, 32, 24]);
     files[1].1 = b"not a nifti file".to_vec();
     let bad = files[1].0;
-    let resp = http.post(format!("{base}/api/v1/tenants/acme/cases")).multipart(form(files)).send().await.unwrap();
+    let resp = post_case(&http, &base, files).await;
     assert_eq!(resp.status().as_u16(), 400);
     let body: ErrorBody = resp.json().await.unwrap();
     assert_eq!(body.status, 400);
@@ -136,7 +137,7 @@ async fn stage_workers_analyse_and_curate_a_case_in_process() {
 
     let http = reqwest::Client::new();
     let (_, files) = phantom_files(5, [32, 32, 24]);
-    let resp = http.post(format!("{base}/api/v1/tenants/acme/cases")).multipart(form(files)).send().await.unwrap();
+    let resp = post_case(&http, &base, files).await;
     assert_eq!(resp.status().as_u16(), 201);
     let created: CaseCreated = resp.json().await.unwrap();
 

@@ -29,31 +29,15 @@ steps=200
 jobs=1
 device=auto
 base_fold0=bundled
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --folds) folds="$2"; shift 2 ;;
-    --steps) steps="$2"; shift 2 ;;
-    --jobs) jobs="$2"; shift 2 ;;
-    --device) device="$2"; shift 2 ;;
-    --out) out="$2"; shift 2 ;;
-    --results) results="$2"; shift 2 ;;
-    --base-fold0) base_fold0="$2"; shift 2 ;;
-    *) echo "ssl-real.sh: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
+source "$root/scripts/lib.sh"
+opts ssl-real.sh "folds steps jobs device out results base-fold0" "$@"
 case "$base_fold0" in bundled|train) ;; *) echo "ssl-real.sh: --base-fold0 takes bundled or train" >&2; exit 2 ;; esac
-if [ -z "${GMMAS_BIN:-}" ]; then source "$root/scripts/env.sh"; fi
-gmmas="$GMMAS_BIN/gmmas"
-shared="$(cd "$root/../shared/data" && pwd)"
+use_gmmas "$root"
 cfg="$root/models/configs"
 command_line="scripts/ssl-real.sh --folds \"$folds\" --steps $steps --base-fold0 $base_fold0"
 mkdir -p "$out" "$results"
-log() { printf '[ssl-real %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-
-[ -f "$root/out/phantoms/labels.csv" ] || {
-  log "making the configs' phantoms (out/phantoms)"
-  "$gmmas" phantom --n 24 --seed 1 --out "$root/out/phantoms" >/dev/null
-}
+log_as ssl-real
+config_phantoms "$root"
 
 # A config of models/configs/ssl-real with every path absolute and fold F's folders.
 materialize() { # arm fold dest

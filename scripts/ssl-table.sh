@@ -23,19 +23,12 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/env.sh"
 steps=200
 pool=20
-test_n=12
+test=12
 dims=48,48,40
 results="$root/models/results/ssl"
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --steps) steps="$2"; shift 2 ;;
-    --pool) pool="$2"; shift 2 ;;
-    --test) test_n="$2"; shift 2 ;;
-    --dims) dims="$2"; shift 2 ;;
-    --results) results="$2"; shift 2 ;;
-    *) echo "unknown argument $1" >&2; exit 2 ;;
-  esac
-done
+source "$root/scripts/lib.sh"
+opts ssl-table.sh "steps pool test dims results" "$@"
+test_n="$test"
 command_line="scripts/ssl-table.sh --steps $steps --pool $pool --test $test_n --dims $dims"
 bin="$GMMAS_BIN/gmmas"
 cfg="$root/models/configs/ssl-table"

@@ -11,25 +11,14 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 steps=200
 device=auto
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --steps) steps="$2"; shift 2 ;;
-    --device) device="$2"; shift 2 ;;
-    *) echo "v2-fold0.sh: unknown argument $1" >&2; exit 2 ;;
-  esac
-done
-if [ -z "${GMMAS_BIN:-}" ]; then source "$root/scripts/env.sh"; fi
-gmmas="$GMMAS_BIN/gmmas"
-shared="$(cd "$root/../shared/data" && pwd)"
+source "$root/scripts/lib.sh"
+opts v2-fold0.sh "steps device" "$@"
+use_gmmas "$root"
 out="$root/out/v2-fold0"
 results="$root/models/results/v2-fold0"
 mkdir -p "$out/logs" "$results"
-log() { printf '[v2-fold0 %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-
-[ -f "$root/out/phantoms/labels.csv" ] || {
-  log "making the configs' phantoms (out/phantoms)"
-  "$gmmas" phantom --n 24 --seed 1 --out "$root/out/phantoms" >/dev/null
-}
+log_as v2-fold0
+config_phantoms "$root"
 # Fold 0's split (the supervised config's k-fold assignment), read off a one-step run.
 if [ ! -f "$out/split.csv" ]; then
   "$gmmas" train --config "$root/models/configs/release-small-cpu.toml" --fold 0 --steps 1 --out "$out/split-run" \

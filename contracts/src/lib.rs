@@ -301,14 +301,18 @@ pub struct Probabilities {
     pub mgmt_methylated: f32,
 }
 
-/// Volumes (mL) and proportions of the tumor sub-regions.
+/// Volumes (mL) and proportions of the tumor sub-regions (BraTS labels: 1 necrotic /
+/// non-enhancing core, 2 edema, 4 enhancing tumour).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegionVolumes {
     pub ncr_ml: f64,
     pub ed_ml: f64,
     pub et_ml: f64,
+    /// Whole tumour: NCR + ED + ET.
     pub wt_ml: f64,
+    /// Tumour core: NCR + ET.
     pub tc_ml: f64,
+    /// Fractions of WT (0 when WT is empty).
     pub ncr_fraction: f64,
     pub ed_fraction: f64,
     pub et_fraction: f64,

@@ -18,6 +18,6 @@ pub use nifti::{
 };
 pub use orient::Orientation;
 pub use prep::{Geometry, PrepOptions, PreparedCase, prepare, prepare_labels, restore_labels, restore_map};
-pub use regions::{RegionStats, region_stats};
+pub use regions::{RegionVolumes, region_stats};
 pub use share::share_dir;
 pub use types::{Grid, LabelVolume, Limits, Modality, Volume, same_grid};

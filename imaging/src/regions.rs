@@ -2,27 +2,11 @@
 //! Labels: 1 necrotic/non-enhancing core (NCR), 2 edema (ED), 4 enhancing tumour (ET; 3 counts as ET).
 
 use crate::types::LabelVolume;
-use serde::{Deserialize, Serialize};
-
-/// Sub-region volumes in millilitres and their fractions of the whole tumour.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RegionStats {
-    pub ncr_ml: f64,
-    pub ed_ml: f64,
-    pub et_ml: f64,
-    /// Whole tumour: NCR + ED + ET.
-    pub wt_ml: f64,
-    /// Tumour core: NCR + ET.
-    pub tc_ml: f64,
-    /// Fractions of WT (0 when WT is empty).
-    pub ncr_fraction: f64,
-    pub ed_fraction: f64,
-    pub et_fraction: f64,
-}
+pub use gmmas_contracts::RegionVolumes;
 
 /// Counts labels and converts to ml with the grid's voxel volume (|det| of the affine / 1000).
 /// Labels other than 1, 2, 3, 4 are ignored.
-pub fn region_stats(l: &LabelVolume) -> RegionStats {
+pub fn region_stats(l: &LabelVolume) -> RegionVolumes {
     let mut counts = [0u64; 256];
     for &v in &l.data {
         counts[v as usize] += 1;
@@ -33,7 +17,7 @@ pub fn region_stats(l: &LabelVolume) -> RegionStats {
     let et = (counts[3] + counts[4]) as f64 * ml;
     let wt = ncr + ed + et;
     let frac = |x: f64| if wt > 0.0 { x / wt } else { 0.0 };
-    RegionStats {
+    RegionVolumes {
         ncr_ml: ncr,
         ed_ml: ed,
         et_ml: et,
@@ -79,6 +63,6 @@ mod tests {
     fn empty_tumour_has_zero_fractions() {
         let g = Grid::axis_aligned([2, 2, 2], [1.0; 3], [0.0; 3]);
         let s = region_stats(&LabelVolume::new(g, vec![0; 8]).unwrap());
-        assert_eq!(s, RegionStats::default());
+        assert_eq!(s, RegionVolumes::default());
     }
 }

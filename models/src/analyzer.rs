@@ -119,6 +119,11 @@ pub fn sidecar_path(weights: &Path) -> PathBuf {
 }
 
 impl Analyzer {
+    /// `input` with its dims and present sequences, and this model's temperatures.
+    fn case<'a>(&self, input: &'a [f32], dims: [usize; 3], present: [bool; MODALITIES]) -> infer::CaseInput<'a> {
+        infer::CaseInput { input, dims, present, temperature: self.temperature }
+    }
+
     /// A freshly initialised model (deterministic in `seed`), named `<cfg.name>-seed<seed>`.
     pub fn new_seeded(cfg: ModelConfig, seed: i64, device: Device) -> Result<Self, ModelError> {
         let (vs, net) = net::build(&cfg, device, Some(seed as u64))?;
@@ -324,7 +329,7 @@ impl Analyzer {
         infer::validate_input(input, dims, present, opts)?;
         let inner = self.lock();
         let device = self.device;
-        guarded(|| tch::no_grad(|| infer::run(&inner.net, device, input, dims, present, self.temperature, opts)))
+        guarded(|| tch::no_grad(|| infer::run(&inner.net, device, self.case(input, dims, present), opts)))
     }
 
     /// Stage I of the semi-supervised method (paper III-F, [`crate::ssl::pseudo`]): runs
@@ -353,17 +358,9 @@ impl Analyzer {
             let device = self.device;
             guarded(|| {
                 let run = || {
-                    infer::run_stats(
-                        &inner.net,
-                        device,
-                        input,
-                        dims,
-                        present,
-                        self.temperature,
-                        opts.overlap,
-                        opts.mc_passes,
-                        true,
-                    )
+                    let case = self.case(input, dims, present);
+                    let how = infer::McPasses { overlap: opts.overlap, passes: opts.mc_passes, mc: true };
+                    infer::run_stats(&inner.net, device, case, how)
                 };
                 tch::no_grad(|| net::with_seeded_dropout(opts.seed, run))
             })?
@@ -394,7 +391,8 @@ impl Analyzer {
         let device = self.device;
         guarded(|| {
             let run = || {
-                infer::run_voxel_mc(&inner.net, device, input, dims, present, self.temperature, overlap, passes, true)
+                let how = infer::McPasses { overlap, passes, mc: true };
+                infer::run_voxel_mc(&inner.net, device, self.case(input, dims, present), how)
             };
             tch::no_grad(|| net::with_seeded_dropout(seed, run))
         })

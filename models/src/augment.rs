@@ -125,16 +125,12 @@ impl AugmentConfig {
             flip_p: [0.0; 3],
             intensity_shift: 0.0,
             intensity_scale: 0.0,
-            modality_drop_p: 0.0,
-            modality_permute_p: 0.0,
             cutmix_p: 0.0,
-            cutmix_placement: CutMixPlacement::Donor,
-            rotate_p: 0.0,
             rotate_deg: 0.0,
-            scale_p: 0.0,
             scale_range: [1.0, 1.0],
-            gamma_p: 0.0,
             gamma_range: [1.0, 1.0],
+            // Modality drop and shuffle, rotation, scaling and gamma are off by default too.
+            ..Self::default()
         }
     }
 
@@ -1022,15 +1018,19 @@ mod tests {
         assert!(info.offset[0] < 12);
     }
 
+    /// The case's volume with its first channel's voxel `i` set to `f(i)`.
+    fn first_channel(c: &CaseData, f: impl Fn(usize) -> f32) -> Volume4 {
+        let mut v = Volume4::of(c);
+        for i in 0..v.seg.len() {
+            v.image[i] = f(i);
+        }
+        v
+    }
+
     #[test]
     fn rotate_zoom_identity_quarter_turn_and_zoom() {
-        let c = case("a", [24, 24, 16], [3, 5, 4], [9, 14, 10], 7.0);
-        let mut v = Volume4::of(&c);
         // Distinct values per voxel to see where each one goes.
-        let n = v.seg.len();
-        for i in 0..n {
-            v.image[i] = 1.0 + i as f32;
-        }
+        let mut v = first_channel(&case("a", [24, 24, 16], [3, 5, 4], [9, 14, 10], 7.0), |i| 1.0 + i as f32);
         let orig = v.clone();
         rotate_zoom(&mut v, [0.0; 3], 1.0);
         assert_eq!(v.seg, orig.seg);
@@ -1064,11 +1064,8 @@ mod tests {
     #[test]
     fn gamma_keeps_background_range_and_order() {
         let c = case("a", [16, 16, 8], [3, 3, 2], [8, 8, 6], 7.0);
-        let mut v = Volume4::of(&c);
+        let mut v = first_channel(&c, |i| if i % 5 == 0 { 0.0 } else { -2.0 + (i % 97) as f32 * 0.05 });
         let n = v.seg.len();
-        for i in 0..n {
-            v.image[i] = if i % 5 == 0 { 0.0 } else { -2.0 + (i % 97) as f32 * 0.05 };
-        }
         let before = v.image[..n].to_vec();
         gamma(&mut v, 0, 1.7);
         let after = &v.image[..n];

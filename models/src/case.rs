@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use gmmas_imaging::{PreparedCase, RegionStats};
+use gmmas_imaging::{PreparedCase, RegionVolumes};
 
 use crate::{Analyzer, InferOptions, ModelError, TaskProbabilities};
 
@@ -13,7 +13,7 @@ pub struct CaseAnalysis {
     /// BraTS labels (0, 1, 2, 4) as gzipped NIfTI on the input grid.
     pub seg_nifti: Vec<u8>,
     /// Sub-region volumes of that segmentation.
-    pub regions: RegionStats,
+    pub regions: RegionVolumes,
     /// Task probabilities (mean over MC passes when they ran).
     pub probabilities: TaskProbabilities,
     /// Std of each probability over MC-Dropout passes (when more than one pass ran).

@@ -70,23 +70,20 @@ fn is_zero(v: &f64) -> bool {
 impl ModelConfig {
     /// Test-sized profile: 32^3 patches, 8..64 channels, one 2-head transformer layer.
     pub fn tiny() -> Self {
+        let small = Self::small();
         Self {
             name: "gmmas-tiny".into(),
-            patch: [32, 32, 32],
-            infer_window: [32, 32, 32],
-            channels: [8, 16, 32, 64],
-            enc_blocks: [1, 1, 1, 1],
-            transformer: true,
+            patch: [32; 3],
+            infer_window: [32; 3],
+            // Half of `small`'s widths.
+            channels: small.channels.map(|c| c / 2),
+            global_channels: small.global_channels.map(|c| c / 2),
             embed_dim: 32,
             layers: 1,
             heads: 2,
-            mlp_ratio: 2,
-            global_branch: true,
-            global_size: [16, 16, 16],
-            global_channels: [4, 8, 16],
+            global_size: [16; 3],
             cls_hidden: 32,
-            dropout: 0.1,
-            decoder_dropout: 0.0,
+            ..small
         }
     }
 
@@ -136,19 +133,14 @@ impl ModelConfig {
             name: "gmmas-paper".into(),
             patch: [128, 128, 128],
             infer_window: [128, 128, 128],
-            channels: [16, 32, 64, 128],
             enc_blocks: [1, 2, 2, 2],
-            transformer: true,
             embed_dim: 512,
             layers: 4,
-            heads: 4,
             mlp_ratio: 4,
-            global_branch: true,
             global_size: [64, 64, 64],
             global_channels: [16, 32, 64],
             cls_hidden: 256,
-            dropout: 0.1,
-            decoder_dropout: 0.0,
+            ..Self::small()
         }
     }
 

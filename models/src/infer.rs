@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::ModelError;
 use crate::config::{BACKBONE_STRIDE, MODALITIES, ModelConfig, SEG_CLASSES, TASKS};
-use crate::net::{GlobalContext, Net};
+use crate::net::{Encoded, GlobalContext, Net};
 
 /// Probability of the positive class of each task.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -253,11 +253,37 @@ impl Engine<'_> {
         )
     }
 
+    /// The encoder's features of a batch of windows (one stack of crops), and the windows'
+    /// boxes for the global branch.
+    fn encode(&self, chunk: &[[usize; 3]]) -> Result<(Encoded, Vec<[f32; 6]>), ModelError> {
+        let w = self.plan.window.map(|v| v as i64);
+        let crops: Vec<Tensor> = chunk.iter().map(|s| Self::region(&self.padded, 2, *s, w)).collect();
+        let x = Tensor::cat(&crops, 0);
+        drop(crops);
+        let enc = self.net.encode(&x, &[self.present], false)?;
+        Ok((enc, self.boxes(chunk)))
+    }
+
+    /// One pass of the heads (dropout on when `mc`): the class probabilities `[B, C, z, y, x]`
+    /// and the positive-class probability of each task, window-major, with each task's logits
+    /// divided by its temperature.
+    fn pass(&self, enc: &Encoded, ctx: Option<GlobalContext<'_>>, mc: bool) -> Result<(Tensor, Vec<f32>), ModelError> {
+        let out = self.net.head(enc, ctx, false, mc)?;
+        let p = out.seg.softmax(1, Kind::Float);
+        drop(out.seg);
+        let logits = match &self.temperature {
+            Some(t) => &out.tasks / t,
+            None => out.tasks,
+        };
+        let task_p = logits.softmax(-1, Kind::Float).select(2, 1).to_device(Device::Cpu);
+        Ok((p, Vec::<f32>::try_from(&task_p.flatten(0, -1))?))
+    }
+
     /// Runs every window once through the encoder and `passes` times through the rest of
     /// the network (dropout on when `mc`), accumulating into whole-volume buffers.
     fn run(&self, passes: usize, mc: bool) -> Result<Accumulated, ModelError> {
         let [nz, ny, nx] = self.shape.map(|v| v as i64);
-        let w = self.plan.window.map(|v| v as i64);
+        let _w = self.plan.window.map(|v| v as i64);
         let device = self.padded.device();
         let probs = Tensor::zeros([SEG_CLASSES as i64, nz, ny, nx], (Kind::Float, device));
         let fg: Vec<Tensor> = if passes > 1 {
@@ -265,29 +291,13 @@ impl Engine<'_> {
         } else {
             Vec::new()
         };
-        let mut weighted = vec![[0f64; TASKS]; passes];
-        let mut plain = vec![[0f64; TASKS]; passes];
-        let mut mass = vec![0f64; passes];
+        let mut votes = TaskVotes::new(passes);
         let windows = self.windows();
         for chunk in windows.chunks(self.batch.max(1)) {
-            let crops: Vec<Tensor> = chunk.iter().map(|s| Self::region(&self.padded, 2, *s, w)).collect();
-            let x = Tensor::cat(&crops, 0);
-            drop(crops);
-            let enc = self.net.encode(&x, &[self.present], false)?;
-            drop(x);
-            let boxes = self.boxes(chunk);
+            let (enc, boxes) = self.encode(chunk)?;
             let ctx = self.global.as_ref().map(|features| GlobalContext { features, boxes: &boxes });
             for k in 0..passes {
-                let out = self.net.head(&enc, ctx, false, mc)?;
-                let p_all = out.seg.softmax(1, Kind::Float);
-                drop(out.seg);
-                // Task logits [B, TASKS, 2], divided by each task's temperature (every pass).
-                let logits = match &self.temperature {
-                    Some(t) => &out.tasks / t,
-                    None => out.tasks,
-                };
-                let task_p = logits.softmax(-1, Kind::Float).select(2, 1).to_device(Device::Cpu);
-                let task_p = Vec::<f32>::try_from(&task_p.flatten(0, -1))?;
+                let (p_all, task_p) = self.pass(&enc, ctx, mc)?;
                 for (i, s) in chunk.iter().enumerate() {
                     let v = self.valid(*s);
                     let g = Self::region(&self.gauss, 0, [0; 3], v);
@@ -295,45 +305,88 @@ impl Engine<'_> {
                     let gp = &p * &g;
                     let _ = Self::region(&probs, 1, *s, v).g_add_(&gp);
                     let fg_w = &g - gp.get(0);
-                    let m = fg_w.sum(Kind::Double).double_value(&[]);
                     if passes > 1 {
                         let _ = Self::region(&fg[k], 0, *s, v).g_add_(&fg_w);
                     }
-                    mass[k] += m;
-                    for t in 0..TASKS {
-                        let pt = f64::from(task_p[i * TASKS + t]);
-                        weighted[k][t] += m * pt;
-                        plain[k][t] += pt;
-                    }
+                    votes.add(k, fg_w.sum(Kind::Double).double_value(&[]), &task_p[i * TASKS..(i + 1) * TASKS]);
                 }
             }
         }
-        // Weight tasks by foreground mass; without any foreground use the plain mean.
-        let tasks = (0..passes)
+        Ok(Accumulated { probs, fg, tasks: votes.finish(windows.len()) })
+    }
+}
+
+/// Each pass's case-level task probabilities, averaged over the windows with each window's
+/// foreground mass as its weight (the plain mean when a pass saw no foreground).
+struct TaskVotes {
+    weighted: Vec<[f64; TASKS]>,
+    plain: Vec<[f64; TASKS]>,
+    mass: Vec<f64>,
+}
+
+impl TaskVotes {
+    fn new(passes: usize) -> Self {
+        TaskVotes { weighted: vec![[0.0; TASKS]; passes], plain: vec![[0.0; TASKS]; passes], mass: vec![0.0; passes] }
+    }
+
+    /// Adds one window's vote in pass `k`: its foreground mass and task probabilities.
+    fn add(&mut self, k: usize, mass: f64, task_p: &[f32]) {
+        self.mass[k] += mass;
+        for (t, &p) in task_p.iter().enumerate().take(TASKS) {
+            self.weighted[k][t] += mass * f64::from(p);
+            self.plain[k][t] += f64::from(p);
+        }
+    }
+
+    fn finish(self, windows: usize) -> Vec<[f64; TASKS]> {
+        (0..self.mass.len())
             .map(|k| {
-                if mass[k] > 1.0 {
-                    weighted[k].map(|v| v / mass[k])
+                if self.mass[k] > 1.0 {
+                    self.weighted[k].map(|v| v / self.mass[k])
                 } else {
-                    plain[k].map(|v| v / windows.len() as f64)
+                    self.plain[k].map(|v| v / windows as f64)
                 }
             })
-            .collect();
-        Ok(Accumulated { probs, fg, tasks })
+            .collect()
+    }
+}
+
+/// One prepared case as the network reads it: the channels (channel-major, x fastest), their
+/// dims, which sequences are present, and each task's temperature.
+#[derive(Debug, Clone, Copy)]
+pub struct CaseInput<'a> {
+    pub input: &'a [f32],
+    pub dims: [usize; 3],
+    pub present: [bool; MODALITIES],
+    pub temperature: [f64; TASKS],
+}
+
+/// How MC-Dropout passes run: the sliding-window overlap, the number of passes (at least one
+/// runs), and whether dropout is on (`mc`; off gives repeated deterministic passes).
+#[derive(Debug, Clone, Copy)]
+pub struct McPasses {
+    pub overlap: f32,
+    pub passes: usize,
+    pub mc: bool,
+}
+
+impl McPasses {
+    fn engine<'a>(
+        &self,
+        net: &'a Net,
+        device: Device,
+        case: CaseInput<'_>,
+    ) -> Result<(Engine<'a>, Tensor), ModelError> {
+        let opts = InferOptions { overlap: self.overlap, mc_passes: 0, ..InferOptions::default() };
+        setup(net, device, case, &opts)
     }
 }
 
 /// Runs the whole inference for one case (`input` channel-major, x fastest); the task logits
 /// of every pass are divided by `temperature` (per task, see [`crate::calibrate`]). Must be
 /// called with gradients disabled.
-pub fn run(
-    net: &Net,
-    device: Device,
-    input: &[f32],
-    dims: [usize; 3],
-    present: [bool; MODALITIES],
-    temperature: [f64; TASKS],
-    opts: &InferOptions,
-) -> Result<Prediction, ModelError> {
+pub fn run(net: &Net, device: Device, case: CaseInput<'_>, opts: &InferOptions) -> Result<Prediction, ModelError> {
+    let CaseInput { input, dims, present, temperature } = case;
     let passes = opts.mc_passes.max(1);
     let flips: &[[bool; 3]] = if opts.tta_flips { &FLIPS } else { &FLIPS[..1] };
     let [nx, ny, nz] = dims.map(|v| v as i64);
@@ -351,7 +404,7 @@ pub fn run(
         } else {
             input
         };
-        let (engine, weight_sum) = setup(net, device, src, dims, present, temperature, opts)?;
+        let (engine, weight_sum) = setup(net, device, CaseInput { input: src, ..case }, opts)?;
         let acc = engine.run(passes, opts.mc_passes > 0)?;
         drop(engine);
         // Normalised per mirroring, then mirrored back and summed.
@@ -400,21 +453,9 @@ pub struct PassStats {
 /// standard deviation of every voxel plus each pass's task probabilities. Passes run one
 /// after the other over all windows (the encoder is recomputed per pass) so only three
 /// whole-volume class buffers are held. Must be called with gradients disabled.
-#[allow(clippy::too_many_arguments)]
-pub fn run_stats(
-    net: &Net,
-    device: Device,
-    input: &[f32],
-    dims: [usize; 3],
-    present: [bool; MODALITIES],
-    temperature: [f64; TASKS],
-    overlap: f32,
-    passes: usize,
-    mc: bool,
-) -> Result<PassStats, ModelError> {
-    let opts = InferOptions { overlap, mc_passes: 0, ..InferOptions::default() };
-    let (engine, weight_sum) = setup(net, device, input, dims, present, temperature, &opts)?;
-    let passes = passes.max(1);
+pub fn run_stats(net: &Net, device: Device, case: CaseInput<'_>, how: McPasses) -> Result<PassStats, ModelError> {
+    let (engine, weight_sum) = how.engine(net, device, case)?;
+    let (passes, mc) = (how.passes.max(1), how.mc);
     let mut mean: Option<Tensor> = None;
     let mut m2: Option<Tensor> = None;
     let mut tasks = Vec::with_capacity(passes);
@@ -447,12 +488,10 @@ pub fn run_stats(
 fn setup<'a>(
     net: &'a Net,
     device: Device,
-    input: &[f32],
-    dims: [usize; 3],
-    present: [bool; MODALITIES],
-    temperature: [f64; TASKS],
+    case: CaseInput<'_>,
     opts: &InferOptions,
 ) -> Result<(Engine<'a>, Tensor), ModelError> {
+    let CaseInput { input, dims, present, temperature } = case;
     validate_input(input, dims, present, opts)?;
     if let Some(t) = temperature.iter().find(|t| !(t.is_finite() && **t > 0.0)) {
         return Err(ModelError::Input(format!("temperature {t} must be a positive number")));
@@ -578,48 +617,28 @@ impl Engine<'_> {
     // Long on purpose: the sliding-window loop over MC passes with its running sums; the sums are the loop's shared state.
     fn run_voxel_mc(&self, passes: usize, mc: bool) -> Result<VoxelSums, ModelError> {
         let [nz, ny, nx] = self.shape.map(|v| v as i64);
-        let w = self.plan.window.map(|v| v as i64);
+        let _w = self.plan.window.map(|v| v as i64);
         let device = self.padded.device();
         let probs = Tensor::zeros([SEG_CLASSES as i64, nz, ny, nx], (Kind::Float, device));
         let stds = Tensor::zeros([SEG_CLASSES as i64, nz, ny, nx], (Kind::Float, device));
         let pass_entropy = Tensor::zeros([nz, ny, nx], (Kind::Float, device));
-        let mut weighted = vec![[0f64; TASKS]; passes];
-        let mut plain = vec![[0f64; TASKS]; passes];
-        let mut mass = vec![0f64; passes];
+        let mut votes = TaskVotes::new(passes);
         let windows = self.windows();
         for chunk in windows.chunks(self.batch.max(1)) {
-            let crops: Vec<Tensor> = chunk.iter().map(|s| Self::region(&self.padded, 2, *s, w)).collect();
-            let x = Tensor::cat(&crops, 0);
-            drop(crops);
-            let enc = self.net.encode(&x, &[self.present], false)?;
-            drop(x);
-            let boxes = self.boxes(chunk);
+            let (enc, boxes) = self.encode(chunk)?;
             let ctx = self.global.as_ref().map(|features| GlobalContext { features, boxes: &boxes });
             // Welford over passes per window: mean and M2 of the class probabilities.
             let mut mean: Option<Tensor> = None;
             let mut m2: Option<Tensor> = None;
             let mut ent_sum: Option<Tensor> = None;
             for k in 0..passes {
-                let out = self.net.head(&enc, ctx, false, mc)?;
-                let p = out.seg.softmax(1, Kind::Float);
-                drop(out.seg);
-                let logits = match &self.temperature {
-                    Some(t) => &out.tasks / t,
-                    None => out.tasks,
-                };
-                let task_p = logits.softmax(-1, Kind::Float).select(2, 1).to_device(Device::Cpu);
-                let task_p = Vec::<f32>::try_from(&task_p.flatten(0, -1))?;
+                let (p, task_p) = self.pass(&enc, ctx, mc)?;
                 for (i, s) in chunk.iter().enumerate() {
                     let v = self.valid(*s);
                     let g = Self::region(&self.gauss, 0, [0; 3], v);
                     let pi = Self::region(&p.get(i as i64), 1, [0; 3], v);
                     let m = (&g - &g * pi.get(0)).sum(Kind::Double).double_value(&[]);
-                    mass[k] += m;
-                    for t in 0..TASKS {
-                        let pt = f64::from(task_p[i * TASKS + t]);
-                        weighted[k][t] += m * pt;
-                        plain[k][t] += pt;
-                    }
+                    votes.add(k, m, &task_p[i * TASKS..(i + 1) * TASKS]);
                 }
                 let h = -(&p * p.clamp_min(1e-12).log()).sum_dim_intlist(1, false, Kind::Float);
                 ent_sum = Some(match ent_sum {
@@ -652,36 +671,15 @@ impl Engine<'_> {
                 let _ = Self::region(&pass_entropy, 0, *s, v).g_add_(&(Self::region(&ent.get(i), 0, [0; 3], v) * &g));
             }
         }
-        let tasks = (0..passes)
-            .map(|k| {
-                if mass[k] > 1.0 {
-                    weighted[k].map(|v| v / mass[k])
-                } else {
-                    plain[k].map(|v| v / windows.len() as f64)
-                }
-            })
-            .collect();
-        Ok((probs, stds, pass_entropy, tasks))
+        Ok((probs, stds, pass_entropy, votes.finish(windows.len())))
     }
 }
 
 /// Runs `passes` MC-Dropout passes (dropout on when `mc`; the encoder runs once per window)
 /// and returns the voxel maps of [`VoxelMc`]. Must be called with gradients disabled.
-#[allow(clippy::too_many_arguments)]
-pub fn run_voxel_mc(
-    net: &Net,
-    device: Device,
-    input: &[f32],
-    dims: [usize; 3],
-    present: [bool; MODALITIES],
-    temperature: [f64; TASKS],
-    overlap: f32,
-    passes: usize,
-    mc: bool,
-) -> Result<VoxelMc, ModelError> {
-    let opts = InferOptions { overlap, mc_passes: 0, ..InferOptions::default() };
-    let (engine, weight_sum) = setup(net, device, input, dims, present, temperature, &opts)?;
-    let passes = passes.max(1);
+pub fn run_voxel_mc(net: &Net, device: Device, case: CaseInput<'_>, how: McPasses) -> Result<VoxelMc, ModelError> {
+    let (engine, weight_sum) = how.engine(net, device, case)?;
+    let (passes, mc) = (how.passes.max(1), how.mc);
     let (probs, stds, pass_entropy, tasks) = engine.run_voxel_mc(passes, mc)?;
     drop(engine);
     let mean = probs / &weight_sum;

@@ -98,21 +98,7 @@ pub async fn start_chat(port: Option<u16>, log: &std::path::Path) -> anyhow::Res
         Some(p) => p,
         None => supervise::free_port()?,
     };
-    let file = std::fs::File::create(log)?;
-    let mut child = Command::new(server_bin())
-        .arg("-m")
-        .arg(chat_gguf())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "-c", "4096", "-np", "1", "-t", "1"])
-        .args(["--alias", CHAT_MODEL])
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting llama-server")?;
-    let url = format!("http://127.0.0.1:{port}");
-    wait_http(&format!("{url}/health"), &mut child, "llama-server (chat)", Duration::from_secs(60)).await?;
-    Ok(Proc { url, port, child })
+    start_server(chat_gguf(), port, &["-c", "4096", "-np", "1"], CHAT_MODEL, "llama-server (chat)", log).await
 }
 
 /// Starts llama-server with the embedding model, when it is installed.
@@ -121,21 +107,78 @@ pub async fn start_embed(log: &std::path::Path) -> anyhow::Result<Option<Proc>> 
         return Ok(None);
     }
     let port = supervise::free_port()?;
+    let what = "llama-server (embeddings)";
+    Ok(Some(start_server(embed_gguf(), port, &["--embeddings"], EMBED_MODEL, what, log).await?))
+}
+
+/// Starts llama-server on one thread with `model` served as `alias`, and waits for its health.
+async fn start_server(
+    model: PathBuf,
+    port: u16,
+    args: &[&str],
+    alias: &str,
+    what: &str,
+    log: &std::path::Path,
+) -> anyhow::Result<Proc> {
     let file = std::fs::File::create(log)?;
     let mut child = Command::new(server_bin())
         .arg("-m")
-        .arg(embed_gguf())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--embeddings", "-t", "1"])
-        .args(["--alias", EMBED_MODEL])
+        .arg(model)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "-t", "1", "--alias", alias])
+        .args(args)
         .stdout(file.try_clone()?)
         .stderr(file)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .context("starting llama-server (embeddings)")?;
+        .with_context(|| format!("starting {what}"))?;
     let url = format!("http://127.0.0.1:{port}");
-    wait_http(&format!("{url}/health"), &mut child, "llama-server (embeddings)", Duration::from_secs(60)).await?;
-    Ok(Some(Proc { url, port, child }))
+    wait_http(&format!("{url}/health"), &mut child, what, Duration::from_secs(60)).await?;
+    Ok(Proc { url, port, child })
+}
+
+/// The local LLM a report test talks to: the chat server, the embedding server when it is
+/// installed, and the Ollama bridge in front of both.
+pub struct Stack {
+    pub chat: Proc,
+    pub embed: Option<Proc>,
+    pub bridge: Proc,
+}
+
+impl Stack {
+    /// Starts all three, with their logs in `dir`.
+    pub async fn start(dir: &std::path::Path) -> anyhow::Result<Stack> {
+        let chat = start_chat(None, &dir.join("chat.log")).await?;
+        let embed = start_embed(&dir.join("embed.log")).await?;
+        let bridge = start_bridge(&chat, embed.as_ref(), None, &dir.join("bridge.log")).await?;
+        Ok(Stack { chat, embed, bridge })
+    }
+
+    /// The report service's settings for this stack, with the seconds one LLM call may take and
+    /// the bus's ack wait.
+    pub fn report_env(&self, llm_timeout_s: u64, ack_wait_s: u64) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("GMMAS_LLM_BACKEND", "ollama".to_string()),
+            ("GMMAS_LLM_URL", self.bridge.url.clone()),
+            ("GMMAS_LLM_MODEL", CHAT_MODEL.to_string()),
+            ("GMMAS_LLM_TIMEOUT_S", llm_timeout_s.to_string()),
+            ("GMMAS_ACK_WAIT_S", ack_wait_s.to_string()),
+        ];
+        if self.embed.is_some() {
+            env.push(("GMMAS_EMBED_URL", self.bridge.url.clone()));
+            env.push(("GMMAS_EMBED_MODEL", EMBED_MODEL.to_string()));
+        }
+        env
+    }
+
+    /// Stops the bridge, then the servers.
+    pub async fn stop(self) {
+        self.bridge.stop().await;
+        if let Some(e) = self.embed {
+            e.stop().await;
+        }
+        self.chat.stop().await;
+    }
 }
 
 /// Starts the Ollama bridge in front of `chat` (and `embed`), with an optional fault.

@@ -1,6 +1,6 @@
-//! In-process tests of the services' handlers: the API's routes and the preprocess, infer and
-//! curate stage workers run inside this test process on a fresh database and a real NATS, with no
-//! service process started.
+//! In-process tests of the services' handlers: the API's routes, the preprocess, infer and
+//! curate stage workers and the train service's trainer run inside this test process on a fresh
+//! database and a real NATS, with no service process started.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 use std::sync::Arc;
@@ -130,7 +130,17 @@ async fn stage_workers_analyse_and_curate_a_case_in_process() {
     let version = model.version().to_string();
     let inferrer = gmmas_infer::Inferrer::new(model, None, gmmas_models::InferOptions::default(), None);
     let inf = tokio::spawn(gmmas_runtime::worker::run(rt, Arc::new(inferrer), shutdown.clone()));
-    let curate_cfg = gmmas_curate::CurateConfig { mc_passes: 2, device: "cpu".into(), ..Default::default() };
+    // Loose thresholds: an untrained tiny model is never 95 % sure; the rule is the same.
+    let curate_cfg = gmmas_curate::CurateConfig {
+        mc_passes: 2,
+        u_max: 0.5,
+        c_min: 0.5,
+        voxel_u_max: 0.5,
+        voxel_c_min: 0.3,
+        min_tumour_accepted: 0.0,
+        device: "cpu".into(),
+        ..Default::default()
+    };
     let curator = gmmas_curate::Curator::new(&curate_cfg).unwrap();
     let rt = StageRuntime::start(&common(&sys), "curate", &shutdown).await.unwrap();
     let cur = tokio::spawn(gmmas_runtime::worker::run(rt, Arc::new(curator), shutdown.clone()));
@@ -177,6 +187,42 @@ async fn stage_workers_analyse_and_curate_a_case_in_process() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert!(versions.iter().all(|v| *v == version), "{versions:?}");
+    let accepted: i64 = sqlx::query_scalar("SELECT count(*) FROM pseudo_labels WHERE case_id = $1 AND accepted")
+        .bind(created.case_id)
+        .fetch_one(&sys.db)
+        .await
+        .unwrap();
+    assert!(accepted > 0, "with loose thresholds some pseudo-label is accepted");
+
+    // The train service's trainer, in this process: one check starts a run on the curated case,
+    // trains both stages from the current model, registers the candidate and lets the gate decide.
+    let rt = StageRuntime::start(&common(&sys), "train", &shutdown).await.unwrap();
+    let train_cfg = train_config(dir.path());
+    let trainer = gmmas_train::runs::Trainer::new(rt, train_cfg, uuid::Uuid::new_v4()).unwrap();
+    tokio::time::timeout(Duration::from_secs(300), trainer.tick()).await.unwrap().unwrap();
+    let (status, parent, candidate, checkpoints): (String, String, Option<String>, serde_json::Value) =
+        sqlx::query_as("SELECT status, parent_version, candidate_version, checkpoints FROM train_runs")
+            .fetch_one(&sys.db)
+            .await
+            .unwrap();
+    assert!(status == "promoted" || status == "rejected", "run ended {status}");
+    assert_eq!(parent, version, "the run trains from the serving model");
+    let candidate = candidate.expect("the run names its candidate");
+    assert_ne!(candidate, version);
+    for stage in ["stage1", "stage2"] {
+        assert!(checkpoints.get(stage).is_some(), "{stage} checkpointed: {checkpoints}");
+    }
+    let (origin, recorded_parent): (String, Option<String>) =
+        sqlx::query_as("SELECT origin, parent_version FROM model_registry WHERE version = $1")
+            .bind(&candidate)
+            .fetch_one(&sys.db)
+            .await
+            .unwrap();
+    assert_eq!((origin.as_str(), recorded_parent.as_deref()), ("trained", Some(version.as_str())));
+    // A second check finds nothing new to train on.
+    trainer.tick().await.unwrap();
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM train_runs").fetch_one(&sys.db).await.unwrap();
+    assert_eq!(runs, 1);
 
     // Shutdown: every worker stops taking work and returns cleanly.
     shutdown.trigger();
@@ -184,4 +230,40 @@ async fn stage_workers_analyse_and_curate_a_case_in_process() {
         tokio::time::timeout(Duration::from_secs(30), worker).await.unwrap().unwrap().unwrap();
     }
     sys.shutdown().await;
+}
+
+/// The train service's settings for a quick run: a base run config (tiny profile, two labelled
+/// phantoms), two evaluation phantoms, two steps per stage, one new case enough.
+fn train_config(dir: &std::path::Path) -> gmmas_train::TrainServiceConfig {
+    const DIMS: [usize; 3] = [32, 32, 24];
+    let labelled = dir.join("labelled");
+    let eval = dir.join("eval");
+    gmmas_phantom::write_dataset(2, 100, DIMS, &labelled).unwrap();
+    gmmas_phantom::write_dataset(2, 200, DIMS, &eval).unwrap();
+    let run_config = dir.join("run.toml");
+    std::fs::write(
+        &run_config,
+        format!(
+            "name = \"gmmas-tiny-in-process\"\nout = \"out\"\nthreads = 1\ndevice = \"cpu\"\nvalidate_every = 0\n\n\
+             [data]\ndirs = [\"{l}\"]\nlabels = [\"{l}/labels.csv\"]\nthreads = 1\n\n\
+             [model]\nprofile = \"tiny\"\n\n\
+             [train]\noptimizer = \"adamw\"\nlr = 3e-3\nsteps = 2\nbatch_size = 1\n\n\
+             [ssl]\nunlabeled_batch_size = 1\n",
+            l = labelled.display()
+        ),
+    )
+    .unwrap();
+    gmmas_train::TrainServiceConfig {
+        run_config: run_config.display().to_string(),
+        eval_dir: eval.display().to_string(),
+        stage1_steps: 2,
+        stage2_steps: 2,
+        steps_per_epoch: 2,
+        min_new_cases: 1,
+        gate_tasks: Vec::new(),
+        gate_dice_margin: 1.0,
+        device: "cpu".into(),
+        threads: 1,
+        ..Default::default()
+    }
 }

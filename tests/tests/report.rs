@@ -86,20 +86,8 @@ fn digest_ok(d: &Value) -> bool {
 async fn phantom_case_report_through_ollama_is_validated_and_served() {
     let _serial = SERIAL.lock().await;
     let dir = logs();
-    let chat = llm::start_chat(None, &dir.path().join("chat.log")).await.unwrap();
-    let embed = llm::start_embed(&dir.path().join("embed.log")).await.unwrap();
-    let bridge = llm::start_bridge(&chat, embed.as_ref(), None, &dir.path().join("bridge.log")).await.unwrap();
-    let mut env = vec![
-        ("GMMAS_LLM_BACKEND", "ollama".to_string()),
-        ("GMMAS_LLM_URL", bridge.url.clone()),
-        ("GMMAS_LLM_MODEL", llm::CHAT_MODEL.to_string()),
-        ("GMMAS_LLM_TIMEOUT_S", "300".to_string()),
-        ("GMMAS_ACK_WAIT_S", "60".to_string()),
-    ];
-    if embed.is_some() {
-        env.push(("GMMAS_EMBED_URL", bridge.url.clone()));
-        env.push(("GMMAS_EMBED_MODEL", llm::EMBED_MODEL.to_string()));
-    }
+    let stack = llm::Stack::start(dir.path()).await.unwrap();
+    let env = stack.report_env(300, 60);
     let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut sys = System::start_with(&refs, &SERVICES).await.unwrap();
     let case = analyzed_case(&sys, 11).await;
@@ -127,7 +115,7 @@ async fn phantom_case_report_through_ollama_is_validated_and_served() {
         other => panic!("path {other}"),
     }
     let method = r["retrieval"]["method"].as_str().unwrap();
-    if embed.is_some() {
+    if stack.embed.is_some() {
         assert_eq!(method, format!("embedding:{}", llm::EMBED_MODEL));
     } else {
         assert_eq!(method, "bm25");
@@ -142,14 +130,8 @@ async fn phantom_case_report_through_ollama_is_validated_and_served() {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let page = resp.text().await.unwrap();
-    for needle in [
-        "Tumor Compartments",
-        "Histological Subtype",
-        "Molecular Information",
-        "Prognostic Assessment",
-        "Diagnostic Opinion",
-        gmmas_report::report::DISCLAIMER,
-    ] {
+    let sections = gmmas_report::report::CHART_ROWS.into_iter().chain(gmmas_report::report::CHART_COLUMNS);
+    for needle in sections.chain([gmmas_report::report::DISCLAIMER]) {
         assert!(page.contains(needle), "page lacks {needle}");
     }
     // Another tenant cannot read it; a case without a report is a 404.
@@ -167,8 +149,7 @@ async fn phantom_case_report_through_ollama_is_validated_and_served() {
     let log = std::fs::read_to_string(&sys.service("report").log).unwrap();
     assert!(!log.contains("FACTS") && !log.contains("PASSAGES"), "the prompt was logged");
     sys.shutdown().await;
-    bridge.stop().await;
-    chat.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test]

@@ -29,20 +29,8 @@ async fn report_bench() {
     let out_dir = std::env::var("GMMAS_REPORT_BENCH_OUT")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../services/report/results").to_string());
     let dir = tempfile::tempdir().unwrap();
-    let chat = llm::start_chat(None, &dir.path().join("chat.log")).await.unwrap();
-    let embed = llm::start_embed(&dir.path().join("embed.log")).await.unwrap();
-    let bridge = llm::start_bridge(&chat, embed.as_ref(), None, &dir.path().join("bridge.log")).await.unwrap();
-    let mut env = vec![
-        ("GMMAS_LLM_BACKEND", "ollama".to_string()),
-        ("GMMAS_LLM_URL", bridge.url.clone()),
-        ("GMMAS_LLM_MODEL", llm::CHAT_MODEL.to_string()),
-        ("GMMAS_LLM_TIMEOUT_S", "600".to_string()),
-        ("GMMAS_ACK_WAIT_S", "120".to_string()),
-    ];
-    if embed.is_some() {
-        env.push(("GMMAS_EMBED_URL", bridge.url.clone()));
-        env.push(("GMMAS_EMBED_MODEL", llm::EMBED_MODEL.to_string()));
-    }
+    let stack = llm::Stack::start(dir.path()).await.unwrap();
+    let env = stack.report_env(600, 120);
     let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let sys = System::start_with(&refs, &["ingest", "preprocess", "infer", "api", "report"]).await.unwrap();
     let started = Instant::now();
@@ -195,6 +183,5 @@ async fn report_bench() {
     std::fs::write(format!("{out_dir}/example-report.html"), page).unwrap();
     println!("{}", serde_json::to_string_pretty(&result).unwrap());
     sys.shutdown().await;
-    bridge.stop().await;
-    chat.stop().await;
+    stack.stop().await;
 }

@@ -122,9 +122,8 @@ pub(crate) async fn put_segmentation(
         .map_err(|e| ApiError::BadRequest(format!("segmentation is not on the case's grid: {e}")))?;
     let owner = Uuid::new_v4();
     let key = format!("{t}/{id}/labels/{owner}/segmentation.nii.gz");
-    let stored = objects::put_owned(&rt.bus, &rt.db, contracts::VOLUMES_BUCKET, &key, Some(id), owner, &body)
-        .await
-        .map_err(ApiError::Internal)?;
+    let at = objects::Placement { bucket: contracts::VOLUMES_BUCKET, key: &key, case_id: Some(id), owner };
+    let stored = objects::put_owned(&rt.bus, &rt.db, at, &body).await.map_err(ApiError::Internal)?;
     let mut tx = rt.db.begin().await?;
     sqlx::query(
         "INSERT INTO clinician_labels (case_id, seg_object_key, seg_sha256, author) VALUES ($1, $2, $3, $4)

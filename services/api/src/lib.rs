@@ -173,6 +173,19 @@ pub(crate) async fn get_case(
     }))
 }
 
+/// The values of the columns `names` of row `r`, in that order.
+fn columns<'r, T, const N: usize>(r: &'r sqlx::postgres::PgRow, names: [&str; N]) -> Result<[T; N], sqlx::Error>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Default + Copy,
+{
+    use sqlx::Row;
+    let mut out = [T::default(); N];
+    for (value, name) in out.iter_mut().zip(names) {
+        *value = r.try_get(name)?;
+    }
+    Ok(out)
+}
+
 async fn load_analysis(db: &PgPool, t: &TenantId, case_id: Uuid) -> Result<Option<AnalysisView>, ApiError> {
     let row = sqlx::query(
         "SELECT id, model_version, device, input_sha256, seg_sha256, ncr_ml, ed_ml, et_ml, wt_ml, tc_ml,
@@ -186,6 +199,10 @@ async fn load_analysis(db: &PgPool, t: &TenantId, case_id: Uuid) -> Result<Optio
     .await?;
     let Some(r) = row else { return Ok(None) };
     use sqlx::Row;
+    let volumes = ["ncr_ml", "ed_ml", "et_ml", "wt_ml", "tc_ml", "ncr_fraction", "ed_fraction", "et_fraction"];
+    let [ncr_ml, ed_ml, et_ml, wt_ml, tc_ml, ncr_fraction, ed_fraction, et_fraction] = columns(&r, volumes)?;
+    let probabilities = ["p_grade_gbm", "p_idh_mutant", "p_codel_1p19q", "p_mgmt_methylated"];
+    let [grade_gbm, idh_mutant, codel_1p19q, mgmt_methylated] = columns(&r, probabilities)?;
     Ok(Some(AnalysisView {
         analysis_id: r.try_get("id")?,
         model_version: r.try_get("model_version")?,
@@ -193,22 +210,8 @@ async fn load_analysis(db: &PgPool, t: &TenantId, case_id: Uuid) -> Result<Optio
         input_sha256: r.try_get("input_sha256")?,
         segmentation_sha256: r.try_get("seg_sha256")?,
         segmentation_url: format!("/api/v1/tenants/{t}/cases/{case_id}/segmentation"),
-        regions: RegionVolumes {
-            ncr_ml: r.try_get("ncr_ml")?,
-            ed_ml: r.try_get("ed_ml")?,
-            et_ml: r.try_get("et_ml")?,
-            wt_ml: r.try_get("wt_ml")?,
-            tc_ml: r.try_get("tc_ml")?,
-            ncr_fraction: r.try_get("ncr_fraction")?,
-            ed_fraction: r.try_get("ed_fraction")?,
-            et_fraction: r.try_get("et_fraction")?,
-        },
-        probabilities: Probabilities {
-            grade_gbm: r.try_get("p_grade_gbm")?,
-            idh_mutant: r.try_get("p_idh_mutant")?,
-            codel_1p19q: r.try_get("p_codel_1p19q")?,
-            mgmt_methylated: r.try_get("p_mgmt_methylated")?,
-        },
+        regions: RegionVolumes { ncr_ml, ed_ml, et_ml, wt_ml, tc_ml, ncr_fraction, ed_fraction, et_fraction },
+        probabilities: Probabilities { grade_gbm, idh_mutant, codel_1p19q, mgmt_methylated },
         missing_modalities: r.try_get("missing_modalities")?,
         inference_ms: r.try_get("inference_ms")?,
         created_at: r.try_get("created_at")?,
@@ -221,33 +224,42 @@ async fn load_analysis(db: &PgPool, t: &TenantId, case_id: Uuid) -> Result<Optio
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/cases/{case_id}/segmentation", tag = "cases",
-    params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant"), ("case_id" = Uuid, Path, description = "Case id")),
-    responses((status = 200, description = "Segmentation NIfTI (gzip) on the input grid, BraTS labels 0/1/2/4; ETag = sha256", content_type = "application/gzip"),
-        (status = 304, description = "Not modified (If-None-Match)"),
-        (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody), (status = 404, description = "No such case for this tenant (another tenant's case looks the same)", body = ErrorBody)),
-    security(("bearer" = [])))]
-pub(crate) async fn segmentation(
-    state: State<AppState>,
-    path: Path<(String, Uuid)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    download(state, path, &headers, "seg_object_key", "seg_sha256", "seg").await
+/// A download route for one stored result volume of a case: its path, what the 200 carries,
+/// and the analysis columns holding its object key and hash.
+macro_rules! volume_route {
+    ($name:ident, $path:tt, $what:tt, $key:tt, $sha:tt, $label:tt) => {
+        #[utoipa::path(get, path = $path, tag = "cases",
+            params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant"), ("case_id" = Uuid, Path, description = "Case id")),
+            responses((status = 200, description = $what, content_type = "application/gzip"),
+                (status = 304, description = "Not modified (If-None-Match)"),
+                (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody), (status = 404, description = "No such case for this tenant (another tenant's case looks the same)", body = ErrorBody)),
+            security(("bearer" = [])))]
+        pub(crate) async fn $name(
+            state: State<AppState>,
+            path: Path<(String, Uuid)>,
+            headers: HeaderMap,
+        ) -> Result<Response, ApiError> {
+            download(state, path, &headers, $key, $sha, $label).await
+        }
+    };
 }
 
-#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/cases/{case_id}/uncertainty", tag = "cases",
-    params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant"), ("case_id" = Uuid, Path, description = "Case id")),
-    responses((status = 200, description = "Per-voxel MC-Dropout uncertainty NIfTI (gzip); ETag = sha256", content_type = "application/gzip"),
-        (status = 304, description = "Not modified (If-None-Match)"),
-        (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 403, description = "The token lacks the role", body = ErrorBody), (status = 404, description = "No such case for this tenant (another tenant's case looks the same)", body = ErrorBody)),
-    security(("bearer" = [])))]
-pub(crate) async fn uncertainty(
-    state: State<AppState>,
-    path: Path<(String, Uuid)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    download(state, path, &headers, "uncertainty_key", "uncertainty_sha256", "uncertainty").await
-}
+volume_route!(
+    segmentation,
+    "/api/v1/tenants/{tenant}/cases/{case_id}/segmentation",
+    "Segmentation NIfTI (gzip) on the input grid, BraTS labels 0/1/2/4; ETag = sha256",
+    "seg_object_key",
+    "seg_sha256",
+    "seg"
+);
+volume_route!(
+    uncertainty,
+    "/api/v1/tenants/{tenant}/cases/{case_id}/uncertainty",
+    "Per-voxel MC-Dropout uncertainty NIfTI (gzip); ETag = sha256",
+    "uncertainty_key",
+    "uncertainty_sha256",
+    "uncertainty"
+);
 
 /// One stored result volume of a case (columns name its key and hash).
 async fn download(

@@ -15,50 +15,25 @@ pub struct CalibrateArgs {
     /// Model weights to calibrate (`.safetensors` with its `.json` card beside it).
     #[arg(long)]
     pub model: PathBuf,
-    /// Case folder, or a folder of case folders (repeatable).
-    #[arg(long, required = true)]
-    pub data: Vec<PathBuf>,
-    /// Labels CSV (repeatable); blank cells are unknown.
-    #[arg(long, required = true)]
-    pub labels: Vec<PathBuf>,
-    /// Split file (`case,subset` rows, e.g. a run's split.csv); with --subset, only those
-    /// cases are used.
-    #[arg(long)]
-    pub split: Option<PathBuf>,
-    /// Subset of the split file to fit on (normally `val`: never the training cases).
-    #[arg(long, requires = "split")]
-    pub subset: Option<String>,
     /// Output `.safetensors` path of the calibrated model (a `.json` card is written beside it).
     #[arg(long)]
     pub out: PathBuf,
-    /// `auto`, `cpu` or `cuda`.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// Leave out unreadable cases with a warning instead of failing.
-    #[arg(long)]
-    pub skip_bad_cases: bool,
-    /// libtorch threads (0 = default).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub cases: crate::cases::CaseArgs,
+    #[command(flatten)]
+    pub compute: crate::cases::ComputeArgs,
 }
 
 pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
-    gmmas_models::set_threads(args.threads);
-    let device = gmmas_models::parse_device(&args.device)?;
+    anyhow::ensure!(!args.cases.labels.is_empty(), "--labels is required: the temperatures are fitted on known labels");
+    let device = args.compute.device()?;
     let loaded = Analyzer::load(&args.model, device).with_context(|| format!("loading {}", args.model.display()))?;
     let version_in = loaded.version().to_string();
     let previous = loaded.temperature();
     // Fit on the uncalibrated outputs: a model calibrated before is reset to T = 1 first, so
     // the new temperatures replace the old ones instead of compounding them.
     let model = loaded.with_temperature([1.0; TASKS])?;
-    let data = crate::cases::load(
-        &args.data,
-        &args.labels,
-        crate::cases::split_of(&args.split),
-        args.skip_bad_cases,
-        args.threads,
-    )?;
-    let indices = crate::cases::chosen(&data, args.subset.as_deref(), "calibrate on")?;
+    let (data, indices) = args.cases.load(args.compute.threads, "calibrate on")?;
     let opts = EvalOptions { infer: InferOptions::default(), hd95: false, ..EvalOptions::default() };
     eprintln!("running {} on {} case(s) (deterministic pass)", model.version(), indices.len());
     let progress = crate::progress::Progress::new(indices.len(), "cases");
@@ -84,8 +59,8 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         "from_model": version_in,
         "previous_temperature": previous,
         "data_sha256": data.sha256(),
-        "subset": args.subset,
-        "split": args.split,
+        "subset": args.cases.subset,
+        "split": args.cases.split,
         "cases": cases,
         "temperature": temperature,
         "tasks": fits,

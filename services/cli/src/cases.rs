@@ -4,7 +4,59 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use clap::Args;
 use gmmas_models::data::{DataConfig, Dataset, SplitConfig, Subset};
+
+/// The labelled cases a command scores (`eval`, `calibrate`): data folders, labels and an
+/// optional split subset.
+#[derive(Args, Debug, Clone)]
+pub struct CaseArgs {
+    /// Case folder, or a folder of case folders (repeatable).
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+    /// Labels CSV (repeatable); blank cells are unknown.
+    #[arg(long)]
+    pub labels: Vec<PathBuf>,
+    /// Split file (`case,subset` rows, e.g. a run's split.csv); with --subset, only those
+    /// cases are used.
+    #[arg(long)]
+    pub split: Option<PathBuf>,
+    /// Subset of the split file to use (`train`, `val`, `test`; calibrate on `val`, never on
+    /// the training cases).
+    #[arg(long, requires = "split")]
+    pub subset: Option<String>,
+    /// Leave out unreadable cases with a warning instead of failing.
+    #[arg(long)]
+    pub skip_bad_cases: bool,
+}
+
+impl CaseArgs {
+    /// Loads the cases and returns them with the indices of `--subset` (see [`chosen`]).
+    pub fn load(&self, threads: usize, purpose: &str) -> anyhow::Result<(Dataset, Vec<usize>)> {
+        let data = load(&self.data, &self.labels, split_of(&self.split), self.skip_bad_cases, threads)?;
+        let indices = chosen(&data, self.subset.as_deref(), purpose)?;
+        Ok((data, indices))
+    }
+}
+
+/// Where the network runs: the device and libtorch's thread count.
+#[derive(Args, Debug, Clone)]
+pub struct ComputeArgs {
+    /// `auto`, `cpu` or `cuda`.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// libtorch threads (0 = default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl ComputeArgs {
+    /// Sets libtorch's threads and returns the chosen device.
+    pub fn device(&self) -> anyhow::Result<gmmas_models::Device> {
+        gmmas_models::set_threads(self.threads);
+        Ok(gmmas_models::parse_device(&self.device)?)
+    }
+}
 
 /// Loads the cases of `dirs` (with `labels`), limited by `split`; segmentations are optional.
 pub fn load(

@@ -14,52 +14,27 @@ pub struct EvalArgs {
     /// Model weights (`.safetensors` with its `.json` card beside it).
     #[arg(long)]
     pub model: PathBuf,
-    /// Case folder, or a folder of case folders (repeatable).
-    #[arg(long, required = true)]
-    pub data: Vec<PathBuf>,
-    /// Labels CSV (repeatable); blank cells are unknown.
-    #[arg(long)]
-    pub labels: Vec<PathBuf>,
-    /// Split file (`case,subset` rows); with --subset, only those cases are evaluated.
-    #[arg(long)]
-    pub split: Option<PathBuf>,
-    /// Subset of the split file to evaluate (`train`, `val`, `test`).
-    #[arg(long, requires = "split")]
-    pub subset: Option<String>,
     /// Output folder for eval.json and eval.md.
     #[arg(long)]
     pub out: PathBuf,
-    /// `auto`, `cpu` or `cuda`.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
     /// MC-Dropout passes (0 = one deterministic pass).
     #[arg(long, default_value_t = 0)]
     pub mc_passes: usize,
     /// Skip HD95 (faster).
     #[arg(long)]
     pub no_hd95: bool,
-    /// Leave out unreadable cases with a warning instead of failing.
-    #[arg(long)]
-    pub skip_bad_cases: bool,
-    /// libtorch threads (0 = default).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
     #[command(flatten)]
     pub infer: crate::analyze::InferFlags,
+    #[command(flatten)]
+    pub cases: crate::cases::CaseArgs,
+    #[command(flatten)]
+    pub compute: crate::cases::ComputeArgs,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    gmmas_models::set_threads(args.threads);
-    let device = gmmas_models::parse_device(&args.device)?;
+    let device = args.compute.device()?;
     let model = Analyzer::load(&args.model, device)?;
-    let data = crate::cases::load(
-        &args.data,
-        &args.labels,
-        crate::cases::split_of(&args.split),
-        args.skip_bad_cases,
-        args.threads,
-    )?;
-    let indices = crate::cases::chosen(&data, args.subset.as_deref(), "evaluate")?;
+    let (data, indices) = args.cases.load(args.compute.threads, "evaluate")?;
     let opts =
         EvalOptions { infer: args.infer.options(args.mc_passes)?, hd95: !args.no_hd95, ..EvalOptions::default() };
     eprintln!("evaluating {} on {} case(s)", model.version(), indices.len());
@@ -74,7 +49,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let mut json = serde_json::to_value(&report)?;
     json["data_sha256"] = serde_json::json!(data.sha256());
-    json["subset"] = serde_json::json!(args.subset);
+    json["subset"] = serde_json::json!(args.cases.subset);
     json["skipped"] = serde_json::json!(data.skipped);
     json["inference"] = serde_json::json!({
         "postprocess": args.infer.postprocess,

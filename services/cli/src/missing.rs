@@ -82,12 +82,6 @@ pub struct EvalMissingArgs {
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
-    /// `auto`, `cpu` or `cuda`.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// libtorch threads (0 = default).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
     /// Also compute HD95 (off by default: a few distance transforms per case and combination).
     #[arg(long)]
     pub hd95: bool,
@@ -99,6 +93,8 @@ pub struct EvalMissingArgs {
     pub skip_bad_cases: bool,
     #[command(flatten)]
     pub infer: crate::analyze::InferFlags,
+    #[command(flatten)]
+    pub compute: crate::cases::ComputeArgs,
 }
 
 /// One case under one combination.
@@ -178,8 +174,7 @@ const ROC_TASKS: [usize; 2] = [0, 1];
 
 pub fn run(args: EvalMissingArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    gmmas_models::set_threads(args.threads);
-    let device = gmmas_models::parse_device(&args.device)?;
+    let device = args.compute.device()?;
     let hd95 = args.hd95;
     let infer_opts = args.infer.options(0)?;
     let mut names = BTreeSet::new();
@@ -208,7 +203,7 @@ pub fn run(args: EvalMissingArgs) -> anyhow::Result<()> {
             SplitConfig::File { path }
         }
     };
-    let data = crate::cases::load(&args.data, &args.labels, split, args.skip_bad_cases, args.threads)?;
+    let data = crate::cases::load(&args.data, &args.labels, split, args.skip_bad_cases, args.compute.threads)?;
     let by_name: BTreeMap<&str, usize> = data.cases.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
 
     let ctx = ArmContext { data: &data, by_name: &by_name, combos: &combos, infer_opts, hd95, device };

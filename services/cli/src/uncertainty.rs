@@ -64,12 +64,8 @@ pub struct UncertaintyArgs {
     /// Output folder for uncertainty.json, uncertainty.md and the charts.
     #[arg(long)]
     pub out: PathBuf,
-    /// `auto`, `cpu` or `cuda`.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// libtorch threads (0 = default).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub compute: crate::cases::ComputeArgs,
 }
 
 fn parse_named(s: &str) -> Result<(String, PathBuf), String> {
@@ -188,8 +184,7 @@ pub fn run(args: UncertaintyArgs) -> anyhow::Result<()> {
     }
     let weights = args.weights.clone().context("--weights is required")?;
     let started = Instant::now();
-    gmmas_models::set_threads(args.threads);
-    let device = gmmas_models::parse_device(&args.device)?;
+    let device = args.compute.device()?;
     let mut model = Analyzer::load(&weights, device).with_context(|| format!("loading {}", weights.display()))?;
     if let Some(p) = args.decoder_dropout {
         model.set_decoder_dropout(p)?;
@@ -197,7 +192,7 @@ pub fn run(args: UncertaintyArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.mc_passes >= 2, "--mc-passes must be at least 2");
     let variants: Vec<Variant> =
         args.variants.iter().filter(|v| !v.is_empty()).map(|v| Variant::parse(v)).collect::<Result<_, _>>()?;
-    let data = crate::cases::load(&args.cases, &args.labels, SplitConfig::All, false, args.threads)?;
+    let data = crate::cases::load(&args.cases, &args.labels, SplitConfig::All, false, args.compute.threads)?;
     let data_sha256 = data.sha256();
     let n = if args.limit > 0 { args.limit.min(data.cases.len()) } else { data.cases.len() };
     anyhow::ensure!(n > 0, "no case in {:?}", args.cases);
@@ -237,7 +232,7 @@ pub fn run(args: UncertaintyArgs) -> anyhow::Result<()> {
     drop(data);
     let mut ood = Vec::new();
     for (name, dir) in &args.ood {
-        let set = crate::cases::load(std::slice::from_ref(dir), &[], SplitConfig::All, false, args.threads)?;
+        let set = crate::cases::load(std::slice::from_ref(dir), &[], SplitConfig::All, false, args.compute.threads)?;
         let mut results = Vec::new();
         for case in &set.cases {
             results.push((
@@ -442,6 +437,30 @@ fn auroc_of(a: &[(VoxelMeasure, Option<f64>)], m: VoxelMeasure) -> Option<f64> {
     a.iter().find(|(k, _)| *k == m).and_then(|(_, v)| *v)
 }
 
+/// A Markdown table of uncertainty bins; `names` are the headers of the range, count and mean
+/// uncertainty columns, and confidence, error rate and ECE get `digits` decimals.
+fn bin_table(s: &mut String, names: [&str; 3], bins: &[UncertaintyBin], digits: usize) {
+    use std::fmt::Write;
+    let [range, count, mean] = names;
+    let _ = writeln!(
+        s,
+        "| bin | {range} | {count} | {mean} | mean confidence | error rate | ECE |\n|---|---|---|---|---|---|---|"
+    );
+    for (k, b) in bins.iter().enumerate() {
+        let (lo, hi) = (b.lo.map_or("min".into(), e), b.hi.map_or("max".into(), e));
+        let _ = writeln!(
+            s,
+            "| {} | {lo} – {hi} | {} | {} | {:.digits$} | {:.digits$} | {:.digits$} |",
+            k + 1,
+            b.count,
+            e(b.mean_uncertainty),
+            b.mean_confidence,
+            b.error_rate,
+            b.ece
+        );
+    }
+}
+
 // Long on purpose: a linear template of the report's sections, in the order a reader meets them.
 fn markdown(r: &Report) -> String {
     use std::fmt::Write;
@@ -505,25 +524,8 @@ fn markdown(r: &Report) -> String {
             f(p.ece)
         );
         for (m, bins) in &p.bins {
-            let _ = writeln!(
-                s,
-                "{}:\n\n| bin | range | voxels | mean uncertainty | mean confidence | error rate | ECE |\n|---|---|---|---|---|---|---|",
-                m.as_str()
-            );
-            for (k, b) in bins.iter().enumerate() {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} – {} | {} | {} | {:.4} | {:.4} | {:.4} |",
-                    k + 1,
-                    b.lo.map_or("min".into(), e),
-                    b.hi.map_or("max".into(), e),
-                    b.count,
-                    e(b.mean_uncertainty),
-                    b.mean_confidence,
-                    b.error_rate,
-                    b.ece
-                );
-            }
+            let _ = writeln!(s, "{}:\n", m.as_str());
+            bin_table(&mut s, ["range", "voxels", "mean uncertainty"], bins, 4);
             let _ = writeln!(s);
         }
     }
@@ -535,24 +537,7 @@ fn markdown(r: &Report) -> String {
         r.task_points.len(),
         f(r.task_ece)
     );
-    let _ = writeln!(
-        s,
-        "| bin | std range | predictions | mean std | mean confidence | error rate | ECE |\n|---|---|---|---|---|---|---|"
-    );
-    for (k, b) in r.task_bins.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            "| {} | {} – {} | {} | {} | {:.3} | {:.3} | {:.3} |",
-            k + 1,
-            b.lo.map_or("min".into(), e),
-            b.hi.map_or("max".into(), e),
-            b.count,
-            e(b.mean_uncertainty),
-            b.mean_confidence,
-            b.error_rate,
-            b.ece
-        );
-    }
+    bin_table(&mut s, ["std range", "predictions", "mean std"], &r.task_bins, 3);
     let _ = writeln!(
         s,
         "\n## Case-level uncertainty on inputs unlike the training data\n\n\

@@ -2,20 +2,15 @@
 //! a modality subset, and a clear error for a folder without images.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::{gmmas, scoring};
 use gmmas_imaging::Limits;
 
-fn gmmas() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gmmas"))
-}
-
 fn tiny_model(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("tiny.safetensors");
-    let out = gmmas().args(["init-model", "--profile", "tiny", "--seed", "3", "--out"]).arg(&path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    path
+    common::tiny_model(&dir.join("tiny.safetensors"), 3)
 }
 
 #[test]
@@ -74,17 +69,7 @@ fn analyze_writes_a_segmentation_on_the_input_grid() {
 
     // `gmmas eval` on the same folder: JSON, Markdown and reliability plots.
     let eval_dir = dir.path().join("eval");
-    let out = gmmas()
-        .args(["eval", "--model"])
-        .arg(&model)
-        .arg("--data")
-        .arg(&data)
-        .arg("--labels")
-        .arg(data.join("labels.csv"))
-        .arg("--out")
-        .arg(&eval_dir)
-        .output()
-        .unwrap();
+    let out = scoring("eval", &model, &data, &eval_dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(eval_dir.join("eval.json")).unwrap()).unwrap();
     assert_eq!(eval["cases_evaluated"], 1);

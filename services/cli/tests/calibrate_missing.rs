@@ -2,25 +2,14 @@
 //! tiny seeded model: tables, ROC figures and JSON; temperatures and a loadable calibrated model.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn gmmas() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gmmas"))
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::{gmmas, ok, scoring};
 
 fn tiny_model(path: &Path) {
-    ok(gmmas().args(["init-model", "--profile", "tiny", "--seed", "1", "--out"]).arg(path).output().unwrap());
+    common::tiny_model(path, 1);
 }
 
 fn phantoms(dir: &Path, n: usize, seed: u64) -> Vec<String> {
@@ -143,17 +132,8 @@ fn calibrate_writes_a_loadable_calibrated_model() {
     let model = dir.path().join("tiny.safetensors");
     tiny_model(&model);
     let cal = dir.path().join("cal/tiny-cal.safetensors");
-    let out = ok(gmmas()
-        .args(["calibrate", "--model"])
-        .arg(&model)
-        .arg("--data")
-        .arg(&data)
-        .arg("--labels")
-        .arg(data.join("labels.csv"))
-        .args(["--device", "cpu", "--threads", "2", "--out"])
-        .arg(&cal)
-        .output()
-        .unwrap());
+    let out =
+        ok(scoring("calibrate", &model, &data, &cal).args(["--device", "cpu", "--threads", "2"]).output().unwrap());
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let t: Vec<f64> = serde_json::from_value(summary["temperature"].clone()).unwrap();
     assert_eq!(t.len(), 4);
@@ -171,17 +151,7 @@ fn calibrate_writes_a_loadable_calibrated_model() {
 
     // The calibrated model loads and evaluates.
     let eval_dir = dir.path().join("eval");
-    ok(gmmas()
-        .args(["eval", "--no-hd95", "--device", "cpu", "--model"])
-        .arg(&cal)
-        .arg("--data")
-        .arg(&data)
-        .arg("--labels")
-        .arg(data.join("labels.csv"))
-        .arg("--out")
-        .arg(&eval_dir)
-        .output()
-        .unwrap());
+    ok(scoring("eval", &cal, &data, &eval_dir).args(["--no-hd95", "--device", "cpu"]).output().unwrap());
     let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(eval_dir.join("eval.json")).unwrap()).unwrap();
     assert_eq!(eval["model"], summary["version_out"]);
     assert_eq!(eval["cases_evaluated"], 4);

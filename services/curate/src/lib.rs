@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use chrono::Utc;
 use gmmas_contracts::{
-    self as contracts, DatasetUpdated, Event, LabelSource, ObjectRef, ScanAnalyzed, ScanPreprocessed, Stage,
+    self as contracts, DatasetUpdated, LabelSource, ObjectRef, ScanAnalyzed, ScanPreprocessed, Stage,
 };
 use gmmas_imaging::PreparedCase;
 use gmmas_models::Analyzer;
 use gmmas_models::ssl::pseudo::{DistributionAligner, PseudoLabelOptions, PseudoLabels};
 use gmmas_runtime::db::{self, StageState};
-use gmmas_runtime::worker::{self, Attempt, StageError, StageRuntime, StageSpec, StageWorker};
+use gmmas_runtime::worker::{self, Attempt, Consuming, StageError, StageRuntime, StageWorker};
 use gmmas_runtime::{CommonConfig, Shutdown};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
@@ -191,18 +191,7 @@ impl StageWorker for Curator {
     type Input = ScanAnalyzed;
     type Output = Curated;
 
-    fn spec(&self) -> StageSpec {
-        StageSpec {
-            stage: Stage::Curate,
-            upstream: Stage::Infer,
-            durable: contracts::consumers::CURATE,
-            input: Event::ScanAnalyzed,
-            output: Event::DatasetUpdated,
-            working: None,
-            after: None,
-            side_branch: true,
-        }
-    }
+    const STAGE: Consuming = Consuming::Curate;
 
     // Long on purpose: one analysed case through the curation decision and its single database transaction; the steps share that transaction.
     async fn work(&self, attempt: &Attempt, msg: &ScanAnalyzed) -> Result<Curated, StageError> {

@@ -12,13 +12,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use gmmas_contracts::{
-    self as contracts, CaseStatus, Event, Probabilities, RegionVolumes, ScanAnalyzed, ScanPreprocessed, Stage,
-};
+use gmmas_contracts::{self as contracts, Probabilities, RegionVolumes, ScanAnalyzed, ScanPreprocessed};
 use gmmas_imaging::{Modality, PreparedCase};
 use gmmas_models::{Analyzer, InferOptions};
 use gmmas_runtime::db;
-use gmmas_runtime::worker::{self, Attempt, StageError, StageRuntime, StageSpec, StageWorker};
+use gmmas_runtime::worker::{self, Attempt, Consuming, StageError, StageRuntime, StageWorker};
 use gmmas_runtime::{CommonConfig, Shutdown};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -197,18 +195,7 @@ impl StageWorker for Inferrer {
     type Input = ScanPreprocessed;
     type Output = ScanAnalyzed;
 
-    fn spec(&self) -> StageSpec {
-        StageSpec {
-            stage: Stage::Infer,
-            upstream: Stage::Preprocess,
-            durable: contracts::consumers::INFER,
-            input: Event::ScanPreprocessed,
-            output: Event::ScanAnalyzed,
-            working: Some(CaseStatus::Analyzing),
-            after: Some(CaseStatus::Done),
-            side_branch: false,
-        }
-    }
+    const STAGE: Consuming = Consuming::Infer;
 
     async fn work(&self, attempt: &Attempt, msg: &ScanPreprocessed) -> Result<ScanAnalyzed, StageError> {
         let bytes = attempt.get_object(&msg.prepared).await?;
@@ -444,22 +431,12 @@ pub fn analyze_prepared(
         codel_1p19q: t.codel_1p19q,
         mgmt_methylated: t.mgmt_methylated,
     };
-    let r = out.regions;
     Ok(AnalysisOutput {
         probabilities_std: out.probabilities_std.map(to_probs),
         uncertainty_nifti: out.uncertainty_nifti,
         mean_uncertainty_wt: out.mean_uncertainty_wt,
         seg_nifti: out.seg_nifti,
-        regions: RegionVolumes {
-            ncr_ml: r.ncr_ml,
-            ed_ml: r.ed_ml,
-            et_ml: r.et_ml,
-            wt_ml: r.wt_ml,
-            tc_ml: r.tc_ml,
-            ncr_fraction: r.ncr_fraction,
-            ed_fraction: r.ed_fraction,
-            et_fraction: r.et_fraction,
-        },
+        regions: out.regions,
         probabilities: to_probs(out.probabilities),
         inference_ms: out.inference_ms,
     })

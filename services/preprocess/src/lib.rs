@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use gmmas_contracts::{self as contracts, CaseStatus, Event, ScanIngested, ScanPreprocessed, Stage};
+use gmmas_contracts::{self as contracts, ScanIngested, ScanPreprocessed};
 use gmmas_imaging::{Limits, Modality, PrepOptions};
-use gmmas_runtime::worker::{self, Attempt, StageError, StageRuntime, StageSpec, StageWorker};
+use gmmas_runtime::worker::{self, Attempt, Consuming, StageError, StageRuntime, StageWorker};
 use gmmas_runtime::{CommonConfig, Shutdown};
 use serde::{Deserialize, Serialize};
 
@@ -51,18 +51,7 @@ impl StageWorker for Preprocessor {
     type Input = ScanIngested;
     type Output = ScanPreprocessed;
 
-    fn spec(&self) -> StageSpec {
-        StageSpec {
-            stage: Stage::Preprocess,
-            upstream: Stage::Ingest,
-            durable: contracts::consumers::PREPROCESS,
-            input: Event::ScanIngested,
-            output: Event::ScanPreprocessed,
-            working: Some(CaseStatus::Preprocessing),
-            after: Some(CaseStatus::Analyzing),
-            side_branch: false,
-        }
-    }
+    const STAGE: Consuming = Consuming::Preprocess;
 
     async fn work(&self, attempt: &Attempt, msg: &ScanIngested) -> Result<ScanPreprocessed, StageError> {
         let started = std::time::Instant::now();

@@ -1,7 +1,7 @@
 //! The facts of one analysis that a report may state: region volumes and proportions, class
 //! probabilities with their MC-Dropout spread, missing sequences, the model; and how to print them.
 
-use gmmas_contracts::ScanAnalyzed;
+use gmmas_contracts::{RegionVolumes, ScanAnalyzed};
 use serde::{Deserialize, Serialize};
 
 /// One of the four classification tasks, with the names of its two classes.
@@ -33,14 +33,9 @@ impl TaskFact {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Facts {
     pub model_version: String,
-    pub ncr_ml: f64,
-    pub ed_ml: f64,
-    pub et_ml: f64,
-    pub wt_ml: f64,
-    pub tc_ml: f64,
-    pub ncr_fraction: f64,
-    pub ed_fraction: f64,
-    pub et_fraction: f64,
+    /// Sub-region volumes and fractions, as flat fields (`ncr_ml`, ..., `et_fraction`).
+    #[serde(flatten)]
+    pub regions: RegionVolumes,
     pub tasks: Vec<TaskFact>,
     pub missing_modalities: Vec<String>,
     pub mc_passes: u32,
@@ -58,17 +53,9 @@ impl Facts {
             probability: f64::from(v),
             std: sd.map(f64::from),
         };
-        let r = a.regions;
         Facts {
             model_version: a.model_version.clone(),
-            ncr_ml: r.ncr_ml,
-            ed_ml: r.ed_ml,
-            et_ml: r.et_ml,
-            wt_ml: r.wt_ml,
-            tc_ml: r.tc_ml,
-            ncr_fraction: r.ncr_fraction,
-            ed_fraction: r.ed_fraction,
-            et_fraction: r.et_fraction,
+            regions: a.regions,
             tasks: vec![
                 task("grade_gbm", "Grade", "GBM", "LGG", p.grade_gbm, s.map(|s| s.grade_gbm)),
                 task("idh_mutant", "IDH", "IDH-mutant", "IDH-wildtype", p.idh_mutant, s.map(|s| s.idh_mutant)),
@@ -102,8 +89,15 @@ impl Facts {
     /// Every number a report may state about the analysis, in the units it may use: volumes in
     /// mL, proportions and probabilities both as fractions and as percent, spreads, passes.
     pub fn numbers(&self) -> Vec<f64> {
-        let mut v = vec![self.ncr_ml, self.ed_ml, self.et_ml, self.wt_ml, self.tc_ml, f64::from(self.mc_passes)];
-        for f in [self.ncr_fraction, self.ed_fraction, self.et_fraction] {
+        let mut v = vec![
+            self.regions.ncr_ml,
+            self.regions.ed_ml,
+            self.regions.et_ml,
+            self.regions.wt_ml,
+            self.regions.tc_ml,
+            f64::from(self.mc_passes),
+        ];
+        for f in [self.regions.ncr_fraction, self.regions.ed_fraction, self.regions.et_fraction] {
             v.extend([f, 100.0 * f]);
         }
         for t in &self.tasks {
@@ -121,13 +115,13 @@ impl Facts {
         let mut s = String::new();
         s.push_str(&format!(
             "Tumour compartments: necrotic core (NCR) {} of the tumour ({} mL), edema (ED) {} ({} mL), enhancing tumour (ET) {} ({} mL); whole tumour {} mL.\n",
-            pct(self.ncr_fraction),
-            ml(self.ncr_ml),
-            pct(self.ed_fraction),
-            ml(self.ed_ml),
-            pct(self.et_fraction),
-            ml(self.et_ml),
-            ml(self.wt_ml)
+            pct(self.regions.ncr_fraction),
+            ml(self.regions.ncr_ml),
+            pct(self.regions.ed_fraction),
+            ml(self.regions.ed_ml),
+            pct(self.regions.et_fraction),
+            ml(self.regions.et_ml),
+            ml(self.regions.wt_ml)
         ));
         for t in &self.tasks {
             s.push_str(&format!("{}\n", task_line(t)));

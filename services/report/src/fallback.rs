@@ -35,10 +35,10 @@ pub fn build(facts: &Facts, kb: &KnowledgeBase) -> (ReportBody, Vec<String>) {
 
     let mut summary = format!(
         "Sub-region proportions: NCR {}, ED {}, ET {} of a whole tumour of {} mL. Model probabilities: {}; {}; {}; {}.",
-        pct(facts.ncr_fraction),
-        pct(facts.ed_fraction),
-        pct(facts.et_fraction),
-        ml(facts.wt_ml),
+        pct(facts.regions.ncr_fraction),
+        pct(facts.regions.ed_fraction),
+        pct(facts.regions.et_fraction),
+        ml(facts.regions.wt_ml),
         versus(grade),
         versus(idh),
         versus(codel),
@@ -48,17 +48,17 @@ pub fn build(facts: &Facts, kb: &KnowledgeBase) -> (ReportBody, Vec<String>) {
         summary.push_str(&format!(" Missing sequences: {}.", facts.missing_modalities.join(", ")));
     }
 
-    let mut comp_prog = vec![format!("Enhancing tumour makes up {} of the lesion.", pct(facts.et_fraction))];
+    let mut comp_prog = vec![format!("Enhancing tumour makes up {} of the lesion.", pct(facts.regions.et_fraction))];
     let mut comp_prog_ids = vec!["imaging-enhancement"];
-    if facts.ncr_fraction >= 0.15 {
-        comp_prog.push(format!("The necrotic core makes up {}.", pct(facts.ncr_fraction)));
+    if facts.regions.ncr_fraction >= 0.15 {
+        comp_prog.push(format!("The necrotic core makes up {}.", pct(facts.regions.ncr_fraction)));
         comp_prog_ids.push("imaging-necrosis");
     }
     let comp_diag = vec![format!(
         "Peritumoral oedema makes up {} ({} mL) of a whole tumour of {} mL.",
-        pct(facts.ed_fraction),
-        ml(facts.ed_ml),
-        ml(facts.wt_ml)
+        pct(facts.regions.ed_fraction),
+        ml(facts.regions.ed_ml),
+        ml(facts.regions.wt_ml)
     )];
     let mut comp_diag_ids = vec!["imaging-edema", "volume-prognosis"];
     if facts.missing_modalities.iter().any(|m| m == "t1ce") {

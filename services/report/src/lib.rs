@@ -19,7 +19,7 @@ use anyhow::Context;
 use chrono::Utc;
 use gmmas_contracts::{self as contracts, Event, ReportReady, ScanAnalyzed, Stage, TenantId};
 use gmmas_runtime::db::{self, StageState};
-use gmmas_runtime::worker::{self, Attempt, StageError, StageRuntime, StageSpec, StageWorker};
+use gmmas_runtime::worker::{self, Attempt, Consuming, StageError, StageRuntime, StageWorker};
 use gmmas_runtime::{CommonConfig, Shutdown, outbox};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::facts::Facts;
 use crate::kb::KnowledgeBase;
-use crate::llm::{Backend, GenOptions, Llm, LlmError};
+use crate::llm::{Backend, ChatRequest, GenOptions, Llm, LlmError};
 use crate::report::ReportBody;
 
 /// Configuration of the report service.
@@ -390,7 +390,7 @@ impl Reporter {
                 prompt_sha256: hash,
                 errors: vec![],
             };
-            match llm.chat_json(&p.system, &p.user, &schema, &opts).await {
+            match llm.chat_json(ChatRequest { system: &p.system, user: &p.user, schema: &schema, opts: &opts }).await {
                 Err(e @ (LlmError::Unavailable(_) | LlmError::Timeout(_))) => {
                     entry.outcome = if matches!(e, LlmError::Timeout(_)) { "timeout" } else { "unavailable" }.into();
                     entry.errors.push(e.to_string());
@@ -605,18 +605,7 @@ impl StageWorker for ReportStage {
     type Input = ScanAnalyzed;
     type Output = StoredReport;
 
-    fn spec(&self) -> StageSpec {
-        StageSpec {
-            stage: Stage::Report,
-            upstream: Stage::Infer,
-            durable: contracts::consumers::REPORT,
-            input: Event::ScanAnalyzed,
-            output: Event::ReportReady,
-            working: None,
-            after: None,
-            side_branch: true,
-        }
-    }
+    const STAGE: Consuming = Consuming::Report;
 
     async fn work(&self, _attempt: &Attempt, msg: &ScanAnalyzed) -> Result<StoredReport, StageError> {
         let g = self.reporter.generate(msg).await;

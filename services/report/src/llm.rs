@@ -59,6 +59,16 @@ pub struct GenOptions {
     pub num_ctx: u64,
 }
 
+/// One structured-output chat call: the system and user messages, the JSON schema the answer
+/// must follow, and the generation settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatRequest<'a> {
+    pub system: &'a str,
+    pub user: &'a str,
+    pub schema: &'a Value,
+    pub opts: &'a GenOptions,
+}
+
 /// An LLM endpoint with a model, a timeout per call and a concurrency limit.
 #[derive(Clone)]
 pub struct Llm {
@@ -117,19 +127,13 @@ impl Llm {
     }
 
     /// Asks for a JSON answer that follows `schema`; returns the raw content.
-    pub async fn chat_json(
-        &self,
-        system: &str,
-        user: &str,
-        schema: &Value,
-        opts: &GenOptions,
-    ) -> Result<(String, ChatStats), LlmError> {
+    pub async fn chat_json(&self, req: ChatRequest<'_>) -> Result<(String, ChatStats), LlmError> {
         let _permit = self.permits.acquire().await.map_err(|e| LlmError::Unavailable(e.to_string()))?;
         let started = Instant::now();
         let call = async {
             match self.backend {
-                Backend::Ollama => self.chat_ollama(system, user, schema, opts).await,
-                Backend::OpenAi => self.chat_openai(system, user, schema, opts).await,
+                Backend::Ollama => self.chat_ollama(req).await,
+                Backend::OpenAi => self.chat_openai(req).await,
             }
         };
         let (content, mut stats) =
@@ -143,13 +147,8 @@ impl Llm {
         clippy::unwrap_used,
         reason = "this branch runs only with the ollama backend configured"
     )]
-    async fn chat_ollama(
-        &self,
-        system: &str,
-        user: &str,
-        schema: &Value,
-        opts: &GenOptions,
-    ) -> Result<(String, ChatStats), LlmError> {
+    async fn chat_ollama(&self, req: ChatRequest<'_>) -> Result<(String, ChatStats), LlmError> {
+        let ChatRequest { system, user, schema, opts } = req;
         let ollama = self.ollama.as_ref().expect("ollama backend");
         let schema = schemars::Schema::try_from(schema.clone()).map_err(|e| LlmError::Invalid(e.to_string()))?;
         let req = ChatMessageRequest::new(
@@ -172,13 +171,8 @@ impl Llm {
         Ok((res.message.content, stats))
     }
 
-    async fn chat_openai(
-        &self,
-        system: &str,
-        user: &str,
-        schema: &Value,
-        opts: &GenOptions,
-    ) -> Result<(String, ChatStats), LlmError> {
+    async fn chat_openai(&self, req: ChatRequest<'_>) -> Result<(String, ChatStats), LlmError> {
+        let ChatRequest { system, user, schema, opts } = req;
         let body = json!({
             "model": self.model,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],

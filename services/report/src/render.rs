@@ -3,7 +3,7 @@
 
 use crate::facts::{Facts, ml, pct};
 use crate::kb::KnowledgeBase;
-use crate::report::ReportBody;
+use crate::report::{CHART_COLUMNS, ReportBody};
 
 /// How a stored report was made, shown at the foot of the page.
 #[derive(Debug, Clone)]
@@ -65,11 +65,11 @@ pub fn html(body: &ReportBody, facts: &Facts, kb: &KnowledgeBase, prov: &Provena
 
     h.push_str("<h2>Analysis</h2><table><tr><th>Region</th><th>Volume (mL)</th><th>Share of tumour</th></tr>");
     for (name, v, f) in [
-        ("Necrotic / non-enhancing core (NCR)", facts.ncr_ml, Some(facts.ncr_fraction)),
-        ("Edema (ED)", facts.ed_ml, Some(facts.ed_fraction)),
-        ("Enhancing tumour (ET)", facts.et_ml, Some(facts.et_fraction)),
-        ("Whole tumour (WT)", facts.wt_ml, None),
-        ("Tumour core (TC)", facts.tc_ml, None),
+        ("Necrotic / non-enhancing core (NCR)", facts.regions.ncr_ml, Some(facts.regions.ncr_fraction)),
+        ("Edema (ED)", facts.regions.ed_ml, Some(facts.regions.ed_fraction)),
+        ("Enhancing tumour (ET)", facts.regions.et_ml, Some(facts.regions.et_fraction)),
+        ("Whole tumour (WT)", facts.regions.wt_ml, None),
+        ("Tumour core (TC)", facts.regions.tc_ml, None),
     ] {
         h.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -99,7 +99,10 @@ pub fn html(body: &ReportBody, facts: &Facts, kb: &KnowledgeBase, prov: &Provena
     ));
 
     h.push_str(&format!("<h2>Summary</h2><p>{}</p>", esc(&body.summary)));
-    h.push_str("<h2>Assessment</h2><table class=\"chart\"><tr><th></th><th>Prognostic Assessment</th><th>Diagnostic Opinion</th></tr>");
+    let [prognostic, diagnostic] = CHART_COLUMNS;
+    h.push_str(&format!(
+        "<h2>Assessment</h2><table class=\"chart\"><tr><th></th><th>{prognostic}</th><th>{diagnostic}</th></tr>"
+    ));
     for (name, row) in body.chart.rows() {
         h.push_str(&format!(
             "<tr><th class=\"row\">{}</th><td>{}{}</td><td>{}{}</td></tr>",
@@ -147,6 +150,7 @@ pub fn html(body: &ReportBody, facts: &Facts, kb: &KnowledgeBase, prov: &Provena
 mod tests {
     use super::*;
     use crate::facts::tests::analysis;
+    use crate::report::CHART_ROWS;
 
     #[test]
     fn page_has_the_chart_and_escapes_text() {
@@ -167,15 +171,7 @@ mod tests {
             created_at: "now",
         };
         let page = html(&body, &facts, &kb, &prov);
-        for needle in [
-            "Tumor Compartments",
-            "Histological Subtype",
-            "Molecular Information",
-            "Prognostic Assessment",
-            "Diagnostic Opinion",
-            "guidelines only",
-            "Research use only",
-        ] {
+        for needle in CHART_ROWS.into_iter().chain(CHART_COLUMNS).chain(["guidelines only", "Research use only"]) {
             assert!(page.contains(needle), "{needle}");
         }
         assert!(!page.contains("<script>") && page.contains("&lt;script&gt;"));

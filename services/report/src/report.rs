@@ -32,6 +32,11 @@ pub struct ChartRow {
     pub diagnostic_opinion: Cell,
 }
 
+/// The chart's row names (Fig. 11), in display order.
+pub const CHART_ROWS: [&str; 3] = ["Tumor Compartments", "Histological Subtype", "Molecular Information"];
+/// The chart's column names: every row has one cell of each.
+pub const CHART_COLUMNS: [&str; 2] = ["Prognostic Assessment", "Diagnostic Opinion"];
+
 /// The three chart rows of Fig. 11.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -44,10 +49,11 @@ pub struct Chart {
 impl Chart {
     /// (row name, row) in display order.
     pub fn rows(&self) -> [(&'static str, &ChartRow); 3] {
+        let [tumor, histology, molecular] = CHART_ROWS;
         [
-            ("Tumor Compartments", &self.tumor_compartments),
-            ("Histological Subtype", &self.histological_subtype),
-            ("Molecular Information", &self.molecular_information),
+            (tumor, &self.tumor_compartments),
+            (histology, &self.histological_subtype),
+            (molecular, &self.molecular_information),
         ]
     }
 }
@@ -67,8 +73,9 @@ impl ReportBody {
     pub fn cells(&self) -> Vec<(String, &Cell)> {
         let mut v = Vec::new();
         for (name, row) in self.chart.rows() {
-            v.push((format!("{name} / Prognostic Assessment"), &row.prognostic_assessment));
-            v.push((format!("{name} / Diagnostic Opinion"), &row.diagnostic_opinion));
+            let [prognostic, diagnostic] = CHART_COLUMNS;
+            v.push((format!("{name} / {prognostic}"), &row.prognostic_assessment));
+            v.push((format!("{name} / {diagnostic}"), &row.diagnostic_opinion));
         }
         v.push(("Treatment".into(), &self.treatment));
         v

@@ -22,15 +22,15 @@ pub fn queries(facts: &Facts) -> Vec<(Row, String)> {
         if codel.probability >= 0.5 { "1p/19q codeletion oligodendroglioma" } else { "1p/19q intact astrocytoma" },
     );
     let mut compartments = String::from("tumour compartments volume");
-    if facts.et_fraction >= 0.15 {
+    if facts.regions.et_fraction >= 0.15 {
         compartments.push_str(" contrast enhancement enhancing tumour aggressive");
     } else {
         compartments.push_str(" little enhancement non-enhancing T2-FLAIR mismatch");
     }
-    if facts.ncr_fraction >= 0.15 {
+    if facts.regions.ncr_fraction >= 0.15 {
         compartments.push_str(" necrosis necrotic core ring");
     }
-    if facts.ed_fraction >= 0.4 {
+    if facts.regions.ed_fraction >= 0.4 {
         compartments.push_str(" edema FLAIR mass effect");
     }
     let treatment = if grade.probability >= 0.5 {

@@ -221,7 +221,9 @@ pub fn validate(body: &ReportBody, facts: &Facts, kb: &KnowledgeBase, retrieved:
     // The summary states the analysis: the three proportions and the four probabilities.
     let summary = numbers(&body.summary);
     let states = |values: &[f64]| summary.iter().any(|n| values.iter().any(|v| n.matches(*v)));
-    for (name, f) in [("NCR", facts.ncr_fraction), ("ED", facts.ed_fraction), ("ET", facts.et_fraction)] {
+    for (name, f) in
+        [("NCR", facts.regions.ncr_fraction), ("ED", facts.regions.ed_fraction), ("ET", facts.regions.et_fraction)]
+    {
         if !states(&[f, 100.0 * f]) {
             errs.push(format!("Summary: does not state the {name} proportion"));
         }

@@ -1,6 +1,7 @@
 //! Prometheus metrics of one service process: messages by stage and outcome, stage time, the
 //! outbox, the sweeper and object cleanup. Rendered by `/metrics` (see [`crate::http`]).
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -32,48 +33,32 @@ pub struct Metrics {
     object_store: IntGaugeVec,
 }
 
+/// Registers a newly made metric and returns it (clones share the series).
 #[allow(
     clippy::expect_used,
     clippy::unwrap_used,
     reason = "metric names and labels are constants; a bad one fails every test at start"
 )]
+fn registered<M: Collector + Clone + 'static>(registry: &Registry, made: prometheus::Result<M>) -> M {
+    let m = made.expect("valid metric");
+    registry.register(Box::new(m.clone())).expect("register metric");
+    m
+}
+
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("register metric");
-    c
+    registered(registry, IntCounter::new(name, help))
 }
 
-#[allow(
-    clippy::expect_used,
-    clippy::unwrap_used,
-    reason = "metric names and labels are constants; a bad one fails every test at start"
-)]
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("register metric");
-    c
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
-#[allow(
-    clippy::expect_used,
-    clippy::unwrap_used,
-    reason = "metric names and labels are constants; a bad one fails every test at start"
-)]
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("register metric");
-    g
+    registered(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
-#[allow(
-    clippy::expect_used,
-    clippy::unwrap_used,
-    reason = "metric names and labels are constants; a bad one fails every test at start"
-)]
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("register metric");
-    g
+    registered(registry, IntGauge::new(name, help))
 }
 
 impl Metrics {

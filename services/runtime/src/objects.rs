@@ -11,18 +11,20 @@ use uuid::Uuid;
 use crate::bus::Bus;
 use crate::metrics::Metrics;
 
-/// Records `bucket/key` as pending for `owner`, then stores the bytes.
-pub async fn put_owned(
-    bus: &Bus,
-    pool: &PgPool,
-    bucket: &str,
-    key: &str,
-    case_id: Option<Uuid>,
-    owner: Uuid,
-    bytes: &[u8],
-) -> anyhow::Result<ObjectRef> {
-    claim(pool, bucket, key, case_id, owner).await?;
-    bus.put_object_in(bucket, key, bytes).await
+/// Where an object goes and who writes it: the case it belongs to (if any) and the owner whose
+/// commit makes it live ([`mark_live`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Placement<'a> {
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub case_id: Option<Uuid>,
+    pub owner: Uuid,
+}
+
+/// Records the object as pending for its owner, then stores the bytes.
+pub async fn put_owned(bus: &Bus, pool: &PgPool, at: Placement<'_>, bytes: &[u8]) -> anyhow::Result<ObjectRef> {
+    claim(pool, at).await?;
+    bus.put_object_in(at.bucket, at.key, bytes).await
 }
 
 /// Bytes to store that are read as they go (a spooled upload), with the hash and size the
@@ -37,17 +39,15 @@ pub struct Source<'a, R> {
 pub async fn put_owned_from<R: tokio::io::AsyncRead + Unpin>(
     bus: &Bus,
     pool: &PgPool,
-    bucket: &str,
-    key: &str,
-    case_id: Option<Uuid>,
-    owner: Uuid,
+    at: Placement<'_>,
     source: Source<'_, R>,
 ) -> anyhow::Result<ObjectRef> {
-    claim(pool, bucket, key, case_id, owner).await?;
-    bus.put_object_from(bucket, key, source.reader, source.sha256, source.size).await
+    claim(pool, at).await?;
+    bus.put_object_from(at.bucket, at.key, source.reader, source.sha256, source.size).await
 }
 
-async fn claim(pool: &PgPool, bucket: &str, key: &str, case_id: Option<Uuid>, owner: Uuid) -> anyhow::Result<()> {
+async fn claim(pool: &PgPool, at: Placement<'_>) -> anyhow::Result<()> {
+    let Placement { bucket, key, case_id, owner } = at;
     let taken = sqlx::query(
         "INSERT INTO objects (bucket, key, case_id, owner, state) VALUES ($1, $2, $3, $4, 'pending')
          ON CONFLICT (bucket, key) DO UPDATE SET owner = $4, created_at = now()

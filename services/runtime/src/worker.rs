@@ -81,12 +81,50 @@ pub struct StageSpec {
     pub side_branch: bool,
 }
 
+/// A stage that consumes events: every stage but ingest, which takes uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consuming {
+    Preprocess,
+    Infer,
+    Curate,
+    Report,
+}
+
+impl StageSpec {
+    /// The pipeline's wiring of a consuming stage: what it reads and writes, whose output its
+    /// input must equal, and the case statuses around it.
+    pub fn of(stage: Consuming) -> StageSpec {
+        use CaseStatus::{Analyzing, Done, Preprocessing};
+        use contracts::consumers;
+        let (stage, upstream, durable, output) = match stage {
+            Consuming::Preprocess => (Stage::Preprocess, Stage::Ingest, consumers::PREPROCESS, Event::ScanPreprocessed),
+            Consuming::Infer => (Stage::Infer, Stage::Preprocess, consumers::INFER, Event::ScanAnalyzed),
+            Consuming::Curate => (Stage::Curate, Stage::Infer, consumers::CURATE, Event::DatasetUpdated),
+            Consuming::Report => (Stage::Report, Stage::Infer, consumers::REPORT, Event::ReportReady),
+        };
+        // A stage reads what its upstream writes.
+        let input = match upstream {
+            Stage::Ingest => Event::ScanIngested,
+            Stage::Preprocess => Event::ScanPreprocessed,
+            Stage::Infer | Stage::Curate | Stage::Report => Event::ScanAnalyzed,
+        };
+        // The statuses a clinician reads; the side branches leave them alone.
+        let (working, after) = match stage {
+            Stage::Preprocess => (Some(Preprocessing), Some(Analyzing)),
+            Stage::Infer => (Some(Analyzing), Some(Done)),
+            _ => (None, None),
+        };
+        StageSpec { stage, upstream, durable, input, output, working, after, side_branch: working.is_none() }
+    }
+}
+
 /// A consuming service's part: turn one input into one output.
 pub trait StageWorker: Send + Sync + 'static {
     type Input: DeserializeOwned + CaseMessage + Send + Sync + 'static;
     type Output: Serialize + Send + Sync + 'static;
 
-    fn spec(&self) -> StageSpec;
+    /// Which stage of the pipeline this worker is; its wiring is [`StageSpec::of`] that stage.
+    const STAGE: Consuming;
 
     /// Does the work of one attempt. Objects must be written through [`Attempt::put_object`].
     fn work(
@@ -129,9 +167,13 @@ impl Attempt {
     /// this attempt's until the commit makes them live.
     pub async fn put_object(&self, name: &str, bytes: &[u8]) -> Result<ObjectRef, StageError> {
         let key = format!("{}/{}/{}/{}/{name}", self.tenant, self.case_id, self.stage.as_str(), self.id);
-        objects::put_owned(&self.bus, &self.db, contracts::VOLUMES_BUCKET, &key, Some(self.case_id), self.id, bytes)
-            .await
-            .map_err(StageError::Transient)
+        let at = objects::Placement {
+            bucket: contracts::VOLUMES_BUCKET,
+            key: &key,
+            case_id: Some(self.case_id),
+            owner: self.id,
+        };
+        objects::put_owned(&self.bus, &self.db, at, bytes).await.map_err(StageError::Transient)
     }
 
     /// Reads an object of this case, checking its hash; the key must belong to the case.
@@ -236,7 +278,7 @@ pub async fn handle<W: StageWorker>(
     subject: &str,
     payload: &[u8],
 ) -> (Disposition, Outcome) {
-    let spec = worker.spec();
+    let spec = StageSpec::of(W::STAGE);
     let input: W::Input = match contracts::decode(payload) {
         Ok(m) => m,
         Err(e) => {
@@ -453,7 +495,7 @@ const LAG_POLL: Duration = Duration::from_secs(5);
 /// in hand are finished, and the outbox gets a last pass.
 // Long on purpose: the consumer loop with its shutdown, lag and in-flight bookkeeping in one select.
 pub async fn run<W: StageWorker>(rt: StageRuntime, worker: Arc<W>, shutdown: Shutdown) -> anyhow::Result<()> {
-    let spec = worker.spec();
+    let spec = StageSpec::of(W::STAGE);
     let ack_wait = Duration::from_secs(rt.config.ack_wait_s.max(1));
     let workers = rt.config.workers.max(1);
     let consumer = rt.bus.consumer(spec.durable, &spec.input.all_tenants(), ack_wait, workers as i64 * 4).await?;

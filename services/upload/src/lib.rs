@@ -225,17 +225,10 @@ impl Ingestor {
                 .await
                 .with_context(|| format!("reopening the spooled {}", modality.as_str()))?;
             let source = objects::Source { reader: &mut reader, sha256: &spooled.sha256, size: spooled.size };
-            let object = objects::put_owned_from(
-                &self.rt.bus,
-                db,
-                contracts::VOLUMES_BUCKET,
-                &key,
-                Some(case_id),
-                owner,
-                source,
-            )
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("the object store is unavailable ({e:#}); try again later")))?;
+            let at = objects::Placement { bucket: contracts::VOLUMES_BUCKET, key: &key, case_id: Some(case_id), owner };
+            let object = objects::put_owned_from(&self.rt.bus, db, at, source).await.map_err(|e| {
+                ApiError::Unavailable(format!("the object store is unavailable ({e:#}); try again later"))
+            })?;
             refs.push(VolumeRef {
                 modality: modality.as_str().into(),
                 object,

@@ -174,12 +174,10 @@ async fn chat(State(b): State<Shared>, Json(req): Json<Value>) -> Response {
         .into_iter()
         .map(|m| json!({"role": m["role"], "content": m["content"]}))
         .collect();
-    let body = openai_request(&b, Value::Array(messages), &req);
-    let v = match upstream(&b, &b.args.upstream, "/v1/chat/completions", &body).await {
-        Ok(v) => v,
+    let (v, content) = match complete(&b, messages, &req).await {
+        Ok(answer) => answer,
         Err(r) => return r,
     };
-    let content = inject(&b.args.fault, v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string());
     let stream = req["stream"].as_bool().unwrap_or(true);
     let head = json!({"model": b.args.model, "created_at": now()});
     let mut chunk = head.clone();
@@ -192,6 +190,15 @@ async fn chat(State(b): State<Shared>, Json(req): Json<Value>) -> Response {
     answer(stream, chunk, done)
 }
 
+/// Sends `messages` upstream as one chat completion; returns the upstream answer and its text
+/// (with the configured fault injected), or the error response to give the caller.
+async fn complete(b: &Shared, messages: Vec<Value>, req: &Value) -> Result<(Value, String), Response> {
+    let body = openai_request(b, Value::Array(messages), req);
+    let v = upstream(b, &b.args.upstream, "/v1/chat/completions", &body).await?;
+    let content = inject(&b.args.fault, v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string());
+    Ok((v, content))
+}
+
 async fn generate(State(b): State<Shared>, Json(req): Json<Value>) -> Response {
     let started = Instant::now();
     let mut messages = Vec::new();
@@ -199,12 +206,10 @@ async fn generate(State(b): State<Shared>, Json(req): Json<Value>) -> Response {
         messages.push(json!({"role": "system", "content": s}));
     }
     messages.push(json!({"role": "user", "content": req["prompt"].as_str().unwrap_or_default()}));
-    let body = openai_request(&b, Value::Array(messages), &req);
-    let v = match upstream(&b, &b.args.upstream, "/v1/chat/completions", &body).await {
-        Ok(v) => v,
+    let (v, content) = match complete(&b, messages, &req).await {
+        Ok(answer) => answer,
         Err(r) => return r,
     };
-    let content = inject(&b.args.fault, v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string());
     let stream = req["stream"].as_bool().unwrap_or(true);
     let chunk = json!({"model": b.args.model, "created_at": now(), "response": content, "done": false});
     let mut done = final_fields(&v, started);

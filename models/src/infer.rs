@@ -305,8 +305,9 @@ impl Engine<'_> {
                     let gp = &p * &g;
                     let _ = Self::region(&probs, 1, *s, v).g_add_(&gp);
                     let fg_w = &g - gp.get(0);
-                    if passes > 1 {
-                        let _ = Self::region(&fg[k], 0, *s, v).g_add_(&fg_w);
+                    // Per-pass foreground maps are kept only with more than one pass.
+                    if let Some(fg_k) = fg.get(k) {
+                        let _ = Self::region(fg_k, 0, *s, v).g_add_(&fg_w);
                     }
                     votes.add(k, fg_w.sum(Kind::Double).double_value(&[]), &task_p[i * TASKS..(i + 1) * TASKS]);
                 }
@@ -386,7 +387,7 @@ impl McPasses {
 /// of every pass are divided by `temperature` (per task, see [`crate::calibrate`]). Must be
 /// called with gradients disabled.
 pub fn run(net: &Net, device: Device, case: CaseInput<'_>, opts: &InferOptions) -> Result<Prediction, ModelError> {
-    let CaseInput { input, dims, present, temperature } = case;
+    let CaseInput { input, dims, .. } = case;
     let passes = opts.mc_passes.max(1);
     let flips: &[[bool; 3]] = if opts.tta_flips { &FLIPS } else { &FLIPS[..1] };
     let [nx, ny, nz] = dims.map(|v| v as i64);

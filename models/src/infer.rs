@@ -283,7 +283,6 @@ impl Engine<'_> {
     /// the network (dropout on when `mc`), accumulating into whole-volume buffers.
     fn run(&self, passes: usize, mc: bool) -> Result<Accumulated, ModelError> {
         let [nz, ny, nx] = self.shape.map(|v| v as i64);
-        let _w = self.plan.window.map(|v| v as i64);
         let device = self.padded.device();
         let probs = Tensor::zeros([SEG_CLASSES as i64, nz, ny, nx], (Kind::Float, device));
         let fg: Vec<Tensor> = if passes > 1 {
@@ -618,7 +617,6 @@ impl Engine<'_> {
     // Long on purpose: the sliding-window loop over MC passes with its running sums; the sums are the loop's shared state.
     fn run_voxel_mc(&self, passes: usize, mc: bool) -> Result<VoxelSums, ModelError> {
         let [nz, ny, nx] = self.shape.map(|v| v as i64);
-        let _w = self.plan.window.map(|v| v as i64);
         let device = self.padded.device();
         let probs = Tensor::zeros([SEG_CLASSES as i64, nz, ny, nx], (Kind::Float, device));
         let stds = Tensor::zeros([SEG_CLASSES as i64, nz, ny, nx], (Kind::Float, device));

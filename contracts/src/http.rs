@@ -22,6 +22,10 @@ pub struct CaseCreated {
     pub tenant: String,
     pub status: String,
     pub modalities: Vec<String>,
+    /// What reading the upload noticed. For a DICOM study: which series became which sequence
+    /// and why, series not used, and warnings (a sequence absent, a series not usable).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// One stage of a case as the API reports it.

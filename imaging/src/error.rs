@@ -50,6 +50,14 @@ pub enum ImagingError {
     /// No voxel is nonzero in any present modality.
     #[error("brain mask is empty: expected at least one nonzero voxel in a present modality")]
     EmptyMask,
+    /// The background is not zero: a head with its skull, or a volume normalised without a mask.
+    #[error(
+        "{modality}: {edge_percent:.1}% of the voxels on the edges of the field of view are non-zero: expected a \
+         skull-stripped volume whose background is exactly 0 (BraTS style). This looks like an unmasked head or a \
+         volume normalised over the whole field of view; strip the skull first (GMMAS's brain mask is every voxel \
+         that is non-zero in some sequence, so such input would be analysed wrongly)"
+    )]
+    NotSkullStripped { modality: String, edge_percent: f64 },
     /// A case directory does not have the expected BraTS file layout.
     #[error("case directory {dir}: {detail}")]
     Layout { dir: String, detail: String },

@@ -1,6 +1,7 @@
 //! NIfTI I/O and validation, preprocessing and BraTS case layouts (pure Rust).
 //! Pure Rust; the services call [`read_volume`], [`prep::prepare`] and [`prep::restore_labels`].
 
+pub mod background;
 pub mod brats;
 mod error;
 pub mod nifti;
@@ -8,9 +9,11 @@ pub mod orient;
 pub mod par;
 pub mod prep;
 pub mod regions;
+pub mod resample;
 pub mod share;
 mod types;
 
+pub use background::check_skull_stripped;
 pub use error::ImagingError;
 pub use nifti::{
     Datatype, NiftiHeader, check_volume_from, read_header, read_header_with, read_labels, read_volume,

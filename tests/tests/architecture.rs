@@ -58,7 +58,7 @@ fn layers_keep_to_their_concern() {
     let all = members();
     let deps = |name: &str| &all.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no crate {name}")).deps;
     // Pure libraries: no network, database or tensor library.
-    for lib in ["gmmas-contracts", "gmmas-imaging", "gmmas-phantom", "gmmas-plot"] {
+    for lib in ["gmmas-contracts", "gmmas-imaging", "gmmas-dicom", "gmmas-phantom", "gmmas-plot"] {
         for banned in ["tch", "async-nats", "sqlx", "axum", "tokio"] {
             assert!(!deps(lib).iter().any(|d| d == banned), "{lib} must not depend on {banned}");
         }

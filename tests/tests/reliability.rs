@@ -102,6 +102,8 @@ async fn a_crash_between_commit_and_publish_still_completes() {
                 (Modality::parse(m).unwrap(), gmmas_upload::Spooled::from_bytes(&std::env::temp_dir(), &b).unwrap())
             })
             .collect(),
+        study: None,
+        series: Vec::new(),
     };
     sys.create_tenant(TENANT).await.unwrap();
     let created = ingestor.ingest(upload).await.unwrap();

@@ -1,19 +1,28 @@
 //! `gmmas analyze`: the whole pipeline in one process, without NATS or PostgreSQL, for a folder
-//! in BraTS naming; writes `<name>_seg.nii.gz` and `<name>_analysis.json`.
+//! in BraTS naming or a DICOM study; writes `<name>_seg.nii.gz` and `<name>_analysis.json`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use gmmas_imaging::{Limits, PrepOptions};
+use gmmas_dicom::{Manifest, Override, StudyOptions};
+use gmmas_imaging::{Grid, Limits, Modality, PrepOptions, Volume};
 use gmmas_models::{Analyzer, InferOptions};
 use serde_json::json;
 
 #[derive(Args)]
 pub struct AnalyzeArgs {
-    /// Case folder: `*_t1/_t1ce/_t2/_flair.nii[.gz]` or `*-t1n/-t1c/-t2w/-t2f`; any non-empty subset.
+    /// Case folder: `*_t1/_t1ce/_t2/_flair.nii[.gz]` or `*-t1n/-t1c/-t2w/-t2f` (any non-empty
+    /// subset), or a DICOM study: a folder of DICOM files or a zip archive of one.
     pub case_dir: PathBuf,
+    /// DICOM: the sequence of a series, by its SeriesNumber (`5=t1ce`, `9=ignore`); repeatable.
+    /// Without it, series are identified from their names, contrast and timing tags.
+    #[arg(long = "series", value_name = "NUMBER=SEQUENCE", value_parser = parse_override)]
+    pub series: Vec<Override>,
+    /// DICOM: the sequence whose grid the others are resampled onto (t1, t1ce, t2 or flair).
+    #[arg(long, default_value = "t1ce", value_parser = parse_modality)]
+    pub reference: Modality,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -64,9 +73,52 @@ impl InferFlags {
     }
 }
 
-// Long on purpose: a command's sequence: read, prepare, analyse, write outputs; its steps share the case.
-pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
-    let t0 = Instant::now();
+fn parse_override(s: &str) -> Result<Override, String> {
+    s.parse()
+}
+
+fn parse_modality(s: &str) -> Result<Modality, String> {
+    Modality::parse(s).ok_or_else(|| format!("{s:?}: expected t1, t1ce, t2 or flair"))
+}
+
+/// A case's volumes on one grid, how they were read and their input hashes.
+struct Loaded {
+    name: String,
+    inputs: Vec<(Modality, Volume)>,
+    hashes: serde_json::Map<String, serde_json::Value>,
+    /// For a DICOM study: each sequence's own grid and the conversion's record.
+    dicom: Option<(Vec<(Modality, Grid)>, Manifest)>,
+}
+
+/// True when `path` is a zip archive or a folder holding DICOM files but no BraTS-named NIfTI.
+fn is_dicom_study(path: &Path) -> bool {
+    if path.is_file() {
+        return gmmas_dicom::source::is_zip(path);
+    }
+    gmmas_imaging::brats::discover_case(path).is_err() && gmmas_dicom::source::holds_dicom(path)
+}
+
+fn load(args: &AnalyzeArgs) -> anyhow::Result<Loaded> {
+    if is_dicom_study(&args.case_dir) {
+        let opts =
+            StudyOptions { overrides: args.series.clone(), reference: args.reference, ..StudyOptions::default() };
+        let conv = gmmas_dicom::convert_path(&args.case_dir, &opts)
+            .with_context(|| format!("reading the DICOM study {}", args.case_dir.display()))?;
+        for w in &conv.manifest.warnings {
+            eprintln!("warning: {w}");
+        }
+        let mut hashes = serde_json::Map::new();
+        for (m, h) in &conv.input_sha256 {
+            hashes.insert(m.as_str().into(), json!(h));
+        }
+        // Named from the series' content, never from the folder (which may carry a patient name).
+        let all: String = conv.input_sha256.iter().map(|(_, h)| h.as_str()).collect();
+        let name = format!("study-{}", &gmmas_contracts::sha256_hex(all.as_bytes())[..12]);
+        return Ok(Loaded { name, inputs: conv.volumes, hashes, dicom: Some((conv.native, conv.manifest)) });
+    }
+    if !args.series.is_empty() {
+        anyhow::bail!("--series names DICOM series, but {} is a NIfTI case folder", args.case_dir.display());
+    }
     let files = gmmas_imaging::brats::discover_case(&args.case_dir)?;
     let limits = Limits::default();
     let mut inputs = Vec::new();
@@ -82,15 +134,60 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         gmmas_imaging::same_grid(&inputs[0].1.grid, &pair[1].1.grid)
             .with_context(|| format!("{} is not on the grid of {}", pair[1].0.as_str(), inputs[0].0.as_str()))?;
     }
+    Ok(Loaded { name: files.name, inputs, hashes, dicom: None })
+}
+
+/// Writes the segmentation (and uncertainty map) on each DICOM series' own grid where it differs
+/// from the analysis grid; returns `{sequence: {segmentation, uncertainty}}` file names.
+fn write_native(
+    out_dir: &Path,
+    name: &str,
+    native: &[(Modality, Grid)],
+    seg_nifti: &[u8],
+    uncertainty_nifti: Option<&[u8]>,
+) -> anyhow::Result<serde_json::Value> {
+    let limits = Limits::default();
+    let seg = gmmas_imaging::read_labels(seg_nifti, &limits).context("reading back the segmentation")?;
+    let unc = uncertainty_nifti
+        .map(|b| gmmas_imaging::read_volume(b, &limits))
+        .transpose()
+        .context("reading back the uncertainty map")?;
+    let mut files = serde_json::Map::new();
+    for (m, grid) in native {
+        if gmmas_imaging::same_grid(grid, &seg.grid).is_ok() {
+            continue;
+        }
+        let s = gmmas_imaging::resample::resample_labels(&seg, grid)?;
+        let seg_file = format!("{name}_seg_{}-native.nii.gz", m.as_str());
+        std::fs::write(out_dir.join(&seg_file), gmmas_imaging::write_labels(&s, true))
+            .with_context(|| format!("writing {seg_file}"))?;
+        let mut entry = json!({ "segmentation": seg_file, "dims": grid.dims });
+        if let Some(u) = &unc {
+            let r = gmmas_imaging::resample::resample_linear(u, grid)?;
+            let unc_file = format!("{name}_uncertainty_{}-native.nii.gz", m.as_str());
+            std::fs::write(out_dir.join(&unc_file), gmmas_imaging::write_volume(&r, true))
+                .with_context(|| format!("writing {unc_file}"))?;
+            entry["uncertainty"] = json!(unc_file);
+        }
+        files.insert(m.as_str().into(), entry);
+    }
+    Ok(serde_json::Value::Object(files))
+}
+
+// Long on purpose: a command's sequence: read, prepare, analyse, write outputs; its steps share the case.
+pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let Loaded { name, inputs, hashes, dicom } = load(&args)?;
     let t_load = t0.elapsed();
     let refs: Vec<_> = inputs.iter().map(|(m, v)| (*m, v)).collect();
+    gmmas_imaging::check_skull_stripped(&refs)?;
     let prepared = gmmas_imaging::prepare(&refs, &PrepOptions::default())?;
     let t_prep = t0.elapsed() - t_load;
 
     let device = gmmas_models::parse_device(&args.device)?;
     // Without --model: the bundled model, or the adaptation-module model when a sequence is missing.
     let model_path = args.model.unwrap_or_else(|| {
-        let present = gmmas_imaging::Modality::ALL.map(|m| files.modalities.iter().any(|(x, _)| *x == m));
+        let present = gmmas_imaging::Modality::ALL.map(|m| inputs.iter().any(|(x, _)| *x == m));
         match gmmas_models::default_adapted_model_path() {
             Some(p) if gmmas_models::needs_adapted_model(present) => p,
             _ => gmmas_models::default_model_path(),
@@ -101,21 +198,21 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
     let out = gmmas_models::analyze_prepared(&model, &prepared, &opts)?;
 
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let seg_path = args.out.join(format!("{}_seg.nii.gz", files.name));
+    let seg_path = args.out.join(format!("{name}_seg.nii.gz"));
     std::fs::write(&seg_path, &out.seg_nifti).with_context(|| format!("writing {}", seg_path.display()))?;
     let uncertainty_file = match &out.uncertainty_nifti {
         Some(bytes) => {
-            let p = args.out.join(format!("{}_uncertainty.nii.gz", files.name));
+            let p = args.out.join(format!("{name}_uncertainty.nii.gz"));
             std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
             p.file_name().map(|f| f.to_string_lossy().to_string())
         }
         None => None,
     };
-    let present: Vec<&str> = files.modalities.iter().map(|(m, _)| m.as_str()).collect();
+    let present: Vec<&str> = inputs.iter().map(|(m, _)| m.as_str()).collect();
     let missing: Vec<&str> =
         gmmas_imaging::Modality::ALL.iter().map(|m| m.as_str()).filter(|m| !present.contains(m)).collect();
-    let report = json!({
-        "case": files.name,
+    let mut report = json!({
+        "case": name,
         "model_version": model.version(),
         "device": format!("{:?}", model.device()),
         "input_sha256": hashes,
@@ -140,7 +237,12 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         },
         "analyzed_at": chrono::Utc::now(),
     });
-    let json_path = args.out.join(format!("{}_analysis.json", files.name));
+    if let Some((native, manifest)) = &dicom {
+        report["dicom"] = serde_json::to_value(manifest)?;
+        report["native_space"] =
+            write_native(&args.out, &name, native, &out.seg_nifti, out.uncertainty_nifti.as_deref())?;
+    }
+    let json_path = args.out.join(format!("{name}_analysis.json"));
     std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     eprintln!("wrote {} and {}", seg_path.display(), json_path.display());

@@ -71,6 +71,7 @@ impl StageWorker for Preprocessor {
                 volumes.push((*m, v));
             }
             let refs: Vec<_> = volumes.iter().map(|(m, v)| (*m, v)).collect();
+            gmmas_imaging::check_skull_stripped(&refs).map_err(|e| e.to_string())?;
             let case = gmmas_imaging::prepare(&refs, &opts).map_err(|e| e.to_string())?;
             Ok(case.to_bytes())
         })

@@ -1,6 +1,6 @@
 //! The upload path of GMMAS, shared by the ingest service and the API: one case (1-4 NIfTI
-//! modalities) over HTTP, every header and voxel validated, the volumes stored, the case
-//! recorded and `scan.ingested` published; admission limits in front.
+//! modalities, or a DICOM study as a zip) over HTTP, every header and voxel validated, the volumes
+//! stored, the case recorded and `scan.ingested` published; admission limits in front.
 
 pub mod spool;
 
@@ -108,6 +108,48 @@ pub struct Upload {
     pub tenant: TenantId,
     pub case_ref: String,
     pub files: Vec<(Modality, Spooled)>,
+    /// A DICOM study (zip archive), in place of `files`.
+    pub study: Option<Spooled>,
+    /// The user's word on the study's series (`5=t1ce`), form fields `series`.
+    pub series: Vec<gmmas_dicom::Override>,
+}
+
+/// The volumes a study became, spooled, and the notes on how.
+type StudyVolumes = (Vec<(Modality, Spooled)>, Vec<String>);
+
+/// A DICOM study turned into the NIfTI volumes the rest of the path takes, each spooled as a
+/// `.nii.gz`; the notes say which series became which sequence. No DICOM header is kept.
+fn study_to_volumes(
+    study: &Spooled,
+    overrides: Vec<gmmas_dicom::Override>,
+    dir: &std::path::Path,
+    limits: &Limits,
+) -> Result<StudyVolumes, ApiError> {
+    let bytes = std::fs::read(study.path()).context("reopening the spooled study")?;
+    let source_limits =
+        gmmas_dicom::SourceLimits { max_files: 20_000, max_bytes: limits.max_file_bytes.saturating_mul(8) };
+    let files = gmmas_dicom::source::read_zip("study", &bytes, &source_limits)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let opts = gmmas_dicom::StudyOptions { overrides, limits: source_limits, ..gmmas_dicom::StudyOptions::default() };
+    let conv = gmmas_dicom::convert_files(files, &opts).map_err(|e| ApiError::BadRequest(format!("study: {e}")))?;
+    let mut notes = Vec::new();
+    for s in &conv.manifest.series {
+        let label = match s.number {
+            Some(n) => format!("series {n} \"{}\"", s.description),
+            None => format!("series \"{}\"", s.description),
+        };
+        notes.push(match (s.used, s.sequence) {
+            (true, Some(m)) => format!("{label}: {m} ({})", s.reason),
+            _ => format!("{label}: not used ({})", s.reason),
+        });
+    }
+    notes.extend(conv.manifest.warnings.iter().cloned());
+    let mut out = Vec::with_capacity(conv.volumes.len());
+    for (m, v) in &conv.volumes {
+        let nifti = gmmas_imaging::write_volume(v, true);
+        out.push((*m, Spooled::from_bytes(dir, &nifti).map_err(|e| anyhow::anyhow!(e))?));
+    }
+    Ok((out, notes))
 }
 
 pub use gmmas_contracts::http::CaseCreated;
@@ -135,8 +177,21 @@ impl Ingestor {
     /// at any point leaves either nothing or a case that will be processed.
     pub async fn ingest(&self, upload: Upload) -> Result<CaseCreated, ApiError> {
         contracts::validate_case_ref(&upload.case_ref).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        if upload.files.is_empty() {
-            return Err(ApiError::BadRequest("no image files: expected 1-4 parts named t1, t1ce, t2, flair".into()));
+        match (upload.files.is_empty(), upload.study.is_some()) {
+            (true, false) => {
+                return Err(ApiError::BadRequest(
+                    "no image files: expected 1-4 parts named t1, t1ce, t2, flair, or one part named study (a zip of DICOM files)".into(),
+                ));
+            }
+            (false, true) => {
+                return Err(ApiError::BadRequest(
+                    "both NIfTI parts and a DICOM study: expected one or the other".into(),
+                ));
+            }
+            _ => {}
+        }
+        if !upload.series.is_empty() && upload.study.is_none() {
+            return Err(ApiError::BadRequest("series fields name DICOM series, but no study was uploaded".into()));
         }
         let db = &self.rt.db;
         let tenant = upload.tenant;
@@ -144,7 +199,16 @@ impl Ingestor {
 
         // Decode and check every file off the async threads (decompression is CPU work).
         let limits = self.limits;
-        let files = upload.files;
+        let (files, notes) = match upload.study {
+            Some(study) => {
+                let dir = self.admission.spool_dir();
+                let overrides = upload.series;
+                tokio::task::spawn_blocking(move || study_to_volumes(&study, overrides, &dir, &limits))
+                    .await
+                    .context("DICOM conversion task")??
+            }
+            None => (upload.files, Vec::new()),
+        };
         let (files, grids) =
             tokio::task::spawn_blocking(move || validate(files, &limits)).await.context("validation task")??;
         // Objects are stored from the spool files, hashed as they arrived.
@@ -170,6 +234,7 @@ impl Ingestor {
             tenant: tenant.to_string(),
             status: CaseStatus::Received.as_str().into(),
             modalities: refs.into_iter().map(|r| r.modality).collect(),
+            notes,
         })
     }
 
@@ -343,15 +408,29 @@ pub async fn read_multipart(
     let tenant = TenantId::new(tenant).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let mut case_ref = None;
     let mut files = Vec::new();
+    let mut study = None;
+    let mut series = Vec::new();
     while let Some(mut field) = form.next_field().await.map_err(|e| ApiError::BadRequest(format!("multipart: {e}")))? {
         let name = field.name().unwrap_or_default().to_string();
         if name == "case_ref" {
             case_ref = Some(field.text().await.map_err(|e| ApiError::BadRequest(format!("case_ref: {e}")))?);
             continue;
         }
-        let modality = Modality::parse(&name).ok_or_else(|| {
-            ApiError::BadRequest(format!("unknown form field {name:?}: expected case_ref, t1, t1ce, t2 or flair"))
-        })?;
+        if name == "series" {
+            let text = field.text().await.map_err(|e| ApiError::BadRequest(format!("series: {e}")))?;
+            series
+                .push(text.parse::<gmmas_dicom::Override>().map_err(|e| ApiError::BadRequest(format!("series: {e}")))?);
+            continue;
+        }
+        let modality = if name == "study" {
+            None
+        } else {
+            Some(Modality::parse(&name).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "unknown form field {name:?}: expected case_ref, t1, t1ce, t2, flair, study or series"
+                ))
+            })?)
+        };
         let mut spooler = Spooler::create(spool_dir, max_file_bytes).map_err(|e| anyhow::anyhow!(e))?;
         while let Some(chunk) = field.chunk().await.map_err(|e| match e.status() {
             axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!("{name}: upload too large")),
@@ -363,15 +442,19 @@ pub async fn read_multipart(
             })?;
         }
         let spooled = spooler.finish().map_err(|e| anyhow::anyhow!(e))?;
-        files.push((modality, spooled));
+        match modality {
+            Some(m) => files.push((m, spooled)),
+            None if study.is_some() => return Err(ApiError::BadRequest("study: uploaded twice".into())),
+            None => study = Some(spooled),
+        }
     }
     let case_ref = case_ref.ok_or_else(|| ApiError::BadRequest("missing form field case_ref".into()))?;
-    Ok(Upload { tenant, case_ref: case_ref.trim().to_string(), files })
+    Ok(Upload { tenant, case_ref: case_ref.trim().to_string(), files, study, series })
 }
 
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/cases", tag = "cases",
     params(("tenant" = String, Path, description = "Tenant (hospital) id; must be the token's tenant")),
-    request_body(content_type = "multipart/form-data", description = "Form fields `case_ref` (the hospital's reference) and one NIfTI file (.nii or .nii.gz) for each sequence present: `t1`, `t1ce`, `t2`, `flair`"),
+    request_body(content_type = "multipart/form-data", description = "Form fields `case_ref` (the hospital's reference) and either one NIfTI file (.nii or .nii.gz) for each sequence present: `t1`, `t1ce`, `t2`, `flair`, or `study`: a zip archive of a DICOM study (series identified from their names and tags; optional repeated `series` fields such as `5=t1ce` or `9=ignore` name them). Skull-stripped input is expected."),
     responses((status = 201, description = "Case stored and queued", body = CaseCreated),
         (status = 400, description = "Invalid form or volume (names the field and the problem)", body = ErrorBody),
         (status = 401, description = "Missing, expired or invalid token", body = ErrorBody), (status = 404, description = "Unknown tenant (an administrator creates tenants)", body = ErrorBody),

@@ -1,0 +1,120 @@
+//! End-to-end: a DICOM study (zip) uploaded to the running system is analysed like the same
+//! case uploaded as NIfTI; a malformed study is refused whole; unstripped input fails with a reason.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
+
+use std::time::Duration;
+
+use gmmas_dicom::synth::{SynthSeries, write_series};
+use gmmas_e2e::{System, phantom_files};
+use gmmas_imaging::{LabelVolume, Limits, Modality};
+
+const TENANT: &str = "hospital-d";
+const DIMS: [usize; 3] = [64, 64, 48];
+
+/// The phantom's four sequences as a zip of four DICOM series in three planes.
+fn study_zip(case: &gmmas_phantom::PhantomCase) -> Vec<u8> {
+    let specs = [
+        (Modality::T1, 2, "t1_se_tra"),
+        (Modality::T1ce, 0, "t1_mprage_sag_post_gd"),
+        (Modality::T2, 1, "t2_tse_cor"),
+        (Modality::Flair, 2, "t2_tirm_tra_dark-fluid"),
+    ];
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (i, (m, axis, desc)) in specs.iter().enumerate() {
+        let v = &case.volumes.iter().find(|(x, _)| x == m).unwrap().1;
+        for f in write_series(v, &SynthSeries::new(i as i64 + 2, desc, *axis)).unwrap() {
+            w.start_file(f.name, zip::write::SimpleFileOptions::default()).unwrap();
+            std::io::Write::write_all(&mut w, &f.bytes).unwrap();
+        }
+    }
+    w.finish().unwrap().into_inner()
+}
+
+async fn download_seg(sys: &System, view: &serde_json::Value) -> LabelVolume {
+    let url = view["analysis"]["segmentation_url"].as_str().unwrap();
+    let bytes = sys.request(reqwest::Method::GET, url).send().await.unwrap().bytes().await.unwrap();
+    gmmas_imaging::read_labels(&bytes, &Limits::default()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dicom_study_is_analysed_like_the_same_case_in_nifti() {
+    let sys = System::start(&[]).await.unwrap();
+    let (case, nifti) = phantom_files(11, DIMS);
+
+    let (status, created) = sys.upload(TENANT, "as-nifti", nifti).await.unwrap();
+    assert_eq!(status, 201, "{created}");
+    let nifti_view =
+        sys.wait_case(TENANT, created["case_id"].as_str().unwrap(), Duration::from_secs(120)).await.unwrap();
+    assert_eq!(nifti_view["status"], "done", "{nifti_view}");
+
+    let (status, created) = sys.upload(TENANT, "as-dicom", vec![("study", study_zip(&case))]).await.unwrap();
+    assert_eq!(status, 201, "{created}");
+    let notes: Vec<&str> = created["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert!(notes.iter().any(|n| n.contains("series 3 \"t1_mprage_sag_post_gd\": t1ce")), "{notes:?}");
+    assert_eq!(created["modalities"].as_array().unwrap().len(), 4, "{created}");
+    let dicom_view =
+        sys.wait_case(TENANT, created["case_id"].as_str().unwrap(), Duration::from_secs(120)).await.unwrap();
+    assert_eq!(dicom_view["status"], "done", "{dicom_view}");
+
+    // The DICOM case is on the sagittal T1ce grid: brought back onto the NIfTI grid through world
+    // coordinates, its labels agree with the NIfTI path's.
+    let a = download_seg(&sys, &nifti_view).await;
+    let b = download_seg(&sys, &dicom_view).await;
+    assert_ne!(a.grid.affine, b.grid.affine, "the DICOM case should be on its own (sagittal) grid");
+    let b_on_a = gmmas_imaging::resample::resample_labels(&b, &a.grid).unwrap();
+    let same = a.data.iter().zip(&b_on_a.data).filter(|(x, y)| x == y).count();
+    let agree = same as f64 / a.data.len() as f64;
+    let (inter, sa, sb) = a.data.iter().zip(&b_on_a.data).fold((0, 0, 0), |(i, p, q), (x, y)| {
+        (i + usize::from(*x > 0 && *y > 0), p + usize::from(*x > 0), q + usize::from(*y > 0))
+    });
+    let dice = if sa + sb == 0 { 1.0 } else { 2.0 * inter as f64 / (sa + sb) as f64 };
+    println!("DICOM vs NIfTI path: {agree:.5} of voxels agree, whole-tumour Dice {dice:.4} ({sa} / {sb} voxels)");
+    assert!(agree > 0.999, "only {agree} of voxels agree");
+    assert!(dice >= 0.98, "whole-tumour Dice {dice}");
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_study_is_refused_whole_and_unstripped_input_fails_with_a_reason() {
+    let sys = System::start(&[]).await.unwrap();
+    let (case, _) = phantom_files(12, DIMS);
+
+    // Not a zip.
+    let (status, body) = sys.upload(TENANT, "bad-zip", vec![("study", b"DICM but not a zip".to_vec())]).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("zip archive"), "{body}");
+
+    // A study whose only series lost its slice positions in one file.
+    let mut files = write_series(&case.volumes[1].1, &SynthSeries::new(4, "t1_post_gd", 2)).unwrap();
+    gmmas_dicom::synth::remove_tag(&mut files[3], gmmas_dicom::tags::IMAGE_POSITION_PATIENT).unwrap();
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for f in &files {
+        w.start_file(f.name.clone(), zip::write::SimpleFileOptions::default()).unwrap();
+        std::io::Write::write_all(&mut w, &f.bytes).unwrap();
+    }
+    let zip = w.finish().unwrap().into_inner();
+    let (status, body) = sys.upload(TENANT, "bad-geometry", vec![("study", zip)]).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    let e = body["error"].as_str().unwrap();
+    assert!(e.contains("ImagePositionPatient") && e.contains("series 4"), "{body}");
+
+    // An unmasked head: noise in the background of every sequence.
+    let mut noisy = case.clone();
+    for (_, v) in &mut noisy.volumes {
+        for (i, x) in v.data.iter_mut().enumerate() {
+            *x += 1.0 + (i % 5) as f32;
+        }
+    }
+    let files = noisy.volumes.iter().map(|(m, v)| (m.as_str(), gmmas_imaging::write_volume(v, true))).collect();
+    let (status, body) = sys.upload(TENANT, "unstripped", files).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let failed = sys.wait_case(TENANT, body["case_id"].as_str().unwrap(), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["error_stage"], "preprocess");
+    assert!(failed["error"].as_str().unwrap().contains("skull-stripped"), "{failed}");
+
+    // Only the unstripped case was recorded; nothing of the refused studies.
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM cases").fetch_one(&sys.db).await.unwrap();
+    assert_eq!(n, 1);
+    sys.shutdown().await;
+}

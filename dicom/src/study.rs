@@ -148,10 +148,7 @@ pub fn convert_files(files: Vec<RawFile>, opts: &StudyOptions) -> Result<Convert
         }
     }
     if chosen.is_empty() {
-        let list: Vec<String> = summaries
-            .iter()
-            .map(|s| format!("{} \"{}\": {}", s.number.map_or("?".into(), |n| n.to_string()), s.description, s.reason))
-            .collect();
+        let list: Vec<String> = series.iter().zip(&summaries).map(|(s, sum)| format!("{s}: {}", sum.reason)).collect();
         return Err(DicomError::Study(format!(
             "no series was identified as T1, T1ce, T2 or FLAIR (name them with overrides such as 5=t1ce): {}",
             list.join("; ")

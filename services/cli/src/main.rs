@@ -6,6 +6,7 @@ mod analyze;
 mod bench;
 mod calibrate;
 mod cases;
+mod dicom;
 mod eval;
 mod missing;
 mod models;
@@ -28,8 +29,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Analyze one case folder (BraTS naming) in this process: segmentation NIfTI + JSON.
+    /// Analyze one case (BraTS-named NIfTI folder, or a DICOM study) in this process:
+    /// segmentation NIfTI + JSON.
     Analyze(analyze::AnalyzeArgs),
+    /// Show what GMMAS takes from a DICOM study: each series, its identified sequence and why.
+    DicomInfo(dicom::DicomInfoArgs),
+    /// Write a NIfTI case as a DICOM study (one series per sequence, in chosen planes).
+    ToDicom(dicom::ToDicomArgs),
     /// Write synthetic cases in BraTS layout plus labels.csv.
     Phantom {
         /// Number of cases.
@@ -132,6 +138,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Analyze(args) => analyze::run(args),
+        Command::DicomInfo(args) => dicom::info(args),
+        Command::ToDicom(args) => dicom::to_dicom(args),
         Command::Phantom { n, seed, out, dims, kind } => {
             let progress = progress::Progress::new(n, "phantoms");
             let names =

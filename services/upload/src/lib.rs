@@ -131,7 +131,7 @@ fn study_to_volumes(
     let files = gmmas_dicom::source::read_zip("study", &bytes, &source_limits)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let opts = gmmas_dicom::StudyOptions { overrides, limits: source_limits, ..gmmas_dicom::StudyOptions::default() };
-    let conv = gmmas_dicom::convert_files(files, &opts).map_err(|e| ApiError::BadRequest(format!("study: {e}")))?;
+    let conv = gmmas_dicom::convert_files(files, &opts).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let mut notes = Vec::new();
     for s in &conv.manifest.series {
         let label = match s.number {

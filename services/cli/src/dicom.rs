@@ -1,0 +1,70 @@
+//! `gmmas to-dicom` (a NIfTI case written as a DICOM study, to try the DICOM path) and
+//! `gmmas dicom-info` (what GMMAS would take from a study, without analysing it).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use gmmas_dicom::synth::{SynthSeries, write_files, write_series};
+use gmmas_dicom::{Override, StudyOptions};
+use gmmas_imaging::Limits;
+
+#[derive(Args)]
+pub struct ToDicomArgs {
+    /// NIfTI case folder (BraTS naming).
+    pub case_dir: PathBuf,
+    /// Output folder: one sub-folder of DICOM files per series.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Plane of each sequence's series, in T1, T1ce, T2, FLAIR order: axial, coronal or sagittal
+    /// (slices along the volume's third, second or first voxel axis).
+    #[arg(long, value_delimiter = ',', default_value = "axial,sagittal,coronal,axial")]
+    pub planes: Vec<String>,
+}
+
+/// Series descriptions a scanner might write, one per sequence.
+const DESCRIPTIONS: [&str; 4] = ["t1_se_tra", "t1_mprage_post_gd", "t2_tse", "t2_tirm_dark-fluid"];
+
+pub fn to_dicom(args: ToDicomArgs) -> anyhow::Result<()> {
+    let files = gmmas_imaging::brats::discover_case(&args.case_dir)?;
+    for (i, (m, path)) in files.modalities.iter().enumerate() {
+        let plane = args.planes.get(m.index()).map(String::as_str).unwrap_or("axial");
+        let axis = match plane {
+            "axial" => 2,
+            "coronal" => 1,
+            "sagittal" => 0,
+            other => anyhow::bail!("--planes: {other:?}: expected axial, coronal or sagittal"),
+        };
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let v =
+            gmmas_imaging::read_volume(&bytes, &Limits::default()).with_context(|| format!("{}", path.display()))?;
+        let series = SynthSeries::new(i as i64 + 2, DESCRIPTIONS[m.index()], axis);
+        let written = write_series(&v, &series)?;
+        write_files(&args.out, &written)?;
+        println!(
+            "series {} \"{}\": {} ({plane}, {} files)",
+            series.series_number,
+            series.description,
+            m,
+            written.len()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct DicomInfoArgs {
+    /// A folder of DICOM files or a zip archive of one.
+    pub study: PathBuf,
+    /// The sequence of a series, by its SeriesNumber (`5=t1ce`, `9=ignore`); repeatable.
+    #[arg(long = "series", value_name = "NUMBER=SEQUENCE", value_parser = |s: &str| s.parse::<Override>())]
+    pub series: Vec<Override>,
+}
+
+pub fn info(args: DicomInfoArgs) -> anyhow::Result<()> {
+    let opts = StudyOptions { overrides: args.series, ..StudyOptions::default() };
+    let conv =
+        gmmas_dicom::convert_path(&args.study, &opts).with_context(|| format!("reading {}", args.study.display()))?;
+    println!("{}", serde_json::to_string_pretty(&conv.manifest)?);
+    Ok(())
+}

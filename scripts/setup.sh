@@ -21,6 +21,12 @@ if ! ls "$VIRTUAL_ENV"/lib/python3*/site-packages/asldro/data/hrgt_icbm_2009a_nl
   "$VIRTUAL_ENV/bin/pip" install --quiet --disable-pip-version-check --no-deps asldro==2.2.0
 fi
 
+# Reference tools the DICOM tests compare against: dcm2niix (self-contained binary) and pydicom's
+# sample files in every transfer syntax.
+if [ ! -x "$VIRTUAL_ENV/bin/dcm2niix" ] || ! "$VIRTUAL_ENV/bin/python" -c 'import pydicom' 2>/dev/null; then
+  "$VIRTUAL_ENV/bin/pip" install --quiet --disable-pip-version-check dcm2niix==1.0.20260724 pydicom==3.0.2
+fi
+
 # 2. Debian packages, only when missing.
 need=()
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
@@ -32,6 +38,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 # The font chart text is drawn in (gmmas-plot; GMMAS_FONT names another).
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+# dcmtk: compresses test series into JPEG lossless, RLE and JPEG-LS (tests of the DICOM reader).
+command -v dcmcjpeg >/dev/null 2>&1 || need+=(dcmtk)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

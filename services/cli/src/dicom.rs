@@ -68,3 +68,32 @@ pub fn info(args: DicomInfoArgs) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(&conv.manifest)?);
     Ok(())
 }
+
+#[derive(Args)]
+pub struct SegAgreementArgs {
+    /// Reference segmentation (NIfTI labels).
+    pub a: PathBuf,
+    /// Segmentation to compare; resampled onto `a`'s grid through world coordinates (nearest
+    /// neighbour), so the two may be on different grids of the same space.
+    pub b: PathBuf,
+}
+
+/// Prints `{ "voxels_equal": …, "dice": { "wt": …, "tc": …, "et": … } }` for two segmentations.
+pub fn seg_agreement(args: SegAgreementArgs) -> anyhow::Result<()> {
+    let limits = Limits::default();
+    let read = |p: &PathBuf| -> anyhow::Result<gmmas_imaging::LabelVolume> {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        gmmas_imaging::read_labels(&bytes, &limits).with_context(|| format!("{}", p.display()))
+    };
+    let a = read(&args.a)?;
+    let b = gmmas_imaging::resample::resample_labels(&read(&args.b)?, &a.grid)?;
+    let equal = a.data.iter().zip(&b.data).filter(|(x, y)| x == y).count() as f64 / a.data.len().max(1) as f64;
+    let dice = |r| gmmas_models::metrics::dice(&b.data, &a.data, r);
+    use gmmas_models::metrics::Region;
+    let out = serde_json::json!({
+        "voxels_equal": equal,
+        "dice": { "wt": dice(Region::WT), "tc": dice(Region::TC), "et": dice(Region::ET) },
+    });
+    println!("{out}");
+    Ok(())
+}

@@ -36,6 +36,8 @@ enum Command {
     DicomInfo(dicom::DicomInfoArgs),
     /// Write a NIfTI case as a DICOM study (one series per sequence, in chosen planes).
     ToDicom(dicom::ToDicomArgs),
+    /// Agreement of two segmentations of the same space (Dice per region), grids may differ.
+    SegAgreement(dicom::SegAgreementArgs),
     /// Write synthetic cases in BraTS layout plus labels.csv.
     Phantom {
         /// Number of cases.
@@ -140,6 +142,7 @@ fn main() -> anyhow::Result<()> {
         Command::Analyze(args) => analyze::run(args),
         Command::DicomInfo(args) => dicom::info(args),
         Command::ToDicom(args) => dicom::to_dicom(args),
+        Command::SegAgreement(args) => dicom::seg_agreement(args),
         Command::Phantom { n, seed, out, dims, kind } => {
             let progress = progress::Progress::new(n, "phantoms");
             let names =

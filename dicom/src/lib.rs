@@ -16,7 +16,9 @@ pub use error::DicomError;
 pub use geometry::PlaneKind;
 pub use identify::{Identified, SeriesText, identify};
 pub use source::{RawFile, SourceLimits};
-pub use study::{Converted, Manifest, Override, SeriesSummary, StudyOptions, convert_files, convert_path};
+pub use study::{
+    Alignment, Converted, Manifest, NativeGrid, Override, SeriesSummary, StudyOptions, convert_files, convert_path,
+};
 
 /// The tags and value representations callers name (re-exported from dicom-rs).
 pub use dicom_core::{Tag, VR};

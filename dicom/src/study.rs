@@ -6,7 +6,8 @@ use crate::geometry::PlaneKind;
 use crate::identify::identify;
 use crate::series::{Series, Skipped, group};
 use crate::source::{RawFile, SourceLimits, read_study_files};
-use gmmas_imaging::resample::resample_linear;
+use gmmas_imaging::register::{Rigid, apply_rigid, difference, register_rigid};
+use gmmas_imaging::resample::{compose, invert_affine, resample_linear};
 use gmmas_imaging::{Grid, Modality, Volume, same_grid};
 use serde::Serialize;
 use std::path::Path;
@@ -44,12 +45,41 @@ pub struct StudyOptions {
     /// present in T1ce, T1, FLAIR, T2 order).
     pub reference: Modality,
     pub limits: SourceLimits,
+    /// Co-register every sequence to the reference (rigid, mutual information); off: combine
+    /// the series through the scanner's coordinates alone.
+    pub register: bool,
 }
 
 impl Default for StudyOptions {
     fn default() -> Self {
-        StudyOptions { overrides: Vec::new(), reference: Modality::T1ce, limits: SourceLimits::default() }
+        StudyOptions {
+            overrides: Vec::new(),
+            reference: Modality::T1ce,
+            limits: SourceLimits::default(),
+            register: true,
+        }
     }
+}
+
+/// Motion below this (mm, at the worst corner of the reference's field of view) is left
+/// uncorrected: series that were not moved come out of the registration with a residual of up to
+/// ~1.2 mm there (0.2° and 0.3 mm on a real case), and resampling them for that would only blur.
+pub const MIN_CORRECTED_MM: f64 = 2.0;
+
+/// How one sequence was aligned with the reference.
+#[derive(Clone, Debug, Serialize)]
+pub struct Alignment {
+    pub sequence: Modality,
+    /// Rotation about x, y, z (degrees) and translation (mm) found, reference world → series world.
+    pub rotation_deg: [f64; 3],
+    pub translation_mm: [f64; 3],
+    /// Largest displacement the transform makes at a corner of the reference's field of view.
+    pub moved_mm: f64,
+    /// True when the transform was applied (`moved_mm` ≥ [`MIN_CORRECTED_MM`]).
+    pub applied: bool,
+    /// Mutual information without and with the transform (finest level).
+    pub mi_before: f64,
+    pub mi_after: f64,
 }
 
 /// What was found in one series and what became of it (no patient identifiers).
@@ -81,6 +111,8 @@ pub struct Manifest {
     pub reference: Modality,
     /// What a reader should know: series identified but not usable, sequences absent.
     pub warnings: Vec<String>,
+    /// Co-registration of each sequence other than the reference (empty when switched off).
+    pub alignment: Vec<Alignment>,
 }
 
 /// The four (or fewer) volumes on one grid, each sequence's own (native) grid, and the record.
@@ -88,10 +120,19 @@ pub struct Converted {
     /// On the reference grid, in T1, T1ce, T2, FLAIR order.
     pub volumes: Vec<(Modality, Volume)>,
     /// Each sequence's grid as acquired (for results in native space).
-    pub native: Vec<(Modality, Grid)>,
+    pub native: Vec<NativeGrid>,
     /// Each sequence's series content hash ([`Series::content_sha256`]).
     pub input_sha256: Vec<(Modality, String)>,
     pub manifest: Manifest,
+}
+
+/// A series' own grid, and the same voxels placed in the reference's world (after the motion
+/// co-registration found): results are resampled onto `in_reference` and written with `grid`.
+#[derive(Clone, Debug)]
+pub struct NativeGrid {
+    pub sequence: Modality,
+    pub grid: Grid,
+    pub in_reference: Grid,
 }
 
 /// Reads the study at `path` (folder or zip).
@@ -170,7 +211,7 @@ pub fn convert_files(files: Vec<RawFile>, opts: &StudyOptions) -> Result<Convert
     let input_sha256 = chosen.iter().map(|&(m, i)| (m, series[i].content_sha256())).collect();
     for &(m, i) in &chosen {
         let v = series[i].volume()?;
-        native.push((m, v.grid.clone()));
+        native.push(NativeGrid { sequence: m, grid: v.grid.clone(), in_reference: v.grid.clone() });
         read.push((m, v));
     }
     let reference = [opts.reference, Modality::T1ce, Modality::T1, Modality::Flair, Modality::T2]
@@ -183,15 +224,46 @@ pub fn convert_files(files: Vec<RawFile>, opts: &StudyOptions) -> Result<Convert
         .map(|(_, v)| v.grid.clone())
         .unwrap_or_else(|| read[0].1.grid.clone());
     let mut volumes = Vec::new();
+    let mut alignment = Vec::new();
+    let ref_volume = read.iter().find(|(m, _)| *m == reference).map(|(_, v)| v.clone());
     for (m, v) in read {
-        let v = if same_grid(&v.grid, &ref_grid).is_ok() { v } else { resample_linear(&v, &ref_grid)? };
+        let aligned = match (&ref_volume, opts.register && m != reference) {
+            (Some(fixed), true) => {
+                let reg = register_rigid(fixed, &v)?;
+                let (_, moved_mm) = difference(&reg.transform, &Rigid::identity(reg.transform.centre), &ref_grid);
+                let applied = moved_mm >= MIN_CORRECTED_MM;
+                alignment.push(Alignment {
+                    sequence: m,
+                    rotation_deg: reg.transform.rotation.map(f64::to_degrees),
+                    translation_mm: reg.transform.translation,
+                    moved_mm,
+                    applied,
+                    mi_before: reg.mi_start,
+                    mi_after: reg.mi_end,
+                });
+                if applied {
+                    // Series voxels in the reference's world: T⁻¹ · A.
+                    let back = invert_affine(&reg.transform.affine())?;
+                    if let Some(n) = native.iter_mut().find(|n| n.sequence == m) {
+                        n.in_reference.affine = compose(&back, &n.grid.affine);
+                    }
+                }
+                applied.then_some(apply_rigid(&v, &ref_grid, &reg.transform)?)
+            }
+            _ => None,
+        };
+        let v = match aligned {
+            Some(a) => a,
+            None if same_grid(&v.grid, &ref_grid).is_ok() => v,
+            None => resample_linear(&v, &ref_grid)?,
+        };
         volumes.push((m, v));
     }
     Ok(Converted {
         volumes,
         native,
         input_sha256,
-        manifest: Manifest { files: nfiles, skipped, series: summaries, reference, warnings },
+        manifest: Manifest { files: nfiles, skipped, series: summaries, reference, warnings, alignment },
     })
 }
 

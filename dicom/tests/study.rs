@@ -82,6 +82,22 @@ fn oblique(v: &Volume, deg: [f64; 3]) -> Volume {
     resample_linear(v, &g).unwrap()
 }
 
+/// Mean |a - b| / mean |b| over the central half of `b`'s grid (both on it).
+fn relative_difference(a: &Volume, b: &Volume) -> f64 {
+    let (mut err, mut sum) = (0f64, 0f64);
+    let d = b.grid.dims;
+    for z in d[2] / 4..3 * d[2] / 4 {
+        for y in d[1] / 4..3 * d[1] / 4 {
+            for x in d[0] / 4..3 * d[0] / 4 {
+                let i = x + d[0] * (y + d[1] * z);
+                err += f64::from((a.data[i] - b.data[i]).abs());
+                sum += f64::from(b.data[i].abs());
+            }
+        }
+    }
+    err / sum.max(1e-9)
+}
+
 fn convert_dir(dir: &Path, opts: &StudyOptions) -> gmmas_dicom::Converted {
     convert_path(dir, opts).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -134,6 +150,9 @@ fn a_study_of_four_series_becomes_four_volumes_on_the_t1ce_grid() {
         let v = if *m == Modality::Flair { oblique(v, [10.0, 0.0, 0.0]) } else { v.clone() };
         let mut s = SynthSeries::new(i as i64 + 2, desc, *axis);
         s.contrast_agent = agent.map(String::from);
+        if *m == Modality::T2 {
+            s.rotate_deg = [7.0, 0.0, -5.0];
+        }
         files.extend(write_series(&v, &s).unwrap());
     }
     // A localizer, a non-DICOM file and a DICOMDIR-like object without pixels ride along.
@@ -149,32 +168,39 @@ fn a_study_of_four_series_becomes_four_volumes_on_the_t1ce_grid() {
     assert_eq!(got, Modality::ALL.to_vec());
     assert_eq!(conv.manifest.reference, Modality::T1ce);
     assert_eq!(conv.manifest.skipped.len(), 1, "{:?}", conv.manifest.skipped);
-    let t1ce_grid = &conv.native[1].1;
+    let t1ce_grid = &conv.native[1].grid;
     for (m, v) in &conv.volumes {
         assert!(gmmas_imaging::same_grid(&v.grid, t1ce_grid).is_ok(), "{m} is not on the T1ce grid");
     }
-    // T1 and T2 were cut from the same grid as the T1ce: resampling lands on whole voxels, so
-    // the values are the source's exactly.
+    for a in &conv.manifest.alignment {
+        println!("alignment: {a:?}");
+    }
+    // The T1 was cut from the same grid as the T1ce: resampling lands on whole voxels, so the
+    // values are the source's exactly.
+    same_world(&conv.volumes[0].1, &vols[Modality::T1.index()].1, 5, 1e-3);
+    // The patient moved before the T2 (7° / -5° about the head's centre): co-registration finds
+    // the motion and undoes it; the series without motion are left as they are.
+    let align: Vec<_> = conv.manifest.alignment.iter().map(|a| (a.sequence, a.applied)).collect();
+    assert_eq!(
+        align,
+        vec![(Modality::T1, false), (Modality::T2, true), (Modality::Flair, false)],
+        "{:?}",
+        conv.manifest.alignment
+    );
+    let t2 = conv.manifest.alignment.iter().find(|a| a.sequence == Modality::T2).unwrap();
+    let found = t2.rotation_deg;
+    assert!((found[0] - 7.0).abs() < 0.5 && found[1].abs() < 0.5 && (found[2] + 5.0).abs() < 0.5, "{t2:?}");
     let t2_source = &vols[Modality::T2.index()].1;
-    same_world(&conv.volumes[2].1, t2_source, 5, 1e-3);
+    let t2_back = resample_linear(&conv.volumes[2].1, &t2_source.grid).unwrap();
+    let rel = relative_difference(&t2_back, t2_source);
+    println!("moved T2 after co-registration: mean relative difference {rel:.4}");
+    assert!(rel < 0.05, "moved T2 differs by {rel:.3} from its source after co-registration");
     // The oblique FLAIR went through two interpolations: close to the source inside the head.
     let flair = &conv.volumes[3].1;
     let src = &vols[Modality::Flair.index()].1;
     let back = resample_linear(flair, &src.grid).unwrap();
-    let (mut err, mut sum, mut n) = (0f64, 0f64, 0usize);
-    let d = src.grid.dims;
-    for z in d[2] / 4..3 * d[2] / 4 {
-        for y in d[1] / 4..3 * d[1] / 4 {
-            for x in d[0] / 4..3 * d[0] / 4 {
-                let i = x + d[0] * (y + d[1] * z);
-                err += f64::from((back.data[i] - src.data[i]).abs());
-                sum += f64::from(src.data[i].abs());
-                n += 1;
-            }
-        }
-    }
-    let rel = err / sum.max(1e-9);
-    println!("oblique FLAIR: mean relative difference {rel:.4} over {n} central voxels");
+    let rel = relative_difference(&back, src);
+    println!("oblique FLAIR: mean relative difference {rel:.4}");
     assert!(rel < 0.05, "oblique FLAIR differs by {rel:.3} from its source");
     // No patient identifier in the record kept with the case.
     let json = serde_json::to_string(&conv.manifest).unwrap();

@@ -9,6 +9,7 @@ pub mod orient;
 pub mod par;
 pub mod prep;
 pub mod regions;
+pub mod register;
 pub mod resample;
 pub mod share;
 mod types;

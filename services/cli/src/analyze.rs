@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use gmmas_dicom::{Manifest, Override, StudyOptions};
-use gmmas_imaging::{Grid, Limits, Modality, PrepOptions, Volume};
+use gmmas_dicom::{Manifest, NativeGrid, Override, StudyOptions};
+use gmmas_imaging::{Limits, Modality, PrepOptions, Volume};
 use gmmas_models::{Analyzer, InferOptions};
 use serde_json::json;
 
@@ -23,6 +23,10 @@ pub struct AnalyzeArgs {
     /// DICOM: the sequence whose grid the others are resampled onto (t1, t1ce, t2 or flair).
     #[arg(long, default_value = "t1ce", value_parser = parse_modality)]
     pub reference: Modality,
+    /// DICOM: combine the series through the scanner's coordinates alone, without rigid
+    /// co-registration to the reference.
+    #[arg(long)]
+    pub no_register: bool,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -87,7 +91,7 @@ struct Loaded {
     inputs: Vec<(Modality, Volume)>,
     hashes: serde_json::Map<String, serde_json::Value>,
     /// For a DICOM study: each sequence's own grid and the conversion's record.
-    dicom: Option<(Vec<(Modality, Grid)>, Manifest)>,
+    dicom: Option<(Vec<NativeGrid>, Manifest)>,
 }
 
 /// True when `path` is a zip archive or a folder holding DICOM files but no BraTS-named NIfTI.
@@ -142,7 +146,7 @@ fn load(args: &AnalyzeArgs) -> anyhow::Result<Loaded> {
 fn write_native(
     out_dir: &Path,
     name: &str,
-    native: &[(Modality, Grid)],
+    native: &[NativeGrid],
     seg_nifti: &[u8],
     uncertainty_nifti: Option<&[u8]>,
 ) -> anyhow::Result<serde_json::Value> {
@@ -153,17 +157,22 @@ fn write_native(
         .transpose()
         .context("reading back the uncertainty map")?;
     let mut files = serde_json::Map::new();
-    for (m, grid) in native {
-        if gmmas_imaging::same_grid(grid, &seg.grid).is_ok() {
+    for n in native {
+        let (m, grid) = (n.sequence, &n.grid);
+        if gmmas_imaging::same_grid(&n.in_reference, &seg.grid).is_ok() {
             continue;
         }
-        let s = gmmas_imaging::resample::resample_labels(&seg, grid)?;
+        // Resampled where the series' voxels lie in the analysis world, written with the
+        // series' own affine (so it overlays the series in a viewer).
+        let mut s = gmmas_imaging::resample::resample_labels(&seg, &n.in_reference)?;
+        s.grid = grid.clone();
         let seg_file = format!("{name}_seg_{}-native.nii.gz", m.as_str());
         std::fs::write(out_dir.join(&seg_file), gmmas_imaging::write_labels(&s, true))
             .with_context(|| format!("writing {seg_file}"))?;
         let mut entry = json!({ "segmentation": seg_file, "dims": grid.dims });
         if let Some(u) = &unc {
-            let r = gmmas_imaging::resample::resample_linear(u, grid)?;
+            let mut r = gmmas_imaging::resample::resample_linear(u, &n.in_reference)?;
+            r.grid = grid.clone();
             let unc_file = format!("{name}_uncertainty_{}-native.nii.gz", m.as_str());
             std::fs::write(out_dir.join(&unc_file), gmmas_imaging::write_volume(&r, true))
                 .with_context(|| format!("writing {unc_file}"))?;

@@ -4,26 +4,10 @@
 
 use gmmas_imaging::register::{Rigid, difference, register_rigid};
 use gmmas_imaging::resample::compose;
-use gmmas_imaging::{Limits, Modality, Volume, nifti};
-use std::path::{Path, PathBuf};
+mod common;
 
-fn case() -> Vec<(Modality, Volume)> {
-    let shared = std::env::var_os("GMMAS_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
-    let dir = shared.join("brats/Brats18_2013_11_1");
-    if dir.is_dir() {
-        return Modality::ALL
-            .iter()
-            .map(|m| {
-                let p = dir.join(format!("Brats18_2013_11_1_{}.nii.gz", m.as_str()));
-                (*m, nifti::read_volume(&std::fs::read(&p).unwrap(), &Limits::default()).unwrap())
-            })
-            .collect();
-    }
-    eprintln!("{} absent: using a phantom", dir.display());
-    gmmas_phantom::generate(&gmmas_phantom::PhantomConfig { dims: [120, 140, 100], seed: 7 }).volumes
-}
+use common::case;
+use gmmas_imaging::Modality;
 
 #[test]
 fn a_known_rigid_motion_is_recovered_within_one_degree_and_one_millimetre() {

@@ -7,28 +7,11 @@ use gmmas_dicom::synth::{SynthSeries, series_affine, write_files, write_series};
 use gmmas_dicom::{DicomError, Override, PlaneKind, RawFile, StudyOptions, convert_files, convert_path};
 use gmmas_imaging::resample::{compose, invert_affine, resample_linear};
 use gmmas_imaging::{Grid, Limits, Modality, Volume, nifti};
+mod common;
+
+use common::case;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// Four sequences of a real BraTS case when `../shared/data` is here, else of a phantom.
-fn case() -> Vec<(Modality, Volume)> {
-    let shared = std::env::var_os("GMMAS_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
-    let dir = shared.join("brats/Brats18_2013_11_1");
-    if dir.is_dir() {
-        return Modality::ALL
-            .iter()
-            .map(|m| {
-                let p = dir.join(format!("Brats18_2013_11_1_{}.nii.gz", m.as_str()));
-                let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-                (*m, nifti::read_volume(&bytes, &Limits::default()).unwrap())
-            })
-            .collect();
-    }
-    eprintln!("{} absent: using a phantom", dir.display());
-    gmmas_phantom::generate(&gmmas_phantom::PhantomConfig { dims: [96, 112, 80], seed: 7 }).volumes
-}
 
 fn dcm2niix() -> PathBuf {
     let venv = std::env::var_os("VIRTUAL_ENV").map(|v| PathBuf::from(v).join("bin/dcm2niix"));

@@ -2,6 +2,7 @@
 //! Pure Rust; the services call [`read_volume`], [`prep::prepare`] and [`prep::restore_labels`].
 
 pub mod background;
+pub mod brainmask;
 pub mod brats;
 mod error;
 pub mod nifti;

@@ -11,6 +11,7 @@
 pub mod adapt;
 pub mod analyzer;
 pub mod augment;
+pub mod brain;
 pub mod calibrate;
 pub mod case;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod uncertainty;
 pub mod weights;
 
 pub use analyzer::{Analyzer, ModelMeta};
+pub use brain::{BrainExtractor, SkullStrip, StripReport, default_brain_model_path, strip_case};
 pub use case::{CaseAnalysis, analyze_prepared};
 pub use config::ModelConfig;
 pub use device::{

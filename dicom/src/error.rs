@@ -27,6 +27,15 @@ pub enum DicomError {
     /// A zip archive is corrupt or holds something we refuse.
     #[error("zip archive {path}: {detail}")]
     Zip { path: String, detail: String },
+    /// A label map to be written as a DICOM SEG is not on its source series' grid.
+    #[error(
+        "{series}: the label map is not on the series' grid ({detail}): expected a segmentation on the \
+         series' own voxels ({expected:?} columns, rows, slices, with the series' affine)"
+    )]
+    SegGrid { series: String, detail: String, expected: [usize; 3] },
+    /// A label map holds something a DICOM SEG of BraTS labels cannot carry.
+    #[error("label map: {0}")]
+    SegLabels(String),
     /// Building or resampling a volume failed.
     #[error(transparent)]
     Imaging(#[from] ImagingError),

@@ -2,11 +2,13 @@
 //! four sequences GMMAS analyses built as volumes on one grid — plus synthetic series for tests.
 //!
 //! Nothing of the DICOM headers is kept but geometry and the series' names (see
-//! [`study::Manifest`]): patient identifiers never leave this crate.
+//! [`study::Manifest`]): patient identifiers never leave this crate, except copied unchanged into
+//! the DICOM SEG written back for the same study ([`seg`]).
 
 pub mod error;
 pub mod geometry;
 pub mod identify;
+pub mod seg;
 pub mod series;
 pub mod source;
 pub mod study;
@@ -15,6 +17,7 @@ pub mod synth;
 pub use error::DicomError;
 pub use geometry::PlaneKind;
 pub use identify::{Identified, SeriesText, identify};
+pub use seg::{SegSource, build_seg, write_seg};
 pub use source::{RawFile, SourceLimits};
 pub use study::{
     Alignment, Converted, Manifest, NativeGrid, Override, SeriesSummary, StudyOptions, convert_files, convert_path,

@@ -127,7 +127,12 @@ pub fn group(files: Vec<RawFile>) -> Result<(Vec<Series>, Vec<Skipped>), DicomEr
     Ok((series, skipped))
 }
 
-fn multi(inst: &Instance, tag: dicom_core::Tag, name: &'static str, n: usize) -> Result<Vec<f64>, DicomError> {
+pub(crate) fn multi(
+    inst: &Instance,
+    tag: dicom_core::Tag,
+    name: &'static str,
+    n: usize,
+) -> Result<Vec<f64>, DicomError> {
     let bad = |detail: String| DicomError::Tag { file: inst.file.clone(), tag: name, detail };
     let e = inst.obj.get(tag).ok_or_else(|| bad(format!("is missing: expected {n} numbers (the image's geometry)")))?;
     let v = e.to_multi_float64().map_err(|err| bad(format!("is not numeric ({err})")))?;
@@ -212,23 +217,29 @@ impl Series {
     /// The series as a volume: (column, row, slice) voxels, x fastest, values after the modality
     /// rescale (RescaleSlope / Intercept), on the grid of [`Series::stack`].
     pub fn volume(&self) -> Result<Volume, DicomError> {
+        let (stack, grid) = self.grid()?;
+        let per_slice = grid.dims[0] * grid.dims[1];
+        let mut data = Vec::with_capacity(per_slice * stack.order.len());
+        for &i in &stack.order {
+            data.extend(decode(&self.instances[i], per_slice)?);
+        }
+        Ok(Volume::new(grid, data)?)
+    }
+
+    /// [`Series::stack`] and the grid of the volume it makes: (column, row, slice) voxels → RAS.
+    pub fn grid(&self) -> Result<(Stack, Grid), DicomError> {
         let stack = self.stack()?;
         let first = &self.instances[stack.order[0]];
         let (rows, cols) = (
             count(first, tags::ROWS, "Rows (0028,0010)")? as usize,
             count(first, tags::COLUMNS, "Columns (0028,0011)")? as usize,
         );
-        let per_slice = rows * cols;
-        let mut data = Vec::with_capacity(per_slice * stack.order.len());
-        for &i in &stack.order {
-            data.extend(decode(&self.instances[i], per_slice)?);
-        }
         let grid = Grid {
             dims: [cols, rows, stack.order.len()],
             pixdim: stack.pixdim.map(|p| p as f32),
             affine: stack.affine,
         };
-        Ok(Volume::new(grid, data)?)
+        Ok((stack, grid))
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::error::DicomError;
 use crate::geometry::PlaneKind;
 use crate::identify::identify;
+use crate::seg::SegSource;
 use crate::series::{Series, Skipped, group};
 use crate::source::{RawFile, SourceLimits, read_study_files};
 use gmmas_imaging::register::{Rigid, apply_rigid, difference, register_rigid};
@@ -133,6 +134,9 @@ pub struct NativeGrid {
     pub sequence: Modality,
     pub grid: Grid,
     pub in_reference: Grid,
+    /// The series as a DICOM SEG source (its slices' UIDs and positions), for writing results
+    /// back as a DICOM Segmentation that references it.
+    pub source: SegSource,
 }
 
 /// Reads the study at `path` (folder or zip).
@@ -211,7 +215,8 @@ pub fn convert_files(files: Vec<RawFile>, opts: &StudyOptions) -> Result<Convert
     let input_sha256 = chosen.iter().map(|&(m, i)| (m, series[i].content_sha256())).collect();
     for &(m, i) in &chosen {
         let v = series[i].volume()?;
-        native.push(NativeGrid { sequence: m, grid: v.grid.clone(), in_reference: v.grid.clone() });
+        let source = SegSource::from_series(&series[i])?;
+        native.push(NativeGrid { sequence: m, grid: v.grid.clone(), in_reference: v.grid.clone(), source });
         read.push((m, v));
     }
     let reference = [opts.reference, Modality::T1ce, Modality::T1, Modality::Flair, Modality::T2]

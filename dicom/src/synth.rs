@@ -52,7 +52,7 @@ impl SynthSeries {
 }
 
 /// A decimal string of at most 16 characters (the DS limit).
-fn ds(x: f64) -> String {
+pub(crate) fn ds(x: f64) -> String {
     let x = if x.abs() < 5e-7 { 0.0 } else { x };
     for prec in (0..=6).rev() {
         let s = format!("{x:.prec$}");

@@ -141,15 +141,37 @@ fn load(args: &AnalyzeArgs) -> anyhow::Result<Loaded> {
     Ok(Loaded { name: files.name, inputs, hashes, dicom: None })
 }
 
+/// Writes `labels` (on the series' own grid) as a DICOM SEG referencing the series
+/// (`<case>_seg_<seq>-native.dcm`); `None` when there is no tumour to export.
+fn write_dicom_seg(
+    out_dir: &Path,
+    name: &str,
+    n: &NativeGrid,
+    labels: &gmmas_imaging::LabelVolume,
+    model_version: &str,
+) -> anyhow::Result<Option<String>> {
+    if labels.data.iter().all(|&v| v == 0) {
+        eprintln!("note: no tumour segmented: no DICOM SEG written for the {} series", n.sequence);
+        return Ok(None);
+    }
+    let bytes = gmmas_dicom::write_seg(&n.source, labels, model_version)
+        .with_context(|| format!("writing the DICOM SEG of {}", n.source.name()))?;
+    let file = format!("{name}_seg_{}-native.dcm", n.sequence.as_str());
+    std::fs::write(out_dir.join(&file), bytes).with_context(|| format!("writing {file}"))?;
+    Ok(Some(file))
+}
+
 /// Writes the segmentation (and uncertainty map) on each DICOM series' own grid where it differs
-/// from the analysis grid; returns `{sequence: {segmentation, uncertainty}}` file names.
+/// from the analysis grid, and a DICOM SEG for every series; returns
+/// `{sequence: {segmentation, uncertainty}}` and `{sequence: dicom_seg}` file names.
 fn write_native(
     out_dir: &Path,
     name: &str,
     native: &[NativeGrid],
     seg_nifti: &[u8],
     uncertainty_nifti: Option<&[u8]>,
-) -> anyhow::Result<serde_json::Value> {
+    model_version: &str,
+) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
     let limits = Limits::default();
     let seg = gmmas_imaging::read_labels(seg_nifti, &limits).context("reading back the segmentation")?;
     let unc = uncertainty_nifti
@@ -157,9 +179,14 @@ fn write_native(
         .transpose()
         .context("reading back the uncertainty map")?;
     let mut files = serde_json::Map::new();
+    let mut dicom_segs = serde_json::Map::new();
     for n in native {
         let (m, grid) = (n.sequence, &n.grid);
         if gmmas_imaging::same_grid(&n.in_reference, &seg.grid).is_ok() {
+            // The analysis grid is this series' own: only the DICOM SEG is new.
+            let mut s = seg.clone();
+            s.grid = grid.clone();
+            dicom_segs.insert(m.as_str().into(), json!(write_dicom_seg(out_dir, name, n, &s, model_version)?));
             continue;
         }
         // Resampled where the series' voxels lie in the analysis world, written with the
@@ -169,6 +196,7 @@ fn write_native(
         let seg_file = format!("{name}_seg_{}-native.nii.gz", m.as_str());
         std::fs::write(out_dir.join(&seg_file), gmmas_imaging::write_labels(&s, true))
             .with_context(|| format!("writing {seg_file}"))?;
+        dicom_segs.insert(m.as_str().into(), json!(write_dicom_seg(out_dir, name, n, &s, model_version)?));
         let mut entry = json!({ "segmentation": seg_file, "dims": grid.dims });
         if let Some(u) = &unc {
             let mut r = gmmas_imaging::resample::resample_linear(u, &n.in_reference)?;
@@ -180,7 +208,7 @@ fn write_native(
         }
         files.insert(m.as_str().into(), entry);
     }
-    Ok(serde_json::Value::Object(files))
+    Ok((serde_json::Value::Object(files), serde_json::Value::Object(dicom_segs)))
 }
 
 // Long on purpose: a command's sequence: read, prepare, analyse, write outputs; its steps share the case.
@@ -248,8 +276,10 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
     });
     if let Some((native, manifest)) = &dicom {
         report["dicom"] = serde_json::to_value(manifest)?;
-        report["native_space"] =
-            write_native(&args.out, &name, native, &out.seg_nifti, out.uncertainty_nifti.as_deref())?;
+        let (native_space, dicom_seg) =
+            write_native(&args.out, &name, native, &out.seg_nifti, out.uncertainty_nifti.as_deref(), model.version())?;
+        report["native_space"] = native_space;
+        report["dicom_seg"] = dicom_seg;
     }
     let json_path = args.out.join(format!("{name}_analysis.json"));
     std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;

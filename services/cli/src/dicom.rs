@@ -1,5 +1,6 @@
-//! `gmmas to-dicom` (a NIfTI case written as a DICOM study, to try the DICOM path) and
-//! `gmmas dicom-info` (what GMMAS would take from a study, without analysing it).
+//! `gmmas to-dicom` (a NIfTI case written as a DICOM study, to try the DICOM path),
+//! `gmmas dicom-info` (what GMMAS would take from a study, without analysing it) and
+//! `gmmas to-seg` (a label map on a series' grid written as a DICOM SEG referencing it).
 
 use std::path::PathBuf;
 
@@ -95,5 +96,35 @@ pub fn seg_agreement(args: SegAgreementArgs) -> anyhow::Result<()> {
         "dice": { "wt": dice(Region::WT), "tc": dice(Region::TC), "et": dice(Region::ET) },
     });
     println!("{out}");
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ToSegArgs {
+    /// Folder holding the DICOM files of the one series the labels were made on.
+    #[arg(long)]
+    pub series: PathBuf,
+    /// Label map (NIfTI, BraTS labels 0, 1, 2, 4) on that series' own grid, e.g. the
+    /// `_seg_<sequence>-native.nii.gz` of `gmmas analyze`.
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Output DICOM SEG file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Algorithm version written into the SEG.
+    #[arg(long, default_value = concat!("gmmas ", env!("CARGO_PKG_VERSION")))]
+    pub model_version: String,
+}
+
+/// Writes `--labels` as a DICOM SEG of the series in `--series`.
+pub fn to_seg(args: ToSegArgs) -> anyhow::Result<()> {
+    let files = gmmas_dicom::source::read_dir(&args.series, &gmmas_dicom::SourceLimits::default())?;
+    let source = gmmas_dicom::SegSource::from_files(files).with_context(|| format!("{}", args.series.display()))?;
+    let bytes = std::fs::read(&args.labels).with_context(|| format!("reading {}", args.labels.display()))?;
+    let labels =
+        gmmas_imaging::read_labels(&bytes, &Limits::default()).with_context(|| format!("{}", args.labels.display()))?;
+    let seg = gmmas_dicom::write_seg(&source, &labels, &args.model_version)?;
+    std::fs::write(&args.out, seg).with_context(|| format!("writing {}", args.out.display()))?;
+    println!("wrote {} (DICOM SEG of {})", args.out.display(), source.name());
     Ok(())
 }

@@ -12,6 +12,7 @@ mod missing;
 mod models;
 mod natsconf;
 mod progress;
+mod skull;
 mod train;
 mod uncertainty;
 mod up;
@@ -36,8 +37,14 @@ enum Command {
     DicomInfo(dicom::DicomInfoArgs),
     /// Write a NIfTI case as a DICOM study (one series per sequence, in chosen planes).
     ToDicom(dicom::ToDicomArgs),
+    /// Write a label map on a DICOM series' own grid as a DICOM SEG referencing that series.
+    ToSeg(dicom::ToSegArgs),
     /// Agreement of two segmentations of the same space (Dice per region), grids may differ.
     SegAgreement(dicom::SegAgreementArgs),
+    /// Skull-strip one image (HD-BET network, or --classical); scores it against --truth.
+    BrainMask(skull::BrainMaskArgs),
+    /// Put a skull-stripped case back inside a real head (for testing skull stripping).
+    AddSkull(skull::AddSkullArgs),
     /// Write synthetic cases in BraTS layout plus labels.csv.
     Phantom {
         /// Number of cases.
@@ -142,7 +149,10 @@ fn main() -> anyhow::Result<()> {
         Command::Analyze(args) => analyze::run(args),
         Command::DicomInfo(args) => dicom::info(args),
         Command::ToDicom(args) => dicom::to_dicom(args),
+        Command::ToSeg(args) => dicom::to_seg(args),
         Command::SegAgreement(args) => dicom::seg_agreement(args),
+        Command::BrainMask(args) => skull::brain_mask(args),
+        Command::AddSkull(args) => skull::add_skull(args),
         Command::Phantom { n, seed, out, dims, kind } => {
             let progress = progress::Progress::new(n, "phantoms");
             let names =

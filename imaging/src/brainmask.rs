@@ -282,10 +282,10 @@ mod tests {
     #[test]
     fn distances_match_brute_force_with_anisotropic_spacing() {
         let g = grid([9, 7, 5], [1.0, 2.0, 3.0]);
-        let feature: Vec<bool> = (0..g.nvox()).map(|i| i == 3 + 9 * (2 + 7 * 1) || i == 60 || i == 300).collect();
+        let feature: Vec<bool> = (0..g.nvox()).map(|i| i == 3 + 9 * (2 + 7) || i == 60 || i == 300).collect();
         let d = distance_mm(&feature, &g);
         let pos = |i: usize| [(i % 9) as f64, ((i / 9) % 7) as f64 * 2.0, (i / 63) as f64 * 3.0];
-        for i in 0..g.nvox() {
+        for (i, &di) in d.iter().enumerate() {
             let best = (0..g.nvox())
                 .filter(|&j| feature[j])
                 .map(|j| {
@@ -293,9 +293,9 @@ mod tests {
                     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
                 })
                 .fold(f64::INFINITY, f64::min);
-            assert!((f64::from(d[i]) - best).abs() < 1e-4, "voxel {i}: {} vs {best}", d[i]);
+            assert!((f64::from(di) - best).abs() < 1e-4, "voxel {i}: {di} vs {best}");
         }
-        assert!(distance_mm(&vec![false; 10], &grid([10, 1, 1], [1.0; 3])).iter().all(|d| d.is_infinite()));
+        assert!(distance_mm(&[false; 10], &grid([10, 1, 1], [1.0; 3])).iter().all(|d| d.is_infinite()));
     }
 
     #[test]

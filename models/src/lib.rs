@@ -31,7 +31,7 @@ pub mod uncertainty;
 pub mod weights;
 
 pub use analyzer::{Analyzer, ModelMeta};
-pub use brain::{BrainExtractor, SkullStrip, StripReport, default_brain_model_path, strip_case};
+pub use brain::{BrainExtractor, SkullStrip, StripReport, default_brain_model_path, needs_stripping, strip_case};
 pub use case::{CaseAnalysis, analyze_prepared};
 pub use config::ModelConfig;
 pub use device::{

@@ -4,6 +4,7 @@
 mod anatomy;
 mod render;
 mod shapes;
+pub mod skull;
 mod spec;
 
 pub use anatomy::{AnatomySource, TEMPLATE_ENV, TEMPLATE_FILE};

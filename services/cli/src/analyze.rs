@@ -27,6 +27,15 @@ pub struct AnalyzeArgs {
     /// co-registration to the reference.
     #[arg(long)]
     pub no_register: bool,
+    /// Skull stripping: `auto` (when any sequence is not skull-stripped), `always`, or `never`
+    /// (unstripped input is refused with the reason).
+    #[arg(long, default_value = "auto")]
+    pub skull_strip: String,
+    /// Brain-extraction network (TorchScript, converted by scripts/setup.sh). Default:
+    /// `GMMAS_BRAIN_MODEL_PATH`, else `hd-bet-fold0.pt` among the bundled weights; without one,
+    /// the classical extractor, and the analysis says so.
+    #[arg(long)]
+    pub brain_model: Option<PathBuf>,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -211,17 +220,44 @@ fn write_native(
     Ok((serde_json::Value::Object(files), serde_json::Value::Object(dicom_segs)))
 }
 
+/// Strips the skull when `--skull-strip` says so (see [`gmmas_models::strip_case`]); loads the
+/// brain-extraction network only when a mask is needed.
+fn skull_strip(
+    args: &AnalyzeArgs,
+    inputs: &mut [(Modality, Volume)],
+    device: gmmas_models::Device,
+) -> anyhow::Result<(Option<gmmas_imaging::LabelVolume>, gmmas_models::StripReport)> {
+    let policy: gmmas_models::SkullStrip = args.skull_strip.parse()?;
+    let extractor = if gmmas_models::needs_stripping(inputs, policy) {
+        match args.brain_model.clone().or_else(gmmas_models::default_brain_model_path) {
+            Some(p) => Some(gmmas_models::BrainExtractor::load(&p, device)?),
+            None => {
+                eprintln!("warning: no brain-extraction network (run scripts/setup.sh): using the classical extractor");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (mask, report) = gmmas_models::strip_case(inputs, policy, extractor.as_ref())?;
+    if let Some(ml) = report.brain_ml {
+        eprintln!("skull stripped with {} on {:?}: brain {ml:.0} mL", report.method, report.source_sequence);
+    }
+    Ok((mask, report))
+}
+
 // Long on purpose: a command's sequence: read, prepare, analyse, write outputs; its steps share the case.
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let Loaded { name, inputs, hashes, dicom } = load(&args)?;
+    let Loaded { name, mut inputs, hashes, dicom } = load(&args)?;
     let t_load = t0.elapsed();
-    let refs: Vec<_> = inputs.iter().map(|(m, v)| (*m, v)).collect();
-    gmmas_imaging::check_skull_stripped(&refs)?;
-    let prepared = gmmas_imaging::prepare(&refs, &PrepOptions::default())?;
-    let t_prep = t0.elapsed() - t_load;
-
     let device = gmmas_models::parse_device(&args.device)?;
+    let (brain_mask, strip) = skull_strip(&args, &mut inputs, device)?;
+    let t_strip = t0.elapsed() - t_load;
+    let refs: Vec<_> = inputs.iter().map(|(m, v)| (*m, v)).collect();
+    let prepared = gmmas_imaging::prepare(&refs, &PrepOptions::default())?;
+    let t_prep = t0.elapsed() - t_load - t_strip;
+
     // Without --model: the bundled model, or the adaptation-module model when a sequence is missing.
     let model_path = args.model.unwrap_or_else(|| {
         let present = gmmas_imaging::Modality::ALL.map(|m| inputs.iter().any(|(x, _)| *x == m));
@@ -241,6 +277,15 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         Some(bytes) => {
             let p = args.out.join(format!("{name}_uncertainty.nii.gz"));
             std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+            p.file_name().map(|f| f.to_string_lossy().to_string())
+        }
+        None => None,
+    };
+    let brain_mask_file = match &brain_mask {
+        Some(mask) => {
+            let p = args.out.join(format!("{name}_brain-mask.nii.gz"));
+            std::fs::write(&p, gmmas_imaging::write_labels(mask, true))
+                .with_context(|| format!("writing {}", p.display()))?;
             p.file_name().map(|f| f.to_string_lossy().to_string())
         }
         None => None,
@@ -266,8 +311,11 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         "probabilities_std": out.probabilities_std,
         "uncertainty": uncertainty_file,
         "mean_uncertainty_wt": out.mean_uncertainty_wt,
+        "skull_strip": strip,
+        "brain_mask": brain_mask_file,
         "timings_ms": {
             "load": t_load.as_millis() as u64,
+            "skull_strip": t_strip.as_millis() as u64,
             "preprocess": t_prep.as_millis() as u64,
             "inference": out.inference_ms as u64,
             "total": t0.elapsed().as_millis() as u64,

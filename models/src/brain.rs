@@ -36,6 +36,22 @@ pub fn default_brain_model_path() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// sha256 of the weights behind the module at `path`: the original state dict's, from the
+/// `.json` the conversion writes beside it (the traced file itself differs between conversions),
+/// else the file's own.
+fn weights_sha256(path: &Path) -> Result<String, ModelError> {
+    let sidecar = path.with_extension("json");
+    if let Ok(text) = std::fs::read(&sidecar) {
+        let meta: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| ModelError::Weights { path: sidecar.clone(), reason: format!("invalid JSON: {e}") })?;
+        if let Some(sha) = meta["weights_sha256"].as_str().filter(|s| s.len() >= 12) {
+            return Ok(sha.to_string());
+        }
+    }
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    Ok(crate::weights::sha256_hex(&bytes))
+}
+
 /// The brain-extraction network, loaded.
 pub struct BrainExtractor {
     module: CModule,
@@ -52,8 +68,7 @@ impl std::fmt::Debug for BrainExtractor {
 impl BrainExtractor {
     /// Loads the TorchScript module at `path` onto `device`.
     pub fn load(path: &Path, device: Device) -> Result<Self, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-        let sha = crate::weights::sha256_hex(&bytes);
+        let sha = weights_sha256(path)?;
         let mut module = CModule::load_on_device(path, device).map_err(|e| ModelError::Weights {
             path: path.to_path_buf(),
             reason: format!("not a TorchScript brain-extraction module (run scripts/setup.sh): {e}"),
@@ -62,7 +77,8 @@ impl BrainExtractor {
         Ok(Self { module, device, version: format!("hd-bet-fold0@{}", &sha[..12]) })
     }
 
-    /// Names the weights: `hd-bet-fold0@` and the first 12 hex digits of the file's sha256.
+    /// Names the weights: `hd-bet-fold0@` and the first 12 hex digits of the original weights'
+    /// sha256 (recorded beside the module at conversion; else the module file's own).
     pub fn version(&self) -> &str {
         &self.version
     }

@@ -65,6 +65,13 @@ pub struct AnalysisView {
     pub mean_uncertainty_wt: Option<f32>,
     /// Download of the per-voxel uncertainty map (NIfTI), when computed.
     pub uncertainty_url: Option<String>,
+    /// How the skull was stripped before analysis: the brain-extraction network's version,
+    /// `classical`, or `none (already skull-stripped)`.
+    #[serde(default)]
+    pub skull_strip: String,
+    /// Download of the brain mask (NIfTI, input grid) when the skull was stripped.
+    #[serde(default)]
+    pub brain_mask_url: Option<String>,
 }
 
 /// A case: status, inputs, stages and (when done) the analysis.

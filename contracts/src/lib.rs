@@ -290,6 +290,13 @@ pub struct ScanPreprocessed {
     /// sha256 of each input volume, keyed by modality, carried to the result.
     pub input_sha256: Vec<(String, String)>,
     pub preprocessed_at: DateTime<Utc>,
+    /// The brain mask (NIfTI, the input's grid) when the skull was stripped here.
+    #[serde(default)]
+    pub brain_mask: Option<ObjectRef>,
+    /// How the skull was stripped: the brain-extraction network's version, `classical`, or
+    /// `none (already skull-stripped)`; empty from older writers.
+    #[serde(default)]
+    pub skull_strip: String,
 }
 
 /// Class probabilities of the four classification tasks.
@@ -354,6 +361,12 @@ pub struct ScanAnalyzed {
     /// sha256 of every input (the modalities and the preprocessed tensor) behind this result.
     #[serde(default)]
     pub input_sha256: Vec<(String, String)>,
+    /// The brain mask the case was skull-stripped with, when it was (from preprocess).
+    #[serde(default)]
+    pub brain_mask: Option<ObjectRef>,
+    /// How the skull was stripped (see [`ScanPreprocessed::skull_strip`]).
+    #[serde(default)]
+    pub skull_strip: String,
 }
 
 /// `gmmas.<tenant>.case.failed`: a stage gave up on a case; `reason` is readable by a person.

@@ -1,5 +1,7 @@
 //! End-to-end: a DICOM study (zip) uploaded to the running system is analysed like the same
-//! case uploaded as NIfTI; a malformed study is refused whole; unstripped input fails with a reason.
+//! case uploaded as NIfTI; a real case inside a head with its skull is skull-stripped and
+//! analysed like its stripped original; a malformed study is refused whole; with skull stripping
+//! off, unstripped input fails with a reason.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step fails the test")]
 
 use std::time::Duration;
@@ -76,7 +78,7 @@ async fn a_dicom_study_is_analysed_like_the_same_case_in_nifti() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_study_is_refused_whole_and_unstripped_input_fails_with_a_reason() {
-    let sys = System::start(&[]).await.unwrap();
+    let sys = System::start(&[("GMMAS_SKULL_STRIP", "never")]).await.unwrap();
     let (case, _) = phantom_files(12, DIMS);
 
     // Not a zip.
@@ -116,5 +118,85 @@ async fn a_malformed_study_is_refused_whole_and_unstripped_input_fails_with_a_re
     // Only the unstripped case was recorded; nothing of the refused studies.
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM cases").fetch_one(&sys.db).await.unwrap();
     assert_eq!(n, 1);
+    sys.shutdown().await;
+}
+
+/// Dice of the whole tumour (labels > 0) of two label maps on one grid.
+fn whole_tumour_dice(a: &LabelVolume, b: &LabelVolume) -> f64 {
+    let (inter, sa, sb) = a.data.iter().zip(&b.data).fold((0, 0, 0), |(i, p, q), (x, y)| {
+        (i + usize::from(*x > 0 && *y > 0), p + usize::from(*x > 0), q + usize::from(*y > 0))
+    });
+    if sa + sb == 0 { 1.0 } else { 2.0 * inter as f64 / (sa + sb) as f64 }
+}
+
+/// A real BraTS case put back inside the MNI152 head (fetched by scripts/setup.sh), uploaded as
+/// an axial DICOM study: preprocess strips the skull, stores the brain mask, and the segmentation
+/// matches the stripped original's uploaded as NIfTI (bundled model).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_case_with_its_skull_is_stripped_and_analysed_like_the_stripped_original() {
+    let shared = std::env::var_os("GMMAS_SHARED_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    let dir = shared.join("brats/Brats18_2013_11_1");
+    let read = |p: std::path::PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let limits = Limits::default();
+    let original: Vec<(Modality, gmmas_imaging::Volume)> = Modality::ALL
+        .iter()
+        .map(|m| {
+            let p = dir.join(format!("Brats18_2013_11_1_{}.nii.gz", m.as_str()));
+            (*m, gmmas_imaging::read_volume(&read(p), &limits).unwrap())
+        })
+        .collect();
+    let cache = std::env::var_os("GMMAS_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/gmmas"));
+    let head = gmmas_imaging::read_volume(&read(cache.join("brain/MNI152_T1.nii.gz")), &limits).unwrap();
+    let head_mask = gmmas_imaging::read_labels(&read(cache.join("brain/MNI152_mask.nii.gz")), &limits).unwrap();
+    let headed = gmmas_phantom::skull::embed_in_head(&original, &head, &head_mask, 3).unwrap();
+
+    let bundled = gmmas_models::default_model_path();
+    let sys = System::start(&[("GMMAS_MODEL_PATH", bundled.to_str().unwrap())]).await.unwrap();
+    let nifti = original.iter().map(|(m, v)| (m.as_str(), gmmas_imaging::write_volume(v, true))).collect();
+    let (status, created) = sys.upload(TENANT, "stripped", nifti).await.unwrap();
+    assert_eq!(status, 201, "{created}");
+    let stripped_view =
+        sys.wait_case(TENANT, created["case_id"].as_str().unwrap(), Duration::from_secs(300)).await.unwrap();
+    assert_eq!(stripped_view["status"], "done", "{stripped_view}");
+    assert_eq!(stripped_view["analysis"]["skull_strip"], "none (already skull-stripped)");
+    assert!(stripped_view["analysis"]["brain_mask_url"].is_null());
+
+    let names = ["t1_se_tra", "t1_se_tra_post_gd", "t2_tse_tra", "t2_tirm_tra_dark-fluid"];
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (i, (_, v)) in headed.iter().enumerate() {
+        for f in write_series(v, &SynthSeries::new(i as i64 + 2, names[i], 2)).unwrap() {
+            w.start_file(f.name, zip::write::SimpleFileOptions::default()).unwrap();
+            std::io::Write::write_all(&mut w, &f.bytes).unwrap();
+        }
+    }
+    let form = vec![("study", w.finish().unwrap().into_inner())];
+    let (status, created) = sys.upload(TENANT, "headed", form).await.unwrap();
+    assert_eq!(status, 201, "{created}");
+    let headed_view =
+        sys.wait_case(TENANT, created["case_id"].as_str().unwrap(), Duration::from_secs(420)).await.unwrap();
+    assert_eq!(headed_view["status"], "done", "{headed_view}");
+    let method = headed_view["analysis"]["skull_strip"].as_str().unwrap();
+    assert!(method.starts_with("hd-bet-fold0@") || method == "classical", "{headed_view}");
+
+    // The brain mask is stored with the case and covers the original's brain.
+    let url = headed_view["analysis"]["brain_mask_url"].as_str().unwrap();
+    let bytes = sys.request(reqwest::Method::GET, url).send().await.unwrap().bytes().await.unwrap();
+    let mask = gmmas_imaging::read_labels(&bytes, &limits).unwrap();
+    let brain: Vec<bool> = (0..mask.data.len()).map(|i| original.iter().any(|(_, v)| v.data[i] != 0.0)).collect();
+    let got: Vec<bool> = mask.data.iter().map(|&m| m != 0).collect();
+    let mask_dice = gmmas_imaging::brainmask::dice(&got, &brain);
+
+    let a = download_seg(&sys, &stripped_view).await;
+    let b = download_seg(&sys, &headed_view).await;
+    let dice = whole_tumour_dice(&a, &gmmas_imaging::resample::resample_labels(&b, &a.grid).unwrap());
+    println!(
+        "skull-on DICOM study ({method}): brain mask Dice {mask_dice:.4}, whole-tumour Dice {dice:.4} against the stripped original"
+    );
+    assert!(mask_dice >= 0.95, "brain mask Dice {mask_dice}");
+    assert!(dice >= 0.98, "whole-tumour Dice {dice}");
     sys.shutdown().await;
 }

@@ -113,6 +113,8 @@ async fn stage_workers_analyse_and_curate_a_case_in_process() {
     let preprocessor = gmmas_preprocess::Preprocessor {
         opts: gmmas_imaging::PrepOptions::default(),
         limits: gmmas_imaging::Limits::default(),
+        strip: gmmas_models::SkullStrip::Auto,
+        extractor: None,
     };
     let pre = tokio::spawn(gmmas_runtime::worker::run(rt, Arc::new(preprocessor), shutdown.clone()));
     let rt = StageRuntime::start(&common(&sys), "infer", &shutdown).await.unwrap();

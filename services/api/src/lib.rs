@@ -191,7 +191,8 @@ async fn load_analysis(db: &PgPool, t: &TenantId, case_id: Uuid) -> Result<Optio
         "SELECT id, model_version, device, input_sha256, seg_sha256, ncr_ml, ed_ml, et_ml, wt_ml, tc_ml,
                 ncr_fraction, ed_fraction, et_fraction, p_grade_gbm, p_idh_mutant, p_codel_1p19q,
                 p_mgmt_methylated, missing_modalities, inference_ms, created_at,
-                mc_passes, probabilities_std, mean_uncertainty_wt, uncertainty_key
+                mc_passes, probabilities_std, mean_uncertainty_wt, uncertainty_key,
+                skull_strip, brain_mask_key
          FROM analyses WHERE case_id = $1",
     )
     .bind(case_id)
@@ -221,6 +222,10 @@ async fn load_analysis(db: &PgPool, t: &TenantId, case_id: Uuid) -> Result<Optio
         uncertainty_url: r
             .try_get::<Option<String>, _>("uncertainty_key")?
             .map(|_| format!("/api/v1/tenants/{t}/cases/{case_id}/uncertainty")),
+        skull_strip: r.try_get("skull_strip")?,
+        brain_mask_url: r
+            .try_get::<Option<String>, _>("brain_mask_key")?
+            .map(|_| format!("/api/v1/tenants/{t}/cases/{case_id}/brain-mask")),
     }))
 }
 
@@ -259,6 +264,14 @@ volume_route!(
     "uncertainty_key",
     "uncertainty_sha256",
     "uncertainty"
+);
+volume_route!(
+    brain_mask,
+    "/api/v1/tenants/{tenant}/cases/{case_id}/brain-mask",
+    "Brain mask NIfTI (gzip) on the input grid (1 = brain), when the skull was stripped; ETag = sha256",
+    "brain_mask_key",
+    "brain_mask_sha256",
+    "brain-mask"
 );
 
 /// One stored result volume of a case (columns name its key and hash).
@@ -332,6 +345,7 @@ pub fn routes(
         .route("/v1/tenants/{tenant}/cases/{case_id}", get(get_case))
         .route("/v1/tenants/{tenant}/cases/{case_id}/segmentation", get(segmentation))
         .route("/v1/tenants/{tenant}/cases/{case_id}/uncertainty", get(uncertainty))
+        .route("/v1/tenants/{tenant}/cases/{case_id}/brain-mask", get(brain_mask))
         .with_state(state);
     let api = gmmas_upload::routes(ingestor).merge(reads).merge(learning).merge(reports).merge(admin);
     Ok(Router::new().nest("/api", api).merge(openapi::routes()).merge(viewer))

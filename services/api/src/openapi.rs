@@ -26,6 +26,7 @@ pub const PATH: &str = "/api/v1/openapi.json";
         crate::get_case,
         crate::segmentation,
         crate::uncertainty,
+        crate::brain_mask,
         crate::viewer::volume,
         learning::put_classes,
         learning::put_segmentation,

@@ -259,6 +259,8 @@ impl StageWorker for Inferrer {
             device,
             inference_ms: out.inference_ms as u64,
             input_sha256: inputs,
+            brain_mask: msg.brain_mask.clone(),
+            skull_strip: msg.skull_strip.clone(),
         })
     }
 
@@ -271,8 +273,10 @@ impl StageWorker for Inferrer {
             "INSERT INTO analyses (id, case_id, model_version, input_sha256, device, seg_object_key, seg_sha256,
                 ncr_ml, ed_ml, et_ml, wt_ml, tc_ml, ncr_fraction, ed_fraction, et_fraction,
                 p_grade_gbm, p_idh_mutant, p_codel_1p19q, p_mgmt_methylated, missing_modalities, inference_ms,
-                mc_passes, probabilities_std, uncertainty_key, uncertainty_sha256, mean_uncertainty_wt)
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26)",
+                mc_passes, probabilities_std, uncertainty_key, uncertainty_sha256, mean_uncertainty_wt,
+                skull_strip, brain_mask_key, brain_mask_sha256)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26,
+                $27,$28,$29)",
         )
         .bind(a.analysis_id)
         .bind(a.case_id)
@@ -300,6 +304,9 @@ impl StageWorker for Inferrer {
         .bind(a.uncertainty.as_ref().map(|u| u.key.clone()))
         .bind(a.uncertainty.as_ref().map(|u| u.sha256.clone()))
         .bind(a.mean_uncertainty_wt)
+        .bind(&a.skull_strip)
+        .bind(a.brain_mask.as_ref().map(|m| m.key.clone()))
+        .bind(a.brain_mask.as_ref().map(|m| m.sha256.clone()))
         .execute(&mut *tx)
         .await?;
         db::audit(

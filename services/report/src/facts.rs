@@ -199,6 +199,8 @@ pub(crate) mod tests {
             device: "Cpu".into(),
             inference_ms: 1,
             input_sha256: vec![],
+            brain_mask: None,
+            skull_strip: String::new(),
         }
     }
 

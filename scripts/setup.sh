@@ -66,6 +66,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v dcmcjpeg >/dev/null 2>&1 || need+=(dcmtk)
 # dicom3tools: dciodvfy, the validator the DICOM SEG export must pass.
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+# elastix: the registration tool GMMAS's own rigid registration is compared with.
+command -v elastix >/dev/null 2>&1 || need+=(elastix)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -44,6 +44,18 @@ fn local_template() -> Option<PathBuf> {
     })
 }
 
+/// The brain-extraction network set-up converted: `GMMAS_BRAIN_MODEL_PATH`, else the cache's.
+fn local_brain_model() -> Option<PathBuf> {
+    if let Some(p) = gmmas_models::default_brain_model_path() {
+        return Some(p);
+    }
+    let cache = std::env::var_os("GMMAS_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/gmmas")))?;
+    let p = cache.join("brain").join(gmmas_models::brain::BRAIN_MODEL_FILE);
+    p.exists().then_some(p)
+}
+
 /// Installs the binaries with `deploy/docker/install.sh` under `root/opt/gmmas`, puts `model`
 /// where the image's bundled model is, and makes the tree read-only; returns the image's
 /// settings with `/opt/gmmas` moved under `root`.
@@ -65,6 +77,13 @@ fn install_image_layout(root: &Path, model: &Path) -> anyhow::Result<Vec<(String
     std::fs::copy(model, &bundled).with_context(|| format!("copying the model to {bundled}"))?;
     // Its description beside it (architecture, version), as every bundled model has.
     std::fs::copy(model.with_extension("json"), Path::new(&bundled).with_extension("json"))?;
+    // The image's brain-extraction network: this machine's, converted by scripts/setup.sh.
+    let brain = env["GMMAS_BRAIN_MODEL_PATH"].replace("/opt/gmmas", &prefix.display().to_string());
+    let local = local_brain_model().context("no brain-extraction network: run scripts/setup.sh")?;
+    std::fs::copy(&local, &brain).with_context(|| format!("copying {} to {brain}", local.display()))?;
+    if local.with_extension("json").exists() {
+        std::fs::copy(local.with_extension("json"), Path::new(&brain).with_extension("json"))?;
+    }
     let status = Command::new("chmod").args(["-R", "a-w"]).arg(&prefix).status()?;
     assert!(status.success());
     let prefix_s = prefix.display().to_string();

@@ -74,6 +74,17 @@ pub struct AnalysisView {
     pub brain_mask_url: Option<String>,
 }
 
+/// Results on one DICOM series' own grid (as acquired, before co-registration).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NativeSpaceView {
+    /// The sequence the series became.
+    pub sequence: String,
+    /// The series' grid size.
+    pub dims: Vec<u32>,
+    pub segmentation_url: String,
+    pub uncertainty_url: String,
+}
+
 /// A case: status, inputs, stages and (when done) the analysis.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CaseView {
@@ -88,6 +99,10 @@ pub struct CaseView {
     pub modalities: Vec<String>,
     pub stages: Vec<StageView>,
     pub analysis: Option<AnalysisView>,
+    /// For a DICOM study: the series whose own grid results can be had on, each with its
+    /// downloads (`.../native/{sequence}/segmentation` and `/uncertainty`).
+    #[serde(default)]
+    pub native_space: Vec<NativeSpaceView>,
 }
 
 /// One row of a tenant's case list.

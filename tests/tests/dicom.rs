@@ -73,6 +73,32 @@ async fn a_dicom_study_is_analysed_like_the_same_case_in_nifti() {
     println!("DICOM vs NIfTI path: {agree:.5} of voxels agree, whole-tumour Dice {dice:.4} ({sa} / {sb} voxels)");
     assert!(agree > 0.999, "only {agree} of voxels agree");
     assert!(dice >= 0.98, "whole-tumour Dice {dice}");
+
+    // Results on each series' own grid: the coronal T2's, brought back through world
+    // coordinates, agree with the case's.
+    assert!(nifti_view["native_space"].as_array().unwrap().is_empty(), "{nifti_view}");
+    let native = dicom_view["native_space"].as_array().unwrap();
+    assert_eq!(native.len(), 4, "{dicom_view}");
+    let t2 = native.iter().find(|n| n["sequence"] == "t2").unwrap();
+    let url = t2["segmentation_url"].as_str().unwrap();
+    let resp = sys.request(reqwest::Method::GET, url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let on_t2 = gmmas_imaging::read_labels(&resp.bytes().await.unwrap(), &Limits::default()).unwrap();
+    let dims: Vec<u64> = t2["dims"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+    assert_eq!(on_t2.grid.dims.map(|d| d as u64).to_vec(), dims);
+    assert_ne!(on_t2.grid.affine, b.grid.affine, "the T2 series is coronal, the case sagittal");
+    let back = gmmas_imaging::resample::resample_labels(&on_t2, &a.grid).unwrap();
+    let same = a.data.iter().zip(&back.data).filter(|(x, y)| x == y).count() as f64 / a.data.len() as f64;
+    assert!(same > 0.99, "only {same} of voxels agree through the T2 grid");
+    let bad = sys.request(reqwest::Method::GET, &url.replace("/t2/", "/dwi/")).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let none = nifti_view["case_id"].as_str().unwrap();
+    let resp = sys
+        .request(reqwest::Method::GET, &format!("/api/v1/tenants/{TENANT}/cases/{none}/native/t2/segmentation"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "a NIfTI case has no native space");
     sys.shutdown().await;
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod learning;
+mod native;
 pub mod openapi;
 pub mod report;
 pub mod viewer;
@@ -158,6 +159,7 @@ pub(crate) async fn get_case(
         })
         .collect();
     let analysis = load_analysis(&s.db, &t, id).await?;
+    let native_space = native::views(&s.db, &t, id).await?;
     Ok(Json(CaseView {
         case_id,
         tenant: t.to_string(),
@@ -170,6 +172,7 @@ pub(crate) async fn get_case(
         modalities: modalities.into_iter().map(|(m,)| m).collect(),
         stages,
         analysis,
+        native_space,
     }))
 }
 
@@ -346,6 +349,7 @@ pub fn routes(
         .route("/v1/tenants/{tenant}/cases/{case_id}/segmentation", get(segmentation))
         .route("/v1/tenants/{tenant}/cases/{case_id}/uncertainty", get(uncertainty))
         .route("/v1/tenants/{tenant}/cases/{case_id}/brain-mask", get(brain_mask))
+        .route("/v1/tenants/{tenant}/cases/{case_id}/native/{sequence}/{volume}", get(native::native_volume))
         .with_state(state);
     let api = gmmas_upload::routes(ingestor).merge(reads).merge(learning).merge(reports).merge(admin);
     Ok(Router::new().nest("/api", api).merge(openapi::routes()).merge(viewer))

@@ -27,6 +27,7 @@ pub const PATH: &str = "/api/v1/openapi.json";
         crate::segmentation,
         crate::uncertainty,
         crate::brain_mask,
+        crate::native::native_volume,
         crate::viewer::volume,
         learning::put_classes,
         learning::put_segmentation,

@@ -114,8 +114,9 @@ pub struct Upload {
     pub series: Vec<gmmas_dicom::Override>,
 }
 
-/// The volumes a study became, spooled, and the notes on how.
-type StudyVolumes = (Vec<(Modality, Spooled)>, Vec<String>);
+/// The volumes a study became, spooled, the notes on how, and each series' own grid (JSON:
+/// `[{sequence, grid, in_reference}]`, geometry only).
+type StudyVolumes = (Vec<(Modality, Spooled)>, Vec<String>, serde_json::Value);
 
 /// A DICOM study turned into the NIfTI volumes the rest of the path takes, each spooled as a
 /// `.nii.gz`; the notes say which series became which sequence. No DICOM header is kept.
@@ -149,7 +150,12 @@ fn study_to_volumes(
         let nifti = gmmas_imaging::write_volume(v, true);
         out.push((*m, Spooled::from_bytes(dir, &nifti).map_err(|e| anyhow::anyhow!(e))?));
     }
-    Ok((out, notes))
+    let native: Vec<serde_json::Value> = conv
+        .native
+        .iter()
+        .map(|n| serde_json::json!({ "sequence": n.sequence.as_str(), "grid": n.grid, "in_reference": n.in_reference }))
+        .collect();
+    Ok((out, notes, serde_json::Value::Array(native)))
 }
 
 pub use gmmas_contracts::http::CaseCreated;
@@ -199,7 +205,7 @@ impl Ingestor {
 
         // Decode and check every file off the async threads (decompression is CPU work).
         let limits = self.limits;
-        let (files, notes) = match upload.study {
+        let (files, notes, native) = match upload.study {
             Some(study) => {
                 let dir = self.admission.spool_dir();
                 let overrides = upload.series;
@@ -207,7 +213,7 @@ impl Ingestor {
                     .await
                     .context("DICOM conversion task")??
             }
-            None => (upload.files, Vec::new()),
+            None => (upload.files, Vec::new(), serde_json::Value::Null),
         };
         let (files, grids) =
             tokio::task::spawn_blocking(move || validate(files, &limits)).await.context("validation task")??;
@@ -216,7 +222,8 @@ impl Ingestor {
         let case_id = Uuid::new_v4();
         // The upload owns its objects until the commit; a refused or crashed upload leaves none.
         let owner = Uuid::new_v4();
-        let stored = self.store_and_commit(&tenant, &upload.case_ref, case_id, owner, replaced, &files, &grids).await;
+        let at = NewCase { tenant: &tenant, case_ref: &upload.case_ref, case_id, owner, replaced, native: &native };
+        let stored = self.store_and_commit(at, &files, &grids).await;
         let refs = match stored {
             Ok(refs) => refs,
             Err(e) => {
@@ -273,14 +280,11 @@ impl Ingestor {
     #[allow(clippy::too_many_arguments)]
     async fn store_and_commit(
         &self,
-        tenant: &TenantId,
-        case_ref: &str,
-        case_id: Uuid,
-        owner: Uuid,
-        replaced: Option<Uuid>,
+        at: NewCase<'_>,
         files: &[(Modality, Spooled)],
         grids: &[gmmas_imaging::Grid],
     ) -> Result<Vec<VolumeRef>, ApiError> {
+        let NewCase { tenant, case_ref, case_id, owner, replaced, native } = at;
         let db = &self.rt.db;
         let mut refs = Vec::with_capacity(files.len());
         for ((modality, spooled), grid) in files.iter().zip(grids) {
@@ -322,12 +326,13 @@ impl Ingestor {
             sqlx::query("DELETE FROM cases WHERE id = $1 AND status = 'failed'").bind(old).execute(&mut *tx).await?;
         }
         let inserted = sqlx::query(
-            "INSERT INTO cases (id, tenant_id, case_ref, status) VALUES ($1, $2, $3, 'received')
+            "INSERT INTO cases (id, tenant_id, case_ref, status, native_grids) VALUES ($1, $2, $3, 'received', $4)
              ON CONFLICT (tenant_id, case_ref) DO NOTHING",
         )
         .bind(case_id)
         .bind(tenant.as_str())
         .bind(case_ref)
+        .bind((!native.is_null()).then_some(native))
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -364,6 +369,19 @@ impl Ingestor {
         tx.commit().await?;
         Ok(refs)
     }
+}
+
+/// Who a new case is and what it replaces, for [`Ingestor::store_and_commit`].
+struct NewCase<'a> {
+    tenant: &'a TenantId,
+    case_ref: &'a str,
+    case_id: Uuid,
+    /// Owner of the objects until the commit.
+    owner: Uuid,
+    /// The failed case of the same reference this one replaces.
+    replaced: Option<Uuid>,
+    /// Each DICOM series' own grid (null for NIfTI uploads).
+    native: &'a serde_json::Value,
 }
 
 type Validated = (Vec<(Modality, Spooled)>, Vec<gmmas_imaging::Grid>);

@@ -2,92 +2,15 @@
 //! Euclidean distances in millimetres, components, hole filling) and a classical fallback
 //! extractor for when the brain-extraction network's weights are absent.
 
+use crate::distance::squared_distance_map;
 use crate::error::ImagingError;
 use crate::types::{Grid, LabelVolume, Volume, same_grid};
-
-/// Squared distance from each sample to the nearest sample with `f = 0`, along one line of
-/// samples `spacing` apart (lower envelope of parabolas, Felzenszwalb & Huttenlocher 2012).
-/// `f` holds squared distances already found along earlier axes (`INFINITY` = none yet).
-fn edt_line(f: &[f64], spacing: f64, out: &mut [f64], v: &mut [usize], z: &mut [f64]) {
-    let n = f.len();
-    let pos = |q: usize| q as f64 * spacing;
-    let mut k: usize = 0;
-    let mut any = false;
-    for q in 0..n {
-        if !f[q].is_finite() {
-            continue;
-        }
-        if !any {
-            v[0] = q;
-            z[0] = f64::NEG_INFINITY;
-            z[1] = f64::INFINITY;
-            any = true;
-            continue;
-        }
-        loop {
-            let p = v[k];
-            let s = ((f[q] + pos(q) * pos(q)) - (f[p] + pos(p) * pos(p))) / (2.0 * (pos(q) - pos(p)));
-            // z[0] is -inf, so k never underflows.
-            if s <= z[k] {
-                k -= 1;
-                continue;
-            }
-            k += 1;
-            v[k] = q;
-            z[k] = s;
-            z[k + 1] = f64::INFINITY;
-            break;
-        }
-    }
-    if !any {
-        out.fill(f64::INFINITY);
-        return;
-    }
-    let mut k = 0;
-    for (q, o) in out.iter_mut().enumerate() {
-        while z[k + 1] < pos(q) {
-            k += 1;
-        }
-        let d = pos(q) - pos(v[k]);
-        *o = d * d + f[v[k]];
-    }
-}
 
 /// Distance in millimetres (voxel spacing from `grid.pixdim`) from every voxel to the nearest
 /// voxel where `feature` is true; `INFINITY` everywhere when there is none.
 pub fn distance_mm(feature: &[bool], grid: &Grid) -> Vec<f32> {
-    let [nx, ny, nz] = grid.dims;
-    let mut d: Vec<f64> = feature.iter().map(|&b| if b { 0.0 } else { f64::INFINITY }).collect();
-    let longest = nx.max(ny).max(nz);
-    let (mut line, mut out) = (vec![0.0; longest], vec![0.0; longest]);
-    let (mut v, mut z) = (vec![0usize; longest], vec![0.0; longest + 1]);
-    let stride = [1, nx, nx * ny];
-    for axis in 0..3 {
-        let n = grid.dims[axis];
-        let spacing = f64::from(grid.pixdim[axis]).abs().max(1e-6);
-        let (a, b) = match axis {
-            0 => (ny, nz),
-            1 => (nx, nz),
-            _ => (nx, ny),
-        };
-        for j in 0..b {
-            for i in 0..a {
-                let start = match axis {
-                    0 => nx * (i + ny * j),
-                    1 => i + nx * ny * j,
-                    _ => i + nx * j,
-                };
-                for q in 0..n {
-                    line[q] = d[start + q * stride[axis]];
-                }
-                edt_line(&line[..n], spacing, &mut out[..n], &mut v, &mut z);
-                for q in 0..n {
-                    d[start + q * stride[axis]] = out[q];
-                }
-            }
-        }
-    }
-    d.into_iter().map(|x| x.sqrt() as f32).collect()
+    let spacing = grid.pixdim.map(|p| f64::from(p).abs().max(1e-6));
+    squared_distance_map(feature, grid.dims, spacing).into_iter().map(|d| d.sqrt() as f32).collect()
 }
 
 /// `mask` shrunk by a ball of `radius_mm`.

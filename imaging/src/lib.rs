@@ -4,6 +4,7 @@
 pub mod background;
 pub mod brainmask;
 pub mod brats;
+pub mod distance;
 mod error;
 pub mod nifti;
 pub mod orient;

@@ -103,7 +103,6 @@ pub fn surface(mask: &[bool], dims: [usize; 3]) -> Vec<bool> {
     out
 }
 
-
 /// Percentile `q` in `[0, 100]` with linear interpolation (numpy's default); None when empty.
 pub fn percentile(values: &mut [f64], q: f64) -> Option<f64> {
     if values.is_empty() {

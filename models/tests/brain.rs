@@ -1,6 +1,7 @@
 //! Skull stripping through libtorch: HD-BET's converted network on a real head with its skull
 //! (the MNI152 T1 template and its brain mask, fetched by scripts/setup.sh), the classical
-//! fallback through the same policy, and an already-stripped BraTS case left untouched.
+//! fallback through the same policy, and an already-stripped BraTS case (or, without the shared
+//! data, a phantom) left untouched.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failure should stop the test")]
 
 use std::path::{Path, PathBuf};
@@ -82,13 +83,18 @@ fn stripped_brats_case_passes_through_untouched() {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
     let dir = shared.join("brats/Brats18_2013_11_1");
-    let mut case: Vec<(Modality, Volume)> = Modality::ALL
-        .iter()
-        .map(|m| {
-            let p = dir.join(format!("Brats18_2013_11_1_{}.nii.gz", m.as_str()));
-            (*m, read_volume(&read(&p), &Limits::default()).unwrap())
-        })
-        .collect();
+    let mut case: Vec<(Modality, Volume)> = if dir.is_dir() {
+        Modality::ALL
+            .iter()
+            .map(|m| {
+                let p = dir.join(format!("Brats18_2013_11_1_{}.nii.gz", m.as_str()));
+                (*m, read_volume(&read(&p), &Limits::default()).unwrap())
+            })
+            .collect()
+    } else {
+        eprintln!("{} absent: a phantom (skull-stripped like BraTS) instead", dir.display());
+        gmmas_phantom::generate(&gmmas_phantom::PhantomConfig { dims: [96, 112, 80], seed: 5 }).volumes
+    };
     let before = case.clone();
     let x = extractor();
     let (mask, report) = strip_case(&mut case, SkullStrip::Auto, Some(&x)).unwrap();

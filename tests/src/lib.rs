@@ -545,3 +545,35 @@ pub fn phantom_files(seed: u64, dims: [usize; 3]) -> (PhantomCase, Vec<(&'static
     let files = case.volumes.iter().map(|(m, v)| (m.as_str(), gmmas_imaging::write_volume(v, true))).collect();
     (case, files)
 }
+
+/// The project's real cases, when present: `GMMAS_SHARED_DATA` when set (only there), else
+/// `../shared/data` beside the checkout.
+pub fn shared_data() -> Option<PathBuf> {
+    let dir = match std::env::var_os("GMMAS_SHARED_DATA") {
+        Some(p) => PathBuf::from(p),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+    };
+    dir.join("brats").is_dir().then_some(dir)
+}
+
+/// The four sequences of the real case `Brats18_2013_11_1` when the shared data is here, else
+/// of a full-size phantom (seed 13), with its name.
+pub fn real_case_or_phantom() -> (String, Vec<(gmmas_imaging::Modality, gmmas_imaging::Volume)>) {
+    let Some(dir) = shared_data().map(|d| d.join("brats/Brats18_2013_11_1")) else {
+        eprintln!("../shared/data absent (set GMMAS_SHARED_DATA): using a phantom");
+        return ("phantom-13".into(), generate(&PhantomConfig { dims: [240, 240, 155], seed: 13 }).volumes);
+    };
+    let volumes = gmmas_imaging::Modality::ALL
+        .iter()
+        .map(|m| {
+            let p = dir.join(format!("Brats18_2013_11_1_{}.nii.gz", m.as_str()));
+            let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (
+                *m,
+                gmmas_imaging::read_volume(&bytes, &gmmas_imaging::Limits::default())
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+            )
+        })
+        .collect();
+    ("Brats18_2013_11_1".into(), volumes)
+}

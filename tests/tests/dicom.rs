@@ -160,19 +160,11 @@ fn whole_tumour_dice(a: &LabelVolume, b: &LabelVolume) -> f64 {
 /// matches the stripped original's uploaded as NIfTI (bundled model).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_case_with_its_skull_is_stripped_and_analysed_like_the_stripped_original() {
-    let shared = std::env::var_os("GMMAS_SHARED_DATA")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
-    let dir = shared.join("brats/Brats18_2013_11_1");
-    let read = |p: std::path::PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let (name, original) = gmmas_e2e::real_case_or_phantom();
     let limits = Limits::default();
-    let original: Vec<(Modality, gmmas_imaging::Volume)> = Modality::ALL
-        .iter()
-        .map(|m| {
-            let p = dir.join(format!("Brats18_2013_11_1_{}.nii.gz", m.as_str()));
-            (*m, gmmas_imaging::read_volume(&read(p), &limits).unwrap())
-        })
-        .collect();
+    let read = |p: std::path::PathBuf| {
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", p.display()))
+    };
     let cache = std::env::var_os("GMMAS_CACHE")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/gmmas"));

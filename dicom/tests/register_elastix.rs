@@ -180,8 +180,11 @@ fn our_registration_agrees_with_elastix_on_known_motions() {
             "elastix_s": ela_s,
             "ours_s": ours_s,
         }));
+        // Checks the conversion of elastix's answer (a sign or axis error is off by centimetres);
+        // on the small phantom elastix itself lands farther from the truth (1.1 mm measured).
+        let sanity = if common::is_real() { 1.0 } else { 2.0 };
         assert!(
-            ela_truth_deg < 1.0 && ela_truth_mm < 1.0,
+            ela_truth_deg < sanity && ela_truth_mm < sanity,
             "{m}: elastix off the truth by {ela_truth_deg:.3}° / {ela_truth_mm:.3} mm: the comparison itself is wrong"
         );
         assert!(

@@ -5,12 +5,23 @@
 use gmmas_imaging::{Limits, Modality, Volume, nifti};
 use std::path::{Path, PathBuf};
 
-/// Four sequences of a real BraTS case when `../shared/data` is here, else of a phantom.
-pub fn case() -> Vec<(Modality, Volume)> {
+/// The real BraTS case's folder (`GMMAS_SHARED_DATA`, else `../shared/data` beside the checkout).
+fn real_case_dir() -> PathBuf {
     let shared = std::env::var_os("GMMAS_SHARED_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
-    let dir = shared.join("brats/Brats18_2013_11_1");
+    shared.join("brats/Brats18_2013_11_1")
+}
+
+/// Whether [`case`] gives the real case (else a phantom).
+#[allow(dead_code, reason = "not every test file that shares this module asks")]
+pub fn is_real() -> bool {
+    real_case_dir().is_dir()
+}
+
+/// Four sequences of a real BraTS case when `../shared/data` is here, else of a phantom.
+pub fn case() -> Vec<(Modality, Volume)> {
+    let dir = real_case_dir();
     if dir.is_dir() {
         return Modality::ALL
             .iter()

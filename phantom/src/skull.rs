@@ -9,17 +9,12 @@ use rand_chacha::ChaCha8Rng;
 /// Air noise as a share of a sequence's brain intensity (scanners never give zero background).
 const AIR_NOISE: f32 = 0.02;
 
-fn world(g: &gmmas_imaging::Grid, p: [f64; 3]) -> [f64; 3] {
-    let a = &g.affine;
-    [0, 1, 2].map(|r| a[r][0] * p[0] + a[r][1] * p[1] + a[r][2] * p[2] + a[r][3])
-}
-
 /// Centroid (world mm) and count of the voxels where `inside` holds.
 fn centroid(g: &gmmas_imaging::Grid, inside: impl Fn(usize) -> bool) -> ([f64; 3], usize) {
     let [nx, ny, _] = g.dims;
     let (mut sum, mut n) = ([0.0; 3], 0usize);
     for i in (0..g.nvox()).filter(|&i| inside(i)) {
-        let w = world(g, [(i % nx) as f64, ((i / nx) % ny) as f64, (i / (nx * ny)) as f64]);
+        let w = g.world([(i % nx) as f64, ((i / nx) % ny) as f64, (i / (nx * ny)) as f64]);
         for a in 0..3 {
             sum[a] += w[a];
         }
@@ -64,7 +59,7 @@ pub fn embed_in_head(
             if *x != 0.0 {
                 continue;
             }
-            let w = world(g, [(i % nx) as f64, ((i / nx) % ny) as f64, (i / (nx * ny)) as f64]);
+            let w = g.world([(i % nx) as f64, ((i / nx) % ny) as f64, (i / (nx * ny)) as f64]);
             let q = [0, 1, 2].map(|a| c_head[a] + (w[a] - c_case[a]) / s);
             let h = [0, 1, 2]
                 .map(|r| (to_head[r][0] * q[0] + to_head[r][1] * q[1] + to_head[r][2] * q[2] + to_head[r][3]).round());

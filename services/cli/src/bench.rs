@@ -37,6 +37,8 @@ pub struct BenchArgs {
     /// CPU threads for libtorch.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    #[command(flatten)]
+    pub torch: crate::bench_torch::TorchArgs,
 }
 
 /// Peak resident memory of this process so far, in MiB.
@@ -117,6 +119,9 @@ fn python_run(python: &str, script: &Path, args: &[&std::ffi::OsStr]) -> anyhow:
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     gmmas_models::set_threads(args.threads);
     println!("# gmmas bench ({} libtorch threads)", args.threads);
+    if args.torch.torch_python {
+        crate::bench_torch::run(&args.torch, &args.python, args.model.as_deref(), args.threads)?;
+    }
     if let Some(case) = &args.real_case {
         println!("## preprocessing of a real case: load 4 modalities + mask + clip/z-score + crop");
         let mut ours = Vec::new();

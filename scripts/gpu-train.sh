@@ -18,6 +18,9 @@
 #   cv, the full input for the rest, the no-global arm also without the tumour filter), the
 #   fold-0 models on the unseen phantom test set, and gmmas uncertainty (Fig. 5c) on fold 0.
 # Phase 4: scripts/v2-tables.py writes --results (JSON + Markdown per table, with this command).
+# Phase 5: inference performance on the device (gmmas bench --mc): one full real case with one
+#   pass (fp32 and, on CUDA, fp16), 5 MC passes on the tumour box and over every voxel, and
+#   cases/min with 1 and 2 replicas of the released model on one device; into --results/perf.
 #
 # On a lent GPU machine the real data does not travel with the checkout: scripts/gpu-pack.sh
 # packs it (and the binary) into parts, scripts/gpu-unpack.sh unpacks them there into
@@ -200,4 +203,15 @@ log "phase 4: tables"
 python3 "$root/scripts/v2-tables.py" --out "$out" --results "$results" --command "$command_line" \
   --folds "$folds" --ablation-folds "$abl_folds" --seconds "$seconds" --ssl-seconds "$ssl_seconds" \
   --device "$device" --smoke "$smoke" --wall-seconds "$(( $(date +%s) - t_start ))"
+log "phase 5: inference performance"
+mkdir -p "$results/perf"
+perf_case="$real/$(ls "$real" | grep -v '\.csv$' | head -n 1)"
+perf_model="$out/release/model.safetensors"
+[ -f "$perf_model" ] || perf_model="$root/models/weights/gmmas-small.safetensors"
+if "$gmmas" bench --mc-case "$perf_case" --model "$perf_model" --skip-pipeline --mc 5 --repeats 3 --queue 20 \
+  --workers 1,2 --json "$results/perf/bench.json" > "$results/perf/bench.txt" 2> "$out/logs/perf.log"; then
+  log "perf: $(grep -c . "$results/perf/bench.txt") lines in $results/perf/bench.txt"
+else
+  log "perf failed (see $out/logs/perf.log); the tables above stand"
+fi
 log "done in $(( $(date +%s) - t_start )) s: $results; release model: $out/release/model.safetensors"

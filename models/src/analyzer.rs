@@ -1,10 +1,11 @@
-//! `Analyzer`: a loaded (or freshly seeded) GMMAS model behind a mutex, the seam the services
-//! use; weights live in `<name>.safetensors` with a `<name>.json` sidecar (name, config, notes).
+//! `Analyzer`: a loaded (or freshly seeded) GMMAS model, one or more replicas of it each behind
+//! a mutex, the seam the services use; weights live in `<name>.safetensors` with a `.json` sidecar.
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, nn};
@@ -53,8 +54,9 @@ struct Inner {
     net: Net,
 }
 
-/// A GMMAS model ready for inference. `Send + Sync`: calls to [`Analyzer::analyze`] are
-/// serialised by an internal mutex (libtorch parallelises inside one call).
+/// A GMMAS model ready for inference. `Send + Sync`: each call to [`Analyzer::analyze`] takes
+/// one replica of the network (weights copied, see [`Analyzer::set_replicas`]); with one
+/// replica, calls are serialised (libtorch parallelises inside one call).
 pub struct Analyzer {
     name: String,
     version: String,
@@ -63,7 +65,9 @@ pub struct Analyzer {
     training: serde_json::Value,
     parameters: usize,
     temperature: [f64; TASKS],
-    inner: Mutex<Inner>,
+    inner: Vec<Mutex<Inner>>,
+    /// Replica that a caller finding every replica busy waits for next (round robin).
+    next: AtomicUsize,
 }
 
 impl std::fmt::Debug for Analyzer {
@@ -148,7 +152,7 @@ impl Analyzer {
         let cfg = net.config().clone();
         let parameters = net::parameter_count(&vs);
         let device = vs.device();
-        Ok(Self { name, version, cfg, device, training, parameters, temperature, inner: Mutex::new(Inner { vs, net }) })
+        Ok(Self { name, version, cfg, device, training, parameters, temperature, inner: vec![Mutex::new(Inner { vs, net })], next: AtomicUsize::new(0) })
     }
 
     /// Loads `<name>.safetensors` and its `<name>.json` sidecar. Errors name the file and
@@ -198,7 +202,8 @@ impl Analyzer {
             training: meta.training,
             parameters,
             temperature,
-            inner: Mutex::new(Inner { vs, net }),
+            inner: vec![Mutex::new(Inner { vs, net })],
+            next: AtomicUsize::new(0),
         })
     }
 
@@ -280,7 +285,9 @@ impl Analyzer {
     /// It is not a weight: the version (a hash of the weights) does not change, the saved
     /// config does.
     pub fn set_decoder_dropout(&mut self, p: f64) -> Result<(), ModelError> {
-        self.lock().net.set_decoder_dropout(p)?;
+        for replica in &mut self.inner {
+            replica.get_mut().unwrap_or_else(|e| e.into_inner()).net.set_decoder_dropout(p)?;
+        }
         self.cfg.decoder_dropout = p;
         Ok(())
     }
@@ -307,8 +314,36 @@ impl Analyzer {
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// A free replica, or (all busy) the next one in turn once it is free.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        for replica in &self.inner {
+            match replica.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.inner.len();
+        self.inner[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of replicas: how many analyses run at once.
+    pub fn replicas(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Keeps `n` (at least 1) replicas of the network, each a copy of the weights on this
+    /// model's device, so that `n` callers analyse at once (an infer service with `workers =
+    /// n`). Memory: one set of weights per replica, plus each running call's activations.
+    pub fn set_replicas(&mut self, n: usize) -> Result<(), ModelError> {
+        let n = n.max(1);
+        self.inner.truncate(n);
+        while self.inner.len() < n {
+            let (mut vs, net) = net::build(&self.cfg, self.device, None)?;
+            self.copy_weights_into(&mut vs)?;
+            self.inner.push(Mutex::new(Inner { vs, net }));
+        }
+        Ok(())
     }
 
     /// Segments one case and predicts the four tasks.
@@ -327,9 +362,18 @@ impl Analyzer {
         opts: &InferOptions,
     ) -> Result<Prediction, ModelError> {
         infer::validate_input(input, dims, present, opts)?;
+        let filled = match opts.missing_fill {
+            crate::missing::MissingFill::Zero => None,
+            crate::missing::MissingFill::Substitute => crate::missing::substitute(input, dims.iter().product(), present),
+        };
+        let (input, present) = filled.as_ref().map_or((input, present), |(v, p)| (v.as_slice(), *p));
+        if opts.half && !self.device.is_cuda() {
+            return Err(ModelError::Input(format!("half precision runs on CUDA only; this model is on {:?}", self.device)));
+        }
         let inner = self.lock();
         let device = self.device;
-        guarded(|| tch::no_grad(|| infer::run(&inner.net, device, self.case(input, dims, present), opts)))
+        let run = || tch::no_grad(|| infer::run(&inner.net, device, self.case(input, dims, present), opts));
+        guarded(|| if opts.half { tch::autocast(true, run) } else { run() })
     }
 
     /// Stage I of the semi-supervised method (paper III-F, [`crate::ssl::pseudo`]): runs
@@ -434,6 +478,7 @@ pub fn now_rfc3339() -> String {
 mod tests {
     use super::*;
     use crate::infer::TaskProbabilities;
+    use tch::Tensor;
 
     fn assert_send_sync<T: Send + Sync>() {}
 
@@ -701,10 +746,80 @@ mod tests {
         assert!(one.uncertainty.is_none());
 
         let a0 = Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.0), 2, Device::Cpu).unwrap();
-        let p0 = a0.analyze(&input, dims, [true; 4], &opts).unwrap();
+        let p0 = a0.analyze(&input, dims, [true; 4], &InferOptions { mc_roi: false, ..opts }).unwrap();
         assert!(p0.uncertainty.unwrap().iter().all(|&v| v == 0.0));
         assert_eq!(p0.task_std, Some(TaskProbabilities::default()));
         let det = a0.analyze(&input, dims, [true; 4], &InferOptions::default()).unwrap();
         assert_eq!(det.labels, p0.labels);
+    }
+
+    #[test]
+    fn mc_passes_on_the_region_of_interest_agree_with_full_passes() {
+        let dims = [40, 32, 24];
+        let input = case(dims, [true; 4]);
+        let full = InferOptions { mc_passes: 4, mc_roi: false, postprocess: crate::PostProcess::None, ..Default::default() };
+        let roi = InferOptions { mc_roi: true, ..full };
+        // Without dropout every pass must reproduce the first, on the crop as over the window.
+        let a0 = Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.0), 4, Device::Cpu).unwrap();
+        let pf = a0.analyze(&input, dims, [true; 4], &full).unwrap();
+        let pr = a0.analyze(&input, dims, [true; 4], &roi).unwrap();
+        assert_eq!(pf.labels, pr.labels);
+        let worst = pr.uncertainty.unwrap().into_iter().fold(0f32, f32::max);
+        assert!(worst < 1e-4, "passes on the crop differ from the first by {worst}");
+        // With dropout: every grouping of the passes runs and spreads.
+        let a = Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.2).with_decoder_dropout(0.1), 4, Device::Cpu)
+            .unwrap();
+        for batch in [0, 1, 2] {
+            let pr = a.analyze(&input, dims, [true; 4], &InferOptions { mc_batch: batch, ..roi }).unwrap();
+            check_labels(&pr, input.len() / 4);
+            let u = pr.uncertainty.as_ref().unwrap();
+            assert!(u.iter().all(|v| v.is_finite() && *v >= 0.0) && u.iter().any(|&v| v > 0.0), "mc_batch {batch}");
+            assert!(pr.task_std.unwrap().to_array().iter().any(|&v| v > 0.0));
+        }
+
+        // A network that finds no tumour: the later passes decode nothing, so the voxels keep
+        // the first pass (uncertainty exactly 0) while the classifier still varies.
+        let mut quiet =
+            Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.3).with_decoder_dropout(0.1), 5, Device::Cpu)
+                .unwrap();
+        tch::no_grad(|| {
+            let inner = quiet.inner[0].get_mut().unwrap();
+            let mut vars = inner.vs.variables();
+            let bias = vars.iter_mut().find(|(k, _)| k.ends_with("decoder.seg_head.bias")).map(|(_, v)| v).unwrap();
+            bias.copy_(&Tensor::from_slice(&[40f32, -40.0, -40.0, -40.0]));
+        });
+        let p = quiet.analyze(&input, dims, [true; 4], &roi).unwrap();
+        assert!(p.labels.iter().all(|&l| l == 0));
+        assert!(p.uncertainty.unwrap().iter().all(|&v| v == 0.0));
+        assert!(p.task_std.unwrap().to_array().iter().any(|&v| v > 0.0));
+    }
+
+    #[test]
+    fn replicas_analyse_at_once_with_the_same_result() {
+        let dims = [24, 24, 16];
+        let input = case(dims, [true; 4]);
+        let mut a = Analyzer::new_seeded(ModelConfig::tiny(), 6, Device::Cpu).unwrap();
+        let opts = InferOptions::default();
+        let one = a.analyze(&input, dims, [true; 4], &opts).unwrap();
+        let e = a.analyze(&input, dims, [true; 4], &InferOptions { half: true, ..opts }).unwrap_err().to_string();
+        assert!(e.contains("CUDA only"), "{e}");
+        let version = a.version().to_string();
+        a.set_replicas(2).unwrap();
+        assert_eq!(a.replicas(), 2);
+        assert_eq!(a.version(), version);
+        let a = std::sync::Arc::new(a);
+        let results: Vec<Prediction> = std::thread::scope(|s| {
+            let runs: Vec<_> = (0..4)
+                .map(|_| {
+                    let (a, input) = (a.clone(), &input);
+                    s.spawn(move || a.analyze(input, dims, [true; 4], &opts).unwrap())
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        for p in results {
+            assert_eq!(p.labels, one.labels);
+            assert_eq!(p.probabilities, one.probabilities);
+        }
     }
 }

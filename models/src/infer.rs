@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::ModelError;
 use crate::config::{BACKBONE_STRIDE, MODALITIES, ModelConfig, SEG_CLASSES, TASKS};
-use crate::net::{Encoded, GlobalContext, Net};
+use crate::net::{DecoderCrop, Encoded, GlobalContext, Net, NetOutput};
 
 /// Probability of the positive class of each task.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -53,7 +53,35 @@ pub struct InferOptions {
     /// Small-ET rule: when the predicted enhancing tumour has fewer voxels than this, it is
     /// relabelled as necrosis (0 = off). Applied after `postprocess`.
     pub min_et_voxels: usize,
+    /// MC passes after the first run the decoder only over the box where the first pass
+    /// finds tumour (foreground probability above 0.05, grown by 4 voxels, plus 24 voxels of
+    /// context that are computed and discarded); elsewhere every pass keeps the first pass's
+    /// probabilities, so the uncertainty there is 0. Off: every pass covers every voxel.
+    #[serde(default = "default_true")]
+    pub mc_roi: bool,
+    /// MC passes run together in one forward (0 = all at once). More uses more memory.
+    #[serde(default)]
+    pub mc_batch: usize,
+    /// What the network reads in place of a missing sequence.
+    #[serde(default)]
+    pub missing_fill: crate::missing::MissingFill,
+    /// Half precision on CUDA (libtorch autocast: convolutions and matrix products in fp16,
+    /// reductions and softmax in fp32). Refused on the CPU.
+    #[serde(default)]
+    pub half: bool,
 }
+
+fn default_true() -> bool {
+    true
+}
+
+/// Foreground probability above which the first MC pass marks the region of interest.
+const ROI_THRESHOLD: f64 = 0.05;
+/// Voxels added around the region of interest before its MC passes are kept.
+const ROI_MARGIN: i64 = 4;
+/// Voxels of decoder context computed around the kept region and discarded: the decoder's
+/// border effects (zero padding, clamped upsampling) reach about 16 voxels into a crop.
+const ROI_CONTEXT: i64 = 24;
 
 impl Default for InferOptions {
     fn default() -> Self {
@@ -64,6 +92,10 @@ impl Default for InferOptions {
             postprocess: crate::PostProcess::default(),
             tta_flips: false,
             min_et_voxels: 0,
+            mc_roi: true,
+            mc_batch: 0,
+            missing_fill: crate::missing::MissingFill::Zero,
+            half: false,
         }
     }
 }
@@ -213,6 +245,25 @@ struct Engine<'a> {
     batch: usize,
     /// Per-task temperature `[1, TASKS, 1]` dividing the task logits (None = all 1).
     temperature: Option<Tensor>,
+    /// MC passes after the first decode only the region of interest ([`InferOptions::mc_roi`]).
+    mc_roi: bool,
+    /// MC passes per forward ([`InferOptions::mc_batch`]; 0 = all).
+    mc_batch: usize,
+}
+
+/// Where the later MC passes of one window decode: the decoder crop and, inside it, the box
+/// whose probabilities they keep (window voxels `[z, y, x]`; None when the first pass found
+/// no tumour in the window).
+struct Roi {
+    crop: DecoderCrop,
+    keep: Option<([i64; 3], [i64; 3])>,
+}
+
+/// Whole-volume sums that the windows of every pass add to.
+struct Sums {
+    probs: Tensor,
+    fg: Vec<Tensor>,
+    votes: TaskVotes,
 }
 
 impl Engine<'_> {
@@ -260,7 +311,8 @@ impl Engine<'_> {
         let crops: Vec<Tensor> = chunk.iter().map(|s| Self::region(&self.padded, 2, *s, w)).collect();
         let x = Tensor::cat(&crops, 0);
         drop(crops);
-        let enc = self.net.encode(&x, &[self.present], false)?;
+        let mut enc = self.net.encode(&x, &[self.present], false)?;
+        enc.drop_stem();
         Ok((enc, self.boxes(chunk)))
     }
 
@@ -268,7 +320,11 @@ impl Engine<'_> {
     /// and the positive-class probability of each task, window-major, with each task's logits
     /// divided by its temperature.
     fn pass(&self, enc: &Encoded, ctx: Option<GlobalContext<'_>>, mc: bool) -> Result<(Tensor, Vec<f32>), ModelError> {
-        let out = self.net.head(enc, ctx, false, mc)?;
+        self.probabilities(self.net.head(enc, ctx, false, mc)?)
+    }
+
+    /// Class probabilities and temperature-scaled task probabilities of a head's output.
+    fn probabilities(&self, out: NetOutput) -> Result<(Tensor, Vec<f32>), ModelError> {
         let p = out.seg.softmax(1, Kind::Float);
         drop(out.seg);
         let logits = match &self.temperature {
@@ -284,35 +340,134 @@ impl Engine<'_> {
     fn run(&self, passes: usize, mc: bool) -> Result<Accumulated, ModelError> {
         let [nz, ny, nx] = self.shape.map(|v| v as i64);
         let device = self.padded.device();
-        let probs = Tensor::zeros([SEG_CLASSES as i64, nz, ny, nx], (Kind::Float, device));
-        let fg: Vec<Tensor> = if passes > 1 {
-            (0..passes).map(|_| Tensor::zeros([nz, ny, nx], (Kind::Float, device))).collect()
-        } else {
-            Vec::new()
+        let mut sums = Sums {
+            probs: Tensor::zeros([SEG_CLASSES as i64, nz, ny, nx], (Kind::Float, device)),
+            fg: if passes > 1 {
+                (0..passes).map(|_| Tensor::zeros([nz, ny, nx], (Kind::Float, device))).collect()
+            } else {
+                Vec::new()
+            },
+            votes: TaskVotes::new(passes),
         };
-        let mut votes = TaskVotes::new(passes);
         let windows = self.windows();
+        let roi = mc && passes > 1 && self.mc_roi;
         for chunk in windows.chunks(self.batch.max(1)) {
             let (enc, boxes) = self.encode(chunk)?;
             let ctx = self.global.as_ref().map(|features| GlobalContext { features, boxes: &boxes });
+            if roi {
+                self.run_roi(&enc, &boxes, chunk, passes, &mut sums)?;
+                continue;
+            }
             for k in 0..passes {
                 let (p_all, task_p) = self.pass(&enc, ctx, mc)?;
                 for (i, s) in chunk.iter().enumerate() {
-                    let v = self.valid(*s);
-                    let g = Self::region(&self.gauss, 0, [0; 3], v);
-                    let p = Self::region(&p_all.get(i as i64), 1, [0; 3], v);
-                    let gp = &p * &g;
-                    let _ = Self::region(&probs, 1, *s, v).g_add_(&gp);
-                    let fg_w = &g - gp.get(0);
-                    // Per-pass foreground maps are kept only with more than one pass.
-                    if let Some(fg_k) = fg.get(k) {
-                        let _ = Self::region(fg_k, 0, *s, v).g_add_(&fg_w);
-                    }
-                    votes.add(k, fg_w.sum(Kind::Double).double_value(&[]), &task_p[i * TASKS..(i + 1) * TASKS]);
+                    self.add(&mut sums, k, *s, &p_all.get(i as i64), &task_p[i * TASKS..(i + 1) * TASKS]);
                 }
             }
         }
-        Ok(Accumulated { probs, fg, tasks: votes.finish(windows.len()) })
+        Ok(Accumulated { probs: sums.probs, fg: sums.fg, tasks: sums.votes.finish(windows.len()) })
+    }
+
+    /// Adds pass `k`'s class probabilities `[C, z, y, x]` of the window at `s` (Gaussian
+    /// weighted) and its task vote.
+    fn add(&self, sums: &mut Sums, k: usize, s: [usize; 3], p: &Tensor, task_p: &[f32]) {
+        let v = self.valid(s);
+        let g = Self::region(&self.gauss, 0, [0; 3], v);
+        let p = Self::region(p, 1, [0; 3], v);
+        let gp = &p * &g;
+        let _ = Self::region(&sums.probs, 1, s, v).g_add_(&gp);
+        let fg_w = &g - gp.get(0);
+        // Per-pass foreground maps are kept only with more than one pass.
+        if let Some(fg_k) = sums.fg.get(k) {
+            let _ = Self::region(fg_k, 0, s, v).g_add_(&fg_w);
+        }
+        sums.votes.add(k, fg_w.sum(Kind::Double).double_value(&[]), task_p);
+    }
+
+    /// MC passes of a batch of windows with [`InferOptions::mc_roi`]: the first pass over the
+    /// whole windows, then per window the other passes, `mc_batch` at a time, with the decoder
+    /// on the window's region of interest only.
+    fn run_roi(
+        &self,
+        enc: &Encoded,
+        boxes: &[[f32; 6]],
+        chunk: &[[usize; 3]],
+        passes: usize,
+        sums: &mut Sums,
+    ) -> Result<(), ModelError> {
+        let ctx = self.global.as_ref().map(|features| GlobalContext { features, boxes });
+        let (out, fusion) = self.net.head_with_fusion(enc, ctx, true)?;
+        let (p_all, task_p) = self.probabilities(out)?;
+        let per_forward = if self.mc_batch == 0 { passes - 1 } else { self.mc_batch.min(passes - 1) };
+        for (i, s) in chunk.iter().enumerate() {
+            let p0 = p_all.get(i as i64);
+            self.add(sums, 0, *s, &p0, &task_p[i * TASKS..(i + 1) * TASKS]);
+            let roi = self.roi(&p0, *s)?;
+            let one = enc.sample(i as i64);
+            let fusion_i = fusion.as_ref().map(|f| f.narrow(0, i as i64, 1));
+            let mut k = 1;
+            while k < passes {
+                let n = per_forward.min(passes - k);
+                let copies = one.copies(n as i64)?;
+                let boxes_n = vec![boxes[i]; n];
+                let ctx_n = self.global.as_ref().map(|features| GlobalContext { features, boxes: &boxes_n });
+                let out = self.net.head_crop(&copies, ctx_n, true, roi.crop, fusion_i.as_ref())?;
+                let (p_crop, task_n) = self.probabilities(out)?;
+                for j in 0..n {
+                    let p = match roi.keep {
+                        None => p0.shallow_clone(),
+                        Some((lo, size)) => {
+                            let p = p0.copy();
+                            let at: [i64; 3] = std::array::from_fn(|a| lo[a] - roi.crop.lo[a]);
+                            let src = p_crop.get(j as i64).narrow(1, at[0], size[0]).narrow(2, at[1], size[1]).narrow(
+                                3,
+                                at[2],
+                                size[2],
+                            );
+                            p.narrow(1, lo[0], size[0]).narrow(2, lo[1], size[1]).narrow(3, lo[2], size[2]).copy_(&src);
+                            p
+                        }
+                    };
+                    self.add(sums, k + j, *s, &p, &task_n[j * TASKS..(j + 1) * TASKS]);
+                }
+                k += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// The region of interest of the window at `s` from its first pass's class
+    /// probabilities `[C, z, y, x]`.
+    fn roi(&self, p0: &Tensor, s: [usize; 3]) -> Result<Roi, ModelError> {
+        let v = self.valid(s);
+        let w = self.plan.window.map(|x| x as i64);
+        let stride = BACKBONE_STRIDE as i64;
+        let fg = Self::region(&p0.get(0), 0, [0; 3], v).lt(1.0 - ROI_THRESHOLD);
+        let along = |keep: usize| -> Result<Option<(i64, i64)>, ModelError> {
+            let others: Vec<i64> = (0..3).filter(|&a| a != keep).map(|a| a as i64).collect();
+            let hit = fg.any_dims(others.as_slice(), false).nonzero().to_device(Device::Cpu);
+            let idx = Vec::<i64>::try_from(&hit.flatten(0, -1))?;
+            Ok(idx.first().copied().zip(idx.last().copied()))
+        };
+        let mut keep_lo = [0; 3];
+        let mut keep_size = [0; 3];
+        let mut crop = DecoderCrop { lo: [0; 3], size: [stride; 3] };
+        for a in 0..3 {
+            let Some((first, last)) = along(a)? else {
+                // No tumour in this window: the later passes only need the classifier; the
+                // smallest crop keeps the decoder's cost negligible.
+                return Ok(Roi { crop, keep: None });
+            };
+            let lo = (first - ROI_MARGIN).max(0);
+            let hi = (last + 1 + ROI_MARGIN).min(v[a]);
+            keep_lo[a] = lo;
+            keep_size[a] = hi - lo;
+            let c_lo = ((lo - ROI_CONTEXT).max(0) / stride) * stride;
+            let c_hi = ((hi + ROI_CONTEXT + stride - 1) / stride * stride).min(w[a]);
+            crop.lo[a] = c_lo;
+            crop.size[a] = c_hi - c_lo;
+        }
+        Ok(Roi { crop, keep: Some((keep_lo, keep_size)) })
     }
 }
 
@@ -514,7 +669,19 @@ fn setup<'a>(
         let t: Vec<f32> = temperature.iter().map(|&t| t as f32).collect();
         Some(Tensor::from_slice(&t).view([1, TASKS as i64, 1]).to_device(device))
     };
-    let engine = Engine { net, padded, shape, plan, gauss, present, global, batch: opts.batch.max(1), temperature };
+    let engine = Engine {
+        net,
+        padded,
+        shape,
+        plan,
+        gauss,
+        present,
+        global,
+        batch: opts.batch.max(1),
+        temperature,
+        mc_roi: opts.mc_roi,
+        mc_batch: opts.mc_batch,
+    };
     let mut weight_sum = Tensor::zeros([nz as i64, ny as i64, nx as i64], (Kind::Float, device));
     for s in engine.windows() {
         let v = engine.valid(s);

@@ -92,6 +92,38 @@ pub fn apply_drop<'a>(
     Some((Cow::Owned(owned), kept))
 }
 
+/// How the network's input is completed where a sequence is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingFill {
+    /// The channel stays zero and its presence flag is cleared: the modality stems' weighted
+    /// average (eq. 1) leaves it out.
+    #[default]
+    Zero,
+    /// The channel gets a present sequence of similar contrast (see [`STAND_INS`]) and is
+    /// flagged present, so the network reads a complete input.
+    Substitute,
+}
+
+/// For each channel (t1, t1ce, t2, flair), the sequences that stand in for it when it is
+/// missing, best first: T1 and T1CE share their T1 weighting; FLAIR and T2 both show oedema
+/// bright (T2 also shows CSF bright, which FLAIR suppresses).
+pub const STAND_INS: [[usize; 3]; MODALITIES] = [[1, 3, 2], [0, 3, 2], [3, 1, 0], [2, 1, 0]];
+
+/// The input with every missing channel filled by its first present stand-in and flagged
+/// present; None when nothing is missing (or nothing is present).
+pub fn substitute(image: &[f32], voxels: usize, present: [bool; MODALITIES]) -> Option<(Vec<f32>, [bool; MODALITIES])> {
+    if present.iter().all(|&p| p) || !present.contains(&true) {
+        return None;
+    }
+    let mut owned = image.to_vec();
+    for m in (0..MODALITIES).filter(|&m| !present[m]) {
+        let Some(&src) = STAND_INS[m].iter().find(|&&s| present[s]) else { continue };
+        owned.copy_within(src * voxels..(src + 1) * voxels, m * voxels);
+    }
+    Some((owned, [true; MODALITIES]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +177,23 @@ mod tests {
         assert_eq!(p, present);
         // Nothing left.
         assert!(apply_drop(&image, voxels, present, &[true, false, true, true]).is_none());
+    }
+
+    #[test]
+    fn substitution_fills_each_missing_channel_from_its_stand_in() {
+        let voxels = 2;
+        let image = [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0];
+        assert!(substitute(&image, voxels, [true; 4]).is_none());
+        // FLAIR missing: T2 stands in.
+        let (img, p) = substitute(&image, voxels, [true, true, true, false]).unwrap();
+        assert_eq!(p, [true; 4]);
+        assert_eq!(img, [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 3.0, 3.0]);
+        // T1CE and T2 missing (the weak cases): T1 for T1CE, FLAIR for T2.
+        let (img, _) = substitute(&image, voxels, [true, false, false, true]).unwrap();
+        assert_eq!(img, [1.0, 1.0, 1.0, 1.0, 4.0, 4.0, 4.0, 4.0]);
+        // Only T1 left: it stands in for everything.
+        let (img, _) = substitute(&image, voxels, [true, false, false, false]).unwrap();
+        assert_eq!(img, [1.0; 8]);
     }
 
     /// `evaluate` with a drop mask runs the model on the reduced input: dropping FLAIR

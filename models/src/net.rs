@@ -420,13 +420,25 @@ impl ChannelAttentionFusion {
     }
 
     fn forward(&self, backbone: &Tensor, global: &Tensor) -> Tensor {
+        self.forward_weights(backbone, global, None).0
+    }
+
+    /// [`ChannelAttentionFusion::forward`] that also returns the channel weights
+    /// `[B, C, 1, 1, 1]`, or applies `weights` (from a pass over a larger region) instead of
+    /// pooling over this one.
+    fn forward_weights(&self, backbone: &Tensor, global: &Tensor, weights: Option<&Tensor>) -> (Tensor, Tensor) {
         let cat = Tensor::cat(&[backbone, global], 1);
-        let b = cat.size()[0];
-        let mlp = |v: &Tensor| self.fc2.forward(&self.fc1.forward(v).relu());
-        let avg = cat.mean_dim(&[2i64, 3, 4][..], false, Kind::Float);
-        let max = cat.amax(&[2i64, 3, 4][..], false);
-        let att = (mlp(&avg) + mlp(&max)).sigmoid().view([b, self.width, 1, 1, 1]);
-        self.out.forward(&(cat * att))
+        let att = match weights {
+            Some(w) => w.shallow_clone(),
+            None => {
+                let b = cat.size()[0];
+                let mlp = |v: &Tensor| self.fc2.forward(&self.fc1.forward(v).relu());
+                let avg = cat.mean_dim(&[2i64, 3, 4][..], false, Kind::Float);
+                let max = cat.amax(&[2i64, 3, 4][..], false);
+                (mlp(&avg) + mlp(&max)).sigmoid().view([b, self.width, 1, 1, 1])
+            }
+        };
+        (self.out.forward(&(cat * &att)), att)
     }
 }
 
@@ -586,6 +598,41 @@ pub struct GlobalContext<'a> {
     pub boxes: &'a [[f32; 6]],
 }
 
+/// A box of a window, in full-resolution voxels `[z, y, x]` (start and size multiples of
+/// [`BACKBONE_STRIDE`]), on which [`Net::head_crop`] runs the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderCrop {
+    pub lo: [i64; 3],
+    pub size: [i64; 3],
+}
+
+/// What a head pass needs beyond the features: an optional decoder crop with the decoder
+/// fusion's channel weights to reuse, and where to put the taps.
+#[derive(Default)]
+struct HeadPlan<'a> {
+    crop: Option<DecoderCrop>,
+    fusion: Option<&'a Tensor>,
+    decoder_first: Option<Tensor>,
+    fusion_out: Option<Tensor>,
+}
+
+/// `[z0, y0, x0, z1, y1, x1]` (fractions of the volume) of `crop` inside a window of `window`
+/// voxels whose own box is `b`.
+fn sub_box(b: &[f32; 6], window: [i64; 3], crop: &DecoderCrop) -> [f32; 6] {
+    let mut out = [0f32; 6];
+    for a in 0..3 {
+        let span = b[a + 3] - b[a];
+        out[a] = b[a] + span * crop.lo[a] as f32 / window[a] as f32;
+        out[a + 3] = b[a] + span * (crop.lo[a] + crop.size[a]) as f32 / window[a] as f32;
+    }
+    out
+}
+
+/// The `[.., z, y, x]` region of `t` starting at `lo` with `size` voxels.
+fn narrow3(t: &Tensor, lo: [i64; 3], size: [i64; 3]) -> Tensor {
+    t.narrow(2, lo[0], size[0]).narrow(3, lo[1], size[1]).narrow(4, lo[2], size[2])
+}
+
 /// The GMMAS network. Build it on a `VarStore` path; all sizes come from [`ModelConfig`].
 #[derive(Debug)]
 pub struct Net {
@@ -731,7 +778,50 @@ impl Net {
         train: bool,
         mc: bool,
     ) -> Result<NetOutput, ModelError> {
-        self.head_tapped(enc, global, train, mc, &mut None)
+        self.head_impl(enc, global, train, mc, &mut HeadPlan::default())
+    }
+
+    /// [`Net::head`] without training that also returns the decoder fusion's channel weights
+    /// (`[B, C, 1, 1, 1]`; None without the global branch) for [`Net::head_crop`].
+    pub fn head_with_fusion(
+        &self,
+        enc: &Encoded,
+        global: Option<GlobalContext<'_>>,
+        mc: bool,
+    ) -> Result<(NetOutput, Option<Tensor>), ModelError> {
+        let mut plan = HeadPlan::default();
+        let out = self.head_impl(enc, global, false, mc, &mut plan)?;
+        Ok((out, plan.fusion_out))
+    }
+
+    /// [`Net::head`] without training whose decoder covers only `crop` of the window: the
+    /// bottleneck and the classifier still see the whole window, the decoder reads the crop of
+    /// every skip level, and its global fusion applies `fusion` (weights of a whole-window pass
+    /// of the same features) instead of pooling over the crop. Away from the crop's faces the
+    /// segmentation logits equal those of the whole-window head.
+    pub fn head_crop(
+        &self,
+        enc: &Encoded,
+        global: Option<GlobalContext<'_>>,
+        mc: bool,
+        crop: DecoderCrop,
+        fusion: Option<&Tensor>,
+    ) -> Result<NetOutput, ModelError> {
+        let window = spatial(&enc.feats[0]);
+        let s = BACKBONE_STRIDE as i64;
+        for a in 0..3 {
+            let (lo, size) = (crop.lo[a], crop.size[a]);
+            if lo < 0 || size <= 0 || lo % s != 0 || size % s != 0 || lo + size > window[a] {
+                return Err(ModelError::Input(format!(
+                    "decoder crop {crop:?} must lie in the window {window:?} on multiples of {s}"
+                )));
+            }
+        }
+        if self.fuse_decoder.is_some() && fusion.is_none() {
+            return Err(ModelError::Input("a decoder crop needs the fusion weights of a whole-window pass".into()));
+        }
+        let mut plan = HeadPlan { crop: Some(crop), fusion, ..HeadPlan::default() };
+        self.head_impl(enc, global, false, mc, &mut plan)
     }
 
     /// [`Net::forward`] that also returns the feature maps the adaptation module's
@@ -744,10 +834,11 @@ impl Net {
         train: bool,
     ) -> Result<(NetOutput, FeatureTaps), ModelError> {
         let enc = self.encode(x, present, train)?;
-        let mut decoder_first = None;
-        let out = self.head_tapped(&enc, global, train, false, &mut decoder_first)?;
-        let decoder_first =
-            decoder_first.ok_or_else(|| ModelError::Internal("decoder produced no first-level features".into()))?;
+        let mut plan = HeadPlan::default();
+        let out = self.head_impl(&enc, global, train, false, &mut plan)?;
+        let decoder_first = plan
+            .decoder_first
+            .ok_or_else(|| ModelError::Internal("decoder produced no first-level features".into()))?;
         let taps = FeatureTaps {
             encoder_first: enc.stem.shallow_clone(),
             encoder_last: enc.feats[enc.feats.len() - 1].shallow_clone(),
@@ -762,13 +853,13 @@ impl Net {
         enc.feats[enc.feats.len() - 1].mean_dim(&[2i64, 3, 4][..], false, Kind::Float)
     }
 
-    fn head_tapped(
+    fn head_impl(
         &self,
         enc: &Encoded,
         global: Option<GlobalContext<'_>>,
         train: bool,
         mc: bool,
-        decoder_first: &mut Option<Tensor>,
+        plan: &mut HeadPlan<'_>,
     ) -> Result<NetOutput, ModelError> {
         let b = enc.batch;
         let ctx = match (&self.global, global) {
@@ -795,9 +886,23 @@ impl Net {
         }
         let tasks = self.classifier.forward(&feats[3], &h, drop);
 
+        // The decoder's inputs: the whole window, or the crop of every level and its box.
+        let mut skips: Vec<Tensor> = feats[..3].iter().map(Tensor::shallow_clone).collect();
+        let mut crop_boxes = None;
+        if let Some(c) = plan.crop {
+            let window = spatial(&feats[0]);
+            let at = |l: u32| (c.lo.map(|v| v >> l), c.size.map(|v| v >> l));
+            let (lo, size) = at(3);
+            h = narrow3(&h, lo, size);
+            for (l, skip) in skips.iter_mut().enumerate() {
+                let (lo, size) = at(l as u32);
+                *skip = narrow3(&feats[l], lo, size);
+            }
+            crop_boxes = ctx.map(|ctx| ctx.boxes.iter().map(|b| sub_box(b, window, &c)).collect::<Vec<_>>());
+        }
         let dec = &self.decoder;
         for l in (0..3).rev() {
-            let skip = &feats[l];
+            let skip = &skips[l];
             h = dec.reduce[l].forward(&h);
             h = h.upsample_trilinear3d(spatial(skip), false, None, None, None);
             h = add(h, skip);
@@ -806,11 +911,14 @@ impl Net {
                 h = dropout(&h, self.cfg.decoder_dropout, drop);
             }
             if l == 2 {
-                *decoder_first = Some(h.shallow_clone());
+                plan.decoder_first = Some(h.shallow_clone());
             }
             if let (1, Some(fuse), Some(ctx)) = (l, &self.fuse_decoder, ctx) {
-                let g = crop_resample(&ctx.features.decoder, ctx.boxes, spatial(&h));
-                h = fuse.forward(&h, &g);
+                let boxes = crop_boxes.as_deref().unwrap_or(ctx.boxes);
+                let g = crop_resample(&ctx.features.decoder, boxes, spatial(&h));
+                let (fused, weights) = fuse.forward_weights(&h, &g, plan.fusion);
+                h = fused;
+                plan.fusion_out = Some(weights);
             }
         }
         let seg = dec.head.forward(&h);
@@ -848,6 +956,46 @@ pub struct Encoded {
 }
 
 impl Encoded {
+    /// Samples in the batch.
+    pub fn batch(&self) -> i64 {
+        self.batch
+    }
+
+    /// Frees the stem's feature map (full resolution; only the adaptation module's taps read
+    /// it), which inference does not need while the head runs.
+    pub fn drop_stem(&mut self) {
+        self.stem = Tensor::new();
+    }
+
+    /// Sample `i` of the batch alone (views, no copy).
+    pub fn sample(&self, i: i64) -> Encoded {
+        let one = |t: &Tensor| t.narrow(0, i, 1);
+        Encoded {
+            stem: if self.stem.defined() { one(&self.stem) } else { Tensor::new() },
+            feats: self.feats.iter().map(one).collect(),
+            present: vec![self.present[i as usize]],
+            batch: 1,
+        }
+    }
+
+    /// `n` copies of a one-sample batch for independent dropout passes through the head:
+    /// only the deepest level is repeated; the skips keep batch 1 and broadcast in the
+    /// decoder.
+    pub fn copies(&self, n: i64) -> Result<Encoded, ModelError> {
+        if self.batch != 1 || n < 1 {
+            return Err(ModelError::Input(format!("{n} copies of a batch of {} (needs one sample)", self.batch)));
+        }
+        let mut feats: Vec<Tensor> = self.feats.iter().map(Tensor::shallow_clone).collect();
+        let last = feats.len() - 1;
+        feats[last] = feats[last].repeat([n, 1, 1, 1, 1]);
+        Ok(Encoded {
+            stem: self.stem.shallow_clone(),
+            feats,
+            present: vec![self.present[0]; n as usize],
+            batch: n,
+        })
+    }
+
     /// Width of the deepest encoder level (what [`Encoded::with_channel_mask`] masks).
     pub fn deepest_channels(&self) -> i64 {
         self.feats[self.feats.len() - 1].size()[1]
@@ -900,6 +1048,49 @@ mod tests {
 
     fn subsets() -> Vec<[bool; MODALITIES]> {
         (1..16u8).map(|m| std::array::from_fn(|i| m & (1 << i) != 0)).collect()
+    }
+
+    #[test]
+    fn decoder_crop_matches_the_whole_window_away_from_its_faces() {
+        let cfg = ModelConfig::tiny();
+        let (_vs, net) = build(&cfg, Device::Cpu, Some(3)).unwrap();
+        let x = Tensor::randn([1, 4, 80, 64, 48], (Kind::Float, Device::Cpu));
+        tch::no_grad(|| {
+            let enc = net.encode(&x, &[[true; MODALITIES]], false).unwrap();
+            let gf = net.global_features(&net.global_input(&x), &[[true; MODALITIES]], false).unwrap().unwrap();
+            let boxes = [[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]];
+            let ctx = Some(GlobalContext { features: &gf, boxes: &boxes });
+            let (full, fusion) = net.head_with_fusion(&enc, ctx, false).unwrap();
+            let fusion = fusion.unwrap();
+            let crop = DecoderCrop { lo: [16, 8, 0], size: [48, 48, 48] };
+            let part = net.head_crop(&enc, ctx, false, crop, Some(&fusion)).unwrap();
+            assert_eq!(part.seg.size(), [1, 4, 48, 48, 48]);
+            assert!(part.tasks.allclose(&full.tasks, 1e-6, 1e-6, false), "the classifier sees the whole window");
+            let want = narrow3(&full.seg, crop.lo, crop.size);
+            // Where the crop touches the window's faces (x here) nothing differs; 16 voxels
+            // inside its other faces the decoder's border effects no longer reach.
+            let inner = |t: &Tensor| t.narrow(2, 16, 16).narrow(3, 16, 16);
+            let diff = (inner(&part.seg) - inner(&want)).abs().max().double_value(&[]);
+            let scale = want.abs().max().double_value(&[]);
+            assert!(diff < 1e-4 * scale.max(1.0), "inside the crop: {diff} (logits up to {scale})");
+            let edge = (part.seg.narrow(2, 0, 1) - want.narrow(2, 0, 1)).abs().max().double_value(&[]);
+            assert!(edge > 0.0, "the crop's own face sees zero padding, so it must differ there");
+            // Copies: independent dropout masks, the same shapes, the classifier per copy.
+            let three = enc.copies(3).unwrap();
+            let boxes3 = [boxes[0]; 3];
+            let ctx3 = Some(GlobalContext { features: &gf, boxes: &boxes3 });
+            let mc = net.head_crop(&three, ctx3, true, crop, Some(&fusion)).unwrap();
+            assert_eq!(mc.seg.size(), [3, 4, 48, 48, 48]);
+            assert_eq!(mc.tasks.size(), [3, 4, 2]);
+            assert!(!mc.seg.get(0).allclose(&mc.seg.get(1), 1e-6, 1e-6, false), "each copy draws its own dropout");
+            // Misaligned or outside crops are refused by name.
+            let bad = DecoderCrop { lo: [4, 0, 0], size: [16, 16, 16] };
+            let e = net.head_crop(&enc, ctx, false, bad, Some(&fusion)).unwrap_err().to_string();
+            assert!(e.contains("multiples of 8"), "{e}");
+            let out = DecoderCrop { lo: [40, 56, 0], size: [16, 16, 16] };
+            assert!(net.head_crop(&enc, ctx, false, out, Some(&fusion)).is_err());
+            assert!(net.head_crop(&enc, ctx, false, crop, None).is_err());
+        });
     }
 
     #[test]

@@ -65,6 +65,20 @@ pub struct InferFlags {
     /// Small-ET rule: a predicted enhancing tumour of fewer voxels becomes necrosis (0 = off).
     #[arg(long, default_value_t = 0)]
     pub min_et_voxels: usize,
+    /// MC passes after the first decode every voxel, not only the tumour's box (slower; the
+    /// uncertainty away from the tumour is then measured instead of 0).
+    #[arg(long)]
+    pub mc_full: bool,
+    /// MC passes per forward (0 = all at once; fewer use less memory).
+    #[arg(long, default_value_t = 0)]
+    pub mc_batch: usize,
+    /// In place of a missing sequence: `zero` (left out of the stems' average) or
+    /// `substitute` (a present sequence of similar contrast: T2 for FLAIR, T1 for T1CE, ...).
+    #[arg(long, default_value = "zero")]
+    pub fill: String,
+    /// Half precision (fp16 autocast; CUDA only).
+    #[arg(long)]
+    pub half: bool,
 }
 
 impl InferFlags {
@@ -76,11 +90,20 @@ impl InferFlags {
             "none" => gmmas_models::PostProcess::None,
             other => anyhow::bail!("--postprocess {other:?}: expected tumor-filter, largest-component or none"),
         };
+        let missing_fill = match self.fill.as_str() {
+            "zero" => gmmas_models::missing::MissingFill::Zero,
+            "substitute" => gmmas_models::missing::MissingFill::Substitute,
+            other => anyhow::bail!("--fill {other:?}: expected zero or substitute"),
+        };
         Ok(InferOptions {
             mc_passes,
             postprocess,
             tta_flips: self.tta,
             min_et_voxels: self.min_et_voxels,
+            mc_roi: !self.mc_full,
+            mc_batch: self.mc_batch,
+            missing_fill,
+            half: self.half,
             ..InferOptions::default()
         })
     }

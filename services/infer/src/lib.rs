@@ -39,6 +39,16 @@ pub struct InferConfig {
     pub overlap: f32,
     /// MC-Dropout passes (0 = one deterministic pass).
     pub mc_passes: usize,
+    /// MC passes after the first decode only the tumour's box (false: every voxel each pass).
+    pub mc_roi: bool,
+    /// MC passes per forward (0 = all at once).
+    pub mc_batch: usize,
+    /// In place of a missing sequence: `zero` (the `incomplete` model, when there is one,
+    /// serves such cases) or `substitute` (a present sequence of similar contrast stands in and
+    /// the `complete` model serves every case).
+    pub missing_fill: gmmas_models::missing::MissingFill,
+    /// Half precision on CUDA (fp16 autocast); refused on the CPU.
+    pub half: bool,
     /// CPU threads for libtorch (0 = libtorch's default).
     pub threads: usize,
     /// Label cleanup: `tumor_filter` (Algorithm 1), `largest_component` or `none`.
@@ -65,6 +75,10 @@ impl Default for InferConfig {
             device: "auto".into(),
             overlap: 0.5,
             mc_passes: 0,
+            mc_roi: true,
+            mc_batch: 0,
+            missing_fill: gmmas_models::missing::MissingFill::Zero,
+            half: false,
             threads: 0,
             postprocess: gmmas_models::PostProcess::default(),
             tta_flips: false,
@@ -77,20 +91,38 @@ impl Default for InferConfig {
 
 /// The model serving one role, swapped whole when the registry promotes another: a case
 /// takes the `Arc` once and keeps that model to the end, so no case mixes two models.
+/// Every model it holds keeps `replicas` copies of its network, one per worker.
 #[derive(Debug)]
-pub struct ModelSlot(std::sync::RwLock<Arc<Analyzer>>);
+pub struct ModelSlot {
+    model: std::sync::RwLock<Arc<Analyzer>>,
+    replicas: std::sync::atomic::AtomicUsize,
+}
 
 impl ModelSlot {
     pub fn new(model: Analyzer) -> Self {
-        ModelSlot(std::sync::RwLock::new(Arc::new(model)))
+        ModelSlot { model: std::sync::RwLock::new(Arc::new(model)), replicas: 1.into() }
     }
 
     pub fn get(&self) -> Arc<Analyzer> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.model.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn replace(&self, model: Analyzer) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(model);
+    /// Serves `model` (with this slot's replica count) from now on.
+    pub fn replace(&self, mut model: Analyzer) -> Result<(), gmmas_models::ModelError> {
+        model.set_replicas(self.replicas.load(std::sync::atomic::Ordering::Relaxed))?;
+        *self.model.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(model);
+        Ok(())
+    }
+
+    /// Keeps `n` replicas of the served model and of every model served later (before any
+    /// case has taken the model).
+    pub fn set_replicas(&mut self, n: usize) -> Result<(), gmmas_models::ModelError> {
+        *self.replicas.get_mut() = n.max(1);
+        let model = self.model.get_mut().unwrap_or_else(|e| e.into_inner());
+        match Arc::get_mut(model) {
+            Some(m) => m.set_replicas(n),
+            None => Err(gmmas_models::ModelError::Internal("the served model is in use; replicas not changed".into())),
+        }
     }
 }
 
@@ -121,10 +153,20 @@ impl Inferrer {
     /// The model for a case with these sequences present.
     pub fn model_for(&self, modalities: &[String]) -> Arc<Analyzer> {
         let present = Modality::ALL.map(|m| modalities.iter().any(|x| x == m.as_str()));
+        let substitute = self.opts.missing_fill == gmmas_models::missing::MissingFill::Substitute;
         match &self.incomplete_model {
-            Some(m) if gmmas_models::needs_adapted_model(present) => m.get(),
+            Some(m) if !substitute && gmmas_models::needs_adapted_model(present) => m.get(),
             _ => self.model.get(),
         }
+    }
+
+    /// One replica of each served model per worker, so that `workers` cases run at once.
+    pub fn set_replicas(&mut self, n: usize) -> Result<(), gmmas_models::ModelError> {
+        self.model.set_replicas(n)?;
+        if let Some(m) = &mut self.incomplete_model {
+            m.set_replicas(n)?;
+        }
+        Ok(())
     }
 
     fn slot(&self, role: Role) -> Option<&ModelSlot> {
@@ -176,7 +218,10 @@ fn follow_registry(
                     Ok(Some(model)) => {
                         tracing::info!(from = %serving, to = model.version(), role = role.as_str(), "switching model");
                         let version = model.version().to_string();
-                        slot.replace(model);
+                        if let Err(e) = slot.replace(model) {
+                            tracing::error!(error = %e, version = %current, "the promoted model could not be replicated; still serving the previous one");
+                            continue;
+                        }
                         if let Some(m) = &worker.metrics {
                             report_serving(&rt, m, role, &version).await;
                         }
@@ -330,6 +375,9 @@ pub async fn run(config: InferConfig) -> anyhow::Result<()> {
         gmmas_models::set_threads(config.threads);
     }
     let device = gmmas_models::parse_device(&config.device).context("setting `device`")?;
+    if config.half && !device.is_cuda() {
+        anyhow::bail!("setting `half`: half precision runs on CUDA only, and `device` is {device:?}");
+    }
     let model = registry::load_current(&rt.bus, &rt.db, Some(Path::new(&config.model_path)), device, Role::Complete)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no current model"))?;
@@ -355,6 +403,10 @@ pub async fn run(config: InferConfig) -> anyhow::Result<()> {
         InferOptions {
             overlap: config.overlap,
             mc_passes: config.mc_passes,
+            mc_roi: config.mc_roi,
+            mc_batch: config.mc_batch,
+            missing_fill: config.missing_fill,
+            half: config.half,
             postprocess: config.postprocess,
             tta_flips: config.tta_flips,
             min_et_voxels: config.min_et_voxels,
@@ -363,6 +415,7 @@ pub async fn run(config: InferConfig) -> anyhow::Result<()> {
         (config.inference_deadline_s > 0.0).then(|| Duration::from_secs_f64(config.inference_deadline_s)),
     );
     worker.metrics = Some(infer_metrics);
+    worker.set_replicas(config.common.workers).context("copying the model for each worker")?;
     let worker = Arc::new(worker);
     let poll = Duration::from_secs_f64(config.model_poll_s.max(0.5));
     follow_registry(rt.clone(), worker.clone(), device, poll, shutdown.clone());

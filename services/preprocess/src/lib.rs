@@ -78,22 +78,35 @@ impl StageWorker for Preprocessor {
 
     async fn work(&self, attempt: &Attempt, msg: &ScanIngested) -> Result<ScanPreprocessed, StageError> {
         let started = std::time::Instant::now();
-        let mut inputs = Vec::with_capacity(msg.volumes.len());
+        let mut modalities = Vec::with_capacity(msg.volumes.len());
         for v in &msg.volumes {
-            let modality = Modality::parse(&v.modality).ok_or_else(|| {
+            modalities.push(Modality::parse(&v.modality).ok_or_else(|| {
                 StageError::Permanent(format!("unknown modality {:?} in the ingested case", v.modality))
-            })?;
-            inputs.push((modality, attempt.get_object(&v.object).await?));
+            })?);
         }
+        // The volumes are fetched at once, then decoded one per thread.
+        let fetched = futures::future::try_join_all(msg.volumes.iter().map(|v| attempt.get_object(&v.object))).await?;
+        let inputs: Vec<_> = modalities.into_iter().zip(fetched).collect();
         let opts = self.opts.clone();
         let limits = self.limits;
         let (strip, extractor) = (self.strip, self.extractor.clone());
         let prepared = tokio::task::spawn_blocking(move || -> Result<Prepared, String> {
-            let mut volumes = Vec::with_capacity(inputs.len());
-            for (m, bytes) in &inputs {
-                let v = gmmas_imaging::read_volume(bytes, &limits).map_err(|e| format!("{}: {e}", m.as_str()))?;
-                volumes.push((*m, v));
-            }
+            let mut volumes = std::thread::scope(|s| {
+                let decoding: Vec<_> = inputs
+                    .iter()
+                    .map(|(m, bytes)| {
+                        s.spawn(move || {
+                            gmmas_imaging::read_volume(bytes, &limits)
+                                .map(|v| (*m, v))
+                                .map_err(|e| format!("{}: {e}", m.as_str()))
+                        })
+                    })
+                    .collect();
+                decoding
+                    .into_iter()
+                    .map(|d| d.join().unwrap_or_else(|_| Err("decoding a volume panicked".to_string())))
+                    .collect::<Result<Vec<_>, String>>()
+            })?;
             let guard = match (&extractor, gmmas_models::needs_stripping(&volumes, strip)) {
                 (Some(x), true) => Some(x.lock().map_err(|_| "the brain-extraction network is unusable".to_string())?),
                 _ => None,

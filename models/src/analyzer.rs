@@ -152,7 +152,17 @@ impl Analyzer {
         let cfg = net.config().clone();
         let parameters = net::parameter_count(&vs);
         let device = vs.device();
-        Ok(Self { name, version, cfg, device, training, parameters, temperature, inner: vec![Mutex::new(Inner { vs, net })], next: AtomicUsize::new(0) })
+        Ok(Self {
+            name,
+            version,
+            cfg,
+            device,
+            training,
+            parameters,
+            temperature,
+            inner: vec![Mutex::new(Inner { vs, net })],
+            next: AtomicUsize::new(0),
+        })
     }
 
     /// Loads `<name>.safetensors` and its `<name>.json` sidecar. Errors name the file and
@@ -364,11 +374,16 @@ impl Analyzer {
         infer::validate_input(input, dims, present, opts)?;
         let filled = match opts.missing_fill {
             crate::missing::MissingFill::Zero => None,
-            crate::missing::MissingFill::Substitute => crate::missing::substitute(input, dims.iter().product(), present),
+            crate::missing::MissingFill::Substitute => {
+                crate::missing::substitute(input, dims.iter().product(), present)
+            }
         };
         let (input, present) = filled.as_ref().map_or((input, present), |(v, p)| (v.as_slice(), *p));
         if opts.half && !self.device.is_cuda() {
-            return Err(ModelError::Input(format!("half precision runs on CUDA only; this model is on {:?}", self.device)));
+            return Err(ModelError::Input(format!(
+                "half precision runs on CUDA only; this model is on {:?}",
+                self.device
+            )));
         }
         let inner = self.lock();
         let device = self.device;
@@ -757,7 +772,8 @@ mod tests {
     fn mc_passes_on_the_region_of_interest_agree_with_full_passes() {
         let dims = [40, 32, 24];
         let input = case(dims, [true; 4]);
-        let full = InferOptions { mc_passes: 4, mc_roi: false, postprocess: crate::PostProcess::None, ..Default::default() };
+        let full =
+            InferOptions { mc_passes: 4, mc_roi: false, postprocess: crate::PostProcess::None, ..Default::default() };
         let roi = InferOptions { mc_roi: true, ..full };
         // Without dropout every pass must reproduce the first, on the crop as over the window.
         let a0 = Analyzer::new_seeded(ModelConfig::tiny().with_dropout(0.0), 4, Device::Cpu).unwrap();

@@ -419,11 +419,11 @@ impl Engine<'_> {
                         Some((lo, size)) => {
                             let p = p0.copy();
                             let at: [i64; 3] = std::array::from_fn(|a| lo[a] - roi.crop.lo[a]);
-                            let src = p_crop.get(j as i64).narrow(1, at[0], size[0]).narrow(2, at[1], size[1]).narrow(
-                                3,
-                                at[2],
-                                size[2],
-                            );
+                            let src = p_crop
+                                .get(j as i64)
+                                .narrow(1, at[0], size[0])
+                                .narrow(2, at[1], size[1])
+                                .narrow(3, at[2], size[2]);
                             p.narrow(1, lo[0], size[0]).narrow(2, lo[1], size[1]).narrow(3, lo[2], size[2]).copy_(&src);
                             p
                         }

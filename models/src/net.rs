@@ -988,12 +988,7 @@ impl Encoded {
         let mut feats: Vec<Tensor> = self.feats.iter().map(Tensor::shallow_clone).collect();
         let last = feats.len() - 1;
         feats[last] = feats[last].repeat([n, 1, 1, 1, 1]);
-        Ok(Encoded {
-            stem: self.stem.shallow_clone(),
-            feats,
-            present: vec![self.present[0]; n as usize],
-            batch: n,
-        })
+        Ok(Encoded { stem: self.stem.shallow_clone(), feats, present: vec![self.present[0]; n as usize], batch: n })
     }
 
     /// Width of the deepest encoder level (what [`Encoded::with_channel_mask`] masks).

@@ -93,7 +93,7 @@ impl Default for InferOptions {
             tta_flips: false,
             min_et_voxels: 0,
             mc_roi: true,
-            mc_batch: 0,
+            mc_batch: 1,
             missing_fill: crate::missing::MissingFill::Zero,
             half: false,
         }

@@ -70,7 +70,7 @@ pub struct InferFlags {
     #[arg(long)]
     pub mc_full: bool,
     /// MC passes per forward (0 = all at once; fewer use less memory).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 1)]
     pub mc_batch: usize,
     /// In place of a missing sequence: `zero` (left out of the stems' average) or
     /// `substitute` (a present sequence of similar contrast: T2 for FLAIR, T1 for T1CE, ...).

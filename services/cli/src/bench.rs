@@ -39,10 +39,12 @@ pub struct BenchArgs {
     pub threads: usize,
     #[command(flatten)]
     pub torch: crate::bench_torch::TorchArgs,
+    #[command(flatten)]
+    pub mc: crate::bench_mc::McArgs,
 }
 
 /// Peak resident memory of this process so far, in MiB.
-fn peak_rss_mib() -> f64 {
+pub(crate) fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -121,6 +123,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("# gmmas bench ({} libtorch threads)", args.threads);
     if args.torch.torch_python {
         crate::bench_torch::run(&args.torch, &args.python, args.model.as_deref(), args.threads)?;
+    }
+    if args.mc.mc > 0 || args.mc.queue > 0 {
+        let case = args
+            .mc
+            .mc_case
+            .as_ref()
+            .or(args.real_case.as_ref())
+            .ok_or_else(|| anyhow::anyhow!("--mc and --queue need a case folder: --mc-case (or --real-case)"))?;
+        let model_path = args.model.clone().unwrap_or_else(gmmas_models::default_model_path);
+        crate::bench_mc::run_sections(&args.mc, case, &model_path, args.repeats)?;
+    }
+    if args.mc.skip_pipeline {
+        return Ok(());
     }
     if let Some(case) = &args.real_case {
         println!("## preprocessing of a real case: load 4 modalities + mask + clip/z-score + crop");

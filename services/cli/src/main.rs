@@ -4,6 +4,7 @@
 mod access;
 mod analyze;
 mod bench;
+mod bench_mc;
 mod bench_torch;
 mod calibrate;
 mod cases;

@@ -76,7 +76,7 @@ impl Default for InferConfig {
             overlap: 0.5,
             mc_passes: 0,
             mc_roi: true,
-            mc_batch: 0,
+            mc_batch: 1,
             missing_fill: gmmas_models::missing::MissingFill::Zero,
             half: false,
             threads: 0,

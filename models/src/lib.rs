@@ -25,6 +25,7 @@ pub mod missing;
 pub mod net;
 pub mod partial;
 pub mod postprocess;
+pub mod probe;
 pub mod ssl;
 pub mod train;
 pub mod uncertainty;

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use gmmas_models::train::{Batch, TrainConfig, Trainer};
+use gmmas_models::probe::{InferenceProbe, random_train_batch, write_logit_check};
+use gmmas_models::train::{TrainConfig, Trainer};
 use gmmas_models::{Analyzer, Device};
 use serde_json::{Value, json};
-use tch::{Kind, Tensor};
 
 /// Largest logit difference between tch and the replica for the comparison to count.
 const CHECK_TOL: f64 = 1e-3;
@@ -172,29 +172,6 @@ fn interleaved(
     Ok((t, p))
 }
 
-/// The batch `bench_step` and `torch_net.py` use: random patch and labels, three task labels.
-fn train_batch(b: i64, [d, h, w]: [i64; 3]) -> Batch {
-    Batch {
-        image: Tensor::randn([b, 4, d, h, w], (Kind::Float, Device::Cpu)),
-        seg: Tensor::randint(4, [b, d, h, w], (Kind::Int64, Device::Cpu)),
-        tasks: vec![[Some(true), Some(false), None, Some(true)]; b as usize],
-        present: vec![[true; 4]; b as usize],
-        global: None,
-        soft: None,
-    }
-}
-
-/// Eval-mode outputs of the model on a small seeded input, written for `torch_net.py --check`.
-fn write_check(model: &Path, path: &Path) -> anyhow::Result<()> {
-    tch::manual_seed(7);
-    let x = Tensor::randn([1, 4, 32, 48, 40], (Kind::Float, Device::Cpu));
-    let trainer = Trainer::from_weights(model, TrainConfig::default(), Device::Cpu)?;
-    let out = tch::no_grad(|| trainer.net().forward(&x, &[[true; 4]], None, false, false))?;
-    let present = Tensor::ones([1, 4], (Kind::Float, Device::Cpu));
-    Tensor::write_safetensors(&[("input", &x), ("present", &present), ("seg", &out.seg), ("tasks", &out.tasks)], path)?;
-    Ok(())
-}
-
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -221,7 +198,7 @@ pub fn run(args: &TorchArgs, python: &str, model: Option<&Path>, threads: usize)
 
     // The replica first checks that it computes our logits, then loads its workloads.
     let check_path = std::env::temp_dir().join(format!("gmmas-torch-check-{}.safetensors", std::process::id()));
-    write_check(&model, &check_path)?;
+    write_logit_check(&model, &check_path)?;
     let dims = |v: [i64; 3]| format!("{},{},{}", v[0], v[1], v[2]);
     let py_args: Vec<String> = vec![
         "--weights".into(),
@@ -248,21 +225,18 @@ pub fn run(args: &TorchArgs, python: &str, model: Option<&Path>, threads: usize)
     }
 
     // Inference: one whole-volume forward pass, eval mode, no gradient.
-    let trainer = Trainer::from_weights(&model, TrainConfig::default(), Device::Cpu)?;
     let [d, h, w] = args.torch_size;
-    tch::manual_seed(0);
-    let x = Tensor::randn([1, 4, d, h, w], (Kind::Float, Device::Cpu));
+    let probe = InferenceProbe::new(&model, args.torch_size)?;
     let infer = || -> anyhow::Result<()> {
-        let out = tch::no_grad(|| trainer.net().forward(&x, &[[true; 4]], None, false, false))?;
-        drop(out);
+        probe.run()?;
         Ok(())
     };
     let (tch_infer, py_infer) = interleaved(warmup, repeats, infer, &mut py, "infer")?;
-    drop((x, trainer));
+    drop(probe);
 
     // Training: Trainer::step (forward, eq. (7) objective, backward, clipping, AdamW).
     let mut trainer = Trainer::from_weights(&model, TrainConfig::default(), Device::Cpu)?;
-    let batch = train_batch(args.torch_batch, patch);
+    let batch = random_train_batch(args.torch_batch, patch);
     let step = || -> anyhow::Result<()> {
         trainer.step(&batch)?;
         Ok(())

@@ -41,3 +41,14 @@ config_phantoms() {
   log "making the configs' phantoms (out/phantoms)"
   "$gmmas" phantom --n 24 --seed 1 --out "$1/out/phantoms" >/dev/null
 }
+
+# fold0_split ROOT OUT DEVICE: OUT/split.csv, fold 0's split of the supervised config (its k-fold
+# assignment), read off a one-step run when missing; the run's log goes to OUT/logs/.
+fold0_split() {
+  [ -f "$2/split.csv" ] && return 0
+  mkdir -p "$2/logs"
+  "$gmmas" train --config "$1/models/configs/release-small-cpu.toml" --fold 0 --steps 1 --out "$2/split-run" \
+    --device "$3" --quiet > /dev/null 2> "$2/logs/split-run.log"
+  cp "$2/split-run/split.csv" "$2/split.csv"
+  rm -rf "$2/split-run"
+}

@@ -19,13 +19,7 @@ results="$root/models/results/missing-fill"
 mkdir -p "$out/logs" "$results"
 log_as missing-fill
 config_phantoms "$root"
-# Fold 0's split (the supervised config's k-fold assignment), read off a one-step run.
-if [ ! -f "$out/split.csv" ]; then
-  "$gmmas" train --config "$root/models/configs/release-small-cpu.toml" --fold 0 --steps 1 --out "$out/split-run" \
-    --device "$device" --quiet > /dev/null 2> "$out/logs/split-run.log"
-  cp "$out/split-run/split.csv" "$out/split.csv"
-  rm -rf "$out/split-run"
-fi
+fold0_split "$root" "$out" "$device"
 arm() {
   mkdir -p "$out/$1"
   cp "$root/models/weights/$2.safetensors" "$out/$1/model.safetensors"

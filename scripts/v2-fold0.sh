@@ -19,13 +19,7 @@ results="$root/models/results/v2-fold0"
 mkdir -p "$out/logs" "$results"
 log_as v2-fold0
 config_phantoms "$root"
-# Fold 0's split (the supervised config's k-fold assignment), read off a one-step run.
-if [ ! -f "$out/split.csv" ]; then
-  "$gmmas" train --config "$root/models/configs/release-small-cpu.toml" --fold 0 --steps 1 --out "$out/split-run" \
-    --device "$device" --quiet > /dev/null 2> "$out/logs/split-run.log"
-  cp "$out/split-run/split.csv" "$out/split.csv"
-  rm -rf "$out/split-run"
-fi
+fold0_split "$root" "$out" "$device"
 copy_model() { cp "$1.safetensors" "$2.safetensors" && cp "$1.json" "$2.json"; }
 mkdir -p "$out/base"
 [ -f "$out/base/model.safetensors" ] || { copy_model "$root/models/weights/gmmas-small" "$out/base/model"; cp "$out/split.csv" "$out/base/split.csv"; }

@@ -1,9 +1,11 @@
 """Summary table of scripts/missing-fill.sh: Dice per missing-sequence combination for the
 bundled model with zeros, the adapted model with zeros and the bundled model with stand-ins.
 
-usage: missing-fill-table.py RESULTS_DIR DATE   (reads missing-zero.json, missing-substitute.json)
+usage: missing-fill-table.py RESULTS_DIR DATE
+    (reads missing-zero.json, missing-substitute.json and, when present, missing-case-norm.json)
 """
 import json
+import os
 import sys
 
 results, date = sys.argv[1], sys.argv[2]
@@ -26,6 +28,13 @@ columns = [
     ("adapted, zeros", arm(zero, "adapted")),
     ("bundled, stand-ins", arm(sub, "bundled")),
 ]
+case_norm_path = f"{results}/missing-case-norm.json"
+if os.path.exists(case_norm_path):
+    case_norm = json.load(open(case_norm_path))
+    columns += [
+        ("bundled, zeros, case stats", arm(case_norm, "bundled")),
+        ("adapted, zeros, case stats", arm(case_norm, "adapted")),
+    ]
 labels = zero["combinations"]
 cases = arm(zero, "bundled")["runs"][0]["cases"]
 lines = [
@@ -37,8 +46,11 @@ lines = [
     "`zeros`: the removed channel is zeroed and its presence flag cleared (`--fill zero`, what the",
     "services do by default, routing such cases to the adapted model when one is configured);",
     "`stand-ins`: a present sequence of similar contrast fills it and the network reads a complete",
-    "input (`--fill substitute`: T2 for FLAIR, FLAIR for T2, T1 for T1CE, T1CE for T1). Raw tables:",
-    "`missing-zero.md`, `missing-substitute.md` (and `.json`).",
+    "input (`--fill substitute`: T2 for FLAIR, FLAIR for T2, T1 for T1CE, T1CE for T1).",
+    "`case stats`: zeros, and every BatchNorm normalises by the case's own statistics when a",
+    "sequence is missing instead of the running averages learnt mostly on complete inputs",
+    "(`--norm-stats case-if-missing`; full input is unchanged). Raw tables: `missing-zero.md`,",
+    "`missing-substitute.md`, `missing-case-norm.md` (and `.json`).",
     "",
     "## Dice, mean ± std",
     "",

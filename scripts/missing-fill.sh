@@ -4,15 +4,17 @@
 # missing sequence, once with the channel zeroed and left out (`--fill zero`, the default) and
 # once with a present sequence of similar contrast standing in (`--fill substitute`: T2 for
 # FLAIR, FLAIR for T2, T1 for T1CE, T1CE for T1). The bundled adapted model, which the services
-# route incomplete cases to, is scored with zeros beside them. Results in
-# models/results/missing-fill/.
+# route incomplete cases to, is scored with zeros beside them. A third pass scores both with zeros
+# and BatchNorm normalising by the case's own statistics when a sequence is missing
+# (`--norm-stats case-if-missing`). Results in models/results/missing-fill/.
 #
-#   scripts/missing-fill.sh [--device auto]
+#   scripts/missing-fill.sh [--device auto] [--variants "zero substitute case-norm"]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 device=auto
+variants="zero substitute case-norm"
 source "$root/scripts/lib.sh"
-opts missing-fill.sh "device" "$@"
+opts missing-fill.sh "device variants" "$@"
 use_gmmas "$root"
 out="$root/out/missing-fill"
 results="$root/models/results/missing-fill"
@@ -28,13 +30,19 @@ arm() {
 }
 arm bundled gmmas-small
 arm adapted gmmas-small-adapted
-for fill in zero substitute; do
+for fill in $variants; do
   arms=(--arm "bundled=$out/bundled")
-  [ "$fill" = zero ] && arms+=(--arm "adapted=$out/adapted")
-  log "scoring with --fill $fill"
+  [ "$fill" = substitute ] || arms+=(--arm "adapted=$out/adapted")
+  case "$fill" in
+    zero) flags=(--fill zero) ;;
+    substitute) flags=(--fill substitute) ;;
+    case-norm) flags=(--fill zero --norm-stats case-if-missing) ;;
+    *) echo "missing-fill.sh: unknown variant $fill (expected zero, substitute or case-norm)" >&2; exit 2 ;;
+  esac
+  log "scoring with ${flags[*]}"
   t0=$(date +%s)
   "$gmmas" eval-missing "${arms[@]}" --data "$shared/brats" --labels "$shared/brats/labels.csv" \
-    --subset val --combos paper --device "$device" --fill "$fill" --out "$out/$fill" \
+    --subset val --combos paper --device "$device" "${flags[@]}" --out "$out/$fill" \
     > /dev/null 2> "$out/logs/eval-$fill.log"
   echo "$(( $(date +%s) - t0 ))" > "$out/$fill/seconds.txt"
   cp "$out/$fill/missing.json" "$results/missing-$fill.json"

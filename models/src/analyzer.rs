@@ -387,7 +387,12 @@ impl Analyzer {
         }
         let inner = self.lock();
         let device = self.device;
-        let run = || tch::no_grad(|| infer::run(&inner.net, device, self.case(input, dims, present), opts));
+        let case_norm = opts.norm_stats.case_for(present);
+        let run = || {
+            crate::net::with_case_norm(case_norm, || {
+                tch::no_grad(|| infer::run(&inner.net, device, self.case(input, dims, present), opts))
+            })
+        };
         guarded(|| if opts.half { tch::autocast(true, run) } else { run() })
     }
 

@@ -69,6 +69,44 @@ pub struct InferOptions {
     /// reductions and softmax in fp32). Refused on the CPU.
     #[serde(default)]
     pub half: bool,
+    /// Which statistics the BatchNorm layers normalise with.
+    #[serde(default)]
+    pub norm_stats: NormStats,
+}
+
+/// The statistics BatchNorm normalises with at inference.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormStats {
+    /// The running averages learnt in training (the usual evaluation mode).
+    #[default]
+    Running,
+    /// The case's own statistics at every layer, for every case.
+    Case,
+    /// The case's own statistics when a sequence is missing (the running averages were
+    /// gathered mostly on complete inputs, whose feature statistics differ), else running.
+    CaseIfMissing,
+}
+
+impl NormStats {
+    /// Whether a case with this presence mask is normalised by its own statistics.
+    pub fn case_for(self, present: [bool; crate::config::MODALITIES]) -> bool {
+        match self {
+            Self::Running => false,
+            Self::Case => true,
+            Self::CaseIfMissing => present.iter().any(|p| !p),
+        }
+    }
+
+    /// From its name: `running`, `case` or `case-if-missing`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "running" => Some(Self::Running),
+            "case" => Some(Self::Case),
+            "case-if-missing" => Some(Self::CaseIfMissing),
+            _ => None,
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -96,6 +134,7 @@ impl Default for InferOptions {
             mc_batch: 1,
             missing_fill: crate::missing::MissingFill::Zero,
             half: false,
+            norm_stats: NormStats::Running,
         }
     }
 }
@@ -869,6 +908,26 @@ pub fn run_voxel_mc(net: &Net, device: Device, case: CaseInput<'_>, how: McPasse
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn norm_stats_choose_by_presence_and_parse_their_names() {
+        let full = [true; 4];
+        let no_flair = [true, true, true, false];
+        assert!(!NormStats::Running.case_for(no_flair));
+        assert!(NormStats::Case.case_for(full));
+        assert!(!NormStats::CaseIfMissing.case_for(full));
+        assert!(NormStats::CaseIfMissing.case_for(no_flair));
+        for s in [NormStats::Running, NormStats::Case, NormStats::CaseIfMissing] {
+            let name = serde_json::to_value(s).unwrap();
+            assert_eq!(NormStats::parse(name.as_str().unwrap()), Some(s), "{name}");
+        }
+        assert_eq!(NormStats::parse("batch"), None);
+        let old: InferOptions = serde_json::from_str(
+            r#"{"overlap":0.5,"mc_passes":0,"batch":1,"postprocess":"tumor_filter","tta_flips":false,"min_et_voxels":0}"#,
+        )
+        .unwrap();
+        assert_eq!(old.norm_stats, NormStats::Running, "options saved before the field read as running");
+    }
 
     #[test]
     fn window_plan_covers_volume() {

@@ -38,7 +38,7 @@ pub use config::ModelConfig;
 pub use device::{
     Device, default_adapted_model_path, default_model_path, needs_adapted_model, parse_device, set_threads, weights_dir,
 };
-pub use infer::{InferOptions, Prediction, TaskProbabilities};
+pub use infer::{InferOptions, NormStats, Prediction, TaskProbabilities};
 pub use postprocess::PostProcess;
 pub use train::{Batch, StepLosses, TrainConfig, Trainer};
 

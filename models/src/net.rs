@@ -54,6 +54,19 @@ fn spatial(x: &Tensor) -> [i64; 3] {
 thread_local! {
     /// `(seed, calls so far)` while [`with_seeded_dropout`] runs on this thread.
     static SEEDED_DROPOUT: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
+    /// Set while [`with_case_norm`] runs on this thread.
+    static CASE_NORM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every BatchNorm of this thread's evaluation-mode forward passes normalising
+/// by the statistics of the tensor it sees (the case's own) instead of the running averages
+/// learnt in training; the running averages are neither used nor changed. Training-mode
+/// passes are unaffected. With `on` false, `f` runs as it is.
+pub fn with_case_norm<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    let prev = CASE_NORM.with(|c| c.replace(on));
+    let out = f();
+    CASE_NORM.with(|c| c.set(prev));
+    out
 }
 
 /// Runs `f` with every dropout of this thread's forward passes drawing its mask from a
@@ -138,6 +151,10 @@ fn conv_bn(x: &Tensor, w: &Tensor, pad: i64, bn: &nn::BatchNorm, train: bool) ->
         (Some(g), Some(b)) => (g.shallow_clone(), b.shallow_clone()),
         _ => (bn.running_mean.ones_like(), bn.running_mean.zeros_like()),
     };
+    if CASE_NORM.with(std::cell::Cell::get) {
+        let y = x.conv3d::<Tensor>(w, None, [1, 1, 1], [pad; 3], [1, 1, 1], 1);
+        return Tensor::batch_norm(&y, Some(&gamma), Some(&beta), None::<&Tensor>, None::<&Tensor>, true, 0.0, BN_EPS, false);
+    }
     let scale = gamma / (&bn.running_var + BN_EPS).sqrt();
     let bias = beta - &bn.running_mean * &scale;
     let w = w * scale.view([-1, 1, 1, 1, 1]);
@@ -1085,6 +1102,30 @@ mod tests {
             let out = DecoderCrop { lo: [40, 56, 0], size: [16, 16, 16] };
             assert!(net.head_crop(&enc, ctx, false, out, Some(&fusion)).is_err());
             assert!(net.head_crop(&enc, ctx, false, crop, None).is_err());
+        });
+    }
+
+    #[test]
+    fn case_norm_uses_the_batch_statistics_and_leaves_the_running_ones_alone() {
+        let cfg = ModelConfig::tiny().with_dropout(0.0).with_decoder_dropout(0.0);
+        let (_vs, net) = build(&cfg, Device::Cpu, Some(5)).unwrap();
+        let x = Tensor::randn([1, 4, 32, 32, 32], (Kind::Float, Device::Cpu)) * 3.0 + 1.0;
+        let present = [[true, true, false, true]];
+        tch::no_grad(|| {
+            let running = net.forward(&x, &present, None, false, false).unwrap();
+            let case = with_case_norm(true, || net.forward(&x, &present, None, false, false).unwrap());
+            let again = net.forward(&x, &present, None, false, false).unwrap();
+            assert!(again.seg.equal(&running.seg), "case statistics must not touch the running averages");
+            let off = with_case_norm(false, || net.forward(&x, &present, None, false, false).unwrap());
+            assert!(off.seg.equal(&running.seg), "with_case_norm(false) changes nothing");
+            let diff = (&case.seg - &running.seg).abs().max().double_value(&[]);
+            assert!(diff > 1e-3, "this input's statistics are far from the initial running ones: {diff}");
+            // Training mode normalises by the same batch statistics (no dropout in this config).
+            let train = net.forward(&x, &present, None, true, false).unwrap();
+            let d = (&case.seg - &train.seg).abs().max().double_value(&[]);
+            assert!(d < 1e-3, "case statistics = training-mode BatchNorm: {d}");
+            let dt = (&case.tasks - &train.tasks).abs().max().double_value(&[]);
+            assert!(dt < 1e-3, "tasks: {dt}");
         });
     }
 

@@ -79,6 +79,10 @@ pub struct InferFlags {
     /// Half precision (fp16 autocast; CUDA only).
     #[arg(long)]
     pub half: bool,
+    /// BatchNorm statistics: `running` (learnt in training), `case` (the case's own) or
+    /// `case-if-missing` (the case's own when a sequence is missing).
+    #[arg(long, default_value = "running")]
+    pub norm_stats: String,
 }
 
 impl InferFlags {
@@ -95,6 +99,9 @@ impl InferFlags {
             "substitute" => gmmas_models::missing::MissingFill::Substitute,
             other => anyhow::bail!("--fill {other:?}: expected zero or substitute"),
         };
+        let norm_stats = gmmas_models::NormStats::parse(&self.norm_stats).ok_or_else(|| {
+            anyhow::anyhow!("--norm-stats {:?}: expected running, case or case-if-missing", self.norm_stats)
+        })?;
         Ok(InferOptions {
             mc_passes,
             postprocess,
@@ -104,6 +111,7 @@ impl InferFlags {
             mc_batch: self.mc_batch,
             missing_fill,
             half: self.half,
+            norm_stats,
             ..InferOptions::default()
         })
     }

@@ -153,7 +153,17 @@ fn conv_bn(x: &Tensor, w: &Tensor, pad: i64, bn: &nn::BatchNorm, train: bool) ->
     };
     if CASE_NORM.with(std::cell::Cell::get) {
         let y = x.conv3d::<Tensor>(w, None, [1, 1, 1], [pad; 3], [1, 1, 1], 1);
-        return Tensor::batch_norm(&y, Some(&gamma), Some(&beta), None::<&Tensor>, None::<&Tensor>, true, 0.0, BN_EPS, false);
+        return Tensor::batch_norm(
+            &y,
+            Some(&gamma),
+            Some(&beta),
+            None::<&Tensor>,
+            None::<&Tensor>,
+            true,
+            0.0,
+            BN_EPS,
+            false,
+        );
     }
     let scale = gamma / (&bn.running_var + BN_EPS).sqrt();
     let bias = beta - &bn.running_mean * &scale;

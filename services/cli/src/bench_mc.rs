@@ -121,7 +121,10 @@ pub fn run(
     let base = InferOptions::default();
     let mut specs = vec![
         ("one deterministic pass", InferOptions { mc_passes: 0, ..base }),
-        ("MC on the tumour box, all passes in one forward", InferOptions { mc_passes: passes, mc_roi: true, ..base }),
+        (
+            "MC on the tumour box, all passes in one forward",
+            InferOptions { mc_passes: passes, mc_roi: true, mc_batch: 0, ..base },
+        ),
         (
             "MC on the tumour box, one pass per forward",
             InferOptions { mc_passes: passes, mc_roi: true, mc_batch: 1, ..base },

@@ -145,7 +145,26 @@ pub fn parse_dims(s: &str) -> Result<[usize; 3], String> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; an error prints as its message and causes, one per line (with the
+/// backtrace only when `GMMAS_BACKTRACE=1`), and the exit status is 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if std::env::var("GMMAS_BACKTRACE").is_ok_and(|v| v == "1") => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Analyze(args) => analyze::run(args),

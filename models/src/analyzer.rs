@@ -388,6 +388,8 @@ impl Analyzer {
         let inner = self.lock();
         let device = self.device;
         let case_norm = opts.norm_stats.case_for(present);
+        // A decoder run on the tumour's box alone would normalise by the box's statistics.
+        let opts = &InferOptions { mc_roi: opts.mc_roi && !case_norm, ..*opts };
         let run = || {
             crate::net::with_case_norm(case_norm, || {
                 tch::no_grad(|| infer::run(&inner.net, device, self.case(input, dims, present), opts))

@@ -81,7 +81,8 @@ pub enum NormStats {
     /// The running averages learnt in training (the usual evaluation mode).
     #[default]
     Running,
-    /// The case's own statistics at every layer, for every case.
+    /// The case's own statistics at every layer, for every case (MC passes then decode every
+    /// voxel, so that a pass never normalises over the tumour's box alone).
     Case,
     /// The case's own statistics when a sequence is missing (the running averages were
     /// gathered mostly on complete inputs, whose feature statistics differ), else running.

